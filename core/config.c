@@ -1,0 +1,338 @@
+/* config.c - command-line parsing into dp_config_t. */
+#include "config.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void dp_config_defaults(dp_config_t *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->threads = 0;
+	c->timeout_ms = 2000;
+	c->handshake_timeout_ms = 1000;
+	c->tcp_idle_ms = 10000;
+	c->max_tcp_clients = 20000;
+	c->max_inflight = 16384;
+	c->upstream_conns = 1;
+	c->max_udp_size = 1232;
+	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
+	c->log_level = DP_LOG_INFO;
+}
+
+int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *port_s = NULL;
+	memset(out, 0, sizeof(*out));
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || (size_t)(close - s - 1) >= sizeof(host))
+			return DP_E_CONFIG;
+		memcpy(host, s + 1, (size_t)(close - s - 1));
+		host[close - s - 1] = 0;
+		if (close[1] == ':')
+			port_s = close + 2;
+		else if (close[1] != 0)
+			return DP_E_CONFIG;
+	} else {
+		const char *colon = strchr(s, ':');
+		if (colon && strchr(colon + 1, ':'))
+			colon = NULL; /* bare IPv6 address without a port */
+		size_t hl = colon ? (size_t)(colon - s) : strlen(s);
+		if (hl >= sizeof(host))
+			return DP_E_CONFIG;
+		memcpy(host, s, hl);
+		host[hl] = 0;
+		if (colon)
+			port_s = colon + 1;
+	}
+	long port = default_port;
+	if (port_s) {
+		char *end;
+		errno = 0;
+		port = strtol(port_s, &end, 10);
+		if (errno || *port_s == 0 || *end || port < 0 || port > 65535)
+			return DP_E_CONFIG;
+	} else if (default_port == 0) {
+		return DP_E_CONFIG;
+	}
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&out->ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->ss;
+	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		out->len = sizeof(*s4);
+	} else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t)port);
+		out->len = sizeof(*s6);
+	} else {
+		return DP_E_CONFIG;
+	}
+	return 0;
+}
+
+void dp_sockaddr_str(const dp_sockaddr_t *a, char *out, size_t cap)
+{
+	char h[INET6_ADDRSTRLEN];
+	if (a->ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, h, sizeof(h));
+		snprintf(out, cap, "[%s]:%u", h, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->ss;
+		inet_ntop(AF_INET, &s4->sin_addr, h, sizeof(h));
+		snprintf(out, cap, "%s:%u", h, ntohs(s4->sin_port));
+	}
+}
+
+static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
+{
+	memset(u, 0, sizeof(*u));
+	const char *hash = strchr(s, '#');
+	char addr[128];
+	size_t al = hash ? (size_t)(hash - s) : strlen(s);
+	if (al == 0 || al >= sizeof(addr))
+		return DP_E_CONFIG;
+	memcpy(addr, s, al);
+	addr[al] = 0;
+	if (dp_config_parse_addr(addr, 853, &u->addr) < 0)
+		return DP_E_CONFIG;
+	if (hash) {
+		size_t nl = strlen(hash + 1);
+		if (nl == 0 || nl >= sizeof(u->name))
+			return DP_E_CONFIG;
+		for (size_t i = 0; i < nl; i++) {
+			char ch = hash[1 + i];
+			if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			      (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_'))
+				return DP_E_CONFIG;
+		}
+		memcpy(u->name, hash + 1, nl + 1);
+	}
+	snprintf(u->text, sizeof(u->text), "%s", s);
+	return 0;
+}
+
+/* Duration: "2", "2s", "1.5", "500ms". */
+static int parse_duration_ms(const char *s, uint32_t *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || v < 0)
+		return DP_E_CONFIG;
+	if (strcmp(end, "ms") == 0)
+		;
+	else if (*end == 0 || strcmp(end, "s") == 0)
+		v *= 1000.0;
+	else
+		return DP_E_CONFIG;
+	if (v < 1 || v > 3600e3)
+		return DP_E_CONFIG;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigned long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+		return DP_E_CONFIG;
+	*out = v;
+	return 0;
+}
+
+static void usage(const dp_config_t *d)
+{
+	printf("Usage: dotproxy [options]\n"
+	       "A DNS forwarder: plain DNS over UDP and TCP in, DNS-over-TLS (RFC 7858) out.\n\n"
+	       "  --listen ADDR:PORT        listen address, repeatable (default 127.0.0.1:53);\n"
+	       "                            IPv6 as [::1]:53\n"
+	       "  --upstream IP[:PORT]#NAME DoT upstream, repeatable; NAME is checked against\n"
+	       "                            its certificate and sent as SNI; port 853 by default\n"
+	       "                            (default 1.1.1.1#cloudflare-dns.com and\n"
+	       "                            1.0.0.1#cloudflare-dns.com)\n"
+	       "  --threads N               shards, one thread and io_uring each\n"
+	       "                            (default: one per online CPU)\n"
+	       "  --timeout DURATION        answer SERVFAIL after this (default %.1fs);\n"
+	       "                            durations: 2, 2s, 1.5s, 500ms\n"
+	       "  --handshake-timeout DUR   bound on connect + TLS handshake (default %ums)\n"
+	       "  --ca-file FILE            CA bundle for upstream verification\n"
+	       "                            (default %s)\n"
+	       "  --max-tcp-clients N       open client TCP connections (default %u)\n"
+	       "  --tcp-idle-timeout DUR    close idle client TCP connections (default %.1fs)\n"
+	       "  --max-inflight N          queries upstream per shard (default %u)\n"
+	       "  --upstream-conns N        TLS connections per upstream per shard (default %u)\n"
+	       "  --max-udp-size N          largest UDP answer sent, 512..4096 (default %u)\n"
+	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
+	       "  --help                    this text\n"
+	       "  --version                 print the version\n\n"
+	       "Signals: SIGINT/SIGTERM stop; SIGUSR1 logs the counters.\n",
+	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
+	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size);
+}
+
+enum {
+	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
+	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
+	OPT_UDPSIZE, OPT_HSTIMEOUT,
+};
+
+int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
+{
+	static const struct option opts[] = {
+		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "upstream", required_argument, NULL, OPT_UPSTREAM },
+		{ "threads", required_argument, NULL, OPT_THREADS },
+		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+		{ "handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT },
+		{ "ca-file", required_argument, NULL, OPT_CA },
+		{ "log-level", required_argument, NULL, OPT_LOG },
+		{ "max-tcp-clients", required_argument, NULL, OPT_MAXTCP },
+		{ "tcp-idle-timeout", required_argument, NULL, OPT_TCPIDLE },
+		{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
+		{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
+		{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ NULL, 0, NULL, 0 },
+	};
+	dp_config_t defaults = *c;
+	unsigned long n;
+	int o;
+	opterr = 0;
+	optind = 1;
+	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (o) {
+		case OPT_LISTEN:
+			if (c->nlisten >= DP_MAX_LISTEN) {
+				snprintf(err, errlen, "too many --listen (at most %d)", DP_MAX_LISTEN);
+				return DP_E_CONFIG;
+			}
+			if (dp_config_parse_addr(optarg, 0, &c->listen[c->nlisten]) < 0) {
+				snprintf(err, errlen, "--listen %s: expected IP:PORT or [IPv6]:PORT", optarg);
+				return DP_E_CONFIG;
+			}
+			snprintf(c->listen_text[c->nlisten], sizeof(c->listen_text[0]), "%s", optarg);
+			c->nlisten++;
+			break;
+		case OPT_UPSTREAM:
+			if (c->nupstream >= DP_MAX_UPSTREAMS) {
+				snprintf(err, errlen, "too many --upstream (at most %d)", DP_MAX_UPSTREAMS);
+				return DP_E_CONFIG;
+			}
+			if (parse_upstream(optarg, &c->upstream[c->nupstream]) < 0) {
+				snprintf(err, errlen, "--upstream %s: expected IP[:PORT]#NAME", optarg);
+				return DP_E_CONFIG;
+			}
+			c->nupstream++;
+			break;
+		case OPT_THREADS:
+			if (parse_uint(optarg, 1, 256, &n) < 0) {
+				snprintf(err, errlen, "--threads %s: expected 1..256", optarg);
+				return DP_E_CONFIG;
+			}
+			c->threads = (int)n;
+			break;
+		case OPT_TIMEOUT:
+			if (parse_duration_ms(optarg, &c->timeout_ms) < 0) {
+				snprintf(err, errlen, "--timeout %s: expected a duration such as 2s or 500ms", optarg);
+				return DP_E_CONFIG;
+			}
+			break;
+		case OPT_HSTIMEOUT:
+			if (parse_duration_ms(optarg, &c->handshake_timeout_ms) < 0) {
+				snprintf(err, errlen, "--handshake-timeout %s: expected a duration such as 1s", optarg);
+				return DP_E_CONFIG;
+			}
+			break;
+		case OPT_TCPIDLE:
+			if (parse_duration_ms(optarg, &c->tcp_idle_ms) < 0) {
+				snprintf(err, errlen, "--tcp-idle-timeout %s: expected a duration such as 10s", optarg);
+				return DP_E_CONFIG;
+			}
+			break;
+		case OPT_CA:
+			if (strlen(optarg) >= sizeof(c->ca_file)) {
+				snprintf(err, errlen, "--ca-file: path too long");
+				return DP_E_CONFIG;
+			}
+			snprintf(c->ca_file, sizeof(c->ca_file), "%s", optarg);
+			break;
+		case OPT_LOG: {
+			int l = dp_log_parse_level(optarg);
+			if (l < 0) {
+				snprintf(err, errlen, "--log-level %s: expected debug, info, warn or error", optarg);
+				return DP_E_CONFIG;
+			}
+			c->log_level = l;
+			break;
+		}
+		case OPT_MAXTCP:
+			if (parse_uint(optarg, 1, 1000000, &n) < 0) {
+				snprintf(err, errlen, "--max-tcp-clients %s: expected 1..1000000", optarg);
+				return DP_E_CONFIG;
+			}
+			c->max_tcp_clients = (uint32_t)n;
+			break;
+		case OPT_INFLIGHT:
+			if (parse_uint(optarg, 1, 1000000, &n) < 0) {
+				snprintf(err, errlen, "--max-inflight %s: expected 1..1000000", optarg);
+				return DP_E_CONFIG;
+			}
+			c->max_inflight = (uint32_t)n;
+			break;
+		case OPT_UPCONNS:
+			if (parse_uint(optarg, 1, 64, &n) < 0) {
+				snprintf(err, errlen, "--upstream-conns %s: expected 1..64", optarg);
+				return DP_E_CONFIG;
+			}
+			c->upstream_conns = (uint32_t)n;
+			break;
+		case OPT_UDPSIZE:
+			if (parse_uint(optarg, 512, 4096, &n) < 0) {
+				snprintf(err, errlen, "--max-udp-size %s: expected 512..4096", optarg);
+				return DP_E_CONFIG;
+			}
+			c->max_udp_size = (uint16_t)n;
+			break;
+		case OPT_HELP:
+		case 'h':
+			usage(&defaults);
+			return 1;
+		case OPT_VERSION:
+			printf("dotproxy %s\n", DP_VERSION);
+			return 1;
+		case ':':
+			snprintf(err, errlen, "%s: missing value (see --help)", argv[optind - 1]);
+			return DP_E_CONFIG;
+		default:
+			snprintf(err, errlen, "unknown option %s (see --help)", argv[optind - 1]);
+			return DP_E_CONFIG;
+		}
+	}
+	if (optind < argc) {
+		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);
+		return DP_E_CONFIG;
+	}
+	if (c->nlisten == 0) {
+		dp_config_parse_addr("127.0.0.1:53", 0, &c->listen[0]);
+		snprintf(c->listen_text[0], sizeof(c->listen_text[0]), "127.0.0.1:53");
+		c->nlisten = 1;
+	}
+	if (c->nupstream == 0) {
+		parse_upstream("1.1.1.1:853#cloudflare-dns.com", &c->upstream[0]);
+		parse_upstream("1.0.0.1:853#cloudflare-dns.com", &c->upstream[1]);
+		c->nupstream = 2;
+	}
+	return 0;
+}

@@ -1,0 +1,56 @@
+/* config.h - dotproxy's settings and the command line that fills them. */
+#ifndef DP_CONFIG_H
+#define DP_CONFIG_H
+
+#include "dp.h"
+
+#include <sys/socket.h>
+
+#define DP_MAX_LISTEN 16
+#define DP_MAX_UPSTREAMS 16
+
+typedef struct dp_sockaddr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+} dp_sockaddr_t;
+
+typedef struct dp_upstream_cfg {
+	dp_sockaddr_t addr;
+	char name[256]; /* TLS name (SNI and certificate check); "" = check the IP */
+	char text[320]; /* as given, for logs */
+} dp_upstream_cfg_t;
+
+typedef struct dp_config {
+	dp_sockaddr_t listen[DP_MAX_LISTEN];
+	char listen_text[DP_MAX_LISTEN][64];
+	int nlisten;
+	dp_upstream_cfg_t upstream[DP_MAX_UPSTREAMS];
+	int nupstream;
+	int threads; /* shards; 0 = one per online CPU */
+	uint32_t timeout_ms; /* per query, client's view */
+	uint32_t handshake_timeout_ms;
+	uint32_t tcp_idle_ms; /* client TCP idle timeout */
+	uint32_t max_tcp_clients; /* whole process */
+	uint32_t max_inflight; /* per shard */
+	uint32_t upstream_conns; /* per shard per upstream */
+	uint16_t max_udp_size;
+	char ca_file[4096];
+	int log_level;
+} dp_config_t;
+
+/* Defaults, as --help prints them. */
+void dp_config_defaults(dp_config_t *c);
+
+/* Parse argv into c (which holds defaults). Returns 0 to run, 1 when --help
+ * or --version printed and the program should exit 0, DP_E_CONFIG with a
+ * one-line message in err otherwise. */
+int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Parse "IP:PORT", "[IPv6]:PORT", or a bare IP with default_port (0 = port
+ * required). Returns 0 or DP_E_CONFIG. */
+int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out);
+
+/* "IP:PORT" text of an address, for logs. */
+void dp_sockaddr_str(const dp_sockaddr_t *a, char *out, size_t cap);
+
+#endif

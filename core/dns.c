@@ -1,0 +1,283 @@
+/* dns.c - DNS wire validation and the few messages dotproxy builds itself. */
+#include "dns.h"
+
+#include <string.h>
+
+/* Walk the name at off. Compression pointers must point strictly before the
+ * start of the label sequence that holds them, so every jump goes backwards
+ * and a loop is impossible; jumps are also capped. On success *next is the
+ * offset just past the name as it appears at off, and *wire_len the length of
+ * the expanded name. */
+static int name_walk(const uint8_t *msg, size_t len, size_t off, bool allow_ptr,
+		     size_t *next, size_t *wire_len)
+{
+	size_t pos = off, seq_start = off, total = 0;
+	unsigned jumps = 0;
+	bool jumped = false;
+
+	for (;;) {
+		if (pos >= len)
+			return DP_E_FORMERR;
+		uint8_t c = msg[pos];
+		if (c == 0) {
+			total += 1;
+			if (!jumped)
+				*next = pos + 1;
+			break;
+		}
+		if ((c & 0xc0) == 0xc0) {
+			if (!allow_ptr || pos + 1 >= len)
+				return DP_E_FORMERR;
+			size_t target = ((size_t)(c & 0x3f) << 8) | msg[pos + 1];
+			if (target >= seq_start || ++jumps > DP_DNS_MAX_JUMPS)
+				return DP_E_FORMERR;
+			if (!jumped)
+				*next = pos + 2;
+			jumped = true;
+			pos = seq_start = target;
+			continue;
+		}
+		if (c & 0xc0) /* 0x40 and 0x80: extended and reserved label types */
+			return DP_E_FORMERR;
+		total += (size_t)c + 1;
+		if (total + 1 > DP_DNS_MAX_NAME)
+			return DP_E_FORMERR;
+		pos += (size_t)c + 1;
+	}
+	if (total > DP_DNS_MAX_NAME)
+		return DP_E_FORMERR;
+	*wire_len = total;
+	return 0;
+}
+
+static int parse_question(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	size_t next, wl;
+	/* The question is the first name: nothing before it could be the target
+	 * of a compression pointer, so it must be uncompressed. That also lets
+	 * dp_dns_question_equal() compare it as a flat byte string. */
+	int rc = name_walk(msg, len, DP_DNS_HDR_LEN, false, &next, &wl);
+	if (rc < 0)
+		return rc;
+	if (next + 4 > len)
+		return DP_E_FORMERR;
+	v->qname_off = DP_DNS_HDR_LEN;
+	v->qname_len = (uint16_t)wl;
+	v->qtype = dp_rd16(msg + next);
+	v->qclass = dp_rd16(msg + next + 2);
+	v->question_end = (uint16_t)(next + 4);
+	v->has_question = true;
+	return 0;
+}
+
+/* Walk count RRs from *off; section 3 is the additional section. */
+static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count,
+		     int section, dp_dns_view_t *v)
+{
+	size_t pos = *off;
+	for (unsigned i = 0; i < count; i++) {
+		size_t start = pos, next, wl;
+		int rc = name_walk(msg, len, pos, true, &next, &wl);
+		if (rc < 0)
+			return rc;
+		if (next + 10 > len)
+			return DP_E_FORMERR;
+		uint16_t type = dp_rd16(msg + next);
+		uint16_t rdlen = dp_rd16(msg + next + 8);
+		size_t end = next + 10 + rdlen;
+		if (end > len)
+			return DP_E_FORMERR;
+		if (type == DP_DNS_TYPE_OPT) {
+			/* One OPT, in the additional section, owned by the root. */
+			if (section != 3 || v->has_opt || wl != 1)
+				return DP_E_FORMERR;
+			/* Options must tile the RDATA exactly. */
+			size_t o = next + 10;
+			while (o < end) {
+				if (o + 4 > end)
+					return DP_E_FORMERR;
+				size_t olen = dp_rd16(msg + o + 2);
+				if (o + 4 + olen > end)
+					return DP_E_FORMERR;
+				o += 4 + olen;
+			}
+			v->has_opt = true;
+			v->opt_off = (uint16_t)start;
+			v->opt_len = (uint16_t)(end - start);
+			uint16_t sz = dp_rd16(msg + next + 2);
+			v->udp_size = sz < 512 ? 512 : sz;
+			v->ext_rcode = msg[next + 4];
+			v->edns_version = msg[next + 5];
+			v->do_bit = (msg[next + 6] & 0x80) != 0;
+		}
+		pos = end;
+	}
+	*off = pos;
+	return 0;
+}
+
+static int parse_common(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	size_t off;
+	int rc;
+	if (v->qdcount > 1 || (v->qdcount == 1 && (rc = parse_question(msg, len, v)) < 0))
+		return DP_E_FORMERR;
+	off = v->question_end;
+	if ((rc = parse_rrs(msg, len, &off, v->ancount, 1, v)) < 0 ||
+	    (rc = parse_rrs(msg, len, &off, v->nscount, 2, v)) < 0 ||
+	    (rc = parse_rrs(msg, len, &off, v->arcount, 3, v)) < 0)
+		return rc;
+	v->msg_end = (uint16_t)off;
+	return 0;
+}
+
+static int parse_header(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	memset(v, 0, sizeof(*v));
+	if (len < DP_DNS_HDR_LEN || len > DP_DNS_MAX_MSG)
+		return DP_E_MALFORMED;
+	v->id = dp_rd16(msg);
+	v->flags = dp_rd16(msg + 2);
+	v->qdcount = dp_rd16(msg + 4);
+	v->ancount = dp_rd16(msg + 6);
+	v->nscount = dp_rd16(msg + 8);
+	v->arcount = dp_rd16(msg + 10);
+	v->question_end = DP_DNS_HDR_LEN;
+	v->msg_end = DP_DNS_HDR_LEN;
+	v->udp_size = 512;
+	return 0;
+}
+
+int dp_dns_parse_query(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	int rc = parse_header(msg, len, v);
+	if (rc < 0)
+		return rc;
+	if (v->flags & DP_DNS_F_QR)
+		return DP_E_RESPONSE;
+	if (DP_DNS_OPCODE(v->flags) != 0) {
+		/* Read the question if we can, to echo it in NOTIMP. */
+		if (v->qdcount == 1)
+			(void)parse_question(msg, len, v);
+		return DP_E_NOTIMP;
+	}
+	if (v->qdcount != 1) {
+		/* Still look for the OPT so the FORMERR carries one. */
+		return DP_E_FORMERR;
+	}
+	rc = parse_common(msg, len, v);
+	if (rc < 0)
+		return DP_E_FORMERR;
+	if (v->has_opt && v->edns_version != 0)
+		return DP_E_BADVERS;
+	return 0;
+}
+
+int dp_dns_parse_answer(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	int rc = parse_header(msg, len, v);
+	if (rc < 0)
+		return rc;
+	if (!(v->flags & DP_DNS_F_QR) || v->qdcount != 1)
+		return DP_E_FORMERR;
+	return parse_common(msg, len, v);
+}
+
+static inline uint8_t lower(uint8_t c)
+{
+	return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c;
+}
+
+bool dp_dns_question_equal(const uint8_t *a, const dp_dns_view_t *va,
+			   const uint8_t *b, const dp_dns_view_t *vb)
+{
+	if (!va->has_question || !vb->has_question || va->qname_len != vb->qname_len ||
+	    va->qtype != vb->qtype || va->qclass != vb->qclass)
+		return false;
+	/* Question names are never compressed (parse_question refuses
+	 * pointers), so compare the bytes; label length octets are <= 63 and
+	 * lower() leaves them alone. */
+	const uint8_t *pa = a + va->qname_off, *pb = b + vb->qname_off;
+	for (uint16_t i = 0; i < va->qname_len; i++)
+		if (lower(pa[i]) != lower(pb[i]))
+			return false;
+	return true;
+}
+
+int dp_dns_build_error(const uint8_t *q, const dp_dns_view_t *vq, int rcode,
+		       uint16_t our_udp_size, uint8_t *out, size_t out_cap)
+{
+	size_t qlen = vq->has_question ? (size_t)(vq->question_end - DP_DNS_HDR_LEN) : 0;
+	size_t need = DP_DNS_HDR_LEN + qlen + (vq->has_opt ? 11 : 0);
+	if (need > out_cap)
+		return DP_E_TOOBIG;
+	uint16_t flags = (uint16_t)(DP_DNS_F_QR | (vq->flags & (0x7800u | DP_DNS_F_RD | DP_DNS_F_CD)) |
+				    DP_DNS_F_RA | ((unsigned)rcode & 0xf));
+	dp_wr16(out, vq->id);
+	dp_wr16(out + 2, flags);
+	dp_wr16(out + 4, vq->has_question ? 1 : 0);
+	dp_wr16(out + 6, 0);
+	dp_wr16(out + 8, 0);
+	dp_wr16(out + 10, vq->has_opt ? 1 : 0);
+	if (qlen)
+		memcpy(out + DP_DNS_HDR_LEN, q + DP_DNS_HDR_LEN, qlen);
+	if (vq->has_opt) {
+		uint8_t *o = out + DP_DNS_HDR_LEN + qlen;
+		o[0] = 0; /* root owner */
+		dp_wr16(o + 1, DP_DNS_TYPE_OPT);
+		dp_wr16(o + 3, our_udp_size);
+		o[5] = (uint8_t)((unsigned)rcode >> 4); /* extended RCODE */
+		o[6] = 0; /* version */
+		o[7] = vq->do_bit ? 0x80 : 0;
+		o[8] = 0;
+		dp_wr16(o + 9, 0); /* no options */
+	}
+	return (int)need;
+}
+
+size_t dp_dns_truncate(uint8_t *msg, const dp_dns_view_t *v)
+{
+	size_t end = v->question_end;
+	unsigned ar = 0;
+	if (v->has_opt) {
+		memmove(msg + end, msg + v->opt_off, v->opt_len);
+		end += v->opt_len;
+		ar = 1;
+	}
+	dp_wr16(msg + 2, (uint16_t)(v->flags | DP_DNS_F_TC));
+	dp_wr16(msg + 6, 0);
+	dp_wr16(msg + 8, 0);
+	dp_wr16(msg + 10, (uint16_t)ar);
+	return end;
+}
+
+void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap)
+{
+	size_t o = 0, pos = off;
+	unsigned jumps = 0;
+	if (cap == 0)
+		return;
+	while (pos < len && o + 1 < cap) {
+		uint8_t c = msg[pos];
+		if (c == 0)
+			break;
+		if ((c & 0xc0) == 0xc0) {
+			if (pos + 1 >= len || ++jumps > DP_DNS_MAX_JUMPS)
+				break;
+			pos = ((size_t)(c & 0x3f) << 8) | msg[pos + 1];
+			continue;
+		}
+		if (c & 0xc0)
+			break;
+		for (size_t i = 1; i <= c && pos + i < len && o + 2 < cap; i++) {
+			uint8_t ch = msg[pos + i];
+			out[o++] = (ch > 32 && ch < 127 && ch != '"' && ch != '\\') ? (char)ch : '?';
+		}
+		if (o + 1 < cap)
+			out[o++] = '.';
+		pos += (size_t)c + 1;
+	}
+	if (o == 0 && o + 1 < cap)
+		out[o++] = '.';
+	out[o] = 0;
+}

@@ -1,0 +1,490 @@
+/* engine.c - shard lifecycle, the io_uring loop, provided buffers, lists.
+ *
+ * One loop turn:
+ *   1. flush upstream write batches (one SSL_write + one send per connection),
+ *   2. submit every SQE made since the last turn and wait for at least one
+ *      completion or the next deadline, in one io_uring_enter,
+ *   3. handle every completion that is there,
+ *   4. expire deadlines (queries, handshakes, idle clients).
+ * Deadlines: every query has the same timeout and every idle client the same
+ * idle limit, so each timer set is a FIFO list ordered by deadline: O(1)
+ * insert, O(1) removal, expiry looks only at the head.
+ */
+#include "engine.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define DP_BGID 1
+#define DP_RING_ENTRIES 4096
+#define DP_CQ_ENTRIES 16384
+#define DP_BUF_COUNT 512 /* power of two */
+#define DP_BUF_SIZE 4096
+#define DP_TICK_MS 100
+
+/* ---- lists ---------------------------------------------------------------- */
+
+static inline dp_link_t *link_at(void *base, size_t elem, size_t off, uint32_t idx)
+{
+	return (dp_link_t *)((uint8_t *)base + (size_t)idx * elem + off);
+}
+
+void dp_list_push_tail(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx)
+{
+	dp_link_t *n = link_at(base, elem, off, idx);
+	n->next = DP_NONE;
+	n->prev = l->tail;
+	if (l->tail != DP_NONE)
+		link_at(base, elem, off, l->tail)->next = idx;
+	else
+		l->head = idx;
+	l->tail = idx;
+	l->count++;
+}
+
+void dp_list_remove(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx)
+{
+	dp_link_t *n = link_at(base, elem, off, idx);
+	if (n->prev != DP_NONE)
+		link_at(base, elem, off, n->prev)->next = n->next;
+	else
+		l->head = n->next;
+	if (n->next != DP_NONE)
+		link_at(base, elem, off, n->next)->prev = n->prev;
+	else
+		l->tail = n->prev;
+	n->prev = n->next = DP_NONE;
+	l->count--;
+}
+
+/* ---- SQEs and buffers ------------------------------------------------------ */
+
+struct io_uring_sqe *dp_sqe(dp_shard_t *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	while (unlikely(!sqe)) {
+		io_uring_submit(&s->ring);
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	return sqe;
+}
+
+void dp_bufring_recycle(dp_shard_t *s, uint16_t bid)
+{
+	io_uring_buf_ring_add(s->br, s->br_mem + (size_t)bid * s->br_size, s->br_size, bid,
+			      io_uring_buf_ring_mask(s->br_count), 0);
+	io_uring_buf_ring_advance(s->br, 1);
+}
+
+static int bufring_setup(dp_shard_t *s)
+{
+	s->br_count = DP_BUF_COUNT;
+	s->br_size = DP_BUF_SIZE;
+	s->br_ring_bytes = s->br_count * sizeof(struct io_uring_buf);
+	s->br = mmap(NULL, s->br_ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+		     -1, 0);
+	if (s->br == MAP_FAILED) {
+		s->br = NULL;
+		return -errno;
+	}
+	/* Buffer memory is touched only as the kernel fills buffers. */
+	s->br_mem = mmap(NULL, (size_t)s->br_count * s->br_size, PROT_READ | PROT_WRITE,
+			 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (s->br_mem == MAP_FAILED) {
+		s->br_mem = NULL;
+		return -errno;
+	}
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)s->br,
+		.ring_entries = s->br_count,
+		.bgid = DP_BGID,
+	};
+	int rc = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	if (rc < 0)
+		return rc;
+	io_uring_buf_ring_init(s->br);
+	for (uint32_t i = 0; i < s->br_count; i++)
+		io_uring_buf_ring_add(s->br, s->br_mem + (size_t)i * s->br_size, s->br_size,
+				      (unsigned short)i, io_uring_buf_ring_mask(s->br_count), (int)i);
+	io_uring_buf_ring_advance(s->br, (int)s->br_count);
+	return 0;
+}
+
+/* ---- sockets --------------------------------------------------------------- */
+
+static int open_listener(const dp_sockaddr_t *a, int type, char *err, size_t errlen,
+			 const char *text)
+{
+	int fd = socket(a->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot open socket for %s: %s", text, strerror(e));
+		return -e;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (a->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (type == SOCK_DGRAM) {
+		/* A burst of small datagrams must not overflow the default
+		 * ~208 KB receive buffer while the shard is busy: ask for 8 MB
+		 * (FORCE works as root, past net.core.rmem_max). */
+		int sz = 8 << 20;
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+		sz = 4 << 20;
+		if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	}
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot bind %s %s: %s", type == SOCK_DGRAM ? "UDP" : "TCP",
+			 text, strerror(e));
+		close(fd);
+		return -e;
+	}
+	if (type == SOCK_STREAM && listen(fd, 4096) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot listen on %s: %s", text, strerror(e));
+		close(fd);
+		return -e;
+	}
+	return fd;
+}
+
+int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN],
+		       int (*tcp)[DP_MAX_LISTEN], char *err, size_t errlen)
+{
+	for (int sh = 0; sh < nshards; sh++)
+		for (int l = 0; l < DP_MAX_LISTEN; l++)
+			udp[sh][l] = tcp[sh][l] = -1;
+	for (int l = 0; l < cfg->nlisten; l++) {
+		dp_sockaddr_t a = cfg->listen[l];
+		for (int sh = 0; sh < nshards; sh++) {
+			int fd = open_listener(&a, SOCK_DGRAM, err, errlen, cfg->listen_text[l]);
+			if (fd < 0)
+				goto fail;
+			udp[sh][l] = fd;
+			/* Port 0: every shard and the TCP side share the port
+			 * the kernel chose for the first socket. */
+			if (sh == 0 && ((struct sockaddr_in *)&a.ss)->sin_port == 0) {
+				socklen_t len = a.len;
+				getsockname(fd, (struct sockaddr *)&a.ss, &len);
+			}
+			fd = open_listener(&a, SOCK_STREAM, err, errlen, cfg->listen_text[l]);
+			if (fd < 0)
+				goto fail;
+			tcp[sh][l] = fd;
+		}
+	}
+	return 0;
+fail:
+	for (int sh = 0; sh < nshards; sh++)
+		for (int l = 0; l < DP_MAX_LISTEN; l++) {
+			if (udp[sh][l] >= 0)
+				close(udp[sh][l]);
+			if (tcp[sh][l] >= 0)
+				close(tcp[sh][l]);
+			udp[sh][l] = tcp[sh][l] = -1;
+		}
+	return -EADDRINUSE;
+}
+
+/* ---- the loop -------------------------------------------------------------- */
+
+static void arm_wake(dp_shard_t *s)
+{
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_read(sqe, s->wake_fd, &s->wake_buf, sizeof(s->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_WAKE, 0, 0));
+}
+
+static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	enum dp_op op = DP_UD_OP(ud);
+	uint32_t idx = DP_UD_IDX(ud), gen = DP_UD_GEN(ud);
+	switch (op) {
+	case OP_UDP_RECV:
+		dp_udp_on_recv(s, cqe, (int)idx);
+		break;
+	case OP_UDP_SEND:
+		dp_udp_on_send(s, cqe, idx);
+		break;
+	case OP_TCP_ACCEPT:
+		dp_tcp_on_accept(s, cqe, (int)idx);
+		break;
+	case OP_TCP_RECV:
+		dp_tcp_on_recv(s, cqe, idx, gen);
+		break;
+	case OP_TCP_SEND:
+		dp_tcp_on_send(s, cqe, idx, gen);
+		break;
+	case OP_UP_CONNECT:
+	case OP_UP_RECV:
+	case OP_UP_SEND:
+		dp_upstream_on_cqe(s, cqe, op, idx, gen);
+		break;
+	case OP_WAKE:
+		if (!s->stop)
+			arm_wake(s);
+		break;
+	case OP_IGNORE:
+	default:
+		break;
+	}
+}
+
+static uint64_t next_deadline(dp_shard_t *s)
+{
+	uint64_t d = s->now_ms + DP_TICK_MS;
+	if (s->timeouts.head != DP_NONE)
+		d = DP_MIN(d, s->q[s->timeouts.head].deadline_ms);
+	return d;
+}
+
+static void run_loop(dp_shard_t *s)
+{
+	s->now_ms = dp_now_ms();
+	uint64_t last_tick = s->now_ms;
+	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
+		dp_upstream_flush(s);
+		dp_tcp_flush(s);
+		uint64_t dl = next_deadline(s);
+		uint64_t wait_ms = dl > s->now_ms ? dl - s->now_ms : 0;
+		struct __kernel_timespec ts = {
+			.tv_sec = (long long)(wait_ms / 1000),
+			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
+		};
+		struct io_uring_cqe *cqe;
+		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, wait_ms ? &ts : NULL,
+							  NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+			dp_error("io_uring wait failed", "shard=%d err=\"%s\"", s->id,
+				 dp_strerror(rc));
+			break;
+		}
+		s->now_ms = dp_now_ms();
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&s->ring, head, cqe)
+		{
+			handle_cqe(s, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&s->ring, n);
+		if (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms)
+			dp_query_expire(s);
+		if (s->now_ms - last_tick >= DP_TICK_MS) {
+			last_tick = s->now_ms;
+			dp_upstream_expire(s);
+			dp_tcp_expire(s);
+			for (int l = 0; l < s->nlisten; l++) {
+				if (!s->udp_armed[l])
+					dp_udp_arm(s, l);
+				if (!s->tcp_armed[l])
+					dp_tcp_arm_accept(s, l);
+			}
+		}
+	}
+}
+
+static int ring_setup(dp_shard_t *s)
+{
+	/* Newest first; the kernel refuses flags it does not know. */
+	const unsigned tries[] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_CQSIZE,
+		IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE,
+		IORING_SETUP_CQSIZE,
+	};
+	int rc = -EINVAL;
+	for (size_t i = 0; i < DP_ARRAY_LEN(tries); i++) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = tries[i];
+		p.cq_entries = DP_CQ_ENTRIES;
+		rc = io_uring_queue_init_params(DP_RING_ENTRIES, &s->ring, &p);
+		if (rc == 0) {
+			dp_debug("ring ready", "shard=%d flags=0x%x", s->id, p.flags);
+			break;
+		}
+	}
+	if (rc < 0)
+		return rc;
+	s->ring_ok = true;
+	io_uring_register_ring_fd(&s->ring); /* optional: saves an fd lookup per enter */
+	return 0;
+}
+
+static void pin_to_cpu(dp_shard_t *s)
+{
+	cpu_set_t online;
+	if (sched_getaffinity(0, sizeof(online), &online) != 0)
+		return;
+	int n = CPU_COUNT(&online), want = s->id % (n ? n : 1), seen = 0;
+	for (int c = 0; c < CPU_SETSIZE; c++) {
+		if (!CPU_ISSET(c, &online))
+			continue;
+		if (seen++ == want) {
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			CPU_SET(c, &one);
+			pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+			return;
+		}
+	}
+}
+
+static void shard_teardown(dp_shard_t *s)
+{
+	dp_query_fail_all(s);
+	dp_tcp_close_all(s);
+	dp_upstream_close_all(s);
+	if (s->ring_ok) {
+		/* Let cancellations finish before memory they point at goes. */
+		io_uring_submit(&s->ring);
+		for (int i = 0; i < 50; i++) {
+			struct io_uring_cqe *cqe;
+			struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
+			if (io_uring_wait_cqe_timeout(&s->ring, &cqe, &ts) < 0)
+				break;
+			unsigned head, n = 0;
+			io_uring_for_each_cqe(&s->ring, head, cqe) n++;
+			io_uring_cq_advance(&s->ring, n);
+		}
+		io_uring_queue_exit(&s->ring);
+		s->ring_ok = false;
+	}
+	for (int l = 0; l < s->nlisten; l++) {
+		if (s->udp_fd[l] >= 0)
+			close(s->udp_fd[l]);
+		if (s->tcp_fd[l] >= 0)
+			close(s->tcp_fd[l]);
+		s->udp_fd[l] = s->tcp_fd[l] = -1;
+	}
+	dp_upstream_free(s);
+	dp_query_table_free(s);
+	dp_tcp_free(s);
+	if (s->sends)
+		munmap(s->sends, sizeof(dp_udp_send_t) * s->send_cap);
+	s->sends = NULL;
+	if (s->br_mem)
+		munmap(s->br_mem, (size_t)s->br_count * s->br_size);
+	if (s->br)
+		munmap(s->br, s->br_ring_bytes);
+	s->br = NULL;
+	s->br_mem = NULL;
+	if (s->ssl_ctx)
+		SSL_CTX_free(s->ssl_ctx);
+	s->ssl_ctx = NULL;
+}
+
+static void *shard_main(void *arg)
+{
+	dp_shard_t *s = arg;
+	int rc;
+	pin_to_cpu(s);
+	if ((rc = ring_setup(s)) < 0) {
+		snprintf(s->init_msg, sizeof(s->init_msg), "io_uring setup failed: %s",
+			 dp_strerror(rc));
+		goto fail;
+	}
+	if ((rc = bufring_setup(s)) < 0) {
+		snprintf(s->init_msg, sizeof(s->init_msg), "provided-buffer ring setup failed: %s",
+			 dp_strerror(rc));
+		goto fail;
+	}
+	s->ssl_ctx = dp_tls_client_ctx(s->cfg, s->init_msg, sizeof(s->init_msg));
+	if (!s->ssl_ctx) {
+		rc = DP_E_TLS;
+		goto fail;
+	}
+	s->send_cap = 1024;
+	s->sends = mmap(NULL, sizeof(dp_udp_send_t) * s->send_cap, PROT_READ | PROT_WRITE,
+			MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (s->sends == MAP_FAILED) {
+		s->sends = NULL;
+		rc = -ENOMEM;
+		goto fail;
+	}
+	s->send_free = DP_NONE;
+	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0) {
+		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));
+		goto fail;
+	}
+	s->tcp_cap = s->cfg->max_tcp_clients / (uint32_t)s->cfg->threads +
+		     (s->cfg->max_tcp_clients % (uint32_t)s->cfg->threads > (uint32_t)s->id);
+	if (s->tcp_cap == 0)
+		s->tcp_cap = 1;
+	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
+	s->tcp = calloc(s->tcp_cap, sizeof(dp_tcpc_t));
+	if (!s->tcp) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	s->tcp_free = DP_NONE;
+	s->tcp_dirty = DP_NONE;
+	s->tcp_idle = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+	for (int l = 0; l < s->nlisten; l++) {
+		dp_udp_arm(s, l);
+		dp_tcp_arm_accept(s, l);
+	}
+	arm_wake(s);
+	__atomic_store_n(&s->init_err, 1, __ATOMIC_RELEASE); /* running */
+	run_loop(s);
+	shard_teardown(s);
+	return NULL;
+fail:
+	if (!s->init_msg[0])
+		snprintf(s->init_msg, sizeof(s->init_msg), "%s", dp_strerror(rc));
+	shard_teardown(s);
+	__atomic_store_n(&s->init_err, rc < 0 ? rc : -1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+int dp_shard_start(dp_shard_t *s)
+{
+	s->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (s->wake_fd < 0)
+		return -errno;
+	s->init_err = 0;
+	int rc = pthread_create(&s->thread, NULL, shard_main, s);
+	if (rc != 0)
+		return -rc;
+	/* Wait until the shard is running or has failed. */
+	for (int i = 0; i < 10000; i++) {
+		int st = __atomic_load_n(&s->init_err, __ATOMIC_ACQUIRE);
+		if (st == 1)
+			return 0;
+		if (st < 0) {
+			pthread_join(s->thread, NULL);
+			return st;
+		}
+		usleep(1000);
+	}
+	return -ETIMEDOUT;
+}
+
+void dp_shard_stop(dp_shard_t *s)
+{
+	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
+	uint64_t one = 1;
+	ssize_t w = write(s->wake_fd, &one, sizeof(one));
+	(void)w;
+}
+
+void dp_shard_join(dp_shard_t *s)
+{
+	pthread_join(s->thread, NULL);
+	close(s->wake_fd);
+}

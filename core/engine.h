@@ -1,0 +1,320 @@
+/* engine.h - one shard: its io_uring, loop, tables and counters.
+ *
+ * A shard is a complete small proxy pinned to one CPU: it owns its ring, its
+ * SO_REUSEPORT UDP sockets and TCP listeners, its provided-buffer ring, its
+ * query table, its client TCP connections and its upstream TLS connections.
+ * Nothing here is shared with another shard except the counters, which other
+ * threads read with relaxed loads, and the stop flag.
+ *
+ * Completions are told apart by user_data = op (8 bits) | index (24 bits) |
+ * generation (32 bits): no object is allocated per operation, and a stale
+ * completion for a reused slot is recognised by its generation.
+ */
+#ifndef DP_ENGINE_H
+#define DP_ENGINE_H
+
+#include "config.h"
+#include "dns.h"
+#include "idmap.h"
+#include "stats.h"
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+
+#define DP_NONE UINT32_MAX
+
+enum dp_op {
+	OP_IGNORE = 0, /* cancels and other completions nobody waits for */
+	OP_UDP_RECV,
+	OP_UDP_SEND,
+	OP_TCP_ACCEPT,
+	OP_TCP_RECV,
+	OP_TCP_SEND,
+	OP_UP_CONNECT,
+	OP_UP_RECV,
+	OP_UP_SEND,
+	OP_WAKE,
+};
+
+static inline uint64_t dp_ud(enum dp_op op, uint32_t idx, uint32_t gen)
+{
+	return ((uint64_t)op << 56) | ((uint64_t)(idx & 0xffffff) << 32) | gen;
+}
+#define DP_UD_OP(u) ((enum dp_op)((u) >> 56))
+#define DP_UD_IDX(u) ((uint32_t)(((u) >> 32) & 0xffffff))
+#define DP_UD_GEN(u) ((uint32_t)(u))
+
+/* Intrusive doubly linked list over table indices (DP_NONE terminated). */
+typedef struct dp_link {
+	uint32_t prev, next;
+} dp_link_t;
+
+typedef struct dp_list {
+	uint32_t head, tail;
+	uint32_t count;
+} dp_list_t;
+
+/* ---- queries ---------------------------------------------------------- */
+
+enum { Q_FREE = 0, Q_PENDING, Q_SENT };
+enum { T_UDP = 0, T_TCP };
+
+#define DP_QUERY_INLINE 512
+
+typedef struct dp_query {
+	uint32_t gen;
+	uint8_t state; /* Q_* */
+	uint8_t transport; /* T_* */
+	uint8_t resent; /* re-sent once after a connection failed */
+	uint8_t listen_idx; /* UDP: which socket it came in on */
+	uint16_t client_id;
+	uint16_t up_id;
+	uint16_t len; /* query wire length (as sent upstream) */
+	uint16_t client_udp_limit; /* largest UDP answer the client takes */
+	uint32_t conn; /* upstream connection index, DP_NONE when none */
+	dp_link_t tlink; /* shard timeout list */
+	dp_link_t clink; /* connection's query list */
+	uint64_t deadline_ms;
+	uint64_t start_ns;
+	union {
+		struct sockaddr_in6 udp; /* big enough for AF_INET too */
+		struct {
+			uint32_t idx, gen;
+		} tcp;
+	} client;
+	dp_dns_view_t view; /* of wire */
+	uint8_t *wire; /* inline or malloc'd when longer than DP_QUERY_INLINE */
+	uint8_t inline_wire[DP_QUERY_INLINE];
+} dp_query_t;
+
+/* ---- upstream connections --------------------------------------------- */
+
+enum { C_DOWN = 0, C_CONNECTING, C_HANDSHAKE, C_READY, C_CLOSING };
+
+typedef struct dp_upconn {
+	uint8_t state; /* C_* */
+	uint8_t upstream; /* index in cfg->upstream */
+	bool recv_armed;
+	bool send_inflight;
+	bool dirty; /* on the shard's flush list */
+	bool got_answer; /* an answer arrived since connecting */
+	bool health_fail_on_close;
+	int fd;
+	uint32_t ops; /* SQEs in flight on fd */
+	uint32_t gen;
+	uint64_t deadline_ms; /* handshake deadline while connecting */
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	dp_idmap_t ids;
+	dp_list_t queries; /* dp_query_t.clink, pending and sent */
+	uint32_t dirty_next;
+	/* plaintext queries framed for the next SSL_write */
+	uint8_t *batch;
+	uint32_t batch_len, batch_cap, batch_count;
+	/* ciphertext being sent */
+	uint8_t *sendbuf;
+	uint32_t send_len, send_off, send_cap;
+	/* ciphertext received */
+	uint8_t *rxbuf;
+	/* plaintext received, framed DNS messages */
+	uint8_t *plain;
+	uint32_t plain_len;
+} dp_upconn_t;
+
+typedef struct dp_upstream_state {
+	uint32_t fails; /* consecutive connect/handshake failures */
+	uint64_t down_until_ms;
+	uint32_t first_conn; /* index of its first connection slot */
+} dp_upstream_state_t;
+
+/* ---- client TCP connections ------------------------------------------- */
+
+typedef struct dp_tcpc {
+	uint32_t gen;
+	bool used;
+	bool closing;
+	bool recv_armed;
+	bool send_inflight;
+	bool eof; /* the client shut its side: answer what it asked, then close */
+	bool dirty; /* on the shard's send list */
+	int fd;
+	uint32_t ops;
+	uint32_t inflight; /* queries not yet answered */
+	uint32_t dirty_next;
+	uint8_t listen_idx;
+	dp_link_t ilink; /* idle list */
+	uint64_t last_active_ms;
+	uint8_t *rbuf; /* partial frame carried between receives */
+	uint32_t rlen, rcap;
+	uint8_t *out; /* being sent; immutable while send_inflight */
+	uint32_t out_len, out_off, out_cap;
+	uint8_t *pend; /* answers queued behind the send in flight */
+	uint32_t pend_len, pend_cap;
+} dp_tcpc_t;
+
+/* ---- UDP answers in flight ---------------------------------------------- */
+
+typedef struct dp_udp_send {
+	struct msghdr mh;
+	struct iovec iov;
+	struct sockaddr_in6 addr;
+	uint32_t next_free;
+	uint8_t data[4096];
+} dp_udp_send_t;
+
+/* ---- the shard ---------------------------------------------------------- */
+
+typedef struct dp_shard {
+	int id;
+	const dp_config_t *cfg;
+	pthread_t thread;
+	struct io_uring ring;
+	bool ring_ok;
+	volatile int stop;
+	int wake_fd;
+	uint64_t wake_buf;
+	uint64_t now_ms;
+
+	int udp_fd[DP_MAX_LISTEN];
+	int tcp_fd[DP_MAX_LISTEN];
+	int nlisten;
+	bool udp_armed[DP_MAX_LISTEN];
+	bool tcp_armed[DP_MAX_LISTEN];
+	struct msghdr udp_recv_mh; /* template for multishot recvmsg */
+
+	/* provided-buffer ring shared by UDP recvmsg and TCP recv */
+	struct io_uring_buf_ring *br;
+	uint8_t *br_mem;
+	uint32_t br_count, br_size;
+	size_t br_ring_bytes;
+
+	dp_udp_send_t *sends;
+	uint32_t send_cap, send_hiwater, send_free;
+
+	dp_query_t *q;
+	uint32_t q_cap, q_hiwater, q_free, q_used;
+	dp_list_t timeouts; /* every live query, oldest deadline first */
+
+	dp_upconn_t *conns;
+	uint32_t nconns;
+	dp_upstream_state_t up[DP_MAX_UPSTREAMS];
+	uint32_t rr; /* round-robin cursor over upstreams */
+	uint32_t dirty_head; /* connections to flush at the end of the turn */
+	SSL_CTX *ssl_ctx;
+
+	dp_tcpc_t *tcp;
+	uint32_t tcp_cap, tcp_hiwater, tcp_free, tcp_used;
+	dp_list_t tcp_idle; /* open client connections, least recently active first */
+	uint32_t tcp_dirty; /* connections with answers to send this turn */
+
+	dp_stats_t stats;
+	int init_err;
+	char init_msg[256];
+} dp_shard_t;
+
+/* Counters: the shard writes, other threads read; relaxed, no lock prefix. */
+#define STAT_ADD(s, name, v) \
+	__atomic_store_n(&(s)->stats.name, (s)->stats.name + (v), __ATOMIC_RELAXED)
+#define STAT_INC(s, name) STAT_ADD(s, name, 1)
+#define STAT_SET(s, name, v) __atomic_store_n(&(s)->stats.name, (v), __ATOMIC_RELAXED)
+
+/* ---- engine.c ----------------------------------------------------------- */
+
+/* Create listening sockets for every shard (SO_REUSEPORT), so bind errors
+ * surface before any thread starts. fds[shard][listen] for UDP and TCP.
+ * Returns 0 or a negative errno with err filled with a one-line message. */
+int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN],
+		       int (*tcp)[DP_MAX_LISTEN], char *err, size_t errlen);
+
+/* Start shard s's thread (it sets up its ring, TLS context and tables,
+ * takes ownership of the given fds). Returns 0 or negative errno. */
+int dp_shard_start(dp_shard_t *s);
+
+/* Ask a shard to stop (any thread) and wait for it. */
+void dp_shard_stop(dp_shard_t *s);
+void dp_shard_join(dp_shard_t *s);
+
+/* An SQE, submitting first when the SQ is full. Never NULL. Hot path. */
+struct io_uring_sqe *dp_sqe(dp_shard_t *s);
+
+/* List helpers over a table whose element has a dp_link_t at offset off. */
+void dp_list_push_tail(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
+void dp_list_remove(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
+
+/* Give a provided buffer back to the ring. Hot path. */
+void dp_bufring_recycle(dp_shard_t *s, uint16_t bid);
+
+/* ---- udp.c -------------------------------------------------------------- */
+void dp_udp_arm(dp_shard_t *s, int li);
+void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
+void dp_udp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t slot);
+/* Send msg (len octets) to addr on listen socket li; copies msg. Hot path. */
+void dp_udp_send(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, const uint8_t *msg,
+		 size_t len);
+
+/* ---- tcp.c -------------------------------------------------------------- */
+void dp_tcp_arm_accept(dp_shard_t *s, int li);
+void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
+void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
+void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
+/* Queue an answer (copied, framed) to client connection idx/gen; dropped if
+ * the connection is gone. Hot path. */
+void dp_tcp_answer(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg, size_t len);
+/* Close idle clients whose time is up. */
+void dp_tcp_expire(dp_shard_t *s);
+/* End of a loop turn: one send per connection with queued answers. */
+void dp_tcp_flush(dp_shard_t *s);
+/* Teardown: shut every client socket; dp_tcp_free after the ring is gone. */
+void dp_tcp_close_all(dp_shard_t *s);
+void dp_tcp_free(dp_shard_t *s);
+void dp_tcp_close(dp_shard_t *s, uint32_t idx);
+
+/* ---- query.c ------------------------------------------------------------ */
+/* Handle one client query (msg is the receive buffer: read in place, copied
+ * only into the query slot). For UDP, from/li say where to answer; for TCP,
+ * tcp_idx/tcp_gen. Hot path. */
+void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
+/* An upstream answer for the query in slot qi (already matched). Answers the
+ * client and frees the slot. */
+void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
+		     const dp_dns_view_t *v);
+/* Answer the query with SERVFAIL and free its slot. */
+void dp_query_fail(dp_shard_t *s, uint32_t qi);
+/* SERVFAIL every query whose deadline has passed. */
+void dp_query_expire(dp_shard_t *s);
+void dp_query_fail_all(dp_shard_t *s);
+int dp_query_table_init(dp_shard_t *s);
+void dp_query_table_free(dp_shard_t *s);
+
+/* ---- upstream.c --------------------------------------------------------- */
+int dp_upstream_init(dp_shard_t *s);
+void dp_upstream_free(dp_shard_t *s);
+/* Send query qi upstream (picks upstream and connection). Returns 0, or a
+ * negative code when no upstream can take it (caller answers SERVFAIL). */
+int dp_upstream_send(dp_shard_t *s, uint32_t qi, int exclude_upstream);
+/* Detach query qi from its connection (timeout/answer): frees its ID. */
+void dp_upstream_detach(dp_shard_t *s, uint32_t qi);
+void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, uint32_t idx,
+			uint32_t gen);
+/* End of a loop turn: one SSL_write and one send per connection with
+ * queued queries. Hot path. */
+void dp_upstream_flush(dp_shard_t *s);
+/* Handshake deadlines. */
+void dp_upstream_expire(dp_shard_t *s);
+void dp_upstream_close_all(dp_shard_t *s);
+
+/* ---- tls.c -------------------------------------------------------------- */
+/* Client TLS context for upstreams: TLS 1.2+, verification against ca_file.
+ * Allocates; returns NULL with err filled. */
+SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen);
+/* A new client SSL over fresh memory BIOs, with SNI and name check for
+ * upstream u. Allocates; returns 0 or DP_E_TLS. */
+int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl, BIO **rbio,
+		       BIO **wbio);
+/* Describe why the handshake of ssl failed (verify result or error queue). */
+void dp_tls_error_reason(SSL *ssl, int ret, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,73 @@
+/* log.c - key=value log lines on stderr; dp_strerror. */
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+int dp_log_level = DP_LOG_INFO;
+
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+
+int dp_log_parse_level(const char *s)
+{
+	for (size_t i = 0; i < DP_ARRAY_LEN(level_names); i++)
+		if (strcmp(s, level_names[i]) == 0)
+			return (int)i;
+	return DP_E_CONFIG;
+}
+
+void dp_log(int level, const char *msg, const char *fmt, ...)
+{
+	if (level < dp_log_level)
+		return;
+	char line[1024];
+	struct timeval tv;
+	struct tm tm;
+	gettimeofday(&tv, NULL);
+	gmtime_r(&tv.tv_sec, &tm);
+	int n = snprintf(line, sizeof(line),
+			 "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03dZ level=%s msg=\"%s\"",
+			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+			 tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
+			 level_names[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	if (fmt && *fmt) {
+		line[n++] = ' ';
+		va_list ap;
+		va_start(ap, fmt);
+		int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+		va_end(ap);
+		if (m > 0)
+			n += DP_MIN(m, (int)(sizeof(line) - (size_t)n - 2));
+	}
+	line[n++] = '\n';
+	ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+	(void)w;
+}
+
+const char *dp_strerror(int err)
+{
+	switch (err) {
+	case 0: return "success";
+	case DP_E_MALFORMED: return "malformed message";
+	case DP_E_FORMERR: return "format error";
+	case DP_E_NOTIMP: return "not implemented";
+	case DP_E_BADVERS: return "bad EDNS version";
+	case DP_E_RESPONSE: return "response where a query was expected";
+	case DP_E_FULL: return "table full";
+	case DP_E_CONFIG: return "invalid configuration";
+	case DP_E_TLS: return "TLS failure";
+	case DP_E_TOOBIG: return "message too big";
+	default:
+		if (err < 0 && err > -4096)
+			return strerror(-err);
+		return "unknown error";
+	}
+}

@@ -1,0 +1,53 @@
+/* stats.h - per-shard counters. Each shard writes its own (relaxed stores,
+ * no lock prefix); readers sum them over shards with relaxed loads. */
+#ifndef DP_STATS_H
+#define DP_STATS_H
+
+#include <stdint.h>
+
+/* X(name): every counter, in the order they are printed. */
+#define DP_STATS_FIELDS(X) \
+	X(udp_queries) \
+	X(tcp_queries) \
+	X(answers) \
+	X(servfail) \
+	X(formerr) \
+	X(notimp) \
+	X(badvers) \
+	X(dropped) \
+	X(udp_truncated) \
+	X(udp_send_errors) \
+	X(udp_send_sync) \
+	X(bufring_empty) \
+	X(inflight_full) \
+	X(timeouts) \
+	X(upstream_sent) \
+	X(upstream_resent) \
+	X(upstream_answers) \
+	X(upstream_bad_id) \
+	X(upstream_bad_question) \
+	X(upstream_malformed) \
+	X(upstream_late) \
+	X(ssl_writes) \
+	X(ssl_write_queries) \
+	X(max_write_batch) \
+	X(up_sends) \
+	X(connects) \
+	X(handshakes) \
+	X(handshake_failures) \
+	X(conn_closed) \
+	X(tcp_accepted) \
+	X(tcp_refused) \
+	X(tcp_open) \
+	X(tcp_closed_idle) \
+	X(tcp_closed_slow) \
+	X(tcp_answers_dropped) \
+	X(queries_inflight)
+
+typedef struct dp_stats {
+#define DP_STATS_DECL(n) uint64_t n;
+	DP_STATS_FIELDS(DP_STATS_DECL)
+#undef DP_STATS_DECL
+} dp_stats_t;
+
+#endif

@@ -1,0 +1,616 @@
+/* upstream.c - DNS-over-TLS connections to the upstreams, one pool per shard.
+ *
+ * Owns: the shard's connection slots (--upstream-conns per upstream), and
+ * per open connection its SSL session with memory BIOs, its ID map, its
+ * receive, plaintext, batch and send buffers.
+ *
+ * Write path: a query is framed into its connection's batch; at the end of
+ * the loop turn every connection with a batch does ONE SSL_write (so queries
+ * that arrived in the same turn share TLS records) and ONE send of the
+ * ciphertext. Only one send is in flight per connection; ciphertext made
+ * meanwhile waits in the write BIO and leaves with the next send.
+ *
+ * Read path: ciphertext from recv goes into the read BIO; SSL_read drains
+ * every complete message into the plaintext buffer, where the framed answers
+ * are matched by ID (the ID map) and question, then answered in place.
+ *
+ * Failure: a connection that fails or is closed re-sends its queries once,
+ * on another connection (another upstream when this one failed its health);
+ * the slot is reused only after every operation on its socket completed.
+ */
+#include "engine.h"
+#include "log.h"
+#include "tcpframe.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#define RX_SIZE (16 * 1024 + 512)
+#define PLAIN_CAP (65537 + 16 * 1024)
+#define COFF offsetof(dp_query_t, clink)
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 30000
+#define OPEN_MORE_AT 64 /* in flight per ready connection before another opens */
+
+static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
+		      const char *reason);
+
+int dp_upstream_init(dp_shard_t *s)
+{
+	const dp_config_t *cfg = s->cfg;
+	s->nconns = (uint32_t)cfg->nupstream * cfg->upstream_conns;
+	s->conns = calloc(s->nconns, sizeof(dp_upconn_t));
+	if (!s->conns)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		dp_upconn_t *c = &s->conns[i];
+		c->fd = -1;
+		c->state = C_DOWN;
+		c->upstream = (uint8_t)(i / cfg->upstream_conns);
+		c->queries = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+		c->dirty_next = DP_NONE;
+	}
+	for (int u = 0; u < cfg->nupstream; u++)
+		s->up[u].first_conn = (uint32_t)u * cfg->upstream_conns;
+	s->dirty_head = DP_NONE;
+	return 0;
+}
+
+void dp_upstream_free(dp_shard_t *s)
+{
+	if (!s->conns)
+		return;
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		dp_upconn_t *c = &s->conns[i];
+		if (c->fd >= 0)
+			close(c->fd);
+		SSL_free(c->ssl);
+		dp_idmap_destroy(&c->ids);
+		free(c->batch);
+		free(c->sendbuf);
+		free(c->rxbuf);
+		free(c->plain);
+	}
+	free(s->conns);
+	s->conns = NULL;
+}
+
+static const char *up_name(const dp_shard_t *s, const dp_upconn_t *c)
+{
+	return s->cfg->upstream[c->upstream].text;
+}
+
+static void mark_dirty(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	if (!c->dirty) {
+		c->dirty = true;
+		c->dirty_next = s->dirty_head;
+		s->dirty_head = ci;
+	}
+}
+
+static bool grow(uint8_t **buf, uint32_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return true;
+	size_t n = *cap ? *cap : 4096;
+	while (n < need)
+		n *= 2;
+	uint8_t *p = realloc(*buf, n);
+	if (!p)
+		return false;
+	*buf = p;
+	*cap = (uint32_t)n;
+	return true;
+}
+
+/* Frame query qi into connection ci's batch. */
+static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	dp_query_t *q = &s->q[qi];
+	if (!grow(&c->batch, &c->batch_cap, (size_t)c->batch_len + q->len + 2))
+		return -ENOMEM;
+	dp_wr16(c->batch + c->batch_len, q->len);
+	memcpy(c->batch + c->batch_len + 2, q->wire, q->len);
+	c->batch_len += q->len + 2u;
+	c->batch_count++;
+	q->state = Q_SENT;
+	STAT_INC(s, upstream_sent);
+	mark_dirty(s, ci);
+	return 0;
+}
+
+static void arm_recv(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_recv(sqe, c->fd, c->rxbuf, RX_SIZE, 0);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_RECV, ci, c->gen));
+	c->recv_armed = true;
+	c->ops++;
+}
+
+/* Move ciphertext waiting in the write BIO to the socket (one send in
+ * flight at a time). */
+static void out_pump(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	if (c->send_inflight || c->state == C_CLOSING || c->fd < 0)
+		return;
+	size_t pending = BIO_pending(c->wbio);
+	if (pending == 0)
+		return;
+	if (!grow(&c->sendbuf, &c->send_cap, pending)) {
+		conn_fail(s, ci, false, "upstream connection failed", "out of memory");
+		return;
+	}
+	int n = BIO_read(c->wbio, c->sendbuf, (int)pending);
+	if (n <= 0)
+		return;
+	c->send_len = (uint32_t)n;
+	c->send_off = 0;
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_send(sqe, c->fd, c->sendbuf, c->send_len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, c->gen));
+	c->send_inflight = true;
+	c->ops++;
+	STAT_INC(s, up_sends);
+}
+
+static int conn_start(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	const dp_upstream_cfg_t *u = &s->cfg->upstream[c->upstream];
+	int rc;
+	if (!c->ids.val && (rc = dp_idmap_init(&c->ids, dp_now_ns() ^ ((uint64_t)ci << 32) ^
+							       (uint64_t)(uintptr_t)c)) < 0)
+		return rc;
+	if (!c->rxbuf && !(c->rxbuf = malloc(RX_SIZE)))
+		return -ENOMEM;
+	if (!c->plain && !(c->plain = malloc(PLAIN_CAP)))
+		return -ENOMEM;
+	int fd = socket(u->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if ((rc = dp_tls_new_session(s->ssl_ctx, u, &c->ssl, &c->rbio, &c->wbio)) < 0) {
+		close(fd);
+		return rc;
+	}
+	c->fd = fd;
+	c->state = C_CONNECTING;
+	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
+	c->got_answer = false;
+	c->plain_len = 0;
+	c->batch_len = c->batch_count = 0;
+	c->send_len = c->send_off = 0;
+	STAT_INC(s, connects);
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&u->addr.ss, u->addr.len);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_CONNECT, ci, c->gen));
+	c->ops++;
+	dp_debug("upstream connecting", "shard=%d upstream=%s", s->id, u->text);
+	return 0;
+}
+
+static bool upstream_down(const dp_shard_t *s, uint32_t u)
+{
+	return s->up[u].down_until_ms > s->now_ms;
+}
+
+/* Round robin over upstreams that are not down. */
+static uint32_t pick_upstream(dp_shard_t *s, int exclude)
+{
+	uint32_t n = (uint32_t)s->cfg->nupstream;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t u = (s->rr + k) % n;
+		if ((int)u == exclude || upstream_down(s, u))
+			continue;
+		s->rr = u + 1;
+		return u;
+	}
+	return DP_NONE;
+}
+
+/* The connection of upstream u that should take the next query: the least
+ * loaded ready one; a new one when those are busy; a connecting one; and as
+ * a last resort a closing one, which reconnects once it has closed. */
+static uint32_t pick_conn(dp_shard_t *s, uint32_t u)
+{
+	uint32_t best = DP_NONE, best_score = UINT32_MAX;
+	uint32_t first = s->up[u].first_conn;
+	for (uint32_t k = 0; k < s->cfg->upstream_conns; k++) {
+		uint32_t ci = first + k;
+		dp_upconn_t *c = &s->conns[ci];
+		uint32_t score;
+		switch (c->state) {
+		case C_READY: score = c->queries.count; break;
+		case C_DOWN: score = OPEN_MORE_AT; break;
+		case C_CONNECTING:
+		case C_HANDSHAKE: score = OPEN_MORE_AT + 1 + c->queries.count; break;
+		default: score = UINT32_MAX - 1; break;
+		}
+		if (score < best_score) {
+			best_score = score;
+			best = ci;
+		}
+	}
+	if (best != DP_NONE && s->conns[best].state == C_DOWN) {
+		int rc = conn_start(s, best);
+		if (rc < 0) {
+			char why[96];
+			snprintf(why, sizeof(why), "%s", dp_strerror(rc));
+			dp_warn("upstream connect failed", "shard=%d upstream=%s reason=\"%s\"", s->id,
+				up_name(s, &s->conns[best]), why);
+			s->up[u].fails++;
+			s->up[u].down_until_ms = s->now_ms + BACKOFF_MIN_MS;
+			return DP_NONE;
+		}
+	}
+	return best;
+}
+
+static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	dp_query_t *q = &s->q[qi];
+	int id = dp_idmap_take(&c->ids, qi);
+	if (id < 0)
+		return id;
+	q->up_id = (uint16_t)id;
+	dp_wr16(q->wire, q->up_id);
+	q->conn = ci;
+	q->state = Q_PENDING;
+	dp_list_push_tail(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
+	if (c->state == C_READY)
+		return batch_append(s, ci, qi);
+	return 0;
+}
+
+int dp_upstream_send(dp_shard_t *s, uint32_t qi, int exclude)
+{
+	for (int attempt = 0; attempt < s->cfg->nupstream; attempt++) {
+		uint32_t u = pick_upstream(s, exclude);
+		if (u == DP_NONE)
+			return -EHOSTUNREACH;
+		uint32_t ci = pick_conn(s, u);
+		if (ci == DP_NONE)
+			continue; /* that upstream is down now; try another */
+		return assign(s, qi, ci);
+	}
+	return -EHOSTUNREACH;
+}
+
+void dp_upstream_detach(dp_shard_t *s, uint32_t qi)
+{
+	dp_query_t *q = &s->q[qi];
+	dp_upconn_t *c = &s->conns[q->conn];
+	if (dp_idmap_get(&c->ids, q->up_id) == qi)
+		dp_idmap_release(&c->ids, q->up_id);
+	dp_list_remove(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
+	q->conn = DP_NONE;
+}
+
+static void finalize(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	SSL_free(c->ssl); /* frees both BIOs */
+	c->ssl = NULL;
+	c->rbio = c->wbio = NULL;
+	c->state = C_DOWN;
+	c->gen++;
+	c->send_inflight = c->recv_armed = false;
+	c->batch_len = c->batch_count = 0;
+	c->plain_len = 0;
+	if (c->plain) {
+		/* Keep idle memory small: buffers come back on the next connect. */
+		free(c->plain);
+		c->plain = NULL;
+	}
+	/* Queries re-queued here while it closed: connect again for them. */
+	if (c->queries.count && !s->stop) {
+		int rc = upstream_down(s, c->upstream) ? -EHOSTUNREACH : conn_start(s, ci);
+		if (rc < 0) {
+			while (c->queries.head != DP_NONE)
+				dp_query_fail(s, c->queries.head);
+		}
+	}
+}
+
+static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
+		      const char *reason)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	if (c->state == C_CLOSING || c->state == C_DOWN)
+		return;
+	uint8_t old = c->state;
+	int lvl = health ? DP_LOG_WARN : DP_LOG_DEBUG;
+	if (lvl >= dp_log_level)
+		dp_log(lvl, what, "shard=%d upstream=%s reason=\"%s\" inflight=%u", s->id,
+		       up_name(s, c), reason, c->queries.count);
+	if (old != C_READY)
+		STAT_INC(s, handshake_failures);
+	STAT_INC(s, conn_closed);
+	if (health) {
+		dp_upstream_state_t *us = &s->up[c->upstream];
+		us->fails++;
+		uint64_t backoff = BACKOFF_MIN_MS;
+		for (uint32_t i = 1; i < us->fails && backoff < BACKOFF_MAX_MS; i++)
+			backoff *= 2;
+		us->down_until_ms = s->now_ms + DP_MIN(backoff, (uint64_t)BACKOFF_MAX_MS);
+	}
+	c->state = C_CLOSING;
+	c->batch_len = c->batch_count = 0;
+	shutdown(c->fd, SHUT_RDWR);
+	if (c->ops) {
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+	}
+	/* Take the query list out first: re-sending may pick this very slot
+	 * again (it reconnects after closing) and push onto its list. */
+	uint32_t qi = c->queries.head;
+	c->queries = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+	int exclude = health ? (int)c->upstream : -1;
+	while (qi != DP_NONE) {
+		dp_query_t *q = &s->q[qi];
+		uint32_t next = q->clink.next;
+		q->clink.prev = q->clink.next = DP_NONE;
+		q->conn = DP_NONE;
+		dp_idmap_release(&c->ids, q->up_id);
+		bool was_sent = q->state == Q_SENT;
+		if (was_sent && q->resent) {
+			dp_query_fail(s, qi);
+		} else {
+			if (was_sent) {
+				q->resent = 1;
+				STAT_INC(s, upstream_resent);
+			}
+			if (dp_upstream_send(s, qi, exclude) < 0)
+				dp_query_fail(s, qi);
+		}
+		qi = next;
+	}
+	if (c->ops == 0)
+		finalize(s, ci);
+}
+
+static void do_handshake(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		c->state = C_READY;
+		s->up[c->upstream].fails = 0;
+		s->up[c->upstream].down_until_ms = 0;
+		STAT_INC(s, handshakes);
+		dp_debug("upstream ready", "shard=%d upstream=%s version=%s queued=%u", s->id,
+			 up_name(s, c), SSL_get_version(c->ssl), c->queries.count);
+		for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = s->q[qi].clink.next)
+			if (s->q[qi].state == Q_PENDING && batch_append(s, ci, qi) < 0)
+				break;
+		return;
+	}
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return;
+	char why[256];
+	dp_tls_error_reason(c->ssl, r, why, sizeof(why));
+	conn_fail(s, ci, true, "upstream handshake failed", why);
+}
+
+struct answer_ctx {
+	dp_shard_t *s;
+	uint32_t ci;
+};
+
+static int on_answer(void *ctx, uint8_t *msg, size_t len)
+{
+	struct answer_ctx *a = ctx;
+	dp_shard_t *s = a->s;
+	dp_upconn_t *c = &s->conns[a->ci];
+	if (len < DP_DNS_HDR_LEN) {
+		STAT_INC(s, upstream_malformed);
+		return 0;
+	}
+	uint32_t qi = dp_idmap_get(&c->ids, dp_rd16(msg));
+	if (qi == DP_IDMAP_NONE || qi >= s->q_hiwater || s->q[qi].conn != a->ci ||
+	    s->q[qi].state != Q_SENT) {
+		STAT_INC(s, upstream_bad_id);
+		return 0;
+	}
+	dp_query_t *q = &s->q[qi];
+	dp_dns_view_t v;
+	if (dp_dns_parse_answer(msg, len, &v) < 0) {
+		/* Unusable answer to a query we know: fail it now rather than
+		 * leave the client waiting for the deadline. */
+		STAT_INC(s, upstream_malformed);
+		dp_query_fail(s, qi);
+		return 0;
+	}
+	if (!dp_dns_question_equal(q->wire, &q->view, msg, &v)) {
+		STAT_INC(s, upstream_bad_question);
+		return 0;
+	}
+	c->got_answer = true;
+	STAT_INC(s, upstream_answers);
+	dp_query_answer(s, qi, msg, len, &v);
+	return 0;
+}
+
+/* Drain every complete record from the read BIO and handle the answers. */
+static void read_plain(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->conns[ci];
+	struct answer_ctx a = { s, ci };
+	for (;;) {
+		int n = SSL_read(c->ssl, c->plain + c->plain_len, (int)(PLAIN_CAP - c->plain_len));
+		if (n <= 0) {
+			int e = SSL_get_error(c->ssl, n);
+			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+				return;
+			if (e == SSL_ERROR_ZERO_RETURN) {
+				conn_fail(s, ci, c->queries.count && !c->got_answer,
+					  "upstream closed the connection", "close_notify");
+				return;
+			}
+			char why[256];
+			dp_tls_error_reason(c->ssl, n, why, sizeof(why));
+			conn_fail(s, ci, true, "upstream TLS error", why);
+			return;
+		}
+		c->plain_len += (uint32_t)n;
+		long used = dp_tcpframe_split(c->plain, c->plain_len, on_answer, &a);
+		if (c->state != C_READY)
+			return; /* an answer's handling closed it */
+		if (used < 0) {
+			conn_fail(s, ci, true, "upstream protocol error", "zero-length message");
+			return;
+		}
+		if (used) {
+			memmove(c->plain, c->plain + used, c->plain_len - (size_t)used);
+			c->plain_len -= (uint32_t)used;
+		}
+	}
+}
+
+void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, uint32_t ci,
+			uint32_t gen)
+{
+	if (ci >= s->nconns)
+		return;
+	dp_upconn_t *c = &s->conns[ci];
+	c->ops--;
+	if (op == OP_UP_SEND)
+		c->send_inflight = false;
+	if (op == OP_UP_RECV)
+		c->recv_armed = false;
+	if (c->state == C_CLOSING) {
+		if (c->ops == 0)
+			finalize(s, ci);
+		return;
+	}
+	int res = cqe->res;
+	switch (op) {
+	case OP_UP_CONNECT:
+		if (res < 0) {
+			conn_fail(s, ci, true, "upstream connect failed", dp_strerror(res));
+			return;
+		}
+		c->state = C_HANDSHAKE;
+		do_handshake(s, ci);
+		if (c->state == C_CLOSING)
+			return;
+		arm_recv(s, ci);
+		out_pump(s, ci);
+		return;
+	case OP_UP_RECV:
+		if (res <= 0) {
+			bool health = c->state != C_READY || (c->queries.count && !c->got_answer);
+			conn_fail(s, ci, health,
+				  c->state == C_READY ? "upstream closed the connection"
+						      : "upstream handshake failed",
+				  res == 0 ? "connection closed by peer" : dp_strerror(res));
+			return;
+		}
+		if (BIO_write(c->rbio, c->rxbuf, res) != res) {
+			conn_fail(s, ci, false, "upstream connection failed", "out of memory");
+			return;
+		}
+		if (c->state == C_HANDSHAKE) {
+			do_handshake(s, ci);
+			if (c->state != C_READY) {
+				if (c->state == C_HANDSHAKE) {
+					arm_recv(s, ci);
+					out_pump(s, ci);
+				}
+				return;
+			}
+		}
+		read_plain(s, ci);
+		if (c->state != C_READY)
+			return;
+		arm_recv(s, ci);
+		out_pump(s, ci);
+		return;
+	case OP_UP_SEND:
+		if (res < 0) {
+			conn_fail(s, ci, c->state != C_READY, "upstream send failed", dp_strerror(res));
+			return;
+		}
+		c->send_off += (uint32_t)res;
+		if (c->send_off < c->send_len) {
+			struct io_uring_sqe *sqe = dp_sqe(s);
+			io_uring_prep_send(sqe, c->fd, c->sendbuf + c->send_off,
+					   c->send_len - c->send_off, MSG_NOSIGNAL);
+			io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, c->gen));
+			c->send_inflight = true;
+			c->ops++;
+			return;
+		}
+		c->send_len = c->send_off = 0;
+		out_pump(s, ci);
+		return;
+	default:
+		return;
+	}
+}
+
+void dp_upstream_flush(dp_shard_t *s)
+{
+	while (s->dirty_head != DP_NONE) {
+		uint32_t ci = s->dirty_head;
+		dp_upconn_t *c = &s->conns[ci];
+		s->dirty_head = c->dirty_next;
+		c->dirty = false;
+		if (c->state != C_READY || c->batch_len == 0)
+			continue;
+		int n = SSL_write(c->ssl, c->batch, (int)c->batch_len);
+		if (n != (int)c->batch_len) {
+			char why[256];
+			dp_tls_error_reason(c->ssl, n, why, sizeof(why));
+			conn_fail(s, ci, true, "upstream TLS write failed", why);
+			continue;
+		}
+		STAT_INC(s, ssl_writes);
+		STAT_ADD(s, ssl_write_queries, c->batch_count);
+		if (c->batch_count > s->stats.max_write_batch)
+			STAT_SET(s, max_write_batch, c->batch_count);
+		c->batch_len = c->batch_count = 0;
+		out_pump(s, ci);
+	}
+}
+
+void dp_upstream_expire(dp_shard_t *s)
+{
+	for (uint32_t ci = 0; ci < s->nconns; ci++) {
+		dp_upconn_t *c = &s->conns[ci];
+		if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) &&
+		    s->now_ms >= c->deadline_ms)
+			conn_fail(s, ci, true, "upstream handshake failed", "handshake timeout");
+	}
+}
+
+void dp_upstream_close_all(dp_shard_t *s)
+{
+	if (!s->conns)
+		return;
+	for (uint32_t ci = 0; ci < s->nconns; ci++) {
+		dp_upconn_t *c = &s->conns[ci];
+		if (c->fd >= 0)
+			shutdown(c->fd, SHUT_RDWR);
+	}
+}
