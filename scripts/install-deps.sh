@@ -1,0 +1,26 @@
+#!/bin/sh
+# install-deps.sh - every Debian 12 package dotproxy needs to build, test and
+# benchmark. Run as root. Safe to run again (apt-get skips what is there).
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+pkgs="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
+liburing-dev android-libboringssl-dev libcmocka-dev
+unbound knot-dnsutils bind9-dnsutils dnsperf openssl
+python3 python3-dnspython python3-pytest python3-yaml
+dnsdist stubby knot-resolver gnuplot-nox procps iproute2 curl"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "install-deps: installing:$missing"
+	apt-get update -q
+	# shellcheck disable=SC2086
+	apt-get install -y -q --no-install-recommends $missing
+fi
+# Debian starts some of these as services where an init system runs; the
+# tests and benchmarks start their own instances on free ports.
+for svc in unbound dnsdist stubby kresd; do
+	pkill -x "$svc" 2>/dev/null || true
+done
+exit 0
