@@ -23,6 +23,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->max_udp_size = 1232;
 	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
 	c->log_level = DP_LOG_INFO;
+	dp_acl_defaults(&c->acl);
 }
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
@@ -134,7 +135,7 @@ static int parse_duration_ms(const char *s, uint32_t *out)
 		v *= 1000.0;
 	else
 		return DP_E_CONFIG;
-	if (v < 1 || v > 3600e3)
+	if (!(v >= 1 && v <= 3600e3)) /* also refuses NaN ("nan", "nanms") */
 		return DP_E_CONFIG;
 	*out = (uint32_t)v;
 	return 0;
@@ -173,6 +174,11 @@ static void usage(const dp_config_t *d)
 	       "  --max-inflight N          queries upstream per shard (default %u)\n"
 	       "  --upstream-conns N        TLS connections per upstream per shard (default %u)\n"
 	       "  --max-udp-size N          largest UDP answer sent, 512..4096 (default %u)\n"
+"  --allow CIDR              clients allowed, repeatable (default loopback,\n"
+	       "                            10/8, 172.16/12, 192.168/16, fc00::/7); others\n"
+	       "                            get REFUSED (UDP) or are closed (TCP)\n"
+	       "  --rate-limit QPS          per client address (IPv6: /64), UDP; over it\n"
+	       "                            queries are dropped or answered TC=1 (default off)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 	       "  --help                    this text\n"
 	       "  --version                 print the version\n\n"
@@ -184,7 +190,7 @@ static void usage(const dp_config_t *d)
 enum {
 	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
-	OPT_UDPSIZE, OPT_HSTIMEOUT,
+	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT,
 };
 
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -202,6 +208,8 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
 		{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
 		{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
+		{ "allow", required_argument, NULL, OPT_ALLOW },
+		{ "rate-limit", required_argument, NULL, OPT_RATELIMIT },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -210,7 +218,7 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	unsigned long n;
 	int o;
 	opterr = 0;
-	optind = 1;
+	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
 	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (o) {
 		case OPT_LISTEN:
@@ -304,6 +312,24 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 				return DP_E_CONFIG;
 			}
 			c->max_udp_size = (uint16_t)n;
+			break;
+		case OPT_ALLOW:
+			if (!c->acl_set) {
+				c->acl.n = 0;
+				c->acl_set = true;
+			}
+			if (dp_acl_add(&c->acl, optarg) < 0) {
+				snprintf(err, errlen, "--allow %s: expected ADDR/LEN with no host bits set (at most %d)",
+					 optarg, DP_ACL_MAX);
+				return DP_E_CONFIG;
+			}
+			break;
+		case OPT_RATELIMIT:
+			if (parse_uint(optarg, 0, 10000000, &n) < 0) {
+				snprintf(err, errlen, "--rate-limit %s: expected queries per second, 0 = off", optarg);
+				return DP_E_CONFIG;
+			}
+			c->rate_limit = (uint32_t)n;
 			break;
 		case OPT_HELP:
 		case 'h':

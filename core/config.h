@@ -2,6 +2,7 @@
 #ifndef DP_CONFIG_H
 #define DP_CONFIG_H
 
+#include "acl.h"
 #include "dp.h"
 
 #include <sys/socket.h>
@@ -36,6 +37,9 @@ typedef struct dp_config {
 	uint16_t max_udp_size;
 	char ca_file[4096];
 	int log_level;
+	dp_acl_t acl; /* clients allowed; the first --allow replaces the defaults */
+	bool acl_set;
+	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
 } dp_config_t;
 
 /* Defaults, as --help prints them. */

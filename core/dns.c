@@ -88,8 +88,11 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 		if (end > len)
 			return DP_E_FORMERR;
 		if (type == DP_DNS_TYPE_OPT) {
-			/* One OPT, in the additional section, owned by the root. */
-			if (section != 3 || v->has_opt || wl != 1)
+			/* One OPT, in the additional section, owned by the root
+			 * written as the single zero octet (RFC 6891 6.1.2), not
+			 * a pointer to one: dp_dns_truncate() moves the OPT, and
+			 * a pointer into the sections it drops would dangle. */
+			if (section != 3 || v->has_opt || msg[start] != 0)
 				return DP_E_FORMERR;
 			/* Options must tile the RDATA exactly. */
 			size_t o = next + 10;
@@ -99,6 +102,8 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 				size_t olen = dp_rd16(msg + o + 2);
 				if (o + 4 + olen > end)
 					return DP_E_FORMERR;
+				if (dp_rd16(msg + o) == DP_DNS_OPT_PADDING)
+					v->opt_padding = true;
 				o += 4 + olen;
 			}
 			v->has_opt = true;
@@ -162,7 +167,10 @@ int dp_dns_parse_query(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 		return DP_E_NOTIMP;
 	}
 	if (v->qdcount != 1) {
-		/* Still look for the OPT so the FORMERR carries one. */
+		/* Still look for the OPT so the FORMERR carries one (without a
+		 * question the RRs start right after the header). */
+		if (v->qdcount == 0)
+			(void)parse_common(msg, len, v);
 		return DP_E_FORMERR;
 	}
 	rc = parse_common(msg, len, v);

@@ -19,6 +19,7 @@
 #define DP_DNS_MAX_JUMPS 64
 
 #define DP_DNS_TYPE_OPT 41
+#define DP_DNS_OPT_PADDING 12
 
 #define DP_DNS_RCODE_NOERROR 0
 #define DP_DNS_RCODE_FORMERR 1
@@ -57,6 +58,7 @@ typedef struct dp_dns_view {
 	uint16_t udp_size; /* OPT's advertised size, 512 without OPT (and at least 512) */
 	uint16_t opt_off; /* offset of the OPT RR (its owner name), when has_opt */
 	uint16_t opt_len; /* whole OPT RR length */
+	bool opt_padding; /* the OPT carries a Padding option (RFC 7830) */
 } dp_dns_view_t;
 
 /* Validate a query from a client and fill *v. Hot path, no allocation.

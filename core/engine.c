@@ -375,6 +375,7 @@ static void shard_teardown(dp_shard_t *s)
 	dp_upstream_free(s);
 	dp_query_table_free(s);
 	dp_tcp_free(s);
+	dp_rl_free(&s->rl);
 	if (s->sends)
 		munmap(s->sends, sizeof(dp_udp_send_t) * s->send_cap);
 	s->sends = NULL;
@@ -418,7 +419,8 @@ static void *shard_main(void *arg)
 		goto fail;
 	}
 	s->send_free = DP_NONE;
-	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0) {
+	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0 ||
+	    (rc = dp_rl_init(&s->rl, 1u << 16, s->cfg->rate_limit, s->cfg->rate_limit)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));
 		goto fail;
 	}
@@ -427,7 +429,7 @@ static void *shard_main(void *arg)
 	if (s->tcp_cap == 0)
 		s->tcp_cap = 1;
 	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
-	s->tcp = calloc(s->tcp_cap, sizeof(dp_tcpc_t));
+	s->tcp = calloc(s->tcp_cap + 64, sizeof(dp_tcpc_t)); /* + closing reserve */
 	if (!s->tcp) {
 		rc = -ENOMEM;
 		goto fail;

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
+#include "ratelimit.h"
 #include "stats.h"
 
 #include <liburing.h>
@@ -61,7 +62,7 @@ typedef struct dp_list {
 enum { Q_FREE = 0, Q_PENDING, Q_SENT };
 enum { T_UDP = 0, T_TCP };
 
-#define DP_QUERY_INLINE 512
+#define DP_QUERY_INLINE 672 /* a 512-octet query, padded, fits */
 
 typedef struct dp_query {
 	uint32_t gen;
@@ -71,7 +72,7 @@ typedef struct dp_query {
 	uint8_t listen_idx; /* UDP: which socket it came in on */
 	uint16_t client_id;
 	uint16_t up_id;
-	uint16_t len; /* query wire length (as sent upstream) */
+	uint16_t len; /* query wire length as sent upstream (padded) */
 	uint16_t client_udp_limit; /* largest UDP answer the client takes */
 	uint32_t conn; /* upstream connection index, DP_NONE when none */
 	dp_link_t tlink; /* shard timeout list */
@@ -84,8 +85,9 @@ typedef struct dp_query {
 			uint32_t idx, gen;
 		} tcp;
 	} client;
-	dp_dns_view_t view; /* of wire */
-	uint8_t *wire; /* inline or malloc'd when longer than DP_QUERY_INLINE */
+	dp_dns_view_t view; /* of the client's query; the question is at the
+			     * same offsets in wire */
+	uint8_t *wire; /* upstream form (padded), inline or malloc'd */
 	uint8_t inline_wire[DP_QUERY_INLINE];
 } dp_query_t;
 
@@ -208,7 +210,10 @@ typedef struct dp_shard {
 	uint32_t tcp_cap, tcp_hiwater, tcp_free, tcp_used;
 	dp_list_t tcp_idle; /* open client connections, least recently active first */
 	uint32_t tcp_dirty; /* connections with answers to send this turn */
+	uint32_t tcp_closing; /* slots closing: used, but no longer counted open */
+	size_t tcp_buf_bytes; /* receive and answer buffers of all clients */
 
+	dp_ratelimit_t rl;
 	dp_stats_t stats;
 	int init_err;
 	char init_msg[256];

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static void log_stats(dp_shard_t *shards, int n)
@@ -67,6 +68,17 @@ int main(int argc, char **argv)
 			strerror(errno));
 		return 1;
 	}
+
+	/* Every client connection is a file descriptor: raise the soft limit
+	 * to the hard one (often 1024 -> 1048576) before the first accept. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < cfg.max_tcp_clients + 256u)
+		dp_warn("file descriptor limit below --max-tcp-clients", "nofile=%llu max_tcp_clients=%u",
+			(unsigned long long)rl.rlim_cur, cfg.max_tcp_clients);
 
 	/* Signals are taken synchronously by this thread; shards never see them. */
 	sigset_t set;

@@ -6,6 +6,7 @@
  * exactly one of dp_query_answer() and dp_query_fail(), so every query gets
  * exactly one answer.
  */
+#include "edns.h"
 #include "engine.h"
 #include "log.h"
 
@@ -127,6 +128,37 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 #endif
 	dp_dns_view_t v;
 	int rc = dp_dns_parse_query(msg, len, &v);
+	if (transport == T_UDP) {
+		const struct sockaddr *sa = (const struct sockaddr *)from;
+		if (unlikely(!dp_acl_allows(&s->cfg->acl, sa))) {
+			STAT_INC(s, acl_refused);
+			if (rc != DP_E_MALFORMED && rc != DP_E_RESPONSE)
+				reply_error(s, transport, li, from, 0, 0, msg, &v,
+					    DP_DNS_RCODE_REFUSED);
+			return;
+		}
+		if (s->rl.rate && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
+			int r = dp_rl_check(&s->rl, sa, s->now_ms);
+			if (r == DP_RL_DROP) {
+				STAT_INC(s, ratelimited);
+				return;
+			}
+			if (r == DP_RL_SLIP) {
+				/* Header and question with TC=1: never larger
+				 * than the query, and a real client retries
+				 * over TCP, which is not limited. */
+				uint8_t out[512];
+				int n = dp_dns_build_error(msg, &v, DP_DNS_RCODE_NOERROR,
+							   s->cfg->max_udp_size, out, sizeof(out));
+				STAT_INC(s, ratelimit_tc);
+				if (n > 0) {
+					out[2] |= DP_DNS_F_TC >> 8;
+					dp_udp_send(s, li, from, out, (size_t)n);
+				}
+				return;
+			}
+		}
+	}
 	if (unlikely(rc < 0)) {
 		switch (rc) {
 		case DP_E_FORMERR:
@@ -158,25 +190,25 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 		return;
 	}
 	dp_query_t *q = &s->q[qi];
-	size_t qlen = v.msg_end; /* trailing bytes after the last RR are not forwarded */
-	if (qlen <= DP_QUERY_INLINE) {
+	/* Room for the query with its OPT moved last, padded to the block. */
+	size_t need = (size_t)v.msg_end + 11 + 4 + DP_EDNS_QUERY_BLOCK;
+	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
+	int plen = q->wire ? dp_edns_pad_query(msg, &v, DP_EDNS_QUERY_BLOCK, q->wire, need)
+			   : -ENOMEM;
+	if (unlikely(plen < 0)) {
+		if (q->wire != q->inline_wire)
+			free(q->wire);
 		q->wire = q->inline_wire;
-	} else {
-		q->wire = malloc(qlen);
-		if (!q->wire) {
-			q->wire = q->inline_wire;
-			q->transport = (uint8_t)transport;
-			q->conn = DP_NONE;
-			dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
-			query_free(s, qi);
-			STAT_INC(s, servfail);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
-				    DP_DNS_RCODE_SERVFAIL);
-			return;
-		}
+		q->transport = (uint8_t)transport;
+		q->conn = DP_NONE;
+		dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
+		query_free(s, qi);
+		STAT_INC(s, servfail);
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+			    DP_DNS_RCODE_SERVFAIL);
+		return;
 	}
-	memcpy(q->wire, msg, qlen);
-	q->len = (uint16_t)qlen;
+	q->len = (uint16_t)plen;
 	q->view = v;
 	q->state = Q_PENDING;
 	q->transport = (uint8_t)transport;
@@ -204,10 +236,12 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 		     const dp_dns_view_t *v)
 {
 	dp_query_t *q = &s->q[qi];
+	dp_dns_view_t av = *v;
 	dp_wr16(msg, q->client_id);
+	len = dp_edns_scrub_answer(msg, len, &av, q->view.has_opt, q->view.opt_padding);
 	STAT_INC(s, answers);
 	reply(s, q->transport, q->listen_idx, &q->client.udp, q->client.tcp.idx,
-	      q->client.tcp.gen, q->client_udp_limit, msg, DP_MIN(len, (size_t)v->msg_end), v);
+	      q->client.tcp.gen, q->client_udp_limit, msg, len, &av);
 	query_free(s, qi);
 }
 

@@ -15,6 +15,9 @@
 	X(notimp) \
 	X(badvers) \
 	X(dropped) \
+	X(acl_refused) \
+	X(ratelimited) \
+	X(ratelimit_tc) \
 	X(udp_truncated) \
 	X(udp_send_errors) \
 	X(udp_send_sync) \
@@ -41,6 +44,8 @@
 	X(tcp_open) \
 	X(tcp_closed_idle) \
 	X(tcp_closed_slow) \
+	X(tcp_evicted) \
+	X(tcp_closed_memory) \
 	X(tcp_answers_dropped) \
 	X(queries_inflight)
 

@@ -25,7 +25,40 @@
 
 #define DP_BGID 1
 #define TCP_WQ_MAX (256u * 1024u) /* queued answer bytes before we give up on a client */
+#define TCP_SHARD_BUF_MAX ((size_t)64 << 20) /* all clients' buffers, per shard */
+#define TCP_RESERVE 64 /* slots beyond the cap, for connections still closing */
 #define IOFF offsetof(dp_tcpc_t, ilink)
+
+/* Grow a client buffer to hold need octets, within the shard's budget for
+ * client buffers (so thousands of clients that stall mid-frame or never read
+ * cannot take the memory). */
+static bool grow(dp_shard_t *s, uint8_t **buf, uint32_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return true;
+	size_t n = *cap ? *cap : 512;
+	while (n < need)
+		n *= 2;
+	if (s->tcp_buf_bytes - *cap + n > TCP_SHARD_BUF_MAX) {
+		STAT_INC(s, tcp_closed_memory);
+		return false;
+	}
+	uint8_t *p = realloc(*buf, n);
+	if (!p)
+		return false;
+	s->tcp_buf_bytes = s->tcp_buf_bytes - *cap + n;
+	*buf = p;
+	*cap = (uint32_t)n;
+	return true;
+}
+
+static void drop_buf(dp_shard_t *s, uint8_t **buf, uint32_t *cap)
+{
+	free(*buf);
+	*buf = NULL;
+	s->tcp_buf_bytes -= *cap;
+	*cap = 0;
+}
 
 void dp_tcp_arm_accept(dp_shard_t *s, int li)
 {
@@ -55,11 +88,11 @@ static void finalize(dp_shard_t *s, uint32_t idx)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
-	free(c->rbuf);
-	free(c->out);
-	free(c->pend);
-	c->rbuf = c->out = c->pend = NULL;
-	c->rlen = c->rcap = c->out_len = c->out_off = c->out_cap = c->pend_len = c->pend_cap = 0;
+	drop_buf(s, &c->rbuf, &c->rcap);
+	drop_buf(s, &c->out, &c->out_cap);
+	drop_buf(s, &c->pend, &c->pend_cap);
+	c->rlen = c->out_len = c->out_off = c->pend_len = 0;
+	s->tcp_closing--;
 	c->used = c->closing = c->recv_armed = c->send_inflight = c->eof = false;
 	c->gen++;
 	c->ilink.next = s->tcp_free;
@@ -74,6 +107,7 @@ void dp_tcp_close(dp_shard_t *s, uint32_t idx)
 	if (!c->used || c->closing)
 		return;
 	c->closing = true;
+	s->tcp_closing++;
 	dp_list_remove(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
 	shutdown(c->fd, SHUT_RDWR);
 	if (c->ops == 0) {
@@ -104,11 +138,32 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		close(fd);
 		return;
 	}
+	struct sockaddr_storage peer;
+	socklen_t plen = sizeof(peer);
+	if (getpeername(fd, (struct sockaddr *)&peer, &plen) != 0 ||
+	    !dp_acl_allows(&s->cfg->acl, (const struct sockaddr *)&peer)) {
+		STAT_INC(s, acl_refused);
+		close(fd);
+		return;
+	}
+	if (s->tcp_used - s->tcp_closing >= s->tcp_cap) {
+		/* Full: make room by closing the least recently active client
+		 * that has nothing in flight (RFC 7766 6.2.3 lets a server close
+		 * idle connections under pressure); refuse when none is idle. */
+		uint32_t lru = s->tcp_idle.head;
+		if (lru == DP_NONE || s->tcp[lru].inflight || s->tcp[lru].send_inflight) {
+			STAT_INC(s, tcp_refused);
+			close(fd);
+			return;
+		}
+		STAT_INC(s, tcp_evicted);
+		dp_tcp_close(s, lru);
+	}
 	uint32_t idx;
 	if (s->tcp_free != DP_NONE) {
 		idx = s->tcp_free;
 		s->tcp_free = s->tcp[idx].ilink.next;
-	} else if (s->tcp_hiwater < s->tcp_cap) {
+	} else if (s->tcp_hiwater < s->tcp_cap + TCP_RESERVE) {
 		idx = s->tcp_hiwater++;
 	} else {
 		STAT_INC(s, tcp_refused);
@@ -136,7 +191,19 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 struct frame_ctx {
 	dp_shard_t *s;
 	uint32_t idx;
+	uint32_t frames;
 };
+
+/* Only a complete query counts as activity: a client that trickles a frame
+ * byte by byte, or announces 65,535 octets and stalls, still reaches the
+ * idle timeout and is closed. */
+static void touch(dp_shard_t *s, uint32_t idx)
+{
+	dp_tcpc_t *c = &s->tcp[idx];
+	c->last_active_ms = s->now_ms;
+	dp_list_remove(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
+	dp_list_push_tail(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
+}
 
 static int on_frame(void *ctx, uint8_t *msg, size_t len)
 {
@@ -148,32 +215,17 @@ static int on_frame(void *ctx, uint8_t *msg, size_t len)
 		return DP_E_MALFORMED; /* nothing to answer to: close */
 	}
 	STAT_INC(s, tcp_queries);
+	if (f->frames++ == 0)
+		touch(s, f->idx);
 	dp_query_from_client(s, T_TCP, msg, len, c->listen_idx, NULL, f->idx, c->gen);
 	return c->closing ? DP_E_MALFORMED : 0;
 }
 
-static bool grow(uint8_t **buf, uint32_t *cap, size_t need)
-{
-	if (need <= *cap)
-		return true;
-	size_t n = *cap ? *cap : 512;
-	while (n < need)
-		n *= 2;
-	uint8_t *p = realloc(*buf, n);
-	if (!p)
-		return false;
-	*buf = p;
-	*cap = (uint32_t)n;
-	return true;
-}
 
 static void on_data(dp_shard_t *s, uint32_t idx, uint8_t *data, size_t n)
 {
 	dp_tcpc_t *c = &s->tcp[idx];
-	struct frame_ctx f = { s, idx };
-	c->last_active_ms = s->now_ms;
-	dp_list_remove(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
-	dp_list_push_tail(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
+	struct frame_ctx f = { s, idx, 0 };
 	if (c->rlen == 0) {
 		/* Common case: whole frames in the received buffer; read them
 		 * where they landed and keep only a split tail. */
@@ -184,7 +236,7 @@ static void on_data(dp_shard_t *s, uint32_t idx, uint8_t *data, size_t n)
 		}
 		size_t rest = n - (size_t)used;
 		if (rest) {
-			if (!grow(&c->rbuf, &c->rcap, rest)) {
+			if (!grow(s, &c->rbuf, &c->rcap, rest)) {
 				dp_tcp_close(s, idx);
 				return;
 			}
@@ -193,7 +245,7 @@ static void on_data(dp_shard_t *s, uint32_t idx, uint8_t *data, size_t n)
 		}
 		return;
 	}
-	if (!grow(&c->rbuf, &c->rcap, (size_t)c->rlen + n)) {
+	if (!grow(s, &c->rbuf, &c->rcap, (size_t)c->rlen + n)) {
 		dp_tcp_close(s, idx);
 		return;
 	}
@@ -210,9 +262,7 @@ static void on_data(dp_shard_t *s, uint32_t idx, uint8_t *data, size_t n)
 	}
 	if (c->rlen == 0 && c->rcap > 4096) {
 		/* Do not keep a 64 KB buffer for a connection that goes idle. */
-		free(c->rbuf);
-		c->rbuf = NULL;
-		c->rcap = 0;
+		drop_buf(s, &c->rbuf, &c->rcap);
 	}
 }
 
@@ -304,11 +354,8 @@ void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 	c->out_off += (uint32_t)cqe->res;
 	if (c->out_off >= c->out_len) {
 		c->out_off = c->out_len = 0;
-		if (c->out_cap > 16384) {
-			free(c->out);
-			c->out = NULL;
-			c->out_cap = 0;
-		}
+		if (c->out_cap > 16384)
+			drop_buf(s, &c->out, &c->out_cap);
 	}
 	start_send(s, idx);
 	maybe_close_after_eof(s, idx);
@@ -326,7 +373,7 @@ void dp_tcp_answer(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg
 		return;
 	}
 	size_t queued = (size_t)c->pend_len + (c->out_len - c->out_off);
-	if (queued + len + 2 > TCP_WQ_MAX || !grow(&c->pend, &c->pend_cap, c->pend_len + len + 2)) {
+	if (queued + len + 2 > TCP_WQ_MAX || !grow(s, &c->pend, &c->pend_cap, c->pend_len + len + 2)) {
 		STAT_INC(s, tcp_closed_slow);
 		STAT_INC(s, tcp_answers_dropped);
 		dp_tcp_close(s, idx);
@@ -394,9 +441,9 @@ void dp_tcp_free(dp_shard_t *s)
 	if (!s->tcp)
 		return;
 	for (uint32_t i = 0; i < s->tcp_hiwater; i++) {
-		free(s->tcp[i].rbuf);
-		free(s->tcp[i].out);
-		free(s->tcp[i].pend);
+		drop_buf(s, &s->tcp[i].rbuf, &s->tcp[i].rcap);
+		drop_buf(s, &s->tcp[i].out, &s->tcp[i].out_cap);
+		drop_buf(s, &s->tcp[i].pend, &s->tcp[i].pend_cap);
 	}
 	free(s->tcp);
 	s->tcp = NULL;
