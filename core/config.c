@@ -24,6 +24,10 @@ void dp_config_defaults(dp_config_t *c)
 	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
 	c->log_level = DP_LOG_INFO;
 	dp_acl_defaults(&c->acl);
+	c->cache_mb = 64;
+	c->cache_min_ttl = 0;
+	c->cache_max_ttl = 86400;
+	c->stale_ttl = 86400;
 }
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
@@ -179,18 +183,26 @@ static void usage(const dp_config_t *d)
 	       "                            get REFUSED (UDP) or are closed (TCP)\n"
 	       "  --rate-limit QPS          per client address (IPv6: /64), UDP; over it\n"
 	       "                            queries are dropped or answered TC=1 (default off)\n"
+"  --cache-size MB           answer cache, split over shards (default %u; 0 = off)\n"
+	       "  --no-cache                no answer cache\n"
+	       "  --cache-min-ttl SECONDS   cache answers at least this long (default %u)\n"
+	       "  --cache-max-ttl SECONDS   and at most this long (default %u)\n"
+	       "  --stale-ttl SECONDS       serve expired answers (TTL 30) this long after\n"
+	       "                            expiry when no upstream answers (default %u)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 	       "  --help                    this text\n"
 	       "  --version                 print the version\n\n"
 	       "Signals: SIGINT/SIGTERM stop; SIGUSR1 logs the counters.\n",
 	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
-	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size);
+	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size,
+	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl);
 }
 
 enum {
 	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
-	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT,
+	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
+	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE,
 };
 
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -210,6 +222,11 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
 		{ "allow", required_argument, NULL, OPT_ALLOW },
 		{ "rate-limit", required_argument, NULL, OPT_RATELIMIT },
+		{ "cache-size", required_argument, NULL, OPT_CACHESIZE },
+		{ "no-cache", no_argument, NULL, OPT_NOCACHE },
+		{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
+		{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
+		{ "stale-ttl", required_argument, NULL, OPT_STALE },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -331,6 +348,30 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 			}
 			c->rate_limit = (uint32_t)n;
 			break;
+		case OPT_CACHESIZE:
+			if (parse_uint(optarg, 0, 1048576, &n) < 0) {
+				snprintf(err, errlen, "--cache-size %s: expected megabytes, 0..1048576", optarg);
+				return DP_E_CONFIG;
+			}
+			c->cache_mb = (uint32_t)n;
+			break;
+		case OPT_NOCACHE:
+			c->cache_mb = 0;
+			break;
+		case OPT_CACHEMIN:
+		case OPT_CACHEMAX:
+		case OPT_STALE:
+			if (parse_uint(optarg, 0, 604800, &n) < 0) {
+				snprintf(err, errlen, "%s %s: expected seconds, 0..604800", argv[optind - 2], optarg);
+				return DP_E_CONFIG;
+			}
+			if (o == OPT_CACHEMIN)
+				c->cache_min_ttl = (uint32_t)n;
+			else if (o == OPT_CACHEMAX)
+				c->cache_max_ttl = (uint32_t)n;
+			else
+				c->stale_ttl = (uint32_t)n;
+			break;
 		case OPT_HELP:
 		case 'h':
 			usage(&defaults);
@@ -345,6 +386,11 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 			snprintf(err, errlen, "unknown option %s (see --help)", argv[optind - 1]);
 			return DP_E_CONFIG;
 		}
+	}
+	if (c->cache_min_ttl > c->cache_max_ttl) {
+		snprintf(err, errlen, "--cache-min-ttl %u is above --cache-max-ttl %u", c->cache_min_ttl,
+			 c->cache_max_ttl);
+		return DP_E_CONFIG;
 	}
 	if (optind < argc) {
 		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);

@@ -40,6 +40,8 @@ typedef struct dp_config {
 	dp_acl_t acl; /* clients allowed; the first --allow replaces the defaults */
 	bool acl_set;
 	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
+	uint32_t cache_mb; /* whole process, split over shards; 0 = no cache */
+	uint32_t cache_min_ttl, cache_max_ttl, stale_ttl; /* seconds */
 } dp_config_t;
 
 /* Defaults, as --help prints them. */

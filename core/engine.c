@@ -288,6 +288,7 @@ static void run_loop(dp_shard_t *s)
 			last_tick = s->now_ms;
 			dp_upstream_expire(s);
 			dp_tcp_expire(s);
+			dp_query_publish_stats(s);
 			for (int l = 0; l < s->nlisten; l++) {
 				if (!s->udp_armed[l])
 					dp_udp_arm(s, l);

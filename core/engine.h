@@ -13,6 +13,7 @@
 #ifndef DP_ENGINE_H
 #define DP_ENGINE_H
 
+#include "cache.h"
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
@@ -59,8 +60,8 @@ typedef struct dp_list {
 
 /* ---- queries ---------------------------------------------------------- */
 
-enum { Q_FREE = 0, Q_PENDING, Q_SENT };
-enum { T_UDP = 0, T_TCP };
+enum { Q_FREE = 0, Q_PENDING, Q_SENT, Q_WAITING /* coalesced behind a leader */ };
+enum { T_UDP = 0, T_TCP, T_NONE /* prefetch: the answer only feeds the cache */ };
 
 #define DP_QUERY_INLINE 672 /* a 512-octet query, padded, fits */
 
@@ -76,7 +77,12 @@ typedef struct dp_query {
 	uint16_t client_udp_limit; /* largest UDP answer the client takes */
 	uint32_t conn; /* upstream connection index, DP_NONE when none */
 	dp_link_t tlink; /* shard timeout list */
-	dp_link_t clink; /* connection's query list */
+	dp_link_t clink; /* connection's query list; for Q_WAITING the leader's
+			  * waiters list */
+	uint32_t leader; /* Q_WAITING: the query it waits on */
+	dp_list_t waiters; /* leader: queries waiting for the same answer */
+	uint64_t key_hash; /* cache key hash, for the in-flight table */
+	bool in_table; /* registered in the in-flight table */
 	uint64_t deadline_ms;
 	uint64_t start_ns;
 	union {
@@ -214,6 +220,11 @@ typedef struct dp_shard {
 	size_t tcp_buf_bytes; /* receive and answer buffers of all clients */
 
 	dp_ratelimit_t rl;
+	dp_cache_t cache;
+	bool cache_on;
+	uint32_t *flight; /* in-flight table: open addressing, query index or DP_NONE */
+	uint32_t flight_mask;
+	uint8_t *scratch; /* one answer being built, 64 KiB */
 	dp_stats_t stats;
 	int init_err;
 	char init_msg[256];
@@ -291,6 +302,8 @@ void dp_query_fail(dp_shard_t *s, uint32_t qi);
 /* SERVFAIL every query whose deadline has passed. */
 void dp_query_expire(dp_shard_t *s);
 void dp_query_fail_all(dp_shard_t *s);
+/* Copy the cache's own counters into the shard's (once per tick). */
+void dp_query_publish_stats(dp_shard_t *s);
 int dp_query_table_init(dp_shard_t *s);
 void dp_query_table_free(dp_shard_t *s);
 

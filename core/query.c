@@ -1,10 +1,16 @@
-/* query.c - the query table: one slot per query between arrival and answer.
+/* query.c - the query table: one slot per query between arrival and answer,
+ * and the cache, coalescing, prefetch and serve-stale around it.
  *
  * Owns: the shard's dp_query_t table (sized by --max-inflight, mapped once,
- * touched only as slots are first used) and the timeout list that holds
- * every live query in deadline order. Every query leaves the table through
- * exactly one of dp_query_answer() and dp_query_fail(), so every query gets
- * exactly one answer.
+ * touched only as slots are first used), the timeout list that holds every
+ * live query in deadline order, the in-flight table (questions upstream now,
+ * for coalescing) and the shard's answer cache. Every query leaves the table
+ * through exactly one of dp_query_answer() and dp_query_fail(), so every
+ * query gets exactly one answer.
+ *
+ * Path of a query: validate -> ACL, rate limit -> cache hit? answer from the
+ * cache -> same question already upstream? wait for it (coalesced) ->
+ * otherwise pad it and hand it to an upstream connection.
  */
 #include "edns.h"
 #include "engine.h"
@@ -16,6 +22,8 @@
 #include <sys/mman.h>
 
 #define QOFF_T offsetof(dp_query_t, tlink)
+#define QOFF_C offsetof(dp_query_t, clink)
+#define SCRATCH_SIZE 65536
 
 int dp_query_table_init(dp_shard_t *s)
 {
@@ -30,11 +38,28 @@ int dp_query_table_init(dp_shard_t *s)
 	s->q_hiwater = 0;
 	s->q_used = 0;
 	s->timeouts = (dp_list_t){ DP_NONE, DP_NONE, 0 };
-	return 0;
+	uint32_t fl = 1;
+	while (fl < 2 * s->q_cap)
+		fl <<= 1;
+	s->flight = malloc(sizeof(uint32_t) * fl);
+	s->scratch = malloc(SCRATCH_SIZE);
+	if (!s->flight || !s->scratch)
+		return -ENOMEM;
+	memset(s->flight, 0xff, sizeof(uint32_t) * fl);
+	s->flight_mask = fl - 1;
+	size_t cache_bytes = (size_t)s->cfg->cache_mb * 1024 * 1024 / (size_t)s->cfg->threads;
+	s->cache_on = cache_bytes > 0;
+	return dp_cache_init(&s->cache, cache_bytes, s->cfg->cache_min_ttl, s->cfg->cache_max_ttl,
+			     s->cfg->stale_ttl);
 }
 
 void dp_query_table_free(dp_shard_t *s)
 {
+	dp_cache_destroy(&s->cache);
+	free(s->flight);
+	free(s->scratch);
+	s->flight = NULL;
+	s->scratch = NULL;
 	if (!s->q)
 		return;
 	for (uint32_t i = 0; i < s->q_hiwater; i++)
@@ -43,6 +68,69 @@ void dp_query_table_free(dp_shard_t *s)
 	munmap(s->q, sizeof(dp_query_t) * s->q_cap);
 	s->q = NULL;
 }
+
+/* ---- in-flight table (coalescing) ------------------------------------------
+ * Open addressing with linear probing and backward-shift deletion, keyed by
+ * the cache key hash; a match also needs the same question and DO/CD bits. */
+
+static bool same_question(const dp_query_t *a, const dp_query_t *b)
+{
+	return a->key_hash == b->key_hash &&
+	       (a->view.has_opt && a->view.do_bit) == (b->view.has_opt && b->view.do_bit) &&
+	       (a->view.flags & DP_DNS_F_CD) == (b->view.flags & DP_DNS_F_CD) &&
+	       dp_dns_question_equal(a->wire, &a->view, b->wire, &b->view);
+}
+
+static uint32_t flight_find(dp_shard_t *s, const dp_query_t *q)
+{
+	for (uint32_t i = (uint32_t)q->key_hash & s->flight_mask;; i = (i + 1) & s->flight_mask) {
+		uint32_t qi = s->flight[i];
+		if (qi == DP_NONE)
+			return DP_NONE;
+		if (same_question(&s->q[qi], q))
+			return qi;
+	}
+}
+
+static void flight_add(dp_shard_t *s, uint32_t qi)
+{
+	uint32_t i = (uint32_t)s->q[qi].key_hash & s->flight_mask;
+	while (s->flight[i] != DP_NONE)
+		i = (i + 1) & s->flight_mask;
+	s->flight[i] = qi;
+	s->q[qi].in_table = true;
+}
+
+static void flight_del(dp_shard_t *s, uint32_t qi)
+{
+	uint32_t m = s->flight_mask, i = (uint32_t)s->q[qi].key_hash & m;
+	while (s->flight[i] != qi) {
+		if (s->flight[i] == DP_NONE)
+			return;
+		i = (i + 1) & m;
+	}
+	s->q[qi].in_table = false;
+	/* Backward-shift: move later entries of the run into the hole when
+	 * their home slot allows it. */
+	uint32_t j = i;
+	for (;;) {
+		s->flight[i] = DP_NONE;
+		for (;;) {
+			j = (j + 1) & m;
+			if (s->flight[j] == DP_NONE)
+				return;
+			uint32_t home = (uint32_t)s->q[s->flight[j]].key_hash & m;
+			/* stays if home lies cyclically in (i, j] */
+			if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+				continue;
+			break;
+		}
+		s->flight[i] = s->flight[j];
+		i = j;
+	}
+}
+
+/* ---- slots ------------------------------------------------------------------ */
 
 static uint32_t query_alloc(dp_shard_t *s)
 {
@@ -65,6 +153,8 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	dp_query_t *q = &s->q[qi];
 	if (q->conn != DP_NONE)
 		dp_upstream_detach(s, qi);
+	if (q->in_table)
+		flight_del(s, qi);
 	dp_list_remove(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
 	if (q->transport == T_TCP && q->client.tcp.idx < s->tcp_hiwater) {
 		dp_tcpc_t *c = &s->tcp[q->client.tcp.idx];
@@ -82,21 +172,33 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	STAT_SET(s, queries_inflight, s->q_used);
 }
 
-/* Send msg to the query's client (UDP: truncated first when it is larger
- * than the client accepts). msg may be modified. */
+/* Send msg to a client (UDP: truncated first when larger than the client
+ * takes; v describes msg and is needed only then). msg may be modified. */
 static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in6 *udp,
 		  uint32_t tidx, uint32_t tgen, uint16_t udp_limit, uint8_t *msg, size_t len,
 		  const dp_dns_view_t *v)
 {
 	if (transport == T_UDP) {
-		if (len > udp_limit && v) {
-			len = dp_dns_truncate(msg, v);
-			STAT_INC(s, udp_truncated);
+		if (len > udp_limit) {
+			dp_dns_view_t tv;
+			if (!v && dp_dns_parse_answer(msg, len, &tv) == 0)
+				v = &tv;
+			if (v) {
+				len = dp_dns_truncate(msg, v);
+				STAT_INC(s, udp_truncated);
+			}
 		}
 		dp_udp_send(s, li, udp, msg, len);
-	} else {
+	} else if (transport == T_TCP) {
 		dp_tcp_answer(s, tidx, tgen, msg, len);
 	}
+}
+
+static void reply_q(dp_shard_t *s, dp_query_t *q, uint8_t *msg, size_t len,
+		    const dp_dns_view_t *v)
+{
+	reply(s, q->transport, q->listen_idx, &q->client.udp, q->client.tcp.idx, q->client.tcp.gen,
+	      q->client_udp_limit, msg, len, v);
 }
 
 static void reply_error(dp_shard_t *s, int transport, int li, const struct sockaddr_in6 *udp,
@@ -109,6 +211,21 @@ static void reply_error(dp_shard_t *s, int transport, int li, const struct socka
 		reply(s, transport, li, udp, tidx, tgen, 65535, out, (size_t)n, NULL);
 }
 
+/* Answer query q from the cache entry e (fresh, or stale: TTL 30). */
+static void reply_cached(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v, int transport,
+			 int li, const struct sockaddr_in6 *udp, uint32_t tidx, uint32_t tgen,
+			 uint16_t udp_limit, dp_cache_entry_t *e, bool stale)
+{
+	int n = dp_cache_serve(e, msg, v, s->now_ms, stale, s->scratch, SCRATCH_SIZE);
+	if (n < 0) {
+		STAT_INC(s, servfail);
+		reply_error(s, transport, li, udp, tidx, tgen, msg, v, DP_DNS_RCODE_SERVFAIL);
+		return;
+	}
+	STAT_INC(s, answers);
+	reply(s, transport, li, udp, tidx, tgen, udp_limit, s->scratch, (size_t)n, NULL);
+}
+
 #ifdef DP_BENCH_DELAY_US
 /* Test builds only: a deliberately slower dotproxy, so the bench suite's
  * regression gate can be shown to trip. */
@@ -119,6 +236,74 @@ static void bench_delay(void)
 		;
 }
 #endif
+
+/* Fill slot qi for query msg (view v) and register it. Returns 0, or a
+ * negative code when the query cannot be stored (the slot is then free). */
+static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
+		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
+		       uint32_t tcp_gen, uint64_t key_hash)
+{
+	dp_query_t *q = &s->q[qi];
+	q->transport = (uint8_t)transport;
+	q->conn = DP_NONE;
+	q->in_table = false;
+	q->clink.prev = q->clink.next = DP_NONE;
+	q->waiters = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+	q->leader = DP_NONE;
+	/* Room for the query with its OPT moved last, padded to the block. */
+	size_t need = (size_t)v->msg_end + 11 + 4 + DP_EDNS_QUERY_BLOCK;
+	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
+	int plen = q->wire ? dp_edns_pad_query(msg, v, DP_EDNS_QUERY_BLOCK, q->wire, need)
+			   : -ENOMEM;
+	if (unlikely(plen < 0)) {
+		if (q->wire != q->inline_wire)
+			free(q->wire);
+		q->wire = q->inline_wire;
+		q->transport = T_NONE;
+		dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
+		query_free(s, qi);
+		return plen;
+	}
+	q->len = (uint16_t)plen;
+	q->view = *v;
+	q->state = Q_PENDING;
+	q->resent = 0;
+	q->listen_idx = (uint8_t)li;
+	q->client_id = v->id;
+	q->key_hash = key_hash;
+	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
+	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
+	q->start_ns = 0;
+	if (transport == T_UDP) {
+		q->client.udp = *from;
+	} else if (transport == T_TCP) {
+		q->client.tcp.idx = tcp_idx;
+		q->client.tcp.gen = tcp_gen;
+		s->tcp[tcp_idx].inflight++;
+	}
+	dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
+	return 0;
+}
+
+/* Refresh a popular entry before it expires: a query with no client whose
+ * answer only goes into the cache. Identical client queries that miss in
+ * the meantime coalesce onto it. */
+static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v, uint64_t key_hash)
+{
+	uint32_t qi = query_alloc(s);
+	if (qi == DP_NONE)
+		return;
+	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key_hash) < 0)
+		return;
+	if (flight_find(s, &s->q[qi]) != DP_NONE) {
+		query_free(s, qi);
+		return;
+	}
+	flight_add(s, qi);
+	STAT_INC(s, cache_prefetched);
+	if (dp_upstream_send(s, qi, -1) < 0)
+		query_free(s, qi); /* no client to tell */
+}
 
 void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
 			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
@@ -181,6 +366,23 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			return;
 		}
 	}
+	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
+	dp_cache_key_t key;
+	key.hash = 0;
+	if (s->cache_on) {
+		bool stale;
+		dp_cache_key(msg, &v, &key);
+		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
+		if (e) {
+			STAT_INC(s, cache_hits);
+			reply_cached(s, msg, &v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
+				     false);
+			if (dp_cache_prefetch_due(e, s->now_ms))
+				prefetch(s, msg, &v, key.hash);
+			return;
+		}
+		STAT_INC(s, cache_misses);
+	}
 	uint32_t qi = query_alloc(s);
 	if (unlikely(qi == DP_NONE)) {
 		STAT_INC(s, inflight_full);
@@ -189,70 +391,118 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
-	dp_query_t *q = &s->q[qi];
-	/* Room for the query with its OPT moved last, padded to the block. */
-	size_t need = (size_t)v.msg_end + 11 + 4 + DP_EDNS_QUERY_BLOCK;
-	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
-	int plen = q->wire ? dp_edns_pad_query(msg, &v, DP_EDNS_QUERY_BLOCK, q->wire, need)
-			   : -ENOMEM;
-	if (unlikely(plen < 0)) {
-		if (q->wire != q->inline_wire)
-			free(q->wire);
-		q->wire = q->inline_wire;
-		q->transport = (uint8_t)transport;
-		q->conn = DP_NONE;
-		dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
-		query_free(s, qi);
+	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash) < 0) {
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
-	q->len = (uint16_t)plen;
-	q->view = v;
-	q->state = Q_PENDING;
-	q->transport = (uint8_t)transport;
-	q->resent = 0;
-	q->listen_idx = (uint8_t)li;
-	q->client_id = v.id;
-	q->conn = DP_NONE;
-	q->clink.prev = q->clink.next = DP_NONE;
-	q->client_udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
-	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
-	q->start_ns = 0;
-	if (transport == T_UDP) {
-		q->client.udp = *from;
-	} else {
-		q->client.tcp.idx = tcp_idx;
-		q->client.tcp.gen = tcp_gen;
-		s->tcp[tcp_idx].inflight++;
+	if (s->cache_on) {
+		uint32_t lead = flight_find(s, &s->q[qi]);
+		if (lead != DP_NONE) {
+			/* The same question is upstream already: wait for it. */
+			dp_query_t *q = &s->q[qi];
+			q->state = Q_WAITING;
+			q->leader = lead;
+			dp_list_push_tail(&s->q[lead].waiters, s->q, sizeof(dp_query_t), QOFF_C, qi);
+			STAT_INC(s, cache_coalesced);
+			return;
+		}
+		flight_add(s, qi);
 	}
-	dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
 	if (dp_upstream_send(s, qi, -1) < 0)
 		dp_query_fail(s, qi);
+}
+
+/* Answer query fq with the upstream answer raw (view rv): a copy of it with
+ * fq's ID, spelling of the name, and EDNS. */
+static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t len,
+		       const dp_dns_view_t *rv)
+{
+	dp_query_t *fq = &s->q[fqi];
+	if (fq->transport != T_NONE) {
+		uint8_t *m = s->scratch;
+		dp_dns_view_t av = *rv;
+		len = DP_MIN(len, (size_t)rv->msg_end);
+		memcpy(m, raw, len);
+		dp_wr16(m, fq->client_id);
+		memcpy(m + DP_DNS_HDR_LEN, fq->wire + DP_DNS_HDR_LEN, fq->view.qname_len);
+		uint16_t flags = (uint16_t)((dp_rd16(m + 2) & ~DP_DNS_F_RD) |
+					    (fq->view.flags & DP_DNS_F_RD));
+		dp_wr16(m + 2, flags);
+		av.flags = flags;
+		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding);
+		STAT_INC(s, answers);
+		reply_q(s, fq, m, len, &av);
+	}
+	query_free(s, fqi);
 }
 
 void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 		     const dp_dns_view_t *v)
 {
 	dp_query_t *q = &s->q[qi];
-	dp_dns_view_t av = *v;
-	dp_wr16(msg, q->client_id);
-	len = dp_edns_scrub_answer(msg, len, &av, q->view.has_opt, q->view.opt_padding);
-	STAT_INC(s, answers);
-	reply(s, q->transport, q->listen_idx, &q->client.udp, q->client.tcp.idx,
-	      q->client.tcp.gen, q->client_udp_limit, msg, len, &av);
+	if (s->cache_on && q->key_hash) {
+		dp_cache_key_t key;
+		dp_cache_key(q->wire, &q->view, &key);
+		if (dp_cache_insert(&s->cache, &key, msg, len, v, s->now_ms) == 0)
+			STAT_INC(s, cache_inserts);
+	}
+	while (q->waiters.head != DP_NONE) {
+		uint32_t w = q->waiters.head;
+		dp_list_remove(&q->waiters, s->q, sizeof(dp_query_t), QOFF_C, w);
+		s->q[w].leader = DP_NONE;
+		answer_one(s, w, msg, len, v);
+	}
+	answer_one(s, qi, msg, len, v);
+}
+
+/* SERVFAIL, unless the cache holds a stale answer (RFC 8767). */
+static void fail_one(dp_shard_t *s, uint32_t qi)
+{
+	dp_query_t *q = &s->q[qi];
+	if (q->transport != T_NONE) {
+		q->view.id = q->client_id;
+		bool stale = false;
+		dp_cache_entry_t *e = NULL;
+		if (s->cache_on) {
+			dp_cache_key_t key;
+			dp_cache_key(q->wire, &q->view, &key);
+			e = dp_cache_lookup(&s->cache, &key, s->now_ms, true, &stale);
+		}
+		if (e) {
+			STAT_INC(s, cache_stale_served);
+			reply_cached(s, q->wire, &q->view, q->transport, q->listen_idx, &q->client.udp,
+				     q->client.tcp.idx, q->client.tcp.gen, q->client_udp_limit, e,
+				     stale);
+		} else {
+			STAT_INC(s, servfail);
+			reply_error(s, q->transport, q->listen_idx, &q->client.udp,
+				    q->client.tcp.idx, q->client.tcp.gen, q->wire, &q->view,
+				    DP_DNS_RCODE_SERVFAIL);
+		}
+	}
 	query_free(s, qi);
 }
 
 void dp_query_fail(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
-	q->view.id = q->client_id;
-	STAT_INC(s, servfail);
-	reply_error(s, q->transport, q->listen_idx, &q->client.udp, q->client.tcp.idx,
-		    q->client.tcp.gen, q->wire, &q->view, DP_DNS_RCODE_SERVFAIL);
-	query_free(s, qi);
+	if (q->state == Q_WAITING) {
+		/* A follower alone (its own deadline): leave the leader's list. */
+		if (q->leader != DP_NONE)
+			dp_list_remove(&s->q[q->leader].waiters, s->q, sizeof(dp_query_t), QOFF_C, qi);
+		q->leader = DP_NONE;
+		fail_one(s, qi);
+		return;
+	}
+	while (q->waiters.head != DP_NONE) {
+		uint32_t w = q->waiters.head;
+		dp_list_remove(&q->waiters, s->q, sizeof(dp_query_t), QOFF_C, w);
+		s->q[w].leader = DP_NONE;
+		fail_one(s, w);
+	}
+	fail_one(s, qi);
 }
 
 void dp_query_expire(dp_shard_t *s)
@@ -269,4 +519,11 @@ void dp_query_fail_all(dp_shard_t *s)
 		return;
 	while (s->timeouts.head != DP_NONE)
 		dp_query_fail(s, s->timeouts.head);
+}
+
+void dp_query_publish_stats(dp_shard_t *s)
+{
+	STAT_SET(s, cache_evictions, s->cache.st.evictions);
+	STAT_SET(s, cache_entries, s->cache.st.entries);
+	STAT_SET(s, cache_bytes, s->cache.st.bytes);
 }

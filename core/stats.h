@@ -47,7 +47,16 @@
 	X(tcp_evicted) \
 	X(tcp_closed_memory) \
 	X(tcp_answers_dropped) \
-	X(queries_inflight)
+	X(queries_inflight) \
+	X(cache_hits) \
+	X(cache_misses) \
+	X(cache_stale_served) \
+	X(cache_coalesced) \
+	X(cache_prefetched) \
+	X(cache_inserts) \
+	X(cache_evictions) \
+	X(cache_entries) \
+	X(cache_bytes)
 
 typedef struct dp_stats {
 #define DP_STATS_DECL(n) uint64_t n;

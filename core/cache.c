@@ -1,0 +1,420 @@
+/* cache.c - per-shard answer cache with S3-FIFO eviction. */
+#include "cache.h"
+#include "edns.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DP_TYPE_SOA 6
+#define STALE_TTL_SERVED 30 /* RFC 8767 4: 30 s recommended */
+
+enum { IN_SMALL = 0, IN_MAIN = 1 };
+
+struct dp_cache_entry {
+	dp_cache_entry_t *hnext; /* hash chain */
+	dp_cache_entry_t *qnext; /* FIFO */
+	uint64_t hash;
+	uint64_t inserted_ms;
+	uint64_t expires_ms;
+	uint32_t ttl; /* lifetime given at insert, seconds */
+	uint32_t size; /* bytes charged */
+	uint16_t len; /* wire length */
+	uint16_t qtype, qclass;
+	uint16_t question_end;
+	uint16_t opt_off, opt_len; /* opt_len 0: no OPT */
+	uint16_t hits;
+	uint8_t flags, name_len;
+	uint8_t freq; /* 0..3 */
+	uint8_t where; /* IN_SMALL / IN_MAIN */
+	bool dead; /* replaced or dropped; freed when its FIFO reaches it */
+	bool prefetched;
+	uint8_t data[]; /* name_len octets of key name, then len octets of wire */
+};
+
+static inline uint8_t *entry_wire(const dp_cache_entry_t *e)
+{
+	return (uint8_t *)e->data + e->name_len;
+}
+
+static uint32_t pow2_at_least(size_t n)
+{
+	uint32_t p = 1;
+	while (p < n && p < (1u << 30))
+		p <<= 1;
+	return p;
+}
+
+int dp_cache_init(dp_cache_t *c, size_t max_bytes, uint32_t min_ttl, uint32_t max_ttl,
+		  uint32_t stale_ttl)
+{
+	memset(c, 0, sizeof(*c));
+	c->max_bytes = max_bytes;
+	c->min_ttl = min_ttl;
+	c->max_ttl = max_ttl;
+	c->stale_ttl = stale_ttl;
+	if (max_bytes == 0)
+		return 0;
+	/* About one bucket per 256 bytes of cache: chains stay short. */
+	uint32_t nb = pow2_at_least(max_bytes / 256 + 1);
+	c->buckets = calloc(nb, sizeof(*c->buckets));
+	c->ghost = calloc(nb, sizeof(*c->ghost));
+	if (!c->buckets || !c->ghost) {
+		dp_cache_destroy(c);
+		return -ENOMEM;
+	}
+	c->bucket_mask = nb - 1;
+	c->ghost_mask = nb - 1;
+	return 0;
+}
+
+static void free_fifo(dp_cache_entry_t *e)
+{
+	while (e) {
+		dp_cache_entry_t *n = e->qnext;
+		free(e);
+		e = n;
+	}
+}
+
+void dp_cache_destroy(dp_cache_t *c)
+{
+	free_fifo(c->small_head);
+	free_fifo(c->main_head);
+	free(c->buckets);
+	free(c->ghost);
+	memset(c, 0, sizeof(*c));
+}
+
+static inline uint8_t lower(uint8_t ch)
+{
+	return (ch >= 'A' && ch <= 'Z') ? (uint8_t)(ch + 32) : ch;
+}
+
+void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	k->name_len = (uint8_t)v->qname_len;
+	for (uint16_t i = 0; i < v->qname_len; i++) {
+		uint8_t ch = lower(msg[v->qname_off + i]);
+		k->name[i] = ch;
+		h = (h ^ ch) * 0x100000001b3ull;
+	}
+	k->qtype = v->qtype;
+	k->qclass = v->qclass;
+	k->flags = (uint8_t)((v->has_opt && v->do_bit ? 1 : 0) | (v->flags & DP_DNS_F_CD ? 2 : 0));
+	h = (h ^ k->qtype) * 0x100000001b3ull;
+	h = (h ^ k->qclass) * 0x100000001b3ull;
+	h = (h ^ k->flags) * 0x100000001b3ull;
+	k->hash = h ^ (h >> 29);
+}
+
+static bool key_eq(const dp_cache_entry_t *e, const dp_cache_key_t *k)
+{
+	return e->hash == k->hash && e->qtype == k->qtype && e->qclass == k->qclass &&
+	       e->flags == k->flags && e->name_len == k->name_len &&
+	       memcmp(e->data, k->name, k->name_len) == 0;
+}
+
+static void hash_unlink(dp_cache_t *c, dp_cache_entry_t *e)
+{
+	dp_cache_entry_t **pp = &c->buckets[e->hash & c->bucket_mask];
+	while (*pp && *pp != e)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = e->hnext;
+	e->hnext = NULL;
+}
+
+static void kill(dp_cache_t *c, dp_cache_entry_t *e)
+{
+	if (e->dead)
+		return;
+	hash_unlink(c, e);
+	e->dead = true;
+	c->st.entries--;
+}
+
+dp_cache_entry_t *dp_cache_lookup(dp_cache_t *c, const dp_cache_key_t *k, uint64_t now_ms,
+				  bool allow_stale, bool *stale)
+{
+	*stale = false;
+	if (!c->buckets) {
+		if (!allow_stale)
+			c->st.misses++;
+		return NULL;
+	}
+	dp_cache_entry_t *e = c->buckets[k->hash & c->bucket_mask];
+	while (e && !key_eq(e, k))
+		e = e->hnext;
+	if (e && now_ms >= e->expires_ms) {
+		uint64_t stale_until = e->expires_ms + (uint64_t)c->stale_ttl * 1000;
+		if (now_ms >= stale_until) {
+			kill(c, e); /* past any use; its memory goes with its FIFO turn */
+			c->st.expired++;
+			e = NULL;
+		} else if (allow_stale) {
+			*stale = true;
+		} else {
+			e = NULL;
+		}
+	}
+	if (!allow_stale) {
+		if (e) {
+			c->st.hits++;
+			if (e->freq < 3)
+				e->freq++;
+			if (e->hits < UINT16_MAX)
+				e->hits++;
+		} else {
+			c->st.misses++;
+		}
+	} else if (e) {
+		c->st.stale_served++;
+	}
+	return e;
+}
+
+uint32_t dp_cache_ttl_left(const dp_cache_entry_t *e, uint64_t now_ms)
+{
+	return now_ms >= e->expires_ms ? 0 : (uint32_t)((e->expires_ms - now_ms) / 1000);
+}
+
+uint32_t dp_cache_ttl_orig(const dp_cache_entry_t *e)
+{
+	return e->ttl;
+}
+
+bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms)
+{
+	if (e->prefetched || e->hits < 2 || e->ttl < 10 || now_ms >= e->expires_ms)
+		return false;
+	if ((e->expires_ms - now_ms) * 10 > (uint64_t)e->ttl * 1000)
+		return false;
+	e->prefetched = true;
+	return true;
+}
+
+/* Offset just past the (validated) name at p. */
+static size_t skip_name(const uint8_t *m, size_t p)
+{
+	for (;;) {
+		uint8_t ch = m[p];
+		if (ch == 0)
+			return p + 1;
+		if ((ch & 0xc0) == 0xc0)
+			return p + 2;
+		p += (size_t)ch + 1;
+	}
+}
+
+int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av)
+{
+	unsigned rcode = DP_DNS_RCODE(av->flags);
+	if ((av->flags & DP_DNS_F_TC) || av->ext_rcode ||
+	    (rcode != DP_DNS_RCODE_NOERROR && rcode != DP_DNS_RCODE_NXDOMAIN))
+		return -1;
+	bool negative = rcode == DP_DNS_RCODE_NXDOMAIN || av->ancount == 0;
+	int64_t min = -1;
+	size_t p = av->question_end;
+	unsigned n = (unsigned)av->ancount + av->nscount;
+	for (unsigned i = 0; i < n && p < len; i++) {
+		p = skip_name(ans, p);
+		uint16_t type = dp_rd16(ans + p);
+		uint32_t ttl = dp_rd32(ans + p + 4);
+		uint16_t rdlen = dp_rd16(ans + p + 8);
+		if (ttl & 0x80000000u) /* RFC 2181 8: treat as zero */
+			ttl = 0;
+		if (negative) {
+			if (i >= av->ancount && type == DP_TYPE_SOA && rdlen >= 22) {
+				/* RFC 2308 5: min(SOA TTL, SOA MINIMUM) */
+				uint32_t minimum = dp_rd32(ans + p + 10 + rdlen - 4);
+				int64_t t = DP_MIN(ttl, minimum);
+				min = min < 0 ? t : DP_MIN(min, t);
+			}
+		} else if (type != DP_DNS_TYPE_OPT) {
+			min = min < 0 ? ttl : DP_MIN(min, (int64_t)ttl);
+		}
+		p += 10 + (size_t)rdlen;
+	}
+	return min; /* negative without SOA: -1, not cacheable */
+}
+
+static void fifo_push(dp_cache_entry_t **head, dp_cache_entry_t **tail, dp_cache_entry_t *e)
+{
+	e->qnext = NULL;
+	if (*tail)
+		(*tail)->qnext = e;
+	else
+		*head = e;
+	*tail = e;
+}
+
+static dp_cache_entry_t *fifo_pop(dp_cache_entry_t **head, dp_cache_entry_t **tail)
+{
+	dp_cache_entry_t *e = *head;
+	if (e) {
+		*head = e->qnext;
+		if (!*head)
+			*tail = NULL;
+		e->qnext = NULL;
+	}
+	return e;
+}
+
+static void drop(dp_cache_t *c, dp_cache_entry_t *e, bool remember)
+{
+	if (!e->dead) {
+		if (remember)
+			c->ghost[e->hash & c->ghost_mask] = e->hash;
+		kill(c, e);
+		c->st.evictions++;
+	}
+	c->st.bytes -= e->size;
+	free(e);
+}
+
+static void evict_one(dp_cache_t *c)
+{
+	if (c->small_head && (c->small_bytes > c->max_bytes / 10 || !c->main_head)) {
+		dp_cache_entry_t *e = fifo_pop(&c->small_head, &c->small_tail);
+		c->small_bytes -= e->size;
+		if (!e->dead && e->freq > 0) {
+			e->freq = 0;
+			e->where = IN_MAIN;
+			fifo_push(&c->main_head, &c->main_tail, e);
+			c->main_bytes += e->size;
+			return;
+		}
+		drop(c, e, true);
+		return;
+	}
+	/* Main: give each entry as many more rounds as it has hits (<= 3). */
+	for (;;) {
+		dp_cache_entry_t *e = fifo_pop(&c->main_head, &c->main_tail);
+		if (!e)
+			return;
+		if (!e->dead && e->freq > 0) {
+			e->freq--;
+			fifo_push(&c->main_head, &c->main_tail, e);
+			continue;
+		}
+		c->main_bytes -= e->size;
+		drop(c, e, false);
+		return;
+	}
+}
+
+int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
+		    const dp_dns_view_t *av, uint64_t now_ms)
+{
+	if (!c->buckets)
+		return 1;
+	int64_t ttl = dp_cache_answer_ttl(ans, len, av);
+	if (ttl < 0)
+		return 1;
+	if (ttl < c->min_ttl)
+		ttl = c->min_ttl;
+	if (ttl > c->max_ttl)
+		ttl = c->max_ttl;
+	if (ttl == 0)
+		return 1;
+	size_t wl = DP_MIN(len, (size_t)av->msg_end);
+	size_t size = sizeof(dp_cache_entry_t) + k->name_len + wl;
+	if (size > c->max_bytes / 4)
+		return 1;
+	dp_cache_entry_t *e = malloc(size);
+	if (!e)
+		return -ENOMEM;
+	memset(e, 0, sizeof(*e));
+	memcpy(e->data, k->name, k->name_len);
+	uint8_t *w = e->data + k->name_len;
+	memcpy(w, ans, wl);
+	/* Padding is for the encrypted leg only: keep it out of the cache. */
+	dp_dns_view_t v = *av;
+	wl = dp_edns_scrub_answer(w, wl, &v, true, false);
+	e->hash = k->hash;
+	e->qtype = k->qtype;
+	e->qclass = k->qclass;
+	e->flags = k->flags;
+	e->name_len = k->name_len;
+	e->len = (uint16_t)wl;
+	e->question_end = v.question_end;
+	e->opt_off = v.has_opt ? v.opt_off : 0;
+	e->opt_len = v.has_opt ? v.opt_len : 0;
+	e->ttl = (uint32_t)ttl;
+	e->inserted_ms = now_ms;
+	e->expires_ms = now_ms + (uint64_t)ttl * 1000;
+	e->size = (uint32_t)size;
+
+	/* Replace an older answer for the same key. */
+	dp_cache_entry_t **pp = &c->buckets[k->hash & c->bucket_mask];
+	for (dp_cache_entry_t *o = *pp; o; o = o->hnext)
+		if (key_eq(o, k)) {
+			kill(c, o);
+			break;
+		}
+	e->hnext = *pp;
+	*pp = e;
+	if (c->ghost[k->hash & c->ghost_mask] == k->hash) {
+		e->where = IN_MAIN;
+		fifo_push(&c->main_head, &c->main_tail, e);
+		c->main_bytes += size;
+	} else {
+		e->where = IN_SMALL;
+		fifo_push(&c->small_head, &c->small_tail, e);
+		c->small_bytes += size;
+	}
+	c->st.inserts++;
+	c->st.entries++;
+	c->st.bytes += size;
+	while (c->small_bytes + c->main_bytes > c->max_bytes && (c->small_head || c->main_head))
+		evict_one(c);
+	return 0;
+}
+
+int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
+		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap)
+{
+	if (e->len > cap)
+		return DP_E_TOOBIG;
+	const uint8_t *w = entry_wire(e);
+	memcpy(out, w, e->len);
+	size_t len = e->len;
+	dp_wr16(out, qv->id);
+	uint16_t flags = dp_rd16(out + 2);
+	flags = (uint16_t)((flags & ~DP_DNS_F_RD) | (qv->flags & DP_DNS_F_RD));
+	dp_wr16(out + 2, flags);
+	/* The client's own spelling (same length: the key matched). */
+	memcpy(out + DP_DNS_HDR_LEN, q + qv->qname_off, qv->qname_len);
+	uint32_t age = now_ms > e->inserted_ms ? (uint32_t)((now_ms - e->inserted_ms) / 1000) : 0;
+	unsigned n = (unsigned)dp_rd16(out + 6) + dp_rd16(out + 8) + dp_rd16(out + 10);
+	size_t p = e->question_end;
+	for (unsigned i = 0; i < n && p < len; i++) {
+		p = skip_name(out, p);
+		uint16_t type = dp_rd16(out + p);
+		if (type != DP_DNS_TYPE_OPT) {
+			uint32_t ttl = dp_rd32(out + p + 4);
+			if (ttl & 0x80000000u)
+				ttl = 0;
+			if (ttl > e->ttl) /* --cache-max-ttl clamps what clients see too */
+				ttl = e->ttl;
+			ttl = stale ? STALE_TTL_SERVED : (ttl > age ? ttl - age : 0);
+			out[p + 4] = (uint8_t)(ttl >> 24);
+			out[p + 5] = (uint8_t)(ttl >> 16);
+			out[p + 6] = (uint8_t)(ttl >> 8);
+			out[p + 7] = (uint8_t)ttl;
+		}
+		p += 10 + (size_t)dp_rd16(out + p + 8);
+	}
+	if (e->opt_len && !qv->has_opt) {
+		dp_dns_view_t v;
+		memset(&v, 0, sizeof(v));
+		v.has_opt = true;
+		v.opt_off = e->opt_off;
+		v.opt_len = e->opt_len;
+		v.msg_end = (uint16_t)len;
+		len = dp_edns_scrub_answer(out, len, &v, false, false);
+	}
+	return (int)len;
+}

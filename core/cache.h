@@ -1,0 +1,98 @@
+/* cache.h - the answer cache of one shard.
+ *
+ * Key: the question name folded to lower case, type, class, and the DO and CD
+ * bits. Value: the answer in wire form, as the upstream sent it (padding
+ * removed). A hit is served with the client's ID, the client's own spelling
+ * of the name (0x20 case randomisation survives), every TTL reduced by the
+ * time spent in the cache, and the EDNS the client asked for.
+ *
+ * Lifetime: the smallest TTL of the answer and authority records (negative
+ * answers: the SOA's TTL and MINIMUM, RFC 2308), clamped to [min_ttl,
+ * max_ttl]; SERVFAIL and other errors, TC answers and answers with no TTL are
+ * not cached. Expired entries stay until evicted, to be served stale (TTL 30,
+ * RFC 8767) for up to stale_ttl when no upstream answers.
+ *
+ * Memory: bounded by max_bytes (entry headers included). Eviction is S3-FIFO
+ * (Yang et al., SOSP 2023): new entries enter a small FIFO; an entry hit
+ * while there moves to the main FIFO, others leave and are remembered in a
+ * ghost table so that their return goes straight to main; main evicts with
+ * a small frequency counter (CLOCK-like). One-off names from a scan pass
+ * through the small FIFO without pushing out hot names.
+ *
+ * Owns: every entry (one malloc per insert, none per hit), the hash buckets
+ * and the ghost table. Not thread-safe: one per shard.
+ */
+#ifndef DP_CACHE_H
+#define DP_CACHE_H
+
+#include "dns.h"
+
+typedef struct dp_cache_key {
+	uint64_t hash;
+	uint16_t qtype, qclass;
+	uint8_t flags; /* bit 0: DO, bit 1: CD */
+	uint8_t name_len;
+	uint8_t name[DP_DNS_MAX_NAME]; /* wire form, lower case */
+} dp_cache_key_t;
+
+typedef struct dp_cache_entry dp_cache_entry_t;
+
+typedef struct dp_cache_stats {
+	uint64_t hits, misses, stale_served, inserts, evictions, entries, bytes, expired;
+} dp_cache_stats_t;
+
+typedef struct dp_cache {
+	dp_cache_entry_t **buckets;
+	uint32_t bucket_mask;
+	uint64_t *ghost;
+	uint32_t ghost_mask;
+	/* FIFOs: entries are inserted at the tail and leave from the head */
+	dp_cache_entry_t *small_head, *small_tail, *main_head, *main_tail;
+	size_t small_bytes, main_bytes, max_bytes;
+	uint32_t min_ttl, max_ttl, stale_ttl; /* seconds */
+	dp_cache_stats_t st;
+} dp_cache_t;
+
+/* max_bytes 0 disables the cache (every call then misses, inserts nothing).
+ * Allocates the bucket and ghost tables (zero pages until used). Returns 0
+ * or -ENOMEM. */
+int dp_cache_init(dp_cache_t *c, size_t max_bytes, uint32_t min_ttl, uint32_t max_ttl,
+		  uint32_t stale_ttl);
+/* Frees every entry and the tables; accepts a zeroed cache. */
+void dp_cache_destroy(dp_cache_t *c);
+
+/* The key of query msg (view v, which has a question). Hot path. */
+void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k);
+
+/* Look key up. Returns the entry when fresh; when expired but within the
+ * stale window and allow_stale, returns it with *stale set; else NULL.
+ * Counts a hit or a miss (not for allow_stale look-ups). Hot path. */
+dp_cache_entry_t *dp_cache_lookup(dp_cache_t *c, const dp_cache_key_t *k, uint64_t now_ms,
+				  bool allow_stale, bool *stale);
+
+/* Seconds left before the entry expires (0 when expired), and the lifetime
+ * it was inserted with. */
+uint32_t dp_cache_ttl_left(const dp_cache_entry_t *e, uint64_t now_ms);
+uint32_t dp_cache_ttl_orig(const dp_cache_entry_t *e);
+/* Prefetch bookkeeping: true the first time it is called for an entry
+ * that is due (hit at least twice, in the last tenth of a lifetime of at
+ * least 10 s); the caller refreshes it. */
+bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms);
+
+/* Build the answer to client query q (view qv) from entry e into out: the
+ * client's ID, RD and spelling of the name, TTLs aged (all 30 when stale),
+ * the OPT record only when the client sent one. Returns the length or
+ * DP_E_TOOBIG. Hot path, no allocation. */
+int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
+		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap);
+
+/* Insert (or replace) the answer ans (view av, validated) under key k.
+ * Returns 0 when cached, 1 when the answer is not cacheable, -ENOMEM. */
+int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
+		    const dp_dns_view_t *av, uint64_t now_ms);
+
+/* Lifetime in seconds the cache would give answer ans (before clamping),
+ * or -1 when it is not cacheable. Exposed for tests. */
+int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av);
+
+#endif
