@@ -17,7 +17,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->timeout_ms = 2000;
 	c->handshake_timeout_ms = 1000;
 	c->tcp_idle_ms = 10000;
-	c->max_tcp_clients = 20000;
+	c->max_tcp_clients = 15000;
 	c->max_inflight = 16384;
 	c->upstream_conns = 1;
 	c->max_udp_size = 1232;
@@ -28,6 +28,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->cache_min_ttl = 0;
 	c->cache_max_ttl = 86400;
 	c->stale_ttl = 86400;
+	c->tls_min_version = 0x0304;
 }
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
@@ -97,15 +98,57 @@ void dp_sockaddr_str(const dp_sockaddr_t *a, char *out, size_t cap)
 	}
 }
 
+/* Standard base64 (RFC 4648, with padding). Returns the decoded length or
+ * -1. Small and local so that the wire library needs no crypto library. */
+static int b64_decode(const char *in, uint8_t *out, size_t cap)
+{
+	size_t n = strlen(in), o = 0;
+	if (n % 4)
+		return -1;
+	for (size_t i = 0; i < n; i += 4) {
+		uint32_t acc = 0;
+		int pad = 0;
+		for (int j = 0; j < 4; j++) {
+			char ch = in[i + j];
+			int v;
+			if (ch >= 'A' && ch <= 'Z') v = ch - 'A';
+			else if (ch >= 'a' && ch <= 'z') v = ch - 'a' + 26;
+			else if (ch >= '0' && ch <= '9') v = ch - '0' + 52;
+			else if (ch == '+') v = 62;
+			else if (ch == '/') v = 63;
+			else if (ch == '=' && i + 4 == n && j >= 2) { v = 0; pad++; }
+			else return -1;
+			if (pad && ch != '=')
+				return -1;
+			acc = (acc << 6) | (uint32_t)v;
+		}
+		uint8_t b[3] = { (uint8_t)(acc >> 16), (uint8_t)(acc >> 8), (uint8_t)acc };
+		for (int j = 0; j < 3 - pad; j++) {
+			if (o >= cap)
+				return -1;
+			out[o++] = b[j];
+		}
+	}
+	return (int)o;
+}
+
+/* IP[:PORT][#NAME][,pin-sha256=BASE64]...[,no-ca] */
 static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
 {
 	memset(u, 0, sizeof(*u));
-	const char *hash = strchr(s, '#');
+	char spec[512];
+	if (strlen(s) >= sizeof(spec))
+		return DP_E_CONFIG;
+	snprintf(spec, sizeof(spec), "%s", s);
+	char *opts = strchr(spec, ',');
+	if (opts)
+		*opts++ = 0;
+	const char *hash = strchr(spec, '#');
 	char addr[128];
-	size_t al = hash ? (size_t)(hash - s) : strlen(s);
+	size_t al = hash ? (size_t)(hash - spec) : strlen(spec);
 	if (al == 0 || al >= sizeof(addr))
 		return DP_E_CONFIG;
-	memcpy(addr, s, al);
+	memcpy(addr, spec, al);
 	addr[al] = 0;
 	if (dp_config_parse_addr(addr, 853, &u->addr) < 0)
 		return DP_E_CONFIG;
@@ -121,7 +164,26 @@ static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
 		}
 		memcpy(u->name, hash + 1, nl + 1);
 	}
-	snprintf(u->text, sizeof(u->text), "%s", s);
+	while (opts && *opts) {
+		char *next = strchr(opts, ',');
+		if (next)
+			*next++ = 0;
+		if (strncmp(opts, "pin-sha256=", 11) == 0) {
+			const char *b64 = opts + 11;
+			uint8_t out[64];
+			if (u->npins >= 4 || b64_decode(b64, out, sizeof(out)) != 32)
+				return DP_E_CONFIG;
+			memcpy(u->pins[u->npins++], out, 32);
+		} else if (strcmp(opts, "no-ca") == 0) {
+			u->no_ca = true;
+		} else {
+			return DP_E_CONFIG;
+		}
+		opts = next;
+	}
+	if (u->no_ca && u->npins == 0)
+		return DP_E_CONFIG; /* no-ca without a pin would trust anybody */
+	snprintf(u->text, sizeof(u->text), "%s", spec);
 	return 0;
 }
 
@@ -166,6 +228,9 @@ static void usage(const dp_config_t *d)
 	       "                            its certificate and sent as SNI; port 853 by default\n"
 	       "                            (default 1.1.1.1#cloudflare-dns.com and\n"
 	       "                            1.0.0.1#cloudflare-dns.com)\n"
+	       "                            ,pin-sha256=BASE64 (up to 4) pins the server key;\n"
+	       "                            ,no-ca trusts the pins alone\n"
+	       "  --tls-min-version V       1.3 (default) or 1.2\n"
 	       "  --threads N               shards, one thread and io_uring each\n"
 	       "                            (default: one per online CPU)\n"
 	       "  --timeout DURATION        answer SERVFAIL after this (default %.1fs);\n"
@@ -202,7 +267,7 @@ enum {
 	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
-	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE,
+	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN,
 };
 
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -227,6 +292,7 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
 		{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
 		{ "stale-ttl", required_argument, NULL, OPT_STALE },
+		{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -256,7 +322,9 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 				return DP_E_CONFIG;
 			}
 			if (parse_upstream(optarg, &c->upstream[c->nupstream]) < 0) {
-				snprintf(err, errlen, "--upstream %s: expected IP[:PORT]#NAME", optarg);
+				snprintf(err, errlen,
+					 "--upstream %s: expected IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)",
+					 optarg);
 				return DP_E_CONFIG;
 			}
 			c->nupstream++;
@@ -371,6 +439,16 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 				c->cache_max_ttl = (uint32_t)n;
 			else
 				c->stale_ttl = (uint32_t)n;
+			break;
+		case OPT_TLSMIN:
+			if (strcmp(optarg, "1.2") == 0)
+				c->tls_min_version = 0x0303;
+			else if (strcmp(optarg, "1.3") == 0)
+				c->tls_min_version = 0x0304;
+			else {
+				snprintf(err, errlen, "--tls-min-version %s: expected 1.2 or 1.3", optarg);
+				return DP_E_CONFIG;
+			}
 			break;
 		case OPT_HELP:
 		case 'h':

@@ -19,6 +19,9 @@ typedef struct dp_upstream_cfg {
 	dp_sockaddr_t addr;
 	char name[256]; /* TLS name (SNI and certificate check); "" = check the IP */
 	char text[320]; /* as given, for logs */
+	uint8_t pins[4][32]; /* SHA-256 of a SubjectPublicKeyInfo (RFC 7469) */
+	int npins;
+	bool no_ca; /* trust the pins alone, skip CA and name verification */
 } dp_upstream_cfg_t;
 
 typedef struct dp_config {
@@ -42,6 +45,7 @@ typedef struct dp_config {
 	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
 	uint32_t cache_mb; /* whole process, split over shards; 0 = no cache */
 	uint32_t cache_min_ttl, cache_max_ttl, stale_ttl; /* seconds */
+	int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION (0x0303/0x0304) */
 } dp_config_t;
 
 /* Defaults, as --help prints them. */

@@ -135,6 +135,7 @@ typedef struct dp_upstream_state {
 	uint32_t fails; /* consecutive connect/handshake failures */
 	uint64_t down_until_ms;
 	uint32_t first_conn; /* index of its first connection slot */
+	SSL_SESSION *session; /* newest resumable session (ticket), owned */
 } dp_upstream_state_t;
 
 /* ---- client TCP connections ------------------------------------------- */
@@ -332,6 +333,9 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen);
  * upstream u. Allocates; returns 0 or DP_E_TLS. */
 int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl, BIO **rbio,
 		       BIO **wbio);
+/* 0 when the upstream has no pins or one of them matches a key of the
+ * peer's chain, DP_E_TLS otherwise. */
+int dp_tls_check_pins(SSL *ssl, const dp_upstream_cfg_t *u);
 /* Describe why the handshake of ssl failed (verify result or error queue). */
 void dp_tls_error_reason(SSL *ssl, int ret, char *out, size_t cap);
 

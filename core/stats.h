@@ -37,6 +37,8 @@
 	X(up_sends) \
 	X(connects) \
 	X(handshakes) \
+	X(handshakes_resumed) \
+	X(pin_failures) \
 	X(handshake_failures) \
 	X(conn_closed) \
 	X(tcp_accepted) \

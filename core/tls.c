@@ -8,7 +8,9 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <openssl/digest.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -24,6 +26,19 @@ static void err_queue_str(char *out, size_t cap)
 	ERR_clear_error();
 }
 
+/* BoringSSL hands us each new session (ticket); app data of the SSL is the
+ * upstream's slot, which keeps the newest one. Returns 1: we own sess. */
+static int new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	dp_upstream_state_t *st = SSL_get_app_data(ssl);
+	if (!st || !SSL_SESSION_is_resumable(sess))
+		return 0;
+	if (st->session)
+		SSL_SESSION_free(st->session);
+	st->session = sess;
+	return 1;
+}
+
 SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_method());
@@ -31,7 +46,7 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "SSL_CTX_new failed");
 		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_min_proto_version(ctx, (uint16_t)cfg->tls_min_version);
 	SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if (SSL_CTX_load_verify_locations(ctx, cfg->ca_file, NULL) != 1) {
@@ -41,6 +56,10 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen)
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
+	/* Resumption: keep the newest ticket per upstream (new_session), offer
+	 * it on the next connect, so reconnects skip the full handshake. */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+	SSL_CTX_sess_set_new_cb(ctx, new_session);
 	return ctx;
 }
 
@@ -54,7 +73,12 @@ int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl_out, 
 		goto fail;
 	SSL_set_bio(ssl, rbio, wbio); /* ssl owns both BIOs from here */
 	SSL_set_connect_state(ssl);
-	if (u->name[0]) {
+	if (u->no_ca) {
+		/* Pins alone (checked by dp_tls_check_pins after the handshake). */
+		SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+		if (u->name[0] && SSL_set_tlsext_host_name(ssl, u->name) != 1)
+			goto fail_ssl;
+	} else if (u->name[0]) {
 		if (SSL_set_tlsext_host_name(ssl, u->name) != 1 || SSL_set1_host(ssl, u->name) != 1)
 			goto fail_ssl;
 	} else {
@@ -102,4 +126,33 @@ void dp_tls_error_reason(SSL *ssl, int ret, char *out, size_t cap)
 	}
 	snprintf(out, cap, "TLS error %d", e);
 	ERR_clear_error();
+}
+
+static bool spki_pinned(X509 *cert, const dp_upstream_cfg_t *u)
+{
+	uint8_t *der = NULL;
+	int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+	if (n <= 0)
+		return false;
+	uint8_t h[SHA256_DIGEST_LENGTH];
+	SHA256(der, (size_t)n, h);
+	OPENSSL_free(der);
+	for (int i = 0; i < u->npins; i++)
+		if (memcmp(h, u->pins[i], sizeof(h)) == 0)
+			return true;
+	return false;
+}
+
+int dp_tls_check_pins(SSL *ssl, const dp_upstream_cfg_t *u)
+{
+	if (u->npins == 0)
+		return 0;
+	/* RFC 7469 2.6: a pin may match any key of the chain. */
+	X509 *leaf = SSL_get_peer_certificate(ssl);
+	bool ok = leaf && spki_pinned(leaf, u);
+	X509_free(leaf);
+	STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+	for (size_t i = 0; !ok && chain && i < sk_X509_num(chain); i++)
+		ok = spki_pinned(sk_X509_value(chain, i), u);
+	return ok ? 0 : DP_E_TLS;
 }

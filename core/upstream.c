@@ -80,6 +80,11 @@ void dp_upstream_free(dp_shard_t *s)
 	}
 	free(s->conns);
 	s->conns = NULL;
+	for (int u = 0; u < DP_MAX_UPSTREAMS; u++) {
+		if (s->up[u].session)
+			SSL_SESSION_free(s->up[u].session);
+		s->up[u].session = NULL;
+	}
 }
 
 static const char *up_name(const dp_shard_t *s, const dp_upconn_t *c)
@@ -187,6 +192,9 @@ static int conn_start(dp_shard_t *s, uint32_t ci)
 		close(fd);
 		return rc;
 	}
+	SSL_set_app_data(c->ssl, &s->up[c->upstream]);
+	if (s->up[c->upstream].session)
+		SSL_set_session(c->ssl, s->up[c->upstream].session);
 	c->fd = fd;
 	c->state = C_CONNECTING;
 	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
@@ -393,12 +401,21 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 	dp_upconn_t *c = &s->conns[ci];
 	int r = SSL_do_handshake(c->ssl);
 	if (r == 1) {
+		if (dp_tls_check_pins(c->ssl, &s->cfg->upstream[c->upstream]) < 0) {
+			STAT_INC(s, pin_failures);
+			conn_fail(s, ci, true, "upstream handshake failed",
+				  "no pin-sha256 matches the server's keys");
+			return;
+		}
+		if (SSL_session_reused(c->ssl))
+			STAT_INC(s, handshakes_resumed);
 		c->state = C_READY;
 		s->up[c->upstream].fails = 0;
 		s->up[c->upstream].down_until_ms = 0;
 		STAT_INC(s, handshakes);
-		dp_debug("upstream ready", "shard=%d upstream=%s version=%s queued=%u", s->id,
-			 up_name(s, c), SSL_get_version(c->ssl), c->queries.count);
+		dp_debug("upstream ready", "shard=%d upstream=%s version=%s resumed=%d queued=%u",
+			 s->id, up_name(s, c), SSL_get_version(c->ssl), SSL_session_reused(c->ssl),
+			 c->queries.count);
 		for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = s->q[qi].clink.next)
 			if (s->q[qi].state == Q_PENDING && batch_append(s, ci, qi) < 0)
 				break;
