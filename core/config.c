@@ -29,6 +29,9 @@ void dp_config_defaults(dp_config_t *c)
 	c->cache_max_ttl = 86400;
 	c->stale_ttl = 86400;
 	c->tls_min_version = 0x0304;
+	c->upstream_policy = DP_POLICY_FASTEST;
+	c->hedge_ms = -1;
+	c->upstream_idle_ms = 10000;
 }
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
@@ -230,6 +233,12 @@ static void usage(const dp_config_t *d)
 	       "                            1.0.0.1#cloudflare-dns.com)\n"
 	       "                            ,pin-sha256=BASE64 (up to 4) pins the server key;\n"
 	       "                            ,no-ca trusts the pins alone\n"
+	       "  --upstream-policy P       fastest (lowest latency moving average, default)\n"
+	       "                            or round-robin\n"
+	       "  --hedge-after DUR|auto|off  also ask the next best upstream when an answer\n"
+	       "                            is this late (default auto: about its p95)\n"
+	       "  --upstream-idle-timeout DUR  upstream idle timeout assumed when it does not\n"
+	       "                            announce one (RFC 7828); default 10s\n"
 	       "  --tls-min-version V       1.3 (default) or 1.2\n"
 	       "  --threads N               shards, one thread and io_uring each\n"
 	       "                            (default: one per online CPU)\n"
@@ -267,7 +276,7 @@ enum {
 	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
-	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN,
+	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 };
 
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -293,6 +302,9 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
 		{ "stale-ttl", required_argument, NULL, OPT_STALE },
 		{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
+		{ "upstream-policy", required_argument, NULL, OPT_POLICY },
+		{ "hedge-after", required_argument, NULL, OPT_HEDGE },
+		{ "upstream-idle-timeout", required_argument, NULL, OPT_UPIDLE },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -439,6 +451,36 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 				c->cache_max_ttl = (uint32_t)n;
 			else
 				c->stale_ttl = (uint32_t)n;
+			break;
+		case OPT_POLICY:
+			if (strcmp(optarg, "fastest") == 0)
+				c->upstream_policy = DP_POLICY_FASTEST;
+			else if (strcmp(optarg, "round-robin") == 0)
+				c->upstream_policy = DP_POLICY_RR;
+			else {
+				snprintf(err, errlen, "--upstream-policy %s: expected fastest or round-robin", optarg);
+				return DP_E_CONFIG;
+			}
+			break;
+		case OPT_HEDGE: {
+			uint32_t ms;
+			if (strcmp(optarg, "auto") == 0)
+				c->hedge_ms = -1;
+			else if (strcmp(optarg, "off") == 0)
+				c->hedge_ms = 0;
+			else if (parse_duration_ms(optarg, &ms) == 0)
+				c->hedge_ms = (int32_t)ms;
+			else {
+				snprintf(err, errlen, "--hedge-after %s: expected a duration, auto or off", optarg);
+				return DP_E_CONFIG;
+			}
+			break;
+		}
+		case OPT_UPIDLE:
+			if (parse_duration_ms(optarg, &c->upstream_idle_ms) < 0 || c->upstream_idle_ms < 1000) {
+				snprintf(err, errlen, "--upstream-idle-timeout %s: expected a duration of 1s or more", optarg);
+				return DP_E_CONFIG;
+			}
 			break;
 		case OPT_TLSMIN:
 			if (strcmp(optarg, "1.2") == 0)

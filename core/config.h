@@ -10,6 +10,8 @@
 #define DP_MAX_LISTEN 16
 #define DP_MAX_UPSTREAMS 16
 
+enum { DP_POLICY_FASTEST = 0, DP_POLICY_RR = 1 };
+
 typedef struct dp_sockaddr {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -45,6 +47,9 @@ typedef struct dp_config {
 	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
 	uint32_t cache_mb; /* whole process, split over shards; 0 = no cache */
 	uint32_t cache_min_ttl, cache_max_ttl, stale_ttl; /* seconds */
+	int upstream_policy; /* DP_POLICY_* */
+	int32_t hedge_ms; /* -1: adaptive (about the p95), 0: off */
+	uint32_t upstream_idle_ms; /* assumed upstream idle timeout without RFC 7828 */
 	int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION (0x0303/0x0304) */
 } dp_config_t;
 

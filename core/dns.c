@@ -102,8 +102,14 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 				size_t olen = dp_rd16(msg + o + 2);
 				if (o + 4 + olen > end)
 					return DP_E_FORMERR;
-				if (dp_rd16(msg + o) == DP_DNS_OPT_PADDING)
+				uint16_t code = dp_rd16(msg + o);
+				if (code == DP_DNS_OPT_PADDING)
 					v->opt_padding = true;
+				if (code == DP_DNS_OPT_KEEPALIVE) {
+					v->opt_keepalive = true;
+					if (olen == 2)
+						v->keepalive = dp_rd16(msg + o + 4);
+				}
 				o += 4 + olen;
 			}
 			v->has_opt = true;

@@ -20,6 +20,7 @@
 
 #define DP_DNS_TYPE_OPT 41
 #define DP_DNS_OPT_PADDING 12
+#define DP_DNS_OPT_KEEPALIVE 11 /* edns-tcp-keepalive, RFC 7828 */
 
 #define DP_DNS_RCODE_NOERROR 0
 #define DP_DNS_RCODE_FORMERR 1
@@ -59,6 +60,8 @@ typedef struct dp_dns_view {
 	uint16_t opt_off; /* offset of the OPT RR (its owner name), when has_opt */
 	uint16_t opt_len; /* whole OPT RR length */
 	bool opt_padding; /* the OPT carries a Padding option (RFC 7830) */
+	bool opt_keepalive; /* it carries edns-tcp-keepalive (RFC 7828) */
+	uint16_t keepalive; /* its TIMEOUT in units of 100 ms, 0 when absent or empty */
 } dp_dns_view_t;
 
 /* Validate a query from a client and fill *v. Hot path, no allocation.

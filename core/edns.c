@@ -35,7 +35,8 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 		size_t so = v->opt_off + 11, send = v->opt_off + v->opt_len;
 		while (so + 4 <= send) {
 			size_t olen = dp_rd16(msg + so + 2);
-			if (dp_rd16(msg + so) != DP_DNS_OPT_PADDING) {
+			uint16_t code = dp_rd16(msg + so);
+			if (code != DP_DNS_OPT_PADDING && code != DP_DNS_OPT_KEEPALIVE) {
 				if (rd + rdlen + 4 + olen > cap)
 					return DP_E_TOOBIG;
 				memcpy(out + rd + rdlen, msg + so, 4 + olen);
@@ -47,6 +48,11 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 		dp_wr16(opt + 3, DP_EDNS_OUR_UDP_SIZE);
 		memset(opt + 5, 0, 4);
 	}
+	if (rd + rdlen + 4 > cap)
+		return DP_E_TOOBIG;
+	dp_wr16(out + rd + rdlen, DP_DNS_OPT_KEEPALIVE);
+	dp_wr16(out + rd + rdlen + 2, 0);
+	rdlen += 4;
 	size_t total = rd + rdlen + 4;
 	size_t pad = block ? (block - total % block) % block : 0;
 	if (total + pad > cap || total + pad > DP_DNS_MAX_MSG)
@@ -72,18 +78,21 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 		dp_wr16(msg + 10, (uint16_t)(dp_rd16(msg + 10) - 1));
 		v->has_opt = false;
 		v->opt_padding = false;
+		v->opt_keepalive = false;
 		v->arcount--;
 		len -= olen;
 		v->msg_end = (uint16_t)len;
 		return len;
 	}
-	if (client_padding || !v->opt_padding)
+	bool strip_pad = v->opt_padding && !client_padding;
+	if (!strip_pad && !v->opt_keepalive)
 		return len;
-	/* Drop each Padding option from the OPT's RDATA. */
+	/* Drop those options from the OPT's RDATA. */
 	size_t rd = off + 11, rend = off + olen, o = rd;
 	while (o + 4 <= rend) {
 		size_t l = 4 + (size_t)dp_rd16(msg + o + 2);
-		if (dp_rd16(msg + o) == DP_DNS_OPT_PADDING) {
+		uint16_t code = dp_rd16(msg + o);
+		if ((strip_pad && code == DP_DNS_OPT_PADDING) || code == DP_DNS_OPT_KEEPALIVE) {
 			memmove(msg + o, msg + o + l, len - (o + l));
 			rend -= l;
 			len -= l;
@@ -93,7 +102,9 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 	}
 	dp_wr16(msg + off + 9, (uint16_t)(rend - rd));
 	v->opt_len = (uint16_t)(rend - off);
-	v->opt_padding = false;
+	if (strip_pad)
+		v->opt_padding = false;
+	v->opt_keepalive = false;
 	v->msg_end = (uint16_t)len;
 	return len;
 }

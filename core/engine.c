@@ -250,6 +250,8 @@ static uint64_t next_deadline(dp_shard_t *s)
 	uint64_t d = s->now_ms + DP_TICK_MS;
 	if (s->timeouts.head != DP_NONE)
 		d = DP_MIN(d, s->q[s->timeouts.head].deadline_ms);
+	if (s->hedge_list.head != DP_NONE)
+		d = DP_MIN(d, s->q[s->hedge_list.head].hedge_at_ms);
 	return d;
 }
 
@@ -284,6 +286,9 @@ static void run_loop(dp_shard_t *s)
 		io_uring_cq_advance(&s->ring, n);
 		if (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms)
 			dp_query_expire(s);
+		if (s->hedge_list.head != DP_NONE &&
+		    s->q[s->hedge_list.head].hedge_at_ms <= s->now_ms)
+			dp_upstream_hedge(s);
 		if (s->now_ms - last_tick >= DP_TICK_MS) {
 			last_tick = s->now_ms;
 			dp_upstream_expire(s);

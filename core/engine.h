@@ -84,7 +84,16 @@ typedef struct dp_query {
 	uint64_t key_hash; /* cache key hash, for the in-flight table */
 	bool in_table; /* registered in the in-flight table */
 	uint64_t deadline_ms;
-	uint64_t start_ns;
+	uint64_t start_ns; /* written to its connection (latency sample) */
+	/* hedging: a second copy on another upstream's connection */
+	uint32_t conn2; /* DP_NONE when not hedged */
+	uint16_t up_id2;
+	bool hedged; /* a hedge was sent (at most one per query) */
+	bool in_hedge_list;
+	dp_link_t c2link; /* conn2's hedge list */
+	dp_link_t hlink; /* shard hedge timer list */
+	uint64_t hedge_at_ms;
+	uint64_t hedge_start_ns;
 	union {
 		struct sockaddr_in6 udp; /* big enough for AF_INET too */
 		struct {
@@ -117,6 +126,9 @@ typedef struct dp_upconn {
 	BIO *rbio, *wbio;
 	dp_idmap_t ids;
 	dp_list_t queries; /* dp_query_t.clink, pending and sent */
+	dp_list_t hedges; /* dp_query_t.c2link: hedge copies sent here */
+	uint64_t last_used_ms; /* last query written or answer read */
+	uint32_t keepalive_ms; /* upstream's idle timeout (RFC 7828), 0 = unknown */
 	uint32_t dirty_next;
 	/* plaintext queries framed for the next SSL_write */
 	uint8_t *batch;
@@ -131,8 +143,17 @@ typedef struct dp_upconn {
 	uint32_t plain_len;
 } dp_upconn_t;
 
+#define DP_LAT_BUCKETS 32
+
 typedef struct dp_upstream_state {
 	uint32_t fails; /* consecutive connect/handshake failures */
+	uint32_t ewma_us; /* answer latency, moving average (1/8 weight) */
+	uint32_t samples;
+	uint32_t hist[DP_LAT_BUCKETS]; /* latency histogram, halved now and then */
+	uint32_t hist_n;
+	uint32_t hedge_ms; /* current hedge delay (about the p95) */
+	uint64_t last_traffic_ms; /* last client query sent to it */
+	uint32_t timeouts_in_row; /* queries that timed out since its last answer */
 	uint64_t down_until_ms;
 	uint32_t first_conn; /* index of its first connection slot */
 	SSL_SESSION *session; /* newest resumable session (ticket), owned */
@@ -205,11 +226,14 @@ typedef struct dp_shard {
 	dp_query_t *q;
 	uint32_t q_cap, q_hiwater, q_free, q_used;
 	dp_list_t timeouts; /* every live query, oldest deadline first */
+	dp_list_t hedge_list; /* queries that may be hedged, by hedge_at_ms */
 
 	dp_upconn_t *conns;
 	uint32_t nconns;
 	dp_upstream_state_t up[DP_MAX_UPSTREAMS];
 	uint32_t rr; /* round-robin cursor over upstreams */
+	uint32_t explore; /* fastest policy: counts picks, every Nth explores */
+	uint32_t hedge_budget; /* earned by primary sends, spent by hedges */
 	uint32_t dirty_head; /* connections to flush at the end of the turn */
 	SSL_CTX *ssl_ctx;
 
@@ -303,6 +327,8 @@ void dp_query_fail(dp_shard_t *s, uint32_t qi);
 /* SERVFAIL every query whose deadline has passed. */
 void dp_query_expire(dp_shard_t *s);
 void dp_query_fail_all(dp_shard_t *s);
+/* Start a probe (./IN/NS, no client) on connection ci. */
+int dp_query_probe(dp_shard_t *s, uint32_t ci);
 /* Copy the cache's own counters into the shard's (once per tick). */
 void dp_query_publish_stats(dp_shard_t *s);
 int dp_query_table_init(dp_shard_t *s);
@@ -321,8 +347,16 @@ void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, 
 /* End of a loop turn: one SSL_write and one send per connection with
  * queued queries. Hot path. */
 void dp_upstream_flush(dp_shard_t *s);
-/* Handshake deadlines. */
+/* Per tick: handshake deadlines, hedge delays, keepalive probes, idle
+ * closes, probes that bring a down upstream back. */
 void dp_upstream_expire(dp_shard_t *s);
+/* A query sent on connection ci timed out: a latency sample of the whole
+ * timeout for its upstream; consecutive timeouts mark the upstream down. */
+void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci);
+/* Send hedges whose delay is up (every loop turn). */
+void dp_upstream_hedge(dp_shard_t *s);
+/* Send query qi on connection ci (probes). */
+int dp_upstream_send_on(dp_shard_t *s, uint32_t qi, uint32_t ci);
 void dp_upstream_close_all(dp_shard_t *s);
 
 /* ---- tls.c -------------------------------------------------------------- */

@@ -250,6 +250,9 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->clink.prev = q->clink.next = DP_NONE;
 	q->waiters = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 	q->leader = DP_NONE;
+	q->conn2 = DP_NONE;
+	q->hedged = false;
+	q->in_hedge_list = false;
 	/* Room for the query with its OPT moved last, padded to the block. */
 	size_t need = (size_t)v->msg_end + 11 + 4 + DP_EDNS_QUERY_BLOCK;
 	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
@@ -508,8 +511,16 @@ void dp_query_fail(dp_shard_t *s, uint32_t qi)
 void dp_query_expire(dp_shard_t *s)
 {
 	while (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms) {
+		uint32_t qi = s->timeouts.head;
 		STAT_INC(s, timeouts);
-		dp_query_fail(s, s->timeouts.head);
+		/* Answer it first: the upstream's bookkeeping below may close
+		 * the connection, which would re-send what is still on it. */
+		uint32_t ci = s->q[qi].conn;
+		uint8_t state = s->q[qi].state;
+		uint8_t transport = s->q[qi].transport;
+		dp_query_fail(s, qi);
+		if (ci != DP_NONE && state == Q_SENT && transport != T_NONE)
+			dp_upstream_note_timeout(s, ci);
 	}
 }
 
@@ -519,6 +530,25 @@ void dp_query_fail_all(dp_shard_t *s)
 		return;
 	while (s->timeouts.head != DP_NONE)
 		dp_query_fail(s, s->timeouts.head);
+}
+
+int dp_query_probe(dp_shard_t *s, uint32_t ci)
+{
+	/* ./IN/NS, RD=1: any resolver answers it from its root hints. */
+	static const uint8_t probe[] = { 0, 0, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1 };
+	dp_dns_view_t v;
+	if (dp_dns_parse_query(probe, sizeof(probe), &v) < 0)
+		return DP_E_MALFORMED;
+	uint32_t qi = query_alloc(s);
+	if (qi == DP_NONE)
+		return DP_E_FULL;
+	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0);
+	if (rc < 0)
+		return rc;
+	rc = dp_upstream_send_on(s, qi, ci);
+	if (rc < 0)
+		query_free(s, qi);
+	return rc;
 }
 
 void dp_query_publish_stats(dp_shard_t *s)

@@ -26,6 +26,10 @@
 	X(timeouts) \
 	X(upstream_sent) \
 	X(upstream_resent) \
+	X(hedges_sent) \
+	X(hedge_wins) \
+	X(probes_sent) \
+	X(upstream_idle_closed) \
 	X(upstream_answers) \
 	X(upstream_bad_id) \
 	X(upstream_bad_question) \

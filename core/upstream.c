@@ -35,6 +35,16 @@
 #define RX_SIZE (16 * 1024 + 512)
 #define PLAIN_CAP (65537 + 16 * 1024)
 #define COFF offsetof(dp_query_t, clink)
+#define C2OFF offsetof(dp_query_t, c2link)
+#define HOFF offsetof(dp_query_t, hlink)
+#define HEDGE_MIN_MS 2
+#define HEDGE_DEFAULT_MS 100 /* until an upstream has enough samples */
+#define EXPLORE_EVERY 32
+#define TIMEOUTS_DOWN 5
+/* Hedges are at most 1 in HEDGE_RATIO queries: under overload every answer is
+ * late, and unbounded hedging would double the load that made it late. */
+#define HEDGE_RATIO 20
+#define HEDGE_BURST 200 /* consecutive timeouts that mark an upstream down */ /* the fastest policy tries another upstream this often */
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 30000
 #define OPEN_MORE_AT 64 /* in flight per ready connection before another opens */
@@ -55,10 +65,14 @@ int dp_upstream_init(dp_shard_t *s)
 		c->state = C_DOWN;
 		c->upstream = (uint8_t)(i / cfg->upstream_conns);
 		c->queries = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+		c->hedges = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 		c->dirty_next = DP_NONE;
 	}
-	for (int u = 0; u < cfg->nupstream; u++)
+	for (int u = 0; u < cfg->nupstream; u++) {
 		s->up[u].first_conn = (uint32_t)u * cfg->upstream_conns;
+		s->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
+	}
+	s->hedge_list = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 	s->dirty_head = DP_NONE;
 	return 0;
 }
@@ -117,21 +131,69 @@ static bool grow(uint8_t **buf, uint32_t *cap, size_t need)
 	return true;
 }
 
-/* Frame query qi into connection ci's batch. */
-static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi)
+/* Frame query qi into connection ci's batch under upstream ID id (the
+ * primary copy, or a hedge). */
+static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi, uint16_t id, bool hedge)
 {
 	dp_upconn_t *c = &s->conns[ci];
 	dp_query_t *q = &s->q[qi];
 	if (!grow(&c->batch, &c->batch_cap, (size_t)c->batch_len + q->len + 2))
 		return -ENOMEM;
-	dp_wr16(c->batch + c->batch_len, q->len);
-	memcpy(c->batch + c->batch_len + 2, q->wire, q->len);
+	uint8_t *p = c->batch + c->batch_len;
+	dp_wr16(p, q->len);
+	memcpy(p + 2, q->wire, q->len);
+	dp_wr16(p + 2, id);
 	c->batch_len += q->len + 2u;
 	c->batch_count++;
-	q->state = Q_SENT;
+	c->last_used_ms = s->now_ms;
+	if (hedge) {
+		q->hedge_start_ns = dp_now_ns();
+	} else {
+		q->state = Q_SENT;
+		q->start_ns = dp_now_ns();
+		if (s->hedge_budget < HEDGE_RATIO * HEDGE_BURST)
+			s->hedge_budget++;
+	}
 	STAT_INC(s, upstream_sent);
 	mark_dirty(s, ci);
 	return 0;
+}
+
+/* Latency sample for upstream u: moving average and histogram (bucket i
+ * holds up to 100 us * 1.5^i), from which the hedge delay (about the p95)
+ * is taken once a tick. */
+static void record_latency(dp_shard_t *s, uint32_t u, uint64_t rtt_ns)
+{
+	dp_upstream_state_t *st = &s->up[u];
+	uint32_t us = (uint32_t)DP_MIN(rtt_ns / 1000, (uint64_t)UINT32_MAX / 2);
+	st->ewma_us = st->samples ? st->ewma_us - st->ewma_us / 8 + us / 8 : us;
+	st->samples++;
+	uint32_t b = 0;
+	for (uint64_t lim = 100; b < DP_LAT_BUCKETS - 1 && us > lim; b++)
+		lim = lim * 3 / 2;
+	st->hist[b]++;
+	if (++st->hist_n >= 2048) {
+		for (int i = 0; i < DP_LAT_BUCKETS; i++)
+			st->hist[i] /= 2;
+		st->hist_n /= 2;
+	}
+}
+
+static void update_hedge_delay(dp_shard_t *s, uint32_t u)
+{
+	dp_upstream_state_t *st = &s->up[u];
+	if (s->cfg->hedge_ms >= 0 || st->hist_n < 50)
+		return;
+	uint32_t need = st->hist_n - st->hist_n / 20, acc = 0;
+	uint64_t lim = 100;
+	for (int b = 0; b < DP_LAT_BUCKETS; b++, lim = lim * 3 / 2) {
+		acc += st->hist[b];
+		if (acc >= need)
+			break;
+	}
+	uint32_t ms = (uint32_t)(lim / 1000);
+	st->hedge_ms = DP_MAX(ms, (uint32_t)HEDGE_MIN_MS);
+	st->hedge_ms = DP_MIN(st->hedge_ms, s->cfg->timeout_ms / 2);
 }
 
 static void arm_recv(dp_shard_t *s, uint32_t ci)
@@ -216,10 +278,27 @@ static bool upstream_down(const dp_shard_t *s, uint32_t u)
 	return s->up[u].down_until_ms > s->now_ms;
 }
 
-/* Round robin over upstreams that are not down. */
+/* An upstream that is not down (and not exclude): round robin, or with the
+ * fastest policy the lowest latency moving average, trying the others now
+ * and then (and those with few samples first) so their figures stay fresh. */
 static uint32_t pick_upstream(dp_shard_t *s, int exclude)
 {
 	uint32_t n = (uint32_t)s->cfg->nupstream;
+	bool rr = s->cfg->upstream_policy == DP_POLICY_RR || ++s->explore % EXPLORE_EVERY == 0;
+	if (!rr) {
+		uint32_t best = DP_NONE, best_us = UINT32_MAX;
+		for (uint32_t u = 0; u < n; u++) {
+			if ((int)u == exclude || upstream_down(s, u))
+				continue;
+			uint32_t us = s->up[u].samples < 8 ? 0 : s->up[u].ewma_us;
+			if (us < best_us) {
+				best_us = us;
+				best = u;
+			}
+		}
+		if (best != DP_NONE && best_us > 0)
+			return best;
+	}
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t u = (s->rr + k) % n;
 		if ((int)u == exclude || upstream_down(s, u))
@@ -276,13 +355,42 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 	if (id < 0)
 		return id;
 	q->up_id = (uint16_t)id;
-	dp_wr16(q->wire, q->up_id);
 	q->conn = ci;
 	q->state = Q_PENDING;
 	dp_list_push_tail(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
+	if (q->transport != T_NONE) {
+		s->up[c->upstream].last_traffic_ms = s->now_ms;
+		/* A hedge may follow if the answer is late (once per query). */
+		if (s->cfg->hedge_ms != 0 && s->cfg->nupstream > 1 && !q->hedged &&
+		    !q->in_hedge_list) {
+			q->hedge_at_ms = s->now_ms + s->up[c->upstream].hedge_ms;
+			q->in_hedge_list = true;
+			dp_list_push_tail(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
+		}
+	}
 	if (c->state == C_READY)
-		return batch_append(s, ci, qi);
+		return batch_append(s, ci, qi, q->up_id, false);
 	return 0;
+}
+
+int dp_upstream_send_on(dp_shard_t *s, uint32_t qi, uint32_t ci)
+{
+	if (s->conns[ci].state == C_DOWN) {
+		int rc = conn_start(s, ci);
+		if (rc < 0)
+			return rc;
+	}
+	return assign(s, qi, ci);
+}
+
+static void hedge_detach(dp_shard_t *s, uint32_t qi)
+{
+	dp_query_t *q = &s->q[qi];
+	dp_upconn_t *c2 = &s->conns[q->conn2];
+	if (dp_idmap_get(&c2->ids, q->up_id2) == qi)
+		dp_idmap_release(&c2->ids, q->up_id2);
+	dp_list_remove(&c2->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
+	q->conn2 = DP_NONE;
 }
 
 int dp_upstream_send(dp_shard_t *s, uint32_t qi, int exclude)
@@ -307,6 +415,12 @@ void dp_upstream_detach(dp_shard_t *s, uint32_t qi)
 		dp_idmap_release(&c->ids, q->up_id);
 	dp_list_remove(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
 	q->conn = DP_NONE;
+	if (q->conn2 != DP_NONE)
+		hedge_detach(s, qi);
+	if (q->in_hedge_list) {
+		dp_list_remove(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
+		q->in_hedge_list = false;
+	}
 }
 
 static void finalize(dp_shard_t *s, uint32_t ci)
@@ -368,6 +482,10 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
 		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
 	}
+	/* Hedge copies sent here are dropped; their queries live on through
+	 * their primary copy. */
+	while (c->hedges.head != DP_NONE)
+		hedge_detach(s, c->hedges.head);
 	/* Take the query list out first: re-sending may pick this very slot
 	 * again (it reconnects after closing) and push onto its list. */
 	uint32_t qi = c->queries.head;
@@ -380,7 +498,17 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		q->conn = DP_NONE;
 		dp_idmap_release(&c->ids, q->up_id);
 		bool was_sent = q->state == Q_SENT;
-		if (was_sent && q->resent) {
+		if (q->conn2 != DP_NONE) {
+			/* Its hedge copy is in flight elsewhere: that becomes the
+			 * primary, nothing is sent again. */
+			dp_upconn_t *c2 = &s->conns[q->conn2];
+			dp_list_remove(&c2->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
+			q->conn = q->conn2;
+			q->up_id = q->up_id2;
+			q->start_ns = q->hedge_start_ns;
+			q->conn2 = DP_NONE;
+			dp_list_push_tail(&c2->queries, s->q, sizeof(dp_query_t), COFF, qi);
+		} else if (was_sent && q->resent) {
 			dp_query_fail(s, qi);
 		} else {
 			if (was_sent) {
@@ -417,7 +545,11 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 			 s->id, up_name(s, c), SSL_get_version(c->ssl), SSL_session_reused(c->ssl),
 			 c->queries.count);
 		for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = s->q[qi].clink.next)
-			if (s->q[qi].state == Q_PENDING && batch_append(s, ci, qi) < 0)
+			if (s->q[qi].state == Q_PENDING &&
+			    batch_append(s, ci, qi, s->q[qi].up_id, false) < 0)
+				break;
+		for (uint32_t qi = c->hedges.head; qi != DP_NONE; qi = s->q[qi].c2link.next)
+			if (batch_append(s, ci, qi, s->q[qi].up_id2, true) < 0)
 				break;
 		return;
 	}
@@ -443,9 +575,13 @@ static int on_answer(void *ctx, uint8_t *msg, size_t len)
 		STAT_INC(s, upstream_malformed);
 		return 0;
 	}
-	uint32_t qi = dp_idmap_get(&c->ids, dp_rd16(msg));
-	if (qi == DP_IDMAP_NONE || qi >= s->q_hiwater || s->q[qi].conn != a->ci ||
-	    s->q[qi].state != Q_SENT) {
+	uint16_t id = dp_rd16(msg);
+	uint32_t qi = dp_idmap_get(&c->ids, id);
+	bool primary = qi < s->q_hiwater && s->q[qi].conn == a->ci && s->q[qi].up_id == id &&
+		       s->q[qi].state == Q_SENT;
+	bool hedge = !primary && qi < s->q_hiwater && s->q[qi].conn2 == a->ci &&
+		     s->q[qi].up_id2 == id;
+	if (!primary && !hedge) {
 		STAT_INC(s, upstream_bad_id);
 		return 0;
 	}
@@ -463,7 +599,14 @@ static int on_answer(void *ctx, uint8_t *msg, size_t len)
 		return 0;
 	}
 	c->got_answer = true;
+	c->last_used_ms = s->now_ms;
+	if (v.opt_keepalive && v.keepalive)
+		c->keepalive_ms = v.keepalive * 100u;
+	record_latency(s, c->upstream, dp_now_ns() - (primary ? q->start_ns : q->hedge_start_ns));
+	s->up[c->upstream].timeouts_in_row = 0;
 	STAT_INC(s, upstream_answers);
+	if (hedge)
+		STAT_INC(s, hedge_wins);
 	dp_query_answer(s, qi, msg, len, &v);
 	return 0;
 }
@@ -616,8 +759,87 @@ void dp_upstream_expire(dp_shard_t *s)
 	for (uint32_t ci = 0; ci < s->nconns; ci++) {
 		dp_upconn_t *c = &s->conns[ci];
 		if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) &&
-		    s->now_ms >= c->deadline_ms)
+		    s->now_ms >= c->deadline_ms) {
 			conn_fail(s, ci, true, "upstream handshake failed", "handshake timeout");
+			continue;
+		}
+		if (c->state != C_READY || c->queries.count || c->hedges.count)
+			continue;
+		/* Idle: act just before the upstream's own idle timeout would
+		 * close it under us. Still in use lately: ride the live session
+		 * with a probe, which keeps it open and checks health without
+		 * a new handshake. Unused: close it ourselves, cleanly. */
+		uint32_t limit = c->keepalive_ms ? c->keepalive_ms : s->cfg->upstream_idle_ms;
+		uint32_t margin = DP_MIN(1000u, limit / 4);
+		if (s->now_ms - c->last_used_ms + margin < limit)
+			continue;
+		if (s->now_ms - s->up[c->upstream].last_traffic_ms < 60000) {
+			if (dp_query_probe(s, ci) == 0)
+				STAT_INC(s, probes_sent);
+		} else {
+			STAT_INC(s, upstream_idle_closed);
+			conn_fail(s, ci, false, "upstream connection idle", "closed before its idle timeout");
+		}
+	}
+	for (int u = 0; u < s->cfg->nupstream; u++) {
+		update_hedge_delay(s, (uint32_t)u);
+		/* Down and its backoff is over: probe it now rather than wait for
+		 * a client's query to find out. */
+		dp_upstream_state_t *st = &s->up[u];
+		if (st->fails && st->down_until_ms && s->now_ms >= st->down_until_ms) {
+			uint32_t ci = st->first_conn;
+			if (s->conns[ci].state == C_DOWN) {
+				st->down_until_ms = 0;
+				if (dp_query_probe(s, ci) == 0)
+					STAT_INC(s, probes_sent);
+			}
+		}
+	}
+}
+
+void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci)
+{
+	uint32_t u = s->conns[ci].upstream;
+	record_latency(s, u, (uint64_t)s->cfg->timeout_ms * 1000000ull);
+	if (++s->up[u].timeouts_in_row >= TIMEOUTS_DOWN && s->conns[ci].state == C_READY) {
+		s->up[u].timeouts_in_row = 0;
+		conn_fail(s, ci, true, "upstream not answering",
+			  "consecutive queries timed out");
+	}
+}
+
+void dp_upstream_hedge(dp_shard_t *s)
+{
+	while (s->hedge_list.head != DP_NONE) {
+		uint32_t qi = s->hedge_list.head;
+		dp_query_t *q = &s->q[qi];
+		if (q->hedge_at_ms > s->now_ms)
+			return;
+		dp_list_remove(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
+		q->in_hedge_list = false;
+		if (q->conn == DP_NONE || q->hedged || q->conn2 != DP_NONE ||
+		    s->hedge_budget < HEDGE_RATIO)
+			continue;
+		uint32_t u = pick_upstream(s, (int)s->conns[q->conn].upstream);
+		if (u == DP_NONE)
+			continue;
+		uint32_t ci = pick_conn(s, u);
+		if (ci == DP_NONE)
+			continue;
+		dp_upconn_t *c = &s->conns[ci];
+		int id = dp_idmap_take(&c->ids, qi);
+		if (id < 0)
+			continue;
+		s->hedge_budget -= HEDGE_RATIO;
+		q->hedged = true;
+		q->conn2 = ci;
+		q->up_id2 = (uint16_t)id;
+		dp_list_push_tail(&c->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
+		STAT_INC(s, hedges_sent);
+		if (c->state == C_READY)
+			batch_append(s, ci, qi, q->up_id2, true);
+		else
+			q->hedge_start_ns = dp_now_ns(); /* sent once the handshake is done */
 	}
 }
 
