@@ -18,9 +18,4 @@ if [ -n "$missing" ]; then
 	# shellcheck disable=SC2086
 	apt-get install -y -q --no-install-recommends $missing
 fi
-# Debian starts some of these as services where an init system runs; the
-# tests and benchmarks start their own instances on free ports.
-for svc in unbound dnsdist stubby kresd; do
-	pkill -x "$svc" 2>/dev/null || true
-done
 exit 0

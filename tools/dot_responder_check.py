@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""dot_responder_check.py - end-to-end checks of dot-responder.
+
+    tools/dot_responder_check.py PATH/TO/dot-responder
+
+Makes a throwaway CA with tools/mkcert.sh, starts the responder on a free
+port of 127.0.0.1, and checks answers, framing, pipelining, malformed input,
+TLS 1.2 / 1.3, session resumption, half-close, close_notify and the
+counters. Everything is bounded in time. Prints "N passed, N failed";
+exits 0, 1 on a failure, 77 when openssl is missing.
+"""
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMEOUT = 5.0
+
+
+def query(qid, name, qtype=1, flags=0x0100, opt=None, qdcount=1, opcode=0):
+    """Wire query. opt=(udp, version, do) adds an OPT record."""
+    hdr = struct.pack(">HHHHHH", qid, flags | (opcode << 11), qdcount, 0, 0, 1 if opt else 0)
+    q = b""
+    if qdcount:
+        for label in name.split("."):
+            if label:
+                q += bytes([len(label)]) + label.encode()
+        q += b"\0" + struct.pack(">HH", qtype, 1)
+    if opt:
+        udp, ver, do = opt
+        q += b"\0" + struct.pack(">HHBBHH", 41, udp, 0, ver, 0x8000 if do else 0, 0)
+    return hdr + q
+
+
+def frame(msg):
+    return struct.pack(">H", len(msg)) + msg
+
+
+def parse(msg):
+    qid, flags, qd, an, ns, ar = struct.unpack(">HHHHHH", msg[:12])
+    return {"id": qid, "flags": flags, "rcode": flags & 0xF, "qd": qd, "an": an,
+            "ns": ns, "ar": ar, "raw": msg}
+
+
+class Conn:
+    def __init__(self, port, ca, version=None, session=None, ctx=None):
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=ca)
+            if version:
+                ctx.minimum_version = version
+                ctx.maximum_version = version
+        self.ctx = ctx
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.s = ctx.wrap_socket(raw, server_hostname="dot.test", session=session)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read_msg(self):
+        while True:
+            if len(self.buf) >= 2:
+                n = struct.unpack(">H", self.buf[:2])[0]
+                if len(self.buf) >= 2 + n:
+                    m, self.buf = self.buf[2:2 + n], self.buf[2 + n:]
+                    return parse(m)
+            d = self.s.recv(65536)
+            if not d:
+                return None
+            self.buf += d
+
+    def closed_by_peer(self):
+        try:
+            while True:
+                d = self.s.recv(65536)
+                if not d:
+                    return True
+                self.buf += d
+        except (ssl.SSLError, ConnectionError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def ok(self, cond, what):
+        if cond:
+            self.passed += 1
+            print("ok    " + what)
+        else:
+            self.failed += 1
+            print("FAIL  " + what)
+
+    def run(self, name, fn):
+        try:
+            fn()
+        except Exception as e:  # a crash in a check is a failure, not an abort
+            self.ok(False, "%s: %r" % (name, e))
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    binary = sys.argv[1]
+    if not shutil.which("openssl"):
+        print("SKIP: openssl command not found", file=sys.stderr)
+        return 77
+    tmp = tempfile.mkdtemp(prefix="dotresp.")
+    proc = None
+    c = Checks()
+    try:
+        subprocess.run([os.path.join(HERE, "mkcert.sh"), tmp, "dot.test"], check=True)
+        ca = os.path.join(tmp, "ca.pem")
+        errf = open(os.path.join(tmp, "stderr"), "w+")
+        proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--cert",
+                                 os.path.join(tmp, "server.pem"), "--key",
+                                 os.path.join(tmp, "server.key"), "--threads", "2",
+                                 "--answer-ip", "198.51.100.7", "--ttl", "42"],
+                                stderr=errf)
+        port = None
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and port is None:
+            errf.seek(0)
+            for line in errf.read().splitlines():
+                if line.startswith("listening on 127.0.0.1:"):
+                    port = int(line.split()[2].rsplit(":", 1)[1])
+            time.sleep(0.05)
+        c.ok(port is not None, "prints 'listening on' with the port")
+        if port is None:
+            return 1
+
+        def basic():
+            k = Conn(port, ca)
+            k.send(frame(query(0x1234, "Example.COM", 1, opt=(4096, 0, True))))
+            a = k.read_msg()
+            c.ok(a["id"] == 0x1234 and a["rcode"] == 0 and a["an"] == 1 and a["ar"] == 1,
+                 "A answer: id, rcode, counts")
+            c.ok(b"\x07Example\x03COM\x00" in a["raw"], "question copied byte for byte")
+            c.ok(a["raw"].endswith(b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"),
+                 "OPT echoed: udp 1232, DO copied")
+            c.ok(b"\x00\x00\x00\x2a\x00\x04\xc6\x33\x64\x07" in a["raw"],
+                 "--ttl and --answer-ip used")
+            k.send(frame(query(7, "x.test", 28)))
+            a = k.read_msg()
+            c.ok(a["an"] == 1 and a["ar"] == 0 and a["raw"].endswith(
+                bytes.fromhex("20010db8000000000000000000000001")), "AAAA answer, no OPT")
+            k.send(frame(query(8, "x.test", 15)))
+            a = k.read_msg()
+            c.ok(a["rcode"] == 0 and a["an"] == 0, "MX: NOERROR, empty")
+            k.close()
+
+        def pipelined():
+            k = Conn(port, ca)
+            n = 3000
+            k.send(b"".join(frame(query(i, "q%d.example" % i)) for i in range(n)))
+            ids = set()
+            for _ in range(n):
+                a = k.read_msg()
+                ids.add(a["id"])
+            c.ok(ids == set(range(n)), "3000 pipelined queries in one write all answered")
+            k.close()
+
+        def split():
+            k = Conn(port, ca)
+            data = frame(query(99, "split.example")) + frame(query(100, "two.example"))
+            for i in range(len(data)):
+                k.send(data[i:i + 1])
+            a1, a2 = k.read_msg(), k.read_msg()
+            c.ok(a1["id"] == 99 and a2["id"] == 100, "messages split byte by byte")
+            k.close()
+
+        def big_query():
+            k = Conn(port, ca)
+            q = query(5, "big.example", opt=(1232, 0, False))
+            pad = 60000
+            q = q[:-2] + struct.pack(">H", pad + 4) + struct.pack(">HH", 12, pad) + b"\0" * pad
+            k.send(frame(q))
+            a = k.read_msg()
+            c.ok(a is not None and a["id"] == 5 and a["an"] == 1, "60 KB query (padding)")
+            k.close()
+
+        def errors():
+            k = Conn(port, ca)
+            k.send(frame(query(1, "", qdcount=0)))
+            a = k.read_msg()
+            c.ok(a["rcode"] == 1 and a["id"] == 1, "no question: FORMERR")
+            k.send(frame(query(2, "x.example", opcode=2)))
+            a = k.read_msg()
+            c.ok(a["rcode"] == 4 and a["qd"] == 1, "opcode STATUS: NOTIMP with question")
+            k.send(frame(query(3, "x.example", opt=(1232, 1, False))))
+            a = k.read_msg()
+            c.ok(a["rcode"] == 0 and a["ar"] == 1 and a["raw"][-6] == 1,
+                 "EDNS version 1: BADVERS (extended rcode in OPT)")
+            k.send(frame(query(4, "x.example", flags=0x8000)))
+            k.send(frame(query(5, "x.example")))
+            a = k.read_msg()
+            c.ok(a["id"] == 5, "a response (QR=1) is dropped, the next query answered")
+            k.send(frame(b"\x00\x06\x01\x00\x00"))
+            a = k.read_msg()
+            c.ok(a is None or k.closed_by_peer(), "message shorter than a header: closed")
+            k.close()
+            k = Conn(port, ca)
+            k.send(frame(query(6, "x.example")) + b"\x00\x00")
+            a = k.read_msg()
+            c.ok(a["id"] == 6 and k.closed_by_peer(),
+                 "zero-length frame: earlier answer sent, then closed")
+            k.close()
+
+        def versions():
+            for v, name in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+                k = Conn(port, ca, v)
+                k.send(frame(query(1, "v.example")))
+                a = k.read_msg()
+                c.ok(k.s.version() == name and a["an"] == 1, "%s works" % name)
+                sess = k.s.session
+                k.close()
+                k2 = Conn(port, ca, session=sess, ctx=k.ctx)
+                k2.send(frame(query(2, "v.example")))
+                a = k2.read_msg()
+                c.ok(k2.s.session_reused and a["an"] == 1, "%s session ticket resumption" % name)
+                k2.close()
+
+        def half_close():
+            k = Conn(port, ca)
+            k.send(b"".join(frame(query(i, "h.example")) for i in range(50)))
+            # TCP FIN, no close_notify (SSLSocket.shutdown would drop the
+            # TLS state, so call the plain socket's).
+            socket.socket.shutdown(k.s, socket.SHUT_WR)
+            got = 0
+            while k.read_msg() is not None:
+                got += 1
+            c.ok(got == 50, "half-close after 50 queries: all answered, then closed")
+            k.close()
+
+        def close_notify():
+            k = Conn(port, ca)
+            k.send(frame(query(1, "n.example")))
+            k.read_msg()
+            try:
+                k.s.unwrap()  # sends close_notify, waits for ours
+                c.ok(True, "close_notify answered with close_notify")
+            except (ssl.SSLError, OSError) as e:
+                c.ok(False, "close_notify: %r" % e)
+            k.close()
+
+        def garbage():
+            raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
+            try:
+                d = raw.recv(100)
+                rest = raw.recv(100) if d else b""
+                c.ok(not rest, "not TLS: alert and close")
+            except ConnectionError:
+                c.ok(True, "not TLS: connection reset")
+            raw.close()
+            k = Conn(port, ca)
+            k.send(frame(query(1, "still.example")))
+            c.ok(k.read_msg()["an"] == 1, "other connections unaffected")
+            k.close()
+
+        def many_conns():
+            ks = [Conn(port, ca) for _ in range(100)]
+            for i, k in enumerate(ks):
+                k.send(frame(query(i, "m.example")))
+            good = sum(1 for i, k in enumerate(ks) if k.read_msg()["id"] == i)
+            c.ok(good == 100, "100 concurrent connections")
+            for k in ks:
+                k.close()
+
+        for fn in (basic, pipelined, split, big_query, errors, versions, half_close,
+                   close_notify, garbage, many_conns):
+            c.run(fn.__name__, fn)
+
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=TIMEOUT)
+        errf.seek(0)
+        lines = [l for l in errf.read().splitlines() if "queries=" in l]
+        c.ok(rc == 0, "SIGTERM: clean exit 0")
+        c.ok(len(lines) == 2, "SIGUSR1 and exit print counters")
+        if lines:
+            kv = dict(p.split("=") for p in lines[-1].split())
+            c.ok(all(k in kv for k in ("connections", "handshakes", "queries", "answers")),
+                 "counters: connections handshakes queries answers")
+            c.ok(int(kv.get("queries", 0)) >= 3000 and int(kv.get("resumed", 0)) >= 2,
+                 "counters add up across shards (%s)" % lines[-1])
+        proc = None
+    finally:
+        if proc:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("%d passed, %d failed" % (c.passed, c.failed))
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
