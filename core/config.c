@@ -32,6 +32,8 @@ void dp_config_defaults(dp_config_t *c)
 	c->upstream_policy = DP_POLICY_FASTEST;
 	c->hedge_ms = -1;
 	c->upstream_idle_ms = 10000;
+	c->drain_ms = 5000;
+	snprintf(c->user, sizeof(c->user), "nobody");
 }
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
@@ -263,10 +265,20 @@ static void usage(const dp_config_t *d)
 	       "  --cache-max-ttl SECONDS   and at most this long (default %u)\n"
 	       "  --stale-ttl SECONDS       serve expired answers (TTL 30) this long after\n"
 	       "                            expiry when no upstream answers (default %u)\n"
+"  --metrics ADDR:PORT       serve Prometheus /metrics and /healthz (default off)\n"
+	       "  --config FILE             read settings from FILE: 'name value' per line,\n"
+	       "                            names as these flags without '--', '#' comments;\n"
+	       "                            flags override it; SIGHUP re-reads it\n"
+	       "  --user NAME               after binding, run as NAME and its group\n"
+	       "                            (default nobody)\n"
+	       "  --allow-root              keep running as root\n"
+	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
+	       "                            this long, then exit (default 5s)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 	       "  --help                    this text\n"
 	       "  --version                 print the version\n\n"
-	       "Signals: SIGINT/SIGTERM stop; SIGUSR1 logs the counters.\n",
+	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config;\n"
+	       "SIGUSR1 logs the counters.\n",
 	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
 	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size,
 	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl);
@@ -277,221 +289,386 @@ enum {
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
+	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN,
 };
+
+static const struct option opts[] = {
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "upstream", required_argument, NULL, OPT_UPSTREAM },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+	{ "handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT },
+	{ "ca-file", required_argument, NULL, OPT_CA },
+	{ "log-level", required_argument, NULL, OPT_LOG },
+	{ "max-tcp-clients", required_argument, NULL, OPT_MAXTCP },
+	{ "tcp-idle-timeout", required_argument, NULL, OPT_TCPIDLE },
+	{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
+	{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
+	{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
+	{ "allow", required_argument, NULL, OPT_ALLOW },
+	{ "rate-limit", required_argument, NULL, OPT_RATELIMIT },
+	{ "cache-size", required_argument, NULL, OPT_CACHESIZE },
+	{ "no-cache", no_argument, NULL, OPT_NOCACHE },
+	{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
+	{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
+	{ "stale-ttl", required_argument, NULL, OPT_STALE },
+	{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
+	{ "upstream-policy", required_argument, NULL, OPT_POLICY },
+	{ "hedge-after", required_argument, NULL, OPT_HEDGE },
+	{ "upstream-idle-timeout", required_argument, NULL, OPT_UPIDLE },
+	{ "config", required_argument, NULL, OPT_CONFIG },
+	{ "metrics", required_argument, NULL, OPT_METRICS },
+	{ "user", required_argument, NULL, OPT_USER },
+	{ "allow-root", no_argument, NULL, OPT_ALLOWROOT },
+	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ "version", no_argument, NULL, OPT_VERSION },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* Apply one setting (code from opts[]; name is how it was written, for
+ * errors). Repeatable lists (listen, upstream, allow) set in a later layer
+ * (the command line after the file) replace those of an earlier one. */
+static int apply(dp_config_t *c, int o, const char *arg, const char *name, char *err, size_t errlen)
+{
+	unsigned long n;
+	switch (o) {
+	case OPT_LISTEN:
+		if (c->listen_layer != c->cur_layer) {
+			c->nlisten = 0;
+			c->listen_layer = c->cur_layer;
+		}
+		break;
+	case OPT_UPSTREAM:
+		if (c->upstream_layer != c->cur_layer) {
+			c->nupstream = 0;
+			c->upstream_layer = c->cur_layer;
+		}
+		break;
+	case OPT_ALLOW:
+		if (c->acl_layer != c->cur_layer) {
+			c->acl.n = 0;
+			c->acl_layer = c->cur_layer;
+		}
+		break;
+	default:
+		break;
+	}
+	switch (o) {
+	case OPT_LISTEN:
+		if (c->nlisten >= DP_MAX_LISTEN) {
+			snprintf(err, errlen, "too many --listen (at most %d)", DP_MAX_LISTEN);
+			return DP_E_CONFIG;
+		}
+		if (dp_config_parse_addr(arg, 0, &c->listen[c->nlisten]) < 0) {
+			snprintf(err, errlen, "--listen %s: expected IP:PORT or [IPv6]:PORT", arg);
+			return DP_E_CONFIG;
+		}
+		snprintf(c->listen_text[c->nlisten], sizeof(c->listen_text[0]), "%s", arg);
+		c->nlisten++;
+		break;
+	case OPT_UPSTREAM:
+		if (c->nupstream >= DP_MAX_UPSTREAMS) {
+			snprintf(err, errlen, "too many --upstream (at most %d)", DP_MAX_UPSTREAMS);
+			return DP_E_CONFIG;
+		}
+		if (parse_upstream(arg, &c->upstream[c->nupstream]) < 0) {
+			snprintf(err, errlen,
+				 "--upstream %s: expected IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)",
+				 arg);
+			return DP_E_CONFIG;
+		}
+		c->nupstream++;
+		break;
+	case OPT_THREADS:
+		if (parse_uint(arg, 1, 256, &n) < 0) {
+			snprintf(err, errlen, "--threads %s: expected 1..256", arg);
+			return DP_E_CONFIG;
+		}
+		c->threads = (int)n;
+		break;
+	case OPT_TIMEOUT:
+		if (parse_duration_ms(arg, &c->timeout_ms) < 0) {
+			snprintf(err, errlen, "--timeout %s: expected a duration such as 2s or 500ms", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_HSTIMEOUT:
+		if (parse_duration_ms(arg, &c->handshake_timeout_ms) < 0) {
+			snprintf(err, errlen, "--handshake-timeout %s: expected a duration such as 1s", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_TCPIDLE:
+		if (parse_duration_ms(arg, &c->tcp_idle_ms) < 0) {
+			snprintf(err, errlen, "--tcp-idle-timeout %s: expected a duration such as 10s", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_CA:
+		if (strlen(arg) >= sizeof(c->ca_file)) {
+			snprintf(err, errlen, "--ca-file: path too long");
+			return DP_E_CONFIG;
+		}
+		snprintf(c->ca_file, sizeof(c->ca_file), "%s", arg);
+		break;
+	case OPT_LOG: {
+		int l = dp_log_parse_level(arg);
+		if (l < 0) {
+			snprintf(err, errlen, "--log-level %s: expected debug, info, warn or error", arg);
+			return DP_E_CONFIG;
+		}
+		c->log_level = l;
+		break;
+	}
+	case OPT_MAXTCP:
+		if (parse_uint(arg, 1, 1000000, &n) < 0) {
+			snprintf(err, errlen, "--max-tcp-clients %s: expected 1..1000000", arg);
+			return DP_E_CONFIG;
+		}
+		c->max_tcp_clients = (uint32_t)n;
+		break;
+	case OPT_INFLIGHT:
+		if (parse_uint(arg, 1, 1000000, &n) < 0) {
+			snprintf(err, errlen, "--max-inflight %s: expected 1..1000000", arg);
+			return DP_E_CONFIG;
+		}
+		c->max_inflight = (uint32_t)n;
+		break;
+	case OPT_UPCONNS:
+		if (parse_uint(arg, 1, 64, &n) < 0) {
+			snprintf(err, errlen, "--upstream-conns %s: expected 1..64", arg);
+			return DP_E_CONFIG;
+		}
+		c->upstream_conns = (uint32_t)n;
+		break;
+	case OPT_UDPSIZE:
+		if (parse_uint(arg, 512, 4096, &n) < 0) {
+			snprintf(err, errlen, "--max-udp-size %s: expected 512..4096", arg);
+			return DP_E_CONFIG;
+		}
+		c->max_udp_size = (uint16_t)n;
+		break;
+	case OPT_ALLOW:
+		if (dp_acl_add(&c->acl, arg) < 0) {
+			snprintf(err, errlen, "--allow %s: expected ADDR/LEN with no host bits set (at most %d)",
+				 arg, DP_ACL_MAX);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_RATELIMIT:
+		if (parse_uint(arg, 0, 10000000, &n) < 0) {
+			snprintf(err, errlen, "--rate-limit %s: expected queries per second, 0 = off", arg);
+			return DP_E_CONFIG;
+		}
+		c->rate_limit = (uint32_t)n;
+		break;
+	case OPT_CACHESIZE:
+		if (parse_uint(arg, 0, 1048576, &n) < 0) {
+			snprintf(err, errlen, "--cache-size %s: expected megabytes, 0..1048576", arg);
+			return DP_E_CONFIG;
+		}
+		c->cache_mb = (uint32_t)n;
+		break;
+	case OPT_NOCACHE:
+		c->cache_mb = 0;
+		break;
+	case OPT_CACHEMIN:
+	case OPT_CACHEMAX:
+	case OPT_STALE:
+		if (parse_uint(arg, 0, 604800, &n) < 0) {
+			snprintf(err, errlen, "%s %s: expected seconds, 0..604800", name, arg);
+			return DP_E_CONFIG;
+		}
+		if (o == OPT_CACHEMIN)
+			c->cache_min_ttl = (uint32_t)n;
+		else if (o == OPT_CACHEMAX)
+			c->cache_max_ttl = (uint32_t)n;
+		else
+			c->stale_ttl = (uint32_t)n;
+		break;
+	case OPT_POLICY:
+		if (strcmp(arg, "fastest") == 0)
+			c->upstream_policy = DP_POLICY_FASTEST;
+		else if (strcmp(arg, "round-robin") == 0)
+			c->upstream_policy = DP_POLICY_RR;
+		else {
+			snprintf(err, errlen, "--upstream-policy %s: expected fastest or round-robin", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_HEDGE: {
+		uint32_t ms;
+		if (strcmp(arg, "auto") == 0)
+			c->hedge_ms = -1;
+		else if (strcmp(arg, "off") == 0)
+			c->hedge_ms = 0;
+		else if (parse_duration_ms(arg, &ms) == 0)
+			c->hedge_ms = (int32_t)ms;
+		else {
+			snprintf(err, errlen, "--hedge-after %s: expected a duration, auto or off", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	}
+	case OPT_UPIDLE:
+		if (parse_duration_ms(arg, &c->upstream_idle_ms) < 0 || c->upstream_idle_ms < 1000) {
+			snprintf(err, errlen, "--upstream-idle-timeout %s: expected a duration of 1s or more", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_TLSMIN:
+		if (strcmp(arg, "1.2") == 0)
+			c->tls_min_version = 0x0303;
+		else if (strcmp(arg, "1.3") == 0)
+			c->tls_min_version = 0x0304;
+		else {
+			snprintf(err, errlen, "--tls-min-version %s: expected 1.2 or 1.3", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_CONFIG:
+		if (strlen(arg) >= sizeof(c->config_file)) {
+			snprintf(err, errlen, "--config: path too long");
+			return DP_E_CONFIG;
+		}
+		snprintf(c->config_file, sizeof(c->config_file), "%s", arg);
+		break;
+	case OPT_METRICS:
+		if (dp_config_parse_addr(arg, 0, &c->metrics) < 0) {
+			snprintf(err, errlen, "--metrics %s: expected IP:PORT", arg);
+			return DP_E_CONFIG;
+		}
+		c->metrics_on = true;
+		break;
+	case OPT_USER:
+		if (strlen(arg) == 0 || strlen(arg) >= sizeof(c->user)) {
+			snprintf(err, errlen, "--user %s: expected a user name", arg);
+			return DP_E_CONFIG;
+		}
+		snprintf(c->user, sizeof(c->user), "%s", arg);
+		break;
+	case OPT_ALLOWROOT:
+		c->allow_root = true;
+		break;
+	case OPT_DRAIN:
+		if (parse_duration_ms(arg, &c->drain_ms) < 0) {
+			snprintf(err, errlen, "--drain-timeout %s: expected a duration such as 5s", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	default:
+		snprintf(err, errlen, "unknown setting %s", name);
+		return DP_E_CONFIG;
+	}
+	return 0;
+}
+
+static int lookup_opt(const char *name, bool *has_arg)
+{
+	for (const struct option *op = opts; op->name; op++)
+		if (strcmp(op->name, name) == 0) {
+			*has_arg = op->has_arg == required_argument;
+			return op->val;
+		}
+	return -1;
+}
+
+int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return DP_E_CONFIG;
+	}
+	char line[1024];
+	int lineno = 0, rc = 0;
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		size_t len = strlen(line);
+		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+			snprintf(err, errlen, "%s:%d: line too long", path, lineno);
+			rc = DP_E_CONFIG;
+			break;
+		}
+		/* A comment starts at a '#' that begins a word; a '#' inside a
+		 * word belongs to an upstream (IP#NAME). */
+		for (char *h = line; (h = strchr(h, '#')) != NULL; h++)
+			if (h == line || h[-1] == ' ' || h[-1] == '\t') {
+				*h = 0;
+				break;
+			}
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		char *end = p + strlen(p);
+		while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+			*--end = 0;
+		if (*p == 0)
+			continue;
+		char *name = p;
+		while (*p && *p != ' ' && *p != '\t')
+			p++;
+		char *value = NULL;
+		if (*p) {
+			*p++ = 0;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			value = *p ? p : NULL;
+		}
+		bool has_arg;
+		int o = lookup_opt(name, &has_arg);
+		if (o < 0 || o == OPT_HELP || o == OPT_VERSION || o == OPT_CONFIG) {
+			snprintf(err, errlen, "%s:%d: unknown setting '%s'", path, lineno, name);
+			rc = DP_E_CONFIG;
+			break;
+		}
+		if (has_arg && !value) {
+			snprintf(err, errlen, "%s:%d: %s needs a value", path, lineno, name);
+			rc = DP_E_CONFIG;
+			break;
+		}
+		if (!has_arg && value && strcmp(value, "yes") != 0 && strcmp(value, "true") != 0) {
+			if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0)
+				continue;
+			snprintf(err, errlen, "%s:%d: %s takes no value (or yes/no)", path, lineno, name);
+			rc = DP_E_CONFIG;
+			break;
+		}
+		char msg[400];
+		if (apply(c, o, value ? value : "", name, msg, sizeof(msg)) < 0) {
+			snprintf(err, errlen, "%s:%d: %s", path, lineno, msg);
+			rc = DP_E_CONFIG;
+			break;
+		}
+	}
+	fclose(f);
+	return rc;
+}
 
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
 {
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "upstream", required_argument, NULL, OPT_UPSTREAM },
-		{ "threads", required_argument, NULL, OPT_THREADS },
-		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-		{ "handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT },
-		{ "ca-file", required_argument, NULL, OPT_CA },
-		{ "log-level", required_argument, NULL, OPT_LOG },
-		{ "max-tcp-clients", required_argument, NULL, OPT_MAXTCP },
-		{ "tcp-idle-timeout", required_argument, NULL, OPT_TCPIDLE },
-		{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
-		{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
-		{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
-		{ "allow", required_argument, NULL, OPT_ALLOW },
-		{ "rate-limit", required_argument, NULL, OPT_RATELIMIT },
-		{ "cache-size", required_argument, NULL, OPT_CACHESIZE },
-		{ "no-cache", no_argument, NULL, OPT_NOCACHE },
-		{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
-		{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
-		{ "stale-ttl", required_argument, NULL, OPT_STALE },
-		{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
-		{ "upstream-policy", required_argument, NULL, OPT_POLICY },
-		{ "hedge-after", required_argument, NULL, OPT_HEDGE },
-		{ "upstream-idle-timeout", required_argument, NULL, OPT_UPIDLE },
-		{ "help", no_argument, NULL, OPT_HELP },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ NULL, 0, NULL, 0 },
-	};
-	dp_config_t defaults = *c;
-	unsigned long n;
+	dp_config_t defaults;
+	dp_config_defaults(&defaults);
 	int o;
 	opterr = 0;
 	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
+	/* A --config file is read first; the command line overrides it. */
+	c->config_file[0] = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+			snprintf(c->config_file, sizeof(c->config_file), "%s", argv[i + 1]);
+		else if (strncmp(argv[i], "--config=", 9) == 0)
+			snprintf(c->config_file, sizeof(c->config_file), "%s", argv[i] + 9);
+	}
+	if (c->config_file[0]) {
+		c->cur_layer = 1;
+		if (dp_config_parse_file(c, c->config_file, err, errlen) < 0)
+			return DP_E_CONFIG;
+	}
+	c->cur_layer = 2;
 	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (o) {
-		case OPT_LISTEN:
-			if (c->nlisten >= DP_MAX_LISTEN) {
-				snprintf(err, errlen, "too many --listen (at most %d)", DP_MAX_LISTEN);
-				return DP_E_CONFIG;
-			}
-			if (dp_config_parse_addr(optarg, 0, &c->listen[c->nlisten]) < 0) {
-				snprintf(err, errlen, "--listen %s: expected IP:PORT or [IPv6]:PORT", optarg);
-				return DP_E_CONFIG;
-			}
-			snprintf(c->listen_text[c->nlisten], sizeof(c->listen_text[0]), "%s", optarg);
-			c->nlisten++;
-			break;
-		case OPT_UPSTREAM:
-			if (c->nupstream >= DP_MAX_UPSTREAMS) {
-				snprintf(err, errlen, "too many --upstream (at most %d)", DP_MAX_UPSTREAMS);
-				return DP_E_CONFIG;
-			}
-			if (parse_upstream(optarg, &c->upstream[c->nupstream]) < 0) {
-				snprintf(err, errlen,
-					 "--upstream %s: expected IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)",
-					 optarg);
-				return DP_E_CONFIG;
-			}
-			c->nupstream++;
-			break;
-		case OPT_THREADS:
-			if (parse_uint(optarg, 1, 256, &n) < 0) {
-				snprintf(err, errlen, "--threads %s: expected 1..256", optarg);
-				return DP_E_CONFIG;
-			}
-			c->threads = (int)n;
-			break;
-		case OPT_TIMEOUT:
-			if (parse_duration_ms(optarg, &c->timeout_ms) < 0) {
-				snprintf(err, errlen, "--timeout %s: expected a duration such as 2s or 500ms", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_HSTIMEOUT:
-			if (parse_duration_ms(optarg, &c->handshake_timeout_ms) < 0) {
-				snprintf(err, errlen, "--handshake-timeout %s: expected a duration such as 1s", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_TCPIDLE:
-			if (parse_duration_ms(optarg, &c->tcp_idle_ms) < 0) {
-				snprintf(err, errlen, "--tcp-idle-timeout %s: expected a duration such as 10s", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_CA:
-			if (strlen(optarg) >= sizeof(c->ca_file)) {
-				snprintf(err, errlen, "--ca-file: path too long");
-				return DP_E_CONFIG;
-			}
-			snprintf(c->ca_file, sizeof(c->ca_file), "%s", optarg);
-			break;
-		case OPT_LOG: {
-			int l = dp_log_parse_level(optarg);
-			if (l < 0) {
-				snprintf(err, errlen, "--log-level %s: expected debug, info, warn or error", optarg);
-				return DP_E_CONFIG;
-			}
-			c->log_level = l;
-			break;
-		}
-		case OPT_MAXTCP:
-			if (parse_uint(optarg, 1, 1000000, &n) < 0) {
-				snprintf(err, errlen, "--max-tcp-clients %s: expected 1..1000000", optarg);
-				return DP_E_CONFIG;
-			}
-			c->max_tcp_clients = (uint32_t)n;
-			break;
-		case OPT_INFLIGHT:
-			if (parse_uint(optarg, 1, 1000000, &n) < 0) {
-				snprintf(err, errlen, "--max-inflight %s: expected 1..1000000", optarg);
-				return DP_E_CONFIG;
-			}
-			c->max_inflight = (uint32_t)n;
-			break;
-		case OPT_UPCONNS:
-			if (parse_uint(optarg, 1, 64, &n) < 0) {
-				snprintf(err, errlen, "--upstream-conns %s: expected 1..64", optarg);
-				return DP_E_CONFIG;
-			}
-			c->upstream_conns = (uint32_t)n;
-			break;
-		case OPT_UDPSIZE:
-			if (parse_uint(optarg, 512, 4096, &n) < 0) {
-				snprintf(err, errlen, "--max-udp-size %s: expected 512..4096", optarg);
-				return DP_E_CONFIG;
-			}
-			c->max_udp_size = (uint16_t)n;
-			break;
-		case OPT_ALLOW:
-			if (!c->acl_set) {
-				c->acl.n = 0;
-				c->acl_set = true;
-			}
-			if (dp_acl_add(&c->acl, optarg) < 0) {
-				snprintf(err, errlen, "--allow %s: expected ADDR/LEN with no host bits set (at most %d)",
-					 optarg, DP_ACL_MAX);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_RATELIMIT:
-			if (parse_uint(optarg, 0, 10000000, &n) < 0) {
-				snprintf(err, errlen, "--rate-limit %s: expected queries per second, 0 = off", optarg);
-				return DP_E_CONFIG;
-			}
-			c->rate_limit = (uint32_t)n;
-			break;
-		case OPT_CACHESIZE:
-			if (parse_uint(optarg, 0, 1048576, &n) < 0) {
-				snprintf(err, errlen, "--cache-size %s: expected megabytes, 0..1048576", optarg);
-				return DP_E_CONFIG;
-			}
-			c->cache_mb = (uint32_t)n;
-			break;
-		case OPT_NOCACHE:
-			c->cache_mb = 0;
-			break;
-		case OPT_CACHEMIN:
-		case OPT_CACHEMAX:
-		case OPT_STALE:
-			if (parse_uint(optarg, 0, 604800, &n) < 0) {
-				snprintf(err, errlen, "%s %s: expected seconds, 0..604800", argv[optind - 2], optarg);
-				return DP_E_CONFIG;
-			}
-			if (o == OPT_CACHEMIN)
-				c->cache_min_ttl = (uint32_t)n;
-			else if (o == OPT_CACHEMAX)
-				c->cache_max_ttl = (uint32_t)n;
-			else
-				c->stale_ttl = (uint32_t)n;
-			break;
-		case OPT_POLICY:
-			if (strcmp(optarg, "fastest") == 0)
-				c->upstream_policy = DP_POLICY_FASTEST;
-			else if (strcmp(optarg, "round-robin") == 0)
-				c->upstream_policy = DP_POLICY_RR;
-			else {
-				snprintf(err, errlen, "--upstream-policy %s: expected fastest or round-robin", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_HEDGE: {
-			uint32_t ms;
-			if (strcmp(optarg, "auto") == 0)
-				c->hedge_ms = -1;
-			else if (strcmp(optarg, "off") == 0)
-				c->hedge_ms = 0;
-			else if (parse_duration_ms(optarg, &ms) == 0)
-				c->hedge_ms = (int32_t)ms;
-			else {
-				snprintf(err, errlen, "--hedge-after %s: expected a duration, auto or off", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		}
-		case OPT_UPIDLE:
-			if (parse_duration_ms(optarg, &c->upstream_idle_ms) < 0 || c->upstream_idle_ms < 1000) {
-				snprintf(err, errlen, "--upstream-idle-timeout %s: expected a duration of 1s or more", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
-		case OPT_TLSMIN:
-			if (strcmp(optarg, "1.2") == 0)
-				c->tls_min_version = 0x0303;
-			else if (strcmp(optarg, "1.3") == 0)
-				c->tls_min_version = 0x0304;
-			else {
-				snprintf(err, errlen, "--tls-min-version %s: expected 1.2 or 1.3", optarg);
-				return DP_E_CONFIG;
-			}
-			break;
 		case OPT_HELP:
 		case 'h':
 			usage(&defaults);
@@ -502,9 +679,20 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		case ':':
 			snprintf(err, errlen, "%s: missing value (see --help)", argv[optind - 1]);
 			return DP_E_CONFIG;
-		default:
+		case '?':
 			snprintf(err, errlen, "unknown option %s (see --help)", argv[optind - 1]);
 			return DP_E_CONFIG;
+		default: {
+			char name[64];
+			const char *nm = "option";
+			for (const struct option *op = opts; op->name; op++)
+				if (op->val == o) {
+					snprintf(name, sizeof(name), "--%s", op->name);
+					nm = name;
+				}
+			if (apply(c, o, optarg ? optarg : "", nm, err, errlen) < 0)
+				return DP_E_CONFIG;
+		}
 		}
 	}
 	if (c->cache_min_ttl > c->cache_max_ttl) {

@@ -43,7 +43,6 @@ typedef struct dp_config {
 	char ca_file[4096];
 	int log_level;
 	dp_acl_t acl; /* clients allowed; the first --allow replaces the defaults */
-	bool acl_set;
 	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
 	uint32_t cache_mb; /* whole process, split over shards; 0 = no cache */
 	uint32_t cache_min_ttl, cache_max_ttl, stale_ttl; /* seconds */
@@ -51,15 +50,28 @@ typedef struct dp_config {
 	int32_t hedge_ms; /* -1: adaptive (about the p95), 0: off */
 	uint32_t upstream_idle_ms; /* assumed upstream idle timeout without RFC 7828 */
 	int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION (0x0303/0x0304) */
+	char config_file[4096];
+	dp_sockaddr_t metrics;
+	bool metrics_on;
+	char user[64];
+	bool allow_root;
+	uint32_t drain_ms;
+	/* parsing: which layer (1 file, 2 command line) set each list last */
+	int cur_layer, listen_layer, upstream_layer, acl_layer;
 } dp_config_t;
 
 /* Defaults, as --help prints them. */
 void dp_config_defaults(dp_config_t *c);
 
-/* Parse argv into c (which holds defaults). Returns 0 to run, 1 when --help
- * or --version printed and the program should exit 0, DP_E_CONFIG with a
+/* Parse argv into c (which holds defaults): the --config file first, if
+ * any, then the command line over it. Returns 0 to run, 1 when --help or
+ * --version printed and the program should exit 0, DP_E_CONFIG with a
  * one-line message in err otherwise. */
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Read settings from a config file into c (a layer under the command
+ * line). Returns 0 or DP_E_CONFIG with "FILE:LINE: reason" in err. */
+int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t errlen);
 
 /* Parse "IP:PORT", "[IPv6]:PORT", or a bare IP with default_port (0 = port
  * required). Returns 0 or DP_E_CONFIG. */

@@ -209,6 +209,66 @@ static void arm_wake(dp_shard_t *s)
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_WAKE, 0, 0));
 }
 
+/* Stop reading queries: cancel the UDP receives and accepts (and close the
+ * TCP listeners, so new connections go to another process on the port), and
+ * the receives of client connections; answers still go out. */
+static void start_drain(dp_shard_t *s)
+{
+	s->draining = true;
+	s->drain_deadline_ms = s->now_ms + s->cfg->drain_ms;
+	for (int l = 0; l < s->nlisten; l++) {
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_cancel64(sqe, dp_ud(OP_UDP_RECV, (uint32_t)l, 0), 0);
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+		s->udp_armed[l] = true; /* not re-armed from here on */
+		if (s->tcp_fd[l] >= 0) {
+			sqe = dp_sqe(s);
+			io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)l, 0), 0);
+			io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+			s->tcp_armed[l] = true;
+		}
+	}
+	io_uring_submit(&s->ring);
+	for (int l = 0; l < s->nlisten; l++)
+		if (s->tcp_fd[l] >= 0) {
+			close(s->tcp_fd[l]);
+			s->tcp_fd[l] = -1;
+		}
+	dp_tcp_stop_reading(s);
+	dp_info("draining", "shard=%d inflight=%u", s->id, s->q_used);
+}
+
+static bool drained(dp_shard_t *s)
+{
+	uint32_t client_queries = 0;
+	for (uint32_t i = 0; i < s->q_hiwater && client_queries == 0; i++)
+		if (s->q[i].state != Q_FREE && s->q[i].transport != T_NONE)
+			client_queries++;
+	return client_queries == 0 && dp_tcp_idle_output(s);
+}
+
+static void control(dp_shard_t *s)
+{
+	dp_config_t *nc = __atomic_exchange_n(&s->new_cfg, NULL, __ATOMIC_ACQUIRE);
+	if (nc) {
+		const dp_config_t *old = s->cfg;
+		SSL_CTX *ctx = __atomic_exchange_n(&s->new_ctx, NULL, __ATOMIC_ACQUIRE);
+		s->cfg = nc;
+		if (ctx) {
+			SSL_CTX_free(s->ssl_ctx); /* sessions in use keep their reference */
+			s->ssl_ctx = ctx;
+		}
+		if (nc->rate_limit != old->rate_limit) {
+			dp_rl_free(&s->rl);
+			dp_rl_init(&s->rl, 1u << 16, nc->rate_limit, nc->rate_limit);
+		}
+		dp_upstream_reconfigure(s, old);
+		__atomic_store_n(&s->cfg_gen, s->pending_gen, __ATOMIC_RELEASE);
+	}
+	if (__atomic_load_n(&s->drain, __ATOMIC_ACQUIRE) && !s->draining)
+		start_drain(s);
+}
+
 static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
@@ -238,6 +298,7 @@ static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 	case OP_WAKE:
 		if (!s->stop)
 			arm_wake(s);
+		control(s);
 		break;
 	case OP_IGNORE:
 	default:
@@ -291,10 +352,15 @@ static void run_loop(dp_shard_t *s)
 			dp_upstream_hedge(s);
 		if (s->now_ms - last_tick >= DP_TICK_MS) {
 			last_tick = s->now_ms;
+			if (s->draining && (drained(s) || s->now_ms >= s->drain_deadline_ms)) {
+				dp_info("drained", "shard=%d unanswered=%u", s->id, s->q_used);
+				break;
+			}
+			dp_upstream_publish(s);
 			dp_upstream_expire(s);
 			dp_tcp_expire(s);
 			dp_query_publish_stats(s);
-			for (int l = 0; l < s->nlisten; l++) {
+			for (int l = 0; l < s->nlisten && !s->draining; l++) {
 				if (!s->udp_armed[l])
 					dp_udp_arm(s, l);
 				if (!s->tcp_armed[l])
@@ -411,7 +477,8 @@ static void *shard_main(void *arg)
 			 dp_strerror(rc));
 		goto fail;
 	}
-	s->ssl_ctx = dp_tls_client_ctx(s->cfg, s->init_msg, sizeof(s->init_msg));
+	if (!s->ssl_ctx) /* normally made by main, before privileges are dropped */
+		s->ssl_ctx = dp_tls_client_ctx(s->cfg, s->init_msg, sizeof(s->init_msg));
 	if (!s->ssl_ctx) {
 		rc = DP_E_TLS;
 		goto fail;
@@ -451,6 +518,7 @@ static void *shard_main(void *arg)
 	__atomic_store_n(&s->init_err, 1, __ATOMIC_RELEASE); /* running */
 	run_loop(s);
 	shard_teardown(s);
+	__atomic_store_n(&s->exited, 1, __ATOMIC_RELEASE);
 	return NULL;
 fail:
 	if (!s->init_msg[0])
@@ -489,6 +557,28 @@ void dp_shard_stop(dp_shard_t *s)
 	uint64_t one = 1;
 	ssize_t w = write(s->wake_fd, &one, sizeof(one));
 	(void)w;
+}
+
+static void wake(dp_shard_t *s)
+{
+	uint64_t one = 1;
+	ssize_t w = write(s->wake_fd, &one, sizeof(one));
+	(void)w;
+}
+
+void dp_shard_drain(dp_shard_t *s, uint32_t drain_ms)
+{
+	(void)drain_ms; /* the shard reads it from its config */
+	__atomic_store_n(&s->drain, 1, __ATOMIC_RELEASE);
+	wake(s);
+}
+
+void dp_shard_reload(dp_shard_t *s, dp_config_t *cfg, SSL_CTX *ctx, uint32_t gen)
+{
+	s->pending_gen = gen;
+	__atomic_store_n(&s->new_ctx, ctx, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->new_cfg, cfg, __ATOMIC_RELEASE);
+	wake(s);
 }
 
 void dp_shard_join(dp_shard_t *s)

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "stats.h"
 
@@ -85,6 +86,7 @@ typedef struct dp_query {
 	bool in_table; /* registered in the in-flight table */
 	uint64_t deadline_ms;
 	uint64_t start_ns; /* written to its connection (latency sample) */
+	uint64_t arrive_ns; /* arrival from the client (client-seen latency) */
 	/* hedging: a second copy on another upstream's connection */
 	uint32_t conn2; /* DP_NONE when not hedged */
 	uint16_t up_id2;
@@ -245,6 +247,16 @@ typedef struct dp_shard {
 	size_t tcp_buf_bytes; /* receive and answer buffers of all clients */
 
 	dp_ratelimit_t rl;
+	dp_metrics_t metrics;
+	/* control messages from the main thread (read after a wake) */
+	dp_config_t *new_cfg; /* reload: adopt this config (atomic exchange) */
+	SSL_CTX *new_ctx; /* and this TLS context, when the CA file changed */
+	uint32_t cfg_gen; /* generation adopted, for the main thread to see */
+	uint32_t pending_gen;
+	int drain; /* set: stop taking queries, finish, exit */
+	bool draining;
+	uint64_t drain_deadline_ms;
+	int exited;
 	dp_cache_t cache;
 	bool cache_on;
 	uint32_t *flight; /* in-flight table: open addressing, query index or DP_NONE */
@@ -273,8 +285,15 @@ int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LI
  * takes ownership of the given fds). Returns 0 or negative errno. */
 int dp_shard_start(dp_shard_t *s);
 
-/* Ask a shard to stop (any thread) and wait for it. */
+/* Ask a shard to stop now (any thread) and wait for it. */
 void dp_shard_stop(dp_shard_t *s);
+/* Ask a shard to drain: stop reading queries, answer those in flight, exit
+ * when done or after drain_ms (any thread). */
+void dp_shard_drain(dp_shard_t *s, uint32_t drain_ms);
+/* Hand a shard a new config (and TLS context, may be NULL) to adopt at its
+ * next turn (any thread). The caller keeps both alive until cfg_gen shows
+ * the shard took them. */
+void dp_shard_reload(dp_shard_t *s, dp_config_t *cfg, SSL_CTX *ctx, uint32_t gen);
 void dp_shard_join(dp_shard_t *s);
 
 /* An SQE, submitting first when the SQ is full. Never NULL. Hot path. */
@@ -307,6 +326,10 @@ void dp_tcp_answer(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg
 void dp_tcp_expire(dp_shard_t *s);
 /* End of a loop turn: one send per connection with queued answers. */
 void dp_tcp_flush(dp_shard_t *s);
+/* Drain: stop reading from every client connection (answers still go). */
+void dp_tcp_stop_reading(dp_shard_t *s);
+/* True when no client connection has answers waiting or being sent. */
+bool dp_tcp_idle_output(dp_shard_t *s);
 /* Teardown: shut every client socket; dp_tcp_free after the ring is gone. */
 void dp_tcp_close_all(dp_shard_t *s);
 void dp_tcp_free(dp_shard_t *s);
@@ -358,6 +381,11 @@ void dp_upstream_hedge(dp_shard_t *s);
 /* Send query qi on connection ci (probes). */
 int dp_upstream_send_on(dp_shard_t *s, uint32_t qi, uint32_t ci);
 void dp_upstream_close_all(dp_shard_t *s);
+/* After a reload: close connections of upstreams whose settings changed
+ * (their queries move to the new upstreams), reset their state. */
+void dp_upstream_reconfigure(dp_shard_t *s, const dp_config_t *old);
+/* Tick: publish per-upstream gauges (in flight, healthy). */
+void dp_upstream_publish(dp_shard_t *s);
 
 /* ---- tls.c -------------------------------------------------------------- */
 /* Client TLS context for upstreams: TLS 1.2+, verification against ca_file.

@@ -1,9 +1,13 @@
-/* main.c - dotproxy: parse the command line, bind, start the shards, wait
- * for signals, stop. */
+/* main.c - dotproxy: parse the settings, bind, drop privileges, start the
+ * shards, then hand over to the control loop (signals, reload, drain,
+ * metrics) until it is time to stop. */
+#include "control.h"
 #include "engine.h"
 #include "log.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,33 +15,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
-static void log_stats(dp_shard_t *shards, int n)
-{
-	dp_stats_t sum;
-	memset(&sum, 0, sizeof(sum));
-	for (int i = 0; i < n; i++) {
-#define DP_SUM(f)                                                                   \
-	{                                                                           \
-		uint64_t v = __atomic_load_n(&shards[i].stats.f, __ATOMIC_RELAXED); \
-		if (strcmp(#f, "max_write_batch") == 0)                             \
-			sum.f = DP_MAX(sum.f, v);                                   \
-		else                                                                \
-			sum.f += v;                                                 \
-	}
-		DP_STATS_FIELDS(DP_SUM)
-#undef DP_SUM
-	}
-	char buf[2048];
-	size_t o = 0;
-#define DP_FMT(f)                                                                              \
-	if (o < sizeof(buf))                                                                   \
-		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s%s=%llu", o ? " " : "", #f, \
-				      (unsigned long long)sum.f);
-	DP_STATS_FIELDS(DP_FMT)
-#undef DP_FMT
-	dp_log(DP_LOG_INFO, "stats", "%s", buf);
-}
 
 static int online_cpus(void)
 {
@@ -48,24 +25,53 @@ static int online_cpus(void)
 	return n > 0 ? (int)n : 1;
 }
 
+/* After binding: become cfg->user unless told to stay root. Returns 0 or
+ * -1 with a message in err (refusing to run as root by accident). */
+static int drop_privileges(const dp_config_t *cfg, char *err, size_t errlen)
+{
+	if (geteuid() != 0 || cfg->allow_root)
+		return 0;
+	struct passwd *pw = getpwnam(cfg->user);
+	if (!pw) {
+		snprintf(err, errlen, "unknown user %s: refusing to run as root (--user NAME, or --allow-root)",
+			 cfg->user);
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		snprintf(err, errlen, "--user %s is root: refusing (use --allow-root to mean it)", cfg->user);
+		return -1;
+	}
+	if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0 ||
+	    setuid(0) == 0) {
+		snprintf(err, errlen, "cannot drop privileges to %s: %s", cfg->user, strerror(errno));
+		return -1;
+	}
+	dp_info("dropped privileges", "user=%s uid=%u gid=%u", cfg->user, (unsigned)pw->pw_uid,
+		(unsigned)pw->pw_gid);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	static dp_config_t cfg;
 	char err[512] = "";
-	dp_config_defaults(&cfg);
-	int rc = dp_config_parse_args(&cfg, argc, argv, err, sizeof(err));
+	dp_config_t *cfg = malloc(sizeof(*cfg));
+	if (!cfg) {
+		fprintf(stderr, "dotproxy: out of memory\n");
+		return 1;
+	}
+	dp_config_defaults(cfg);
+	int rc = dp_config_parse_args(cfg, argc, argv, err, sizeof(err));
 	if (rc == 1)
 		return 0;
 	if (rc < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
 		return 2;
 	}
-	dp_log_level = cfg.log_level;
-	if (cfg.threads == 0)
-		cfg.threads = online_cpus();
-	if (access(cfg.ca_file, R_OK) != 0) {
-		fprintf(stderr, "dotproxy: cannot read CA file %s: %s\n", cfg.ca_file,
-			strerror(errno));
+	dp_log_level = cfg->log_level;
+	if (cfg->threads == 0)
+		cfg->threads = online_cpus();
+	if (access(cfg->ca_file, R_OK) != 0) {
+		fprintf(stderr, "dotproxy: cannot read CA file %s: %s\n", cfg->ca_file, strerror(errno));
 		return 1;
 	}
 
@@ -76,11 +82,12 @@ int main(int argc, char **argv)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < cfg.max_tcp_clients + 256u)
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < cfg->max_tcp_clients + 256u)
 		dp_warn("file descriptor limit below --max-tcp-clients", "nofile=%llu max_tcp_clients=%u",
-			(unsigned long long)rl.rlim_cur, cfg.max_tcp_clients);
+			(unsigned long long)rl.rlim_cur, cfg->max_tcp_clients);
 
-	/* Signals are taken synchronously by this thread; shards never see them. */
+	/* Signals are taken by the control loop (signalfd); shards never see
+	 * them, so block them before any thread exists. */
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
@@ -90,7 +97,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	int n = cfg.threads;
+	int n = cfg->threads;
 	int (*udp)[DP_MAX_LISTEN] = calloc((size_t)n, sizeof(*udp));
 	int (*tcp)[DP_MAX_LISTEN] = calloc((size_t)n, sizeof(*tcp));
 	dp_shard_t *shards = calloc((size_t)n, sizeof(dp_shard_t));
@@ -98,16 +105,31 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dotproxy: out of memory\n");
 		return 1;
 	}
-	if (dp_engine_bind_all(&cfg, n, udp, tcp, err, sizeof(err)) < 0) {
+	dp_control_t ctl = { .shards = shards, .nshards = n, .cfg = cfg, .argc = argc, .argv = argv };
+	if (dp_engine_bind_all(cfg, n, udp, tcp, err, sizeof(err)) < 0 ||
+	    dp_control_bind_metrics(&ctl, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
 		return 1;
 	}
+	/* Everything that needs root (ports, the CA file) happens before this. */
+	for (int i = 0; i < n; i++) {
+		shards[i].ssl_ctx = dp_tls_client_ctx(cfg, err, sizeof(err));
+		if (!shards[i].ssl_ctx) {
+			fprintf(stderr, "dotproxy: %s\n", err);
+			return 1;
+		}
+	}
+	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "dotproxy: %s\n", err);
+		return 1;
+	}
+
 	int started = 0;
 	for (int i = 0; i < n; i++) {
 		dp_shard_t *s = &shards[i];
 		s->id = i;
-		s->cfg = &cfg;
-		s->nlisten = cfg.nlisten;
+		s->cfg = cfg;
+		s->nlisten = cfg->nlisten;
 		memcpy(s->udp_fd, udp[i], sizeof(s->udp_fd));
 		memcpy(s->tcp_fd, tcp[i], sizeof(s->tcp_fd));
 		rc = dp_shard_start(s);
@@ -122,29 +144,27 @@ int main(int argc, char **argv)
 		}
 		started++;
 	}
-	for (int l = 0; l < cfg.nlisten; l++)
-		dp_info("listening", "addr=%s transports=udp,tcp", cfg.listen_text[l]);
-	for (int u = 0; u < cfg.nupstream; u++)
-		dp_info("upstream", "addr=%s", cfg.upstream[u].text);
-	dp_info("started", "version=%s shards=%d timeout_ms=%u", DP_VERSION, n, cfg.timeout_ms);
-
-	for (;;) {
-		int sig = sigwaitinfo(&set, NULL);
-		if (sig == SIGUSR1) {
-			log_stats(shards, n);
-			continue;
-		}
-		if (sig == SIGINT || sig == SIGTERM)
-			break;
+	for (int l = 0; l < cfg->nlisten; l++)
+		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
+	for (int u = 0; u < cfg->nupstream; u++)
+		dp_info("upstream", "addr=%s", cfg->upstream[u].text);
+	if (cfg->metrics_on) {
+		char m[80];
+		dp_sockaddr_str(&cfg->metrics, m, sizeof(m));
+		dp_info("metrics", "addr=%s paths=/metrics,/healthz", m);
 	}
-	dp_info("stopping", NULL);
+	dp_info("started", "version=%s shards=%d timeout_ms=%u", DP_VERSION, n, cfg->timeout_ms);
+
+	rc = dp_control_run(&ctl);
 	for (int i = 0; i < n; i++)
 		dp_shard_stop(&shards[i]);
 	for (int i = 0; i < n; i++)
 		dp_shard_join(&shards[i]);
-	log_stats(shards, n);
+	dp_control_log_stats(shards, n);
+	dp_info("stopped", NULL);
 	free(shards);
 	free(udp);
 	free(tcp);
-	return 0;
+	free(ctl.cfg);
+	return rc;
 }

@@ -178,6 +178,10 @@ static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in
 		  uint32_t tidx, uint32_t tgen, uint16_t udp_limit, uint8_t *msg, size_t len,
 		  const dp_dns_view_t *v)
 {
+	if (transport != T_NONE && len >= DP_DNS_HDR_LEN) {
+		unsigned rc = msg[3] & 0xf;
+		M_INC(s->metrics.rcode[rc <= 5 ? rc : 6]);
+	}
 	if (transport == T_UDP) {
 		if (len > udp_limit) {
 			dp_dns_view_t tv;
@@ -277,6 +281,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
 	q->start_ns = 0;
+	q->arrive_ns = transport == T_NONE ? 0 : dp_now_ns();
 	if (transport == T_UDP) {
 		q->client.udp = *from;
 	} else if (transport == T_TCP) {
@@ -369,6 +374,7 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			return;
 		}
 	}
+	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v.qtype)]);
 	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
 	dp_cache_key_t key;
 	key.hash = 0;
@@ -378,6 +384,8 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
 			STAT_INC(s, cache_hits);
+			/* answered within this loop turn: counted in the lowest bucket */
+			dp_hist_observe(&s->metrics.client_lat, 0);
 			reply_cached(s, msg, &v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
@@ -437,6 +445,7 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t l
 		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding);
 		STAT_INC(s, answers);
 		reply_q(s, fq, m, len, &av);
+		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - fq->arrive_ns) / 1000);
 	}
 	query_free(s, fqi);
 }
@@ -465,6 +474,7 @@ static void fail_one(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
 	if (q->transport != T_NONE) {
+		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - q->arrive_ns) / 1000);
 		q->view.id = q->client_id;
 		bool stale = false;
 		dp_cache_entry_t *e = NULL;

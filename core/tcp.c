@@ -305,7 +305,7 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 	}
 	if (cqe->res == -ENOBUFS)
 		STAT_INC(s, bufring_empty);
-	if (!more && !c->eof)
+	if (!more && !c->eof && !s->draining)
 		arm_recv(s, idx);
 }
 
@@ -422,6 +422,28 @@ void dp_tcp_expire(dp_shard_t *s)
 		dp_list_push_tail(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
 		dp_tcp_close(s, idx);
 	}
+}
+
+void dp_tcp_stop_reading(dp_shard_t *s)
+{
+	for (uint32_t i = 0; i < s->tcp_hiwater; i++) {
+		dp_tcpc_t *c = &s->tcp[i];
+		if (!c->used || c->closing || !c->recv_armed)
+			continue;
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_RECV, i, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+	}
+}
+
+bool dp_tcp_idle_output(dp_shard_t *s)
+{
+	for (uint32_t i = 0; i < s->tcp_hiwater; i++) {
+		dp_tcpc_t *c = &s->tcp[i];
+		if (c->used && !c->closing && (c->send_inflight || c->pend_len || c->dirty))
+			return false;
+	}
+	return true;
 }
 
 void dp_tcp_close_all(dp_shard_t *s)

@@ -58,7 +58,7 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		}
 		dp_bufring_recycle(s, bid);
 	}
-	if (!more && !s->stop) {
+	if (!more && !s->stop && !s->draining) {
 		/* Multishot ended (buffers ran out, or an error): re-arm now; the
 		 * SQE goes in at the end of this turn, after this turn's buffers
 		 * went back to the ring, so this cannot spin. */

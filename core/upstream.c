@@ -55,7 +55,9 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 int dp_upstream_init(dp_shard_t *s)
 {
 	const dp_config_t *cfg = s->cfg;
-	s->nconns = (uint32_t)cfg->nupstream * cfg->upstream_conns;
+	/* Slots for every upstream a reload could add; untouched ones cost
+	 * no memory beyond this table. */
+	s->nconns = (uint32_t)DP_MAX_UPSTREAMS * cfg->upstream_conns;
 	s->conns = calloc(s->nconns, sizeof(dp_upconn_t));
 	if (!s->conns)
 		return -ENOMEM;
@@ -68,7 +70,7 @@ int dp_upstream_init(dp_shard_t *s)
 		c->hedges = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 		c->dirty_next = DP_NONE;
 	}
-	for (int u = 0; u < cfg->nupstream; u++) {
+	for (int u = 0; u < DP_MAX_UPSTREAMS; u++) {
 		s->up[u].first_conn = (uint32_t)u * cfg->upstream_conns;
 		s->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	}
@@ -146,6 +148,7 @@ static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi, uint16_t id, bo
 	c->batch_len += q->len + 2u;
 	c->batch_count++;
 	c->last_used_ms = s->now_ms;
+	M_INC(s->metrics.up[c->upstream].sent);
 	if (hedge) {
 		q->hedge_start_ns = dp_now_ns();
 	} else {
@@ -172,6 +175,7 @@ static void record_latency(dp_shard_t *s, uint32_t u, uint64_t rtt_ns)
 	for (uint64_t lim = 100; b < DP_LAT_BUCKETS - 1 && us > lim; b++)
 		lim = lim * 3 / 2;
 	st->hist[b]++;
+	dp_hist_observe(&s->metrics.up[u].rtt, us);
 	if (++st->hist_n >= 2048) {
 		for (int i = 0; i < DP_LAT_BUCKETS; i++)
 			st->hist[i] /= 2;
@@ -265,6 +269,7 @@ static int conn_start(dp_shard_t *s, uint32_t ci)
 	c->batch_len = c->batch_count = 0;
 	c->send_len = c->send_off = 0;
 	STAT_INC(s, connects);
+	M_INC(s->metrics.up[c->upstream].connects);
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&u->addr.ss, u->addr.len);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_CONNECT, ci, c->gen));
@@ -467,6 +472,7 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		STAT_INC(s, handshake_failures);
 	STAT_INC(s, conn_closed);
 	if (health) {
+		M_INC(s->metrics.up[c->upstream].errors);
 		dp_upstream_state_t *us = &s->up[c->upstream];
 		us->fails++;
 		uint64_t backoff = BACKOFF_MIN_MS;
@@ -535,8 +541,11 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 				  "no pin-sha256 matches the server's keys");
 			return;
 		}
-		if (SSL_session_reused(c->ssl))
+		if (SSL_session_reused(c->ssl)) {
 			STAT_INC(s, handshakes_resumed);
+			M_INC(s->metrics.up[c->upstream].resumed);
+		}
+		M_INC(s->metrics.up[c->upstream].handshakes);
 		c->state = C_READY;
 		s->up[c->upstream].fails = 0;
 		s->up[c->upstream].down_until_ms = 0;
@@ -605,6 +614,7 @@ static int on_answer(void *ctx, uint8_t *msg, size_t len)
 	record_latency(s, c->upstream, dp_now_ns() - (primary ? q->start_ns : q->hedge_start_ns));
 	s->up[c->upstream].timeouts_in_row = 0;
 	STAT_INC(s, upstream_answers);
+	M_INC(s->metrics.up[c->upstream].answers);
 	if (hedge)
 		STAT_INC(s, hedge_wins);
 	dp_query_answer(s, qi, msg, len, &v);
@@ -800,6 +810,7 @@ void dp_upstream_expire(dp_shard_t *s)
 void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci)
 {
 	uint32_t u = s->conns[ci].upstream;
+	M_INC(s->metrics.up[u].timeouts);
 	record_latency(s, u, (uint64_t)s->cfg->timeout_ms * 1000000ull);
 	if (++s->up[u].timeouts_in_row >= TIMEOUTS_DOWN && s->conns[ci].state == C_READY) {
 		s->up[u].timeouts_in_row = 0;
@@ -840,6 +851,54 @@ void dp_upstream_hedge(dp_shard_t *s)
 			batch_append(s, ci, qi, q->up_id2, true);
 		else
 			q->hedge_start_ns = dp_now_ns(); /* sent once the handshake is done */
+	}
+}
+
+void dp_upstream_publish(dp_shard_t *s)
+{
+	for (int u = 0; u < s->cfg->nupstream; u++) {
+		uint64_t inflight = 0;
+		for (uint32_t k = 0; k < s->cfg->upstream_conns; k++)
+			inflight += s->conns[s->up[u].first_conn + k].queries.count;
+		M_SET(s->metrics.up[u].inflight, inflight);
+		M_SET(s->metrics.up[u].healthy, upstream_down(s, (uint32_t)u) ? 0 : 1);
+	}
+}
+
+static bool same_upstream(const dp_upstream_cfg_t *a, const dp_upstream_cfg_t *b)
+{
+	return a->addr.len == b->addr.len && memcmp(&a->addr.ss, &b->addr.ss, a->addr.len) == 0 &&
+	       strcmp(a->name, b->name) == 0 && a->npins == b->npins && a->no_ca == b->no_ca &&
+	       memcmp(a->pins, b->pins, sizeof(a->pins)) == 0;
+}
+
+void dp_upstream_reconfigure(dp_shard_t *s, const dp_config_t *old)
+{
+	const dp_config_t *cfg = s->cfg;
+	bool ca_changed = strcmp(old->ca_file, cfg->ca_file) != 0 ||
+			  old->tls_min_version != cfg->tls_min_version;
+	int n = DP_MAX(old->nupstream, cfg->nupstream);
+	for (int u = 0; u < n; u++) {
+		bool changed = u >= old->nupstream || u >= cfg->nupstream || ca_changed ||
+			       !same_upstream(&old->upstream[u], &cfg->upstream[u]);
+		if (!changed)
+			continue;
+		dp_upstream_state_t *st = &s->up[u];
+		/* Fresh state: the slot may now be a different server. */
+		if (st->session)
+			SSL_SESSION_free(st->session);
+		uint32_t first = st->first_conn;
+		memset(st, 0, sizeof(*st));
+		st->first_conn = first;
+		st->hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
+		memset(&s->metrics.up[u], 0, sizeof(s->metrics.up[u]));
+		/* Its queries move to the upstreams of the new config. */
+		for (uint32_t k = 0; k < cfg->upstream_conns; k++) {
+			uint32_t ci = first + k;
+			uint8_t state = s->conns[ci].state;
+			if (state != C_DOWN && state != C_CLOSING)
+				conn_fail(s, ci, false, "upstream reconfigured", "reload");
+		}
 	}
 }
 

@@ -1,0 +1,357 @@
+/* control.c - signals, reload, drain, and a tiny HTTP server for /metrics
+ * and /healthz, all on the main thread with poll(2).
+ *
+ * Owns: the signalfd, the metrics listener and up to MAX_CLIENTS HTTP
+ * connections (one request each, then closed; a slow or silent client is
+ * dropped after CLIENT_MS), and the configs handed to the shards.
+ */
+#include "control.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_CLIENTS 32
+#define CLIENT_MS 3000
+#define REQ_MAX 4096
+#define BODY_MAX (512 * 1024)
+
+typedef struct http_client {
+	int fd;
+	uint64_t deadline_ms;
+	size_t len;
+	char req[REQ_MAX];
+} http_client_t;
+
+void dp_control_log_stats(dp_shard_t *shards, int n)
+{
+	dp_stats_t sum;
+	memset(&sum, 0, sizeof(sum));
+	for (int i = 0; i < n; i++) {
+#define DP_SUM(f)                                                                   \
+	{                                                                           \
+		uint64_t v = __atomic_load_n(&shards[i].stats.f, __ATOMIC_RELAXED); \
+		if (strcmp(#f, "max_write_batch") == 0)                             \
+			sum.f = DP_MAX(sum.f, v);                                   \
+		else                                                                \
+			sum.f += v;                                                 \
+	}
+		DP_STATS_FIELDS(DP_SUM)
+#undef DP_SUM
+	}
+	char buf[4096];
+	size_t o = 0;
+#define DP_FMT(f)                                                                              \
+	if (o < sizeof(buf))                                                                   \
+		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s%s=%llu", o ? " " : "", #f, \
+				      (unsigned long long)sum.f);
+	DP_STATS_FIELDS(DP_FMT)
+#undef DP_FMT
+	dp_log(DP_LOG_INFO, "stats", "%s", buf);
+}
+
+int dp_control_bind_metrics(dp_control_t *ctl, char *err, size_t errlen)
+{
+	ctl->metrics_fd = -1;
+	if (!ctl->cfg->metrics_on)
+		return 0;
+	const dp_sockaddr_t *a = &ctl->cfg->metrics;
+	char text[80];
+	dp_sockaddr_str(a, text, sizeof(text));
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 64) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot serve metrics on %s: %s", text, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return -e;
+	}
+	ctl->metrics_fd = fd;
+	return 0;
+}
+
+static void respond(int fd, int code, const char *reason, const char *ctype, const char *body,
+		    size_t blen)
+{
+	char head[256];
+	int hl = snprintf(head, sizeof(head),
+			  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			  "Connection: close\r\n\r\n",
+			  code, reason, ctype, blen);
+	/* Small answers to a local scraper: a blocking write with a bound. */
+	struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	ssize_t w = send(fd, head, (size_t)hl, MSG_NOSIGNAL);
+	size_t off = 0;
+	while (w >= 0 && off < blen) {
+		w = send(fd, body + off, blen - off, MSG_NOSIGNAL);
+		if (w > 0)
+			off += (size_t)w;
+	}
+}
+
+static void serve(dp_control_t *ctl, http_client_t *c, char *body)
+{
+	/* Request line: METHOD SP PATH SP HTTP/1.x */
+	char method[16], path[256], version[16];
+	char *eol = strstr(c->req, "\r\n");
+	if (!eol || sscanf(c->req, "%15s %255s %15s", method, path, version) != 3 ||
+	    strncmp(version, "HTTP/1.", 7) != 0) {
+		static const char m[] = "bad request\n";
+		respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
+		return;
+	}
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+		static const char m[] = "only GET\n";
+		respond(c->fd, 405, "Method Not Allowed", "text/plain", m, sizeof(m) - 1);
+		return;
+	}
+	char *q = strchr(path, '?');
+	if (q)
+		*q = 0;
+	bool head = strcmp(method, "HEAD") == 0;
+	if (strcmp(path, "/metrics") == 0) {
+		size_t n = dp_metrics_render(ctl->shards, ctl->nshards, ctl->cfg, body, BODY_MAX);
+		respond(c->fd, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body,
+			head ? 0 : n);
+	} else if (strcmp(path, "/healthz") == 0) {
+		if (dp_metrics_healthy(ctl->shards, ctl->nshards, ctl->cfg)) {
+			static const char m[] = "ok\n";
+			respond(c->fd, 200, "OK", "text/plain", m, head ? 0 : sizeof(m) - 1);
+		} else {
+			static const char m[] = "no healthy upstream\n";
+			respond(c->fd, 503, "Service Unavailable", "text/plain", m,
+				head ? 0 : sizeof(m) - 1);
+		}
+	} else {
+		static const char m[] = "not found\n";
+		respond(c->fd, 404, "Not Found", "text/plain", m, head ? 0 : sizeof(m) - 1);
+	}
+}
+
+/* Settings a reload cannot change (they shape threads and sockets): keep the
+ * running ones and say so. */
+static void keep_fixed(dp_config_t *nc, const dp_config_t *old)
+{
+	bool warn = nc->threads != old->threads && nc->threads != 0;
+	warn |= nc->nlisten != old->nlisten ||
+		memcmp(nc->listen, old->listen, sizeof(nc->listen[0]) * (size_t)old->nlisten) != 0;
+	warn |= nc->max_inflight != old->max_inflight || nc->cache_mb != old->cache_mb ||
+		nc->upstream_conns != old->upstream_conns || nc->max_tcp_clients != old->max_tcp_clients ||
+		nc->metrics_on != old->metrics_on;
+	nc->threads = old->threads;
+	nc->nlisten = old->nlisten;
+	memcpy(nc->listen, old->listen, sizeof(nc->listen));
+	memcpy(nc->listen_text, old->listen_text, sizeof(nc->listen_text));
+	nc->max_inflight = old->max_inflight;
+	nc->cache_mb = old->cache_mb;
+	nc->upstream_conns = old->upstream_conns;
+	nc->max_tcp_clients = old->max_tcp_clients;
+	nc->metrics_on = old->metrics_on;
+	nc->metrics = old->metrics;
+	if (warn)
+		dp_warn("reload: listen, threads, max-inflight, cache-size, upstream-conns, "
+			"max-tcp-clients and metrics need a restart; kept the running values",
+			NULL);
+}
+
+static void reload(dp_control_t *ctl)
+{
+	char err[512] = "";
+	dp_config_t *nc = malloc(sizeof(*nc));
+	if (!nc) {
+		dp_error("reload failed", "reason=\"out of memory\"");
+		return;
+	}
+	dp_config_defaults(nc);
+	int rc = dp_config_parse_args(nc, ctl->argc, ctl->argv, err, sizeof(err));
+	if (rc != 0) {
+		dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
+		free(nc);
+		return;
+	}
+	keep_fixed(nc, ctl->cfg);
+	dp_log_level = nc->log_level;
+	bool new_ctx = strcmp(nc->ca_file, ctl->cfg->ca_file) != 0 ||
+		       nc->tls_min_version != ctl->cfg->tls_min_version;
+	SSL_CTX *ctxs[256] = { 0 };
+	if (new_ctx) {
+		for (int i = 0; i < ctl->nshards; i++) {
+			ctxs[i] = dp_tls_client_ctx(nc, err, sizeof(err));
+			if (!ctxs[i]) {
+				dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
+				for (int j = 0; j < i; j++)
+					SSL_CTX_free(ctxs[j]);
+				free(nc);
+				return;
+			}
+		}
+	}
+	uint32_t gen = ++ctl->gen;
+	for (int i = 0; i < ctl->nshards; i++)
+		dp_shard_reload(&ctl->shards[i], nc, ctxs[i], gen);
+	/* Free the old config once every shard has moved to the new one. */
+	bool all = false;
+	for (int t = 0; t < 500 && !all; t++) {
+		all = true;
+		for (int i = 0; i < ctl->nshards; i++)
+			if (__atomic_load_n(&ctl->shards[i].cfg_gen, __ATOMIC_ACQUIRE) != gen &&
+			    !__atomic_load_n(&ctl->shards[i].exited, __ATOMIC_ACQUIRE))
+				all = false;
+		if (!all)
+			usleep(2000);
+	}
+	if (all)
+		free(ctl->cfg);
+	else
+		dp_warn("reload: a shard has not taken the new config yet; the old one is kept in memory",
+			NULL);
+	ctl->cfg = nc;
+	dp_info("reloaded", "file=\"%s\" upstreams=%d", nc->config_file, nc->nupstream);
+}
+
+static void close_client(http_client_t *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->len = 0;
+}
+
+int dp_control_run(dp_control_t *ctl)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGHUP);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		dp_error("signalfd failed", "err=\"%s\"", strerror(errno));
+		return 1;
+	}
+	static http_client_t clients[MAX_CLIENTS];
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		clients[i].fd = -1;
+	char *body = ctl->metrics_fd >= 0 ? malloc(BODY_MAX) : NULL;
+	bool draining = false;
+	uint64_t drain_until = 0;
+	for (;;) {
+		struct pollfd pfd[2 + MAX_CLIENTS];
+		int idx[2 + MAX_CLIENTS];
+		nfds_t n = 0;
+		pfd[n] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+		idx[n++] = -1;
+		if (ctl->metrics_fd >= 0 && body) {
+			pfd[n] = (struct pollfd){ .fd = ctl->metrics_fd, .events = POLLIN };
+			idx[n++] = -2;
+		}
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			if (clients[i].fd >= 0) {
+				pfd[n] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
+				idx[n++] = i;
+			}
+		int pr = poll(pfd, n, 100);
+		uint64_t now = dp_now_ms();
+		if (draining) {
+			bool all = true;
+			for (int i = 0; i < ctl->nshards; i++)
+				if (!__atomic_load_n(&ctl->shards[i].exited, __ATOMIC_ACQUIRE))
+					all = false;
+			if (all || now > drain_until)
+				break;
+		}
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			if (clients[i].fd >= 0 && now > clients[i].deadline_ms)
+				close_client(&clients[i]);
+		if (pr <= 0)
+			continue;
+		for (nfds_t k = 0; k < n; k++) {
+			if (!pfd[k].revents)
+				continue;
+			if (idx[k] == -1) {
+				struct signalfd_siginfo si;
+				while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+					if (si.ssi_signo == SIGUSR1) {
+						dp_control_log_stats(ctl->shards, ctl->nshards);
+					} else if (si.ssi_signo == SIGHUP) {
+						if (draining)
+							continue;
+						if (!ctl->cfg->config_file[0])
+							dp_warn("SIGHUP without --config: nothing to reload", NULL);
+						else
+							reload(ctl);
+					} else if (!draining) {
+						dp_info("stopping", "signal=%u drain_timeout_ms=%u", si.ssi_signo,
+							ctl->cfg->drain_ms);
+						draining = true;
+						/* shards give up at drain_ms; allow for their teardown */
+						drain_until = now + ctl->cfg->drain_ms + 2000;
+						for (int i = 0; i < ctl->nshards; i++)
+							dp_shard_drain(&ctl->shards[i], ctl->cfg->drain_ms);
+						if (ctl->metrics_fd >= 0) {
+							close(ctl->metrics_fd);
+							ctl->metrics_fd = -1;
+						}
+					}
+				}
+			} else if (idx[k] == -2) {
+				for (int a = 0; a < 16; a++) {
+					int fd = accept4(ctl->metrics_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+					if (fd < 0)
+						break;
+					int slot = -1;
+					for (int i = 0; i < MAX_CLIENTS && slot < 0; i++)
+						if (clients[i].fd < 0)
+							slot = i;
+					if (slot < 0) {
+						close(fd);
+						continue;
+					}
+					clients[slot].fd = fd;
+					clients[slot].len = 0;
+					clients[slot].deadline_ms = now + CLIENT_MS;
+				}
+			} else {
+				http_client_t *c = &clients[idx[k]];
+				ssize_t r = read(c->fd, c->req + c->len, REQ_MAX - 1 - c->len);
+				if (r <= 0) {
+					if (r == 0 || (errno != EAGAIN && errno != EINTR))
+						close_client(c);
+					continue;
+				}
+				c->len += (size_t)r;
+				c->req[c->len] = 0;
+				if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n")) {
+					serve(ctl, c, body);
+					close_client(c);
+				} else if (c->len >= REQ_MAX - 1) {
+					static const char m[] = "request too large\n";
+					respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
+					close_client(c);
+				}
+			}
+		}
+	}
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		close_client(&clients[i]);
+	if (ctl->metrics_fd >= 0)
+		close(ctl->metrics_fd);
+	free(body);
+	close(sfd);
+	return 0;
+}

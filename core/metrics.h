@@ -1,0 +1,57 @@
+/* metrics.h - per-shard metrics beyond the plain counters (stats.h), and
+ * their Prometheus text exposition.
+ *
+ * Shards write their own dp_metrics_t with relaxed stores (M_INC etc.);
+ * dp_metrics_render() runs on the control thread, sums the shards with
+ * relaxed loads and writes the Prometheus text format (version 0.0.4).
+ */
+#ifndef DP_METRICS_H
+#define DP_METRICS_H
+
+#include "config.h"
+#include "stats.h"
+
+#define DP_QTYPE_CLASSES 12 /* A AAAA CNAME MX NS PTR SOA SRV TXT HTTPS SVCB other */
+#define DP_RCODES 7 /* NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED other */
+#define DP_HIST_BUCKETS 14 /* finite bounds; one more for +Inf */
+
+typedef struct dp_hist {
+	uint64_t b[DP_HIST_BUCKETS + 1]; /* per bucket, not cumulative */
+	uint64_t sum_us;
+	uint64_t count;
+} dp_hist_t;
+
+typedef struct dp_upmetrics {
+	uint64_t sent, answers, errors, timeouts, connects, handshakes, resumed;
+	uint64_t inflight; /* gauge, published each tick */
+	uint64_t healthy; /* gauge 0/1, published each tick */
+	dp_hist_t rtt;
+} dp_upmetrics_t;
+
+typedef struct dp_metrics {
+	uint64_t qtype[2][DP_QTYPE_CLASSES]; /* [udp, tcp][class] */
+	uint64_t rcode[DP_RCODES];
+	dp_hist_t client_lat; /* arrival to answer, queries that went upstream */
+	dp_upmetrics_t up[DP_MAX_UPSTREAMS];
+} dp_metrics_t;
+
+#define M_ADD(p, v) __atomic_store_n(&(p), (p) + (v), __ATOMIC_RELAXED)
+#define M_INC(p) M_ADD(p, 1)
+#define M_SET(p, v) __atomic_store_n(&(p), (v), __ATOMIC_RELAXED)
+
+/* Index of a query type in the qtype classes. */
+int dp_metrics_qtype_class(uint16_t qtype);
+
+/* Record a latency in microseconds into h (writer: its shard). */
+void dp_hist_observe(dp_hist_t *h, uint64_t us);
+
+struct dp_shard;
+/* Render every metric, summed over n shards, into buf. Returns the length
+ * (truncated output is still valid text, cut at a line). */
+size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
+			 size_t cap);
+
+/* True while at least one upstream is healthy in at least one shard. */
+bool dp_metrics_healthy(struct dp_shard *shards, int n, const dp_config_t *cfg);
+
+#endif
