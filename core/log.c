@@ -20,10 +20,53 @@ int dp_log_parse_level(const char *s)
 	return DP_E_CONFIG;
 }
 
+/* Repetitive warnings and errors are rate-limited per call site message and
+ * thread: at most RL_BURST lines a second each; the first line after a quiet
+ * spell says how many were suppressed. */
+#define RL_SLOTS 16
+#define RL_BURST 5
+static __thread struct {
+	const char *msg;
+	uint64_t window_ms;
+	uint32_t count, suppressed;
+} rl[RL_SLOTS];
+
+static uint32_t rate_limited(const char *msg, bool *drop)
+{
+	uint64_t now = dp_now_ms();
+	unsigned slot = (unsigned)(((uintptr_t)msg >> 3) % RL_SLOTS);
+	if (rl[slot].msg != msg) {
+		rl[slot].msg = msg;
+		rl[slot].window_ms = now;
+		rl[slot].count = 0;
+		rl[slot].suppressed = 0;
+	}
+	if (now - rl[slot].window_ms >= 1000) {
+		rl[slot].window_ms = now;
+		rl[slot].count = 0;
+	}
+	if (++rl[slot].count > RL_BURST) {
+		rl[slot].suppressed++;
+		*drop = true;
+		return 0;
+	}
+	uint32_t sup = rl[slot].suppressed;
+	rl[slot].suppressed = 0;
+	*drop = false;
+	return sup;
+}
+
 void dp_log(int level, const char *msg, const char *fmt, ...)
 {
 	if (level < dp_log_level)
 		return;
+	uint32_t suppressed = 0;
+	if (level >= DP_LOG_WARN) {
+		bool drop;
+		suppressed = rate_limited(msg, &drop);
+		if (drop)
+			return;
+	}
 	char line[1024];
 	struct timeval tv;
 	struct tm tm;
@@ -47,6 +90,8 @@ void dp_log(int level, const char *msg, const char *fmt, ...)
 		if (m > 0)
 			n += DP_MIN(m, (int)(sizeof(line) - (size_t)n - 2));
 	}
+	if (suppressed && (size_t)n < sizeof(line) - 40)
+		n += snprintf(line + n, sizeof(line) - (size_t)n - 1, " suppressed=%u", suppressed);
 	line[n++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, (size_t)n);
 	(void)w;

@@ -99,8 +99,9 @@ static void hist_put(out_t *o, const char *name, const char *labels, const dp_hi
 	}
 	cum += h->b[DP_HIST_BUCKETS];
 	put(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
-	put(o, "%s_sum{%s} %.6f\n", name, labels, h->sum_us / 1e6);
-	put(o, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
+	const char *lb = labels[0] ? "{" : "", *rb = labels[0] ? "}" : "";
+	put(o, "%s_sum%s%s%s %.6f\n", name, lb, labels, rb, h->sum_us / 1e6);
+	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)h->count);
 }
 
 size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
