@@ -1,0 +1,58 @@
+/* fuzz_dns_answer.c - dp_dns_parse_answer on upstream bytes, then
+ * dp_dns_truncate on a copy; the truncated form must parse again. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dns.h"
+
+#define CHECK(x) do { if (!(x)) { fprintf(stderr, "invariant: %s (line %d)\n", #x, __LINE__); abort(); } } while (0)
+
+static uint8_t copy[DP_DNS_MAX_MSG];
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	dp_dns_view_t v, vt;
+	int rc = dp_dns_parse_answer(data, size, &v);
+	if (size < DP_DNS_HDR_LEN || size > DP_DNS_MAX_MSG) {
+		CHECK(rc == DP_E_MALFORMED);
+		return 0;
+	}
+	CHECK(rc == 0 || rc == DP_E_FORMERR);
+	CHECK(v.id == dp_rd16(data));
+	if (rc < 0)
+		return 0;
+
+	CHECK(v.flags & DP_DNS_F_QR);
+	CHECK(v.has_question && v.qdcount == 1 && v.qname_off == DP_DNS_HDR_LEN);
+	CHECK(v.question_end == DP_DNS_HDR_LEN + v.qname_len + 4);
+	CHECK(v.question_end <= v.msg_end && v.msg_end <= size);
+	if (v.has_opt) {
+		CHECK(v.opt_len >= 11 && v.opt_off >= v.question_end);
+		CHECK((size_t)v.opt_off + v.opt_len <= v.msg_end);
+	}
+	CHECK(dp_dns_question_equal(data, &v, data, &v));
+
+	/* Truncation keeps header, question and OPT, and still parses. */
+	memcpy(copy, data, size);
+	size_t n = dp_dns_truncate(copy, &v);
+	CHECK(n <= v.msg_end && n <= size);
+	CHECK(n == v.question_end + (v.has_opt ? v.opt_len : 0u));
+	CHECK(dp_dns_parse_answer(copy, n, &vt) == 0);
+	CHECK(vt.msg_end == n);
+	CHECK(vt.id == v.id && vt.flags == (v.flags | DP_DNS_F_TC));
+	CHECK(vt.ancount == 0 && vt.nscount == 0 && vt.arcount == (v.has_opt ? 1 : 0));
+	CHECK(vt.has_opt == v.has_opt);
+	if (vt.has_opt) {
+		CHECK(vt.udp_size == v.udp_size && vt.do_bit == v.do_bit);
+		CHECK(vt.ext_rcode == v.ext_rcode && vt.edns_version == v.edns_version);
+		CHECK(memcmp(copy + vt.opt_off, data + v.opt_off, v.opt_len) == 0);
+	}
+	CHECK(dp_dns_question_equal(data, &v, copy, &vt));
+
+	/* Print the owner of the first RR after the question, as logs do. */
+	char name[300];
+	dp_dns_name_str(data, size, v.question_end, name, sizeof(name));
+	CHECK(strlen(name) < sizeof(name));
+	return 0;
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""Write the fuzz seed corpora under tests/fuzz/corpus/<target>/.
+
+Small, valid (and a few deliberately odd) DNS messages made with dnspython.
+The output is committed; run this again only to change the seeds:
+    /usr/bin/python3 tests/fuzz/make_corpus.py
+"""
+import os
+import struct
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def query(name, rdtype, qid, **kw):
+    q = dns.message.make_query(name, rdtype, **kw)
+    q.id = qid
+    return q
+
+
+def queries():
+    out = {}
+    out["a_plain"] = query("www.example.com", "A", 0x1234, use_edns=False).to_wire()
+    out["aaaa_edns_do"] = query("example.org", "AAAA", 2, use_edns=0, payload=1232,
+                                want_dnssec=True).to_wire()
+    cookie = dns.edns.GenericOption(dns.edns.COOKIE, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    out["txt_cookie"] = query("Example.NET", "TXT", 3, use_edns=0, payload=4096,
+                              options=[cookie]).to_wire()
+    out["edns_v1"] = query("example.com", "A", 4, use_edns=1).to_wire()
+    q = query("example.com", "SOA", 5, use_edns=False)
+    q.set_opcode(dns.opcode.UPDATE)
+    out["opcode_update"] = q.to_wire()
+    out["no_question"] = struct.pack("!6H", 6, 0x0100, 0, 0, 0, 0)
+    out["no_question_edns"] = (struct.pack("!6H", 6, 0x0100, 0, 0, 0, 1)
+                               + b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, 0))
+    out["trailing"] = query("a.b.c.d.e", "MX", 7, use_edns=0).to_wire() + b"\xde\xad\xbe\xef"
+    out["long_name"] = query(".".join(["a" * 63] * 3 + ["b" * 61]), "A", 8,
+                             use_edns=False).to_wire()
+    # A query that carries an answer RR whose owner is compressed.
+    out["with_answer_rr"] = (struct.pack("!6H", 9, 0, 1, 1, 0, 0)
+                             + dns.name.from_text("example.com").to_wire()
+                             + struct.pack("!HH", 1, 1)
+                             + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 1]))
+    return out
+
+
+def answer(q, rrsets=(), authority=(), additional=(), rcode=dns.rcode.NOERROR):
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    for rr in rrsets:
+        r.answer.append(dns.rrset.from_text(rr[0] + ".", *rr[1:]))
+    for rr in authority:
+        r.authority.append(dns.rrset.from_text(rr[0] + ".", *rr[1:]))
+    for rr in additional:
+        r.additional.append(dns.rrset.from_text(rr[0] + ".", *rr[1:]))
+    return r.to_wire()
+
+
+def answers():
+    out = {}
+    q = query("www.example.com", "A", 0x1234, use_edns=False)
+    out["a_cname"] = answer(q, [("www.example.com", 300, "IN", "CNAME", "web.example.com."),
+                                ("web.example.com", 300, "IN", "A", "192.0.2.1", "192.0.2.2")])
+    q = query("example.org", "AAAA", 2, use_edns=0, payload=1232, want_dnssec=True)
+    out["aaaa_edns"] = answer(q, [("example.org", 60, "IN", "AAAA", "2001:db8::1")])
+    q = query("nope.example.net", "A", 3, use_edns=0)
+    out["nxdomain_soa"] = answer(q, authority=[("example.net", 900, "IN", "SOA",
+                                                "ns1.example.net. host.example.net. 1 7200 900 1209600 86400")],
+                                 rcode=dns.rcode.NXDOMAIN)
+    q = query("example.com", "NS", 4, use_edns=0)
+    out["ns_glue"] = answer(q, [("example.com", 3600, "IN", "NS", "ns1.example.com.", "ns2.example.com.")],
+                            additional=[("ns1.example.com", 3600, "IN", "A", "192.0.2.53"),
+                                        ("ns2.example.com", 3600, "IN", "AAAA", "2001:db8::53")])
+    q = query("example.com", "MX", 5, use_edns=False)
+    out["servfail_empty"] = answer(q, rcode=dns.rcode.SERVFAIL)
+    q = query("example.com", "TXT", 6, use_edns=0)
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.TC
+    out["tc_set"] = r.to_wire()
+    # Regression: OPT owner written as a pointer to a zero octet in the A
+    # record's RDATA (must be refused: truncation would leave it dangling).
+    q = query("example.com", "A", 1, use_edns=False)
+    m = bytearray(answer(q, [("example.com", 60, "IN", "A", "192.0.0.2")]))
+    m[11] = 1  # ARCOUNT
+    rdata = len(m) - 4
+    m += struct.pack("!HHHIH", 0xC000 | (rdata + 1), 41, 1232, 0, 0)
+    out["regress_opt_owner_pointer"] = bytes(m)
+    return out
+
+
+def frames(msgs):
+    return b"".join(struct.pack("!H", len(m)) + m for m in msgs)
+
+
+def tcpframes(qs):
+    out = {}
+    # First byte: the fuzz target's mode (cut point, failing call).
+    out["one"] = b"\x10" + frames([qs["a_plain"]])
+    out["three"] = b"\x08" + frames([qs["a_plain"], qs["aaaa_edns_do"], qs["txt_cookie"]])
+    out["partial"] = b"\x1f" + frames([qs["a_plain"]]) + frames([qs["edns_v1"]])[:9]
+    out["zero_len"] = b"\x04" + frames([qs["a_plain"]]) + b"\x00\x00" + frames([qs["a_plain"]])
+    out["fail_second"] = b"\x3f" + frames([qs["a_plain"], qs["trailing"], qs["a_plain"]])
+    return out
+
+
+def write(target, files):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in sorted(files.items()):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+def main():
+    qs = queries()
+    write("dns_query", qs)
+    write("dns_answer", answers())
+    write("tcpframe", tcpframes(qs))
+
+
+if __name__ == "__main__":
+    main()

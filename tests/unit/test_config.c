@@ -1,0 +1,386 @@
+/* test_config.c - command line and address parsing. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "log.h"
+
+static dp_config_t cfg;
+static char err[512];
+
+/* Parse args[0..n) (argv[0] supplied) into cfg, which starts from the
+ * defaults. Whatever the parser prints (--help) goes to /dev/null. */
+static int parse_argv(const char *const *args, int n)
+{
+	char *argv[80];
+	int argc = 0;
+	assert_true(n < 78);
+	argv[argc++] = (char *)"dotproxy";
+	for (int i = 0; i < n; i++)
+		argv[argc++] = (char *)args[i];
+	argv[argc] = NULL;
+	dp_config_defaults(&cfg);
+	memset(err, 0, sizeof(err));
+	fflush(stdout);
+	int saved = dup(STDOUT_FILENO);
+	int null = open("/dev/null", O_WRONLY);
+	assert_true(saved >= 0 && null >= 0);
+	assert_true(dup2(null, STDOUT_FILENO) >= 0);
+	int rc = dp_config_parse_args(&cfg, argc, argv, err, sizeof(err));
+	fflush(stdout);
+	assert_true(dup2(saved, STDOUT_FILENO) >= 0);
+	close(saved);
+	close(null);
+	return rc;
+}
+
+/* parse("--a", "b", NULL) */
+static int parse(const char *first, ...)
+{
+	const char *args[64];
+	int n = 0;
+	va_list ap;
+	va_start(ap, first);
+	for (const char *a = first; a; a = va_arg(ap, const char *)) {
+		assert_true(n < 64);
+		args[n++] = a;
+	}
+	va_end(ap);
+	return parse_argv(args, n);
+}
+
+static void assert_v4(const dp_sockaddr_t *a, const char *ip, unsigned port)
+{
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->ss;
+	struct in_addr want;
+	assert_int_equal(a->ss.ss_family, AF_INET);
+	assert_int_equal(a->len, sizeof(struct sockaddr_in));
+	assert_int_equal(inet_pton(AF_INET, ip, &want), 1);
+	assert_int_equal(s4->sin_addr.s_addr, want.s_addr);
+	assert_int_equal(ntohs(s4->sin_port), port);
+}
+
+static void assert_v6(const dp_sockaddr_t *a, const char *ip, unsigned port)
+{
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+	struct in6_addr want;
+	assert_int_equal(a->ss.ss_family, AF_INET6);
+	assert_int_equal(a->len, sizeof(struct sockaddr_in6));
+	assert_int_equal(inet_pton(AF_INET6, ip, &want), 1);
+	assert_memory_equal(&s6->sin6_addr, &want, sizeof(want));
+	assert_int_equal(ntohs(s6->sin6_port), port);
+}
+
+static void defaults(void **state)
+{
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(cfg.nlisten, 1);
+	assert_v4(&cfg.listen[0], "127.0.0.1", 53);
+	assert_string_equal(cfg.listen_text[0], "127.0.0.1:53");
+	assert_int_equal(cfg.nupstream, 2);
+	assert_v4(&cfg.upstream[0].addr, "1.1.1.1", 853);
+	assert_v4(&cfg.upstream[1].addr, "1.0.0.1", 853);
+	assert_string_equal(cfg.upstream[0].name, "cloudflare-dns.com");
+	assert_string_equal(cfg.upstream[1].name, "cloudflare-dns.com");
+	assert_int_equal(cfg.threads, 0);
+	assert_int_equal(cfg.timeout_ms, 2000);
+	assert_int_equal(cfg.max_udp_size, 1232);
+	assert_int_equal(cfg.log_level, DP_LOG_INFO);
+}
+
+static void listen_forms(void **state)
+{
+	assert_int_equal(parse("--listen", "0.0.0.0:5353", "--listen", "[::1]:5300",
+			       "--listen=192.0.2.7:0", NULL), 0);
+	assert_int_equal(cfg.nlisten, 3);
+	assert_v4(&cfg.listen[0], "0.0.0.0", 5353);
+	assert_v6(&cfg.listen[1], "::1", 5300);
+	assert_v4(&cfg.listen[2], "192.0.2.7", 0);
+	assert_string_equal(cfg.listen_text[1], "[::1]:5300");
+	/* Upstreams keep their defaults. */
+	assert_int_equal(cfg.nupstream, 2);
+
+	assert_int_equal(parse("--listen", "[2001:db8::53]:65535", NULL), 0);
+	assert_v6(&cfg.listen[0], "2001:db8::53", 65535);
+
+	char text[80];
+	dp_sockaddr_str(&cfg.listen[0], text, sizeof(text));
+	assert_string_equal(text, "[2001:db8::53]:65535");
+}
+
+static void listen_bad(void **state)
+{
+	static const char *bad[] = {
+		"127.0.0.1", /* a port is required */
+		"[::1]", "::1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
+		"127.0.0.1:53x", "127.0.0.1:0x35", "localhost:53", "256.0.0.1:53", "[::1]53",
+		"[::1:53", "[127.0.0.1:53", "", ":53", "[]:53", "1.2.3:53",
+		"127.0.0.1:99999999999999999999",
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--listen", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--listen"));
+		assert_non_null(strstr(err, bad[i]));
+	}
+}
+
+static void listen_limit(void **state)
+{
+	const char *args[2 * (DP_MAX_LISTEN + 1)];
+	char addrs[DP_MAX_LISTEN + 1][32];
+	for (int i = 0; i <= DP_MAX_LISTEN; i++) {
+		snprintf(addrs[i], sizeof(addrs[i]), "127.0.0.1:%d", 1000 + i);
+		args[2 * i] = "--listen";
+		args[2 * i + 1] = addrs[i];
+	}
+	/* DP_MAX_LISTEN addresses are fine, one more is not. */
+	assert_int_equal(parse_argv(args, 2 * DP_MAX_LISTEN), 0);
+	assert_int_equal(cfg.nlisten, DP_MAX_LISTEN);
+	assert_v4(&cfg.listen[DP_MAX_LISTEN - 1], "127.0.0.1", 1000 + DP_MAX_LISTEN - 1);
+	assert_int_equal(parse_argv(args, 2 * (DP_MAX_LISTEN + 1)), DP_E_CONFIG);
+	assert_non_null(strstr(err, "too many --listen"));
+}
+
+static void parse_addr_direct(void **state)
+{
+	dp_sockaddr_t a;
+	assert_int_equal(dp_config_parse_addr("192.0.2.1", 853, &a), 0);
+	assert_v4(&a, "192.0.2.1", 853);
+	assert_int_equal(dp_config_parse_addr("2001:db8::1", 853, &a), 0);
+	assert_v6(&a, "2001:db8::1", 853);
+	assert_int_equal(dp_config_parse_addr("[2001:db8::1]", 853, &a), 0);
+	assert_v6(&a, "2001:db8::1", 853);
+	assert_int_equal(dp_config_parse_addr("[2001:db8::1]:8853", 853, &a), 0);
+	assert_v6(&a, "2001:db8::1", 8853);
+	assert_int_equal(dp_config_parse_addr("192.0.2.1:8853", 853, &a), 0);
+	assert_v4(&a, "192.0.2.1", 8853);
+	assert_int_equal(dp_config_parse_addr("192.0.2.1", 0, &a), DP_E_CONFIG);
+	assert_int_equal(dp_config_parse_addr("2001:db8::1", 0, &a), DP_E_CONFIG);
+	/* Longer than any address: refused, not overflowed. */
+	char longs[200];
+	memset(longs, '1', sizeof(longs) - 1);
+	longs[sizeof(longs) - 1] = 0;
+	assert_int_equal(dp_config_parse_addr(longs, 53, &a), DP_E_CONFIG);
+	longs[0] = '[';
+	longs[150] = ']';
+	assert_int_equal(dp_config_parse_addr(longs, 53, &a), DP_E_CONFIG);
+}
+
+static void upstream_forms(void **state)
+{
+	assert_int_equal(parse("--upstream", "9.9.9.9#dns.quad9.net", "--upstream",
+			       "149.112.112.112:8853#dns.quad9.net", "--upstream",
+			       "[2620:fe::fe]:853#dns.quad9.net", "--upstream",
+			       "[2620:fe::9]#dns9.quad9.net", "--upstream", "192.0.2.53", NULL),
+			 0);
+	assert_int_equal(cfg.nupstream, 5); /* the defaults are replaced */
+	assert_v4(&cfg.upstream[0].addr, "9.9.9.9", 853);
+	assert_string_equal(cfg.upstream[0].name, "dns.quad9.net");
+	assert_string_equal(cfg.upstream[0].text, "9.9.9.9#dns.quad9.net");
+	assert_v4(&cfg.upstream[1].addr, "149.112.112.112", 8853);
+	assert_string_equal(cfg.upstream[1].name, "dns.quad9.net");
+	assert_v6(&cfg.upstream[2].addr, "2620:fe::fe", 853);
+	assert_v6(&cfg.upstream[3].addr, "2620:fe::9", 853);
+	assert_string_equal(cfg.upstream[3].name, "dns9.quad9.net");
+	/* Without a name the certificate is checked against the IP. */
+	assert_v4(&cfg.upstream[4].addr, "192.0.2.53", 853);
+	assert_string_equal(cfg.upstream[4].name, "");
+	/* Listen keeps its default. */
+	assert_int_equal(cfg.nlisten, 1);
+}
+
+static void upstream_bad(void **state)
+{
+	static const char *bad[] = {
+		"#dns.quad9.net", "9.9.9.9#", "9.9.9.9#dns quad9", "9.9.9.9#dns/quad9",
+		"dns.quad9.net#dns.quad9.net", "9.9.9.9:99999#dns.quad9.net",
+		"9.9.9.9:#dns.quad9.net", "[2620:fe::fe#dns.quad9.net", "", "9.9.9.9##x",
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--upstream", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--upstream"));
+	}
+	/* A name longer than 255 characters. */
+	char big[300] = "9.9.9.9#";
+	memset(big + 8, 'a', 260);
+	big[268] = 0;
+	assert_int_equal(parse("--upstream", big, NULL), DP_E_CONFIG);
+}
+
+#define PIN_0_31 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" /* bytes 0..31 */
+#define PIN_FF "//////////////////////////////////////////8=" /* 32 x 0xff */
+
+static void upstream_pins(void **state)
+{
+	uint8_t want[32], ff[32];
+	for (int i = 0; i < 32; i++)
+		want[i] = (uint8_t)i;
+	memset(ff, 0xff, sizeof(ff));
+
+	assert_int_equal(parse("--upstream", "1.1.1.1#one.one.one.one,pin-sha256=" PIN_0_31, NULL), 0);
+	assert_int_equal(cfg.upstream[0].npins, 1);
+	assert_memory_equal(cfg.upstream[0].pins[0], want, 32);
+	assert_false(cfg.upstream[0].no_ca);
+	assert_string_equal(cfg.upstream[0].name, "one.one.one.one");
+
+	assert_int_equal(parse("--upstream", "192.0.2.1:853,pin-sha256=" PIN_FF ",pin-sha256=" PIN_0_31
+			       ",no-ca", NULL), 0);
+	assert_int_equal(cfg.upstream[0].npins, 2);
+	assert_memory_equal(cfg.upstream[0].pins[0], ff, 32);
+	assert_memory_equal(cfg.upstream[0].pins[1], want, 32);
+	assert_true(cfg.upstream[0].no_ca);
+	assert_string_equal(cfg.upstream[0].name, "");
+	assert_v4(&cfg.upstream[0].addr, "192.0.2.1", 853);
+
+	/* Four pins fit, a fifth does not. */
+	const char *four = "1.1.1.1#x,pin-sha256=" PIN_FF ",pin-sha256=" PIN_FF ",pin-sha256=" PIN_FF
+			   ",pin-sha256=" PIN_FF;
+	assert_int_equal(parse("--upstream", four, NULL), 0);
+	assert_int_equal(cfg.upstream[0].npins, 4);
+	char five[400];
+	snprintf(five, sizeof(five), "%s,pin-sha256=%s", four, PIN_FF);
+	assert_int_equal(parse("--upstream", five, NULL), DP_E_CONFIG);
+
+	static const char *bad[] = {
+		"1.1.1.1#x,no-ca", /* no-ca without a pin trusts anybody */
+		"1.1.1.1#x,pin-sha256=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==", /* 31 bytes */
+		"1.1.1.1#x,pin-sha256=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g", /* 33 bytes */
+		"1.1.1.1#x,pin-sha256=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", /* not 4n */
+		"1.1.1.1#x,pin-sha256=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd=h8=", /* '=' inside */
+		"1.1.1.1#x,pin-sha256=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxw!Hh8=", /* not base64 */
+		"1.1.1.1#x,pin-sha256=",
+		("1.1.1.1#x,pin-md5=" PIN_FF),
+		"1.1.1.1#x,,no-ca",
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--upstream", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--upstream"));
+	}
+}
+
+static void threads_bounds(void **state)
+{
+	assert_int_equal(parse("--threads", "1", NULL), 0);
+	assert_int_equal(cfg.threads, 1);
+	assert_int_equal(parse("--threads", "256", NULL), 0);
+	assert_int_equal(cfg.threads, 256);
+	assert_int_equal(parse("--threads=8", NULL), 0);
+	assert_int_equal(cfg.threads, 8);
+	static const char *bad[] = { "0", "257", "-1", "abc", "4x", "", "99999999999999999999999" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--threads", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--threads"));
+		assert_non_null(strstr(err, "1..256"));
+	}
+}
+
+static void timeout_forms(void **state)
+{
+	static const struct {
+		const char *s;
+		uint32_t ms;
+	} good[] = {
+		{ "2", 2000 }, { "2s", 2000 }, { "500ms", 500 }, { "1.5", 1500 },
+		{ "1.5s", 1500 }, { "1ms", 1 }, { "3600", 3600000 },
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(good); i++) {
+		assert_int_equal(parse("--timeout", good[i].s, NULL), 0);
+		assert_int_equal(cfg.timeout_ms, good[i].ms);
+	}
+	static const char *bad[] = {
+		"", "abc", "2m", "2 s", "s", "-1", "0", "0s", "0.5ms", "3601", "2sx",
+		"nan", "NaNms", "inf", "-inf", "1e400",
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--timeout", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--timeout"));
+		assert_int_equal(cfg.timeout_ms, 2000); /* untouched */
+	}
+	/* The other durations share the parser. */
+	assert_int_equal(parse("--handshake-timeout", "250ms", "--tcp-idle-timeout", "30s", NULL), 0);
+	assert_int_equal(cfg.handshake_timeout_ms, 250);
+	assert_int_equal(cfg.tcp_idle_ms, 30000);
+	assert_int_equal(parse("--tcp-idle-timeout", "nan", NULL), DP_E_CONFIG);
+}
+
+static void other_numbers(void **state)
+{
+	assert_int_equal(parse("--max-udp-size", "512", "--max-inflight", "100",
+			       "--upstream-conns", "64", "--max-tcp-clients", "1", NULL),
+			 0);
+	assert_int_equal(cfg.max_udp_size, 512);
+	assert_int_equal(cfg.max_inflight, 100);
+	assert_int_equal(cfg.upstream_conns, 64);
+	assert_int_equal(cfg.max_tcp_clients, 1);
+	assert_int_equal(parse("--max-udp-size", "511", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--max-udp-size", "4097", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--upstream-conns", "65", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--max-inflight", "0", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--log-level", "debug", NULL), 0);
+	assert_int_equal(cfg.log_level, DP_LOG_DEBUG);
+	assert_int_equal(parse("--log-level", "verbose", NULL), DP_E_CONFIG);
+	assert_non_null(strstr(err, "--log-level verbose"));
+	assert_int_equal(parse("--ca-file", "/tmp/ca.pem", NULL), 0);
+	assert_string_equal(cfg.ca_file, "/tmp/ca.pem");
+}
+
+static void errors_and_exits(void **state)
+{
+	assert_int_equal(parse("--bogus", NULL), DP_E_CONFIG);
+	assert_string_equal(err, "unknown option --bogus (see --help)");
+	assert_int_equal(parse("--threads", "2", "--bogus=1", NULL), DP_E_CONFIG);
+	assert_non_null(strstr(err, "unknown option --bogus"));
+	assert_int_equal(parse("-x", NULL), DP_E_CONFIG);
+	assert_string_equal(err, "unknown option -x (see --help)");
+	assert_int_equal(parse("--listen", NULL), DP_E_CONFIG);
+	assert_string_equal(err, "--listen: missing value (see --help)");
+	assert_int_equal(parse("stray", NULL), DP_E_CONFIG);
+	assert_string_equal(err, "unexpected argument stray (see --help)");
+	assert_int_equal(parse("--help", NULL), 1);
+	assert_int_equal(parse("-h", NULL), 1);
+	assert_int_equal(parse("--version", NULL), 1);
+}
+
+static void parse_is_repeatable(void **state)
+{
+	/* getopt keeps state between calls; a parse that stopped inside a
+	 * group of short options must not leak into the next one. */
+	assert_int_equal(parse("-hh", NULL), 1);
+	assert_int_equal(parse("--threads", "4", NULL), 0);
+	assert_int_equal(cfg.threads, 4);
+	assert_int_equal(parse("-hx", NULL), 1);
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(parse("--bogus", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--threads", "3", NULL), 0);
+	assert_int_equal(cfg.threads, 3);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(defaults),
+		cmocka_unit_test(listen_forms),
+		cmocka_unit_test(listen_bad),
+		cmocka_unit_test(listen_limit),
+		cmocka_unit_test(parse_addr_direct),
+		cmocka_unit_test(upstream_forms),
+		cmocka_unit_test(upstream_bad),
+		cmocka_unit_test(upstream_pins),
+		cmocka_unit_test(threads_bounds),
+		cmocka_unit_test(timeout_forms),
+		cmocka_unit_test(other_numbers),
+		cmocka_unit_test(errors_and_exits),
+		cmocka_unit_test(parse_is_repeatable),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
