@@ -93,19 +93,31 @@ static inline uint8_t lower(uint8_t ch)
 
 void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
 {
-	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-	k->name_len = (uint8_t)v->qname_len;
-	for (uint16_t i = 0; i < v->qname_len; i++) {
-		uint8_t ch = lower(msg[v->qname_off + i]);
-		k->name[i] = ch;
-		h = (h ^ ch) * 0x100000001b3ull;
+	const uint8_t *src = msg + v->qname_off;
+	size_t n = v->qname_len;
+	k->name_len = (uint8_t)n;
+	/* Eight octets per step: fold ASCII upper case (SWAR: a lane gets 0x20
+	 * added when it is in 'A'..'Z'; label length octets are <= 63 and never
+	 * are) and hash. The last step works on a zero-padded copy. */
+	const uint64_t m = 0x9E3779B97F4A7C15ull;
+	const uint64_t ones7f = 0x7F7F7F7F7F7F7F7Full, hi = 0x8080808080808080ull;
+	uint64_t h = 0x2545F4914F6CDD1Dull ^ n;
+	for (size_t i = 0; i < n; i += 8) {
+		uint64_t w = 0;
+		memcpy(&w, src + i, n - i >= 8 ? 8 : n - i);
+		uint64_t low7 = w & ones7f;
+		uint64_t ge_a = low7 + 0x3F3F3F3F3F3F3F3Full; /* lane >= 'A' sets its bit 7 */
+		uint64_t gt_z = low7 + 0x2525252525252525ull; /* lane >  'Z' sets its bit 7 */
+		uint64_t upper = (ge_a ^ gt_z) & ~w & hi;
+		w |= upper >> 2;
+		memcpy(k->name + i, &w, 8);
+		h = (h ^ w) * m;
+		h ^= h >> 32;
 	}
 	k->qtype = v->qtype;
 	k->qclass = v->qclass;
 	k->flags = (uint8_t)((v->has_opt && v->do_bit ? 1 : 0) | (v->flags & DP_DNS_F_CD ? 2 : 0));
-	h = (h ^ k->qtype) * 0x100000001b3ull;
-	h = (h ^ k->qclass) * 0x100000001b3ull;
-	h = (h ^ k->flags) * 0x100000001b3ull;
+	h = (h ^ ((uint64_t)k->qtype | (uint64_t)k->qclass << 16 | (uint64_t)k->flags << 32)) * m;
 	k->hash = h ^ (h >> 29);
 }
 

@@ -32,7 +32,7 @@ typedef struct dp_cache_key {
 	uint16_t qtype, qclass;
 	uint8_t flags; /* bit 0: DO, bit 1: CD */
 	uint8_t name_len;
-	uint8_t name[DP_DNS_MAX_NAME]; /* wire form, lower case */
+	uint8_t name[DP_DNS_MAX_NAME + 9]; /* wire form, lower case (+ room for 8-octet steps) */
 } dp_cache_key_t;
 
 typedef struct dp_cache_entry dp_cache_entry_t;

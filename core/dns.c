@@ -212,6 +212,8 @@ bool dp_dns_question_equal(const uint8_t *a, const dp_dns_view_t *va,
 	 * pointers), so compare the bytes; label length octets are <= 63 and
 	 * lower() leaves them alone. */
 	const uint8_t *pa = a + va->qname_off, *pb = b + vb->qname_off;
+	if (memcmp(pa, pb, va->qname_len) == 0) /* the usual case: same spelling */
+		return true;
 	for (uint16_t i = 0; i < va->qname_len; i++)
 		if (lower(pa[i]) != lower(pb[i]))
 			return false;

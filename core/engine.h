@@ -124,8 +124,7 @@ typedef struct dp_upconn {
 	uint32_t ops; /* SQEs in flight on fd */
 	uint32_t gen;
 	uint64_t deadline_ms; /* handshake deadline while connecting */
-	SSL *ssl;
-	BIO *rbio, *wbio;
+	SSL *ssl; /* over our own BIOs (tls.c): they read rxbuf, append to pend */
 	dp_idmap_t ids;
 	dp_list_t queries; /* dp_query_t.clink, pending and sent */
 	dp_list_t hedges; /* dp_query_t.c2link: hedge copies sent here */
@@ -135,11 +134,15 @@ typedef struct dp_upconn {
 	/* plaintext queries framed for the next SSL_write */
 	uint8_t *batch;
 	uint32_t batch_len, batch_cap, batch_count;
-	/* ciphertext being sent */
+	/* ciphertext being sent: immutable while send_inflight */
 	uint8_t *sendbuf;
 	uint32_t send_len, send_off, send_cap;
-	/* ciphertext received */
+	/* ciphertext made since, waiting for the next send (BIO writes here) */
+	uint8_t *pend;
+	uint32_t pend_len, pend_cap;
+	/* ciphertext received, not yet taken by TLS (BIO reads here) */
 	uint8_t *rxbuf;
+	uint32_t rx_off, rx_len;
 	/* plaintext received, framed DNS messages */
 	uint8_t *plain;
 	uint32_t plain_len;
@@ -391,10 +394,10 @@ void dp_upstream_publish(dp_shard_t *s);
 /* Client TLS context for upstreams: TLS 1.2+, verification against ca_file.
  * Allocates; returns NULL with err filled. */
 SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen);
-/* A new client SSL over fresh memory BIOs, with SNI and name check for
- * upstream u. Allocates; returns 0 or DP_E_TLS. */
-int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl, BIO **rbio,
-		       BIO **wbio);
+/* A new client SSL for connection c, with SNI and name check for upstream
+ * u, over BIOs that read c->rxbuf and append to c->pend directly (no copy
+ * through memory BIOs). Allocates; returns 0 or DP_E_TLS. */
+int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_upconn_t *c, SSL **ssl);
 /* 0 when the upstream has no pins or one of them matches a key of the
  * peer's chain, DP_E_TLS otherwise. */
 int dp_tls_check_pins(SSL *ssl, const dp_upstream_cfg_t *u);

@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <openssl/digest.h>
+#include <pthread.h>
 #include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -63,15 +64,98 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen)
 	return ctx;
 }
 
-int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl_out, BIO **rbio_out,
-		       BIO **wbio_out)
+/* ---- the connection's BIO ------------------------------------------------
+ * One BIO per connection serves both directions: reads take ciphertext from
+ * the connection's receive buffer where io_uring put it, writes append to
+ * the buffer the next send carries. Compared with a pair of memory BIOs this
+ * saves a copy each way and the memory BIOs' growing and shifting. */
+
+static int conn_bio_read(BIO *b, char *out, int len)
 {
+	dp_upconn_t *c = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	uint32_t avail = c->rx_len - c->rx_off;
+	if (avail == 0) {
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	uint32_t n = DP_MIN(avail, (uint32_t)len);
+	memcpy(out, c->rxbuf + c->rx_off, n);
+	c->rx_off += n;
+	return (int)n;
+}
+
+static int conn_bio_write(BIO *b, const char *in, int len)
+{
+	dp_upconn_t *c = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	size_t need = (size_t)c->pend_len + (size_t)len;
+	if (need > c->pend_cap) {
+		size_t n = c->pend_cap ? c->pend_cap : 16384;
+		while (n < need)
+			n *= 2;
+		uint8_t *p = realloc(c->pend, n);
+		if (!p)
+			return -1;
+		c->pend = p;
+		c->pend_cap = (uint32_t)n;
+	}
+	memcpy(c->pend + c->pend_len, in, (size_t)len);
+	c->pend_len += (uint32_t)len;
+	return len;
+}
+
+static long conn_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	dp_upconn_t *c = BIO_get_data(b);
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1;
+	case BIO_CTRL_PENDING:
+		return c ? (long)(c->rx_len - c->rx_off) : 0;
+	case BIO_CTRL_WPENDING:
+		return c ? (long)c->pend_len : 0;
+	default:
+		return 0;
+	}
+}
+
+static int conn_bio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static BIO_METHOD *conn_method;
+static pthread_once_t conn_method_once = PTHREAD_ONCE_INIT;
+
+static void conn_method_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dotproxy-conn");
+	if (!m)
+		return;
+	BIO_meth_set_read(m, conn_bio_read);
+	BIO_meth_set_write(m, conn_bio_write);
+	BIO_meth_set_ctrl(m, conn_bio_ctrl);
+	BIO_meth_set_create(m, conn_bio_create);
+	conn_method = m;
+}
+
+int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_upconn_t *c, SSL **ssl_out)
+{
+	pthread_once(&conn_method_once, conn_method_init);
+	if (!conn_method)
+		return DP_E_TLS;
 	SSL *ssl = SSL_new(ctx);
-	BIO *rbio = BIO_new(BIO_s_mem());
-	BIO *wbio = BIO_new(BIO_s_mem());
-	if (!ssl || !rbio || !wbio)
-		goto fail;
-	SSL_set_bio(ssl, rbio, wbio); /* ssl owns both BIOs from here */
+	BIO *bio = BIO_new(conn_method);
+	if (!ssl || !bio) {
+		BIO_free(bio);
+		SSL_free(ssl);
+		ERR_clear_error();
+		return DP_E_TLS;
+	}
+	BIO_set_data(bio, c);
+	SSL_set_bio(ssl, bio, bio); /* one BIO, both ways; ssl owns it */
 	SSL_set_connect_state(ssl);
 	if (u->no_ca) {
 		/* Pins alone (checked by dp_tls_check_pins after the handshake). */
@@ -95,15 +179,7 @@ int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, SSL **ssl_out, 
 			goto fail_ssl;
 	}
 	*ssl_out = ssl;
-	*rbio_out = rbio;
-	*wbio_out = wbio;
 	return 0;
-fail:
-	BIO_free(rbio);
-	BIO_free(wbio);
-	SSL_free(ssl);
-	ERR_clear_error();
-	return DP_E_TLS;
 fail_ssl:
 	SSL_free(ssl);
 	ERR_clear_error();

@@ -91,6 +91,7 @@ void dp_upstream_free(dp_shard_t *s)
 		dp_idmap_destroy(&c->ids);
 		free(c->batch);
 		free(c->sendbuf);
+		free(c->pend);
 		free(c->rxbuf);
 		free(c->plain);
 	}
@@ -204,6 +205,9 @@ static void arm_recv(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->conns[ci];
 	struct io_uring_sqe *sqe = dp_sqe(s);
+	/* TLS took every byte of the last receive before asking for more
+	 * (WANT_READ means its BIO ran dry), so the buffer starts empty. */
+	c->rx_off = c->rx_len = 0;
 	io_uring_prep_recv(sqe, c->fd, c->rxbuf, RX_SIZE, 0);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_RECV, ci, c->gen));
 	c->recv_armed = true;
@@ -217,18 +221,18 @@ static void out_pump(dp_shard_t *s, uint32_t ci)
 	dp_upconn_t *c = &s->conns[ci];
 	if (c->send_inflight || c->state == C_CLOSING || c->fd < 0)
 		return;
-	size_t pending = BIO_pending(c->wbio);
-	if (pending == 0)
+	if (c->pend_len == 0)
 		return;
-	if (!grow(&c->sendbuf, &c->send_cap, pending)) {
-		conn_fail(s, ci, false, "upstream connection failed", "out of memory");
-		return;
-	}
-	int n = BIO_read(c->wbio, c->sendbuf, (int)pending);
-	if (n <= 0)
-		return;
-	c->send_len = (uint32_t)n;
+	/* Swap: what TLS wrote becomes the buffer in flight. */
+	uint8_t *tb = c->sendbuf;
+	uint32_t tc = c->send_cap;
+	c->sendbuf = c->pend;
+	c->send_cap = c->pend_cap;
+	c->send_len = c->pend_len;
 	c->send_off = 0;
+	c->pend = tb;
+	c->pend_cap = tc;
+	c->pend_len = 0;
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_send(sqe, c->fd, c->sendbuf, c->send_len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, c->gen));
@@ -254,7 +258,9 @@ static int conn_start(dp_shard_t *s, uint32_t ci)
 		return -errno;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if ((rc = dp_tls_new_session(s->ssl_ctx, u, &c->ssl, &c->rbio, &c->wbio)) < 0) {
+	c->rx_off = c->rx_len = 0;
+	c->pend_len = 0;
+	if ((rc = dp_tls_new_session(s->ssl_ctx, u, c, &c->ssl)) < 0) {
 		close(fd);
 		return rc;
 	}
@@ -436,7 +442,8 @@ static void finalize(dp_shard_t *s, uint32_t ci)
 	c->fd = -1;
 	SSL_free(c->ssl); /* frees both BIOs */
 	c->ssl = NULL;
-	c->rbio = c->wbio = NULL;
+	c->pend_len = 0;
+	c->rx_off = c->rx_len = 0;
 	c->state = C_DOWN;
 	c->gen++;
 	c->send_inflight = c->recv_armed = false;
@@ -696,10 +703,8 @@ void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, 
 				  res == 0 ? "connection closed by peer" : dp_strerror(res));
 			return;
 		}
-		if (BIO_write(c->rbio, c->rxbuf, res) != res) {
-			conn_fail(s, ci, false, "upstream connection failed", "out of memory");
-			return;
-		}
+		c->rx_off = 0;
+		c->rx_len = (uint32_t)res;
 		if (c->state == C_HANDSHAKE) {
 			do_handshake(s, ci);
 			if (c->state != C_READY) {
