@@ -220,14 +220,36 @@ static size_t skip_name(const uint8_t *m, size_t p)
 	}
 }
 
+void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl)
+{
+	size_t p = v->question_end;
+	unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
+	for (unsigned i = 0; i < n && p + 10 <= len; i++) {
+		p = skip_name(msg, p);
+		if (dp_rd16(msg + p) != DP_DNS_TYPE_OPT) {
+			uint32_t ttl = dp_rd32(msg + p + 4);
+			if (ttl > max_ttl) {
+				msg[p + 4] = (uint8_t)(max_ttl >> 24);
+				msg[p + 5] = (uint8_t)(max_ttl >> 16);
+				msg[p + 6] = (uint8_t)(max_ttl >> 8);
+				msg[p + 7] = (uint8_t)max_ttl;
+			}
+		}
+		p += 10 + (size_t)dp_rd16(msg + p + 8);
+	}
+}
+
 int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av)
 {
 	unsigned rcode = DP_DNS_RCODE(av->flags);
 	if ((av->flags & DP_DNS_F_TC) || av->ext_rcode ||
 	    (rcode != DP_DNS_RCODE_NOERROR && rcode != DP_DNS_RCODE_NXDOMAIN))
 		return -1;
-	bool negative = rcode == DP_DNS_RCODE_NXDOMAIN || av->ancount == 0;
-	int64_t min = -1;
+	/* One pass: the smallest TTL over answer and authority records, whether
+	 * the answer holds the asked type (a CNAME chain that ends in nothing
+	 * is NODATA), and the SOA's negative TTL. */
+	int64_t min = -1, soa_neg = -1;
+	bool has_type = false;
 	size_t p = av->question_end;
 	unsigned n = (unsigned)av->ancount + av->nscount;
 	for (unsigned i = 0; i < n && p < len; i++) {
@@ -237,19 +259,25 @@ int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t 
 		uint16_t rdlen = dp_rd16(ans + p + 8);
 		if (ttl & 0x80000000u) /* RFC 2181 8: treat as zero */
 			ttl = 0;
-		if (negative) {
-			if (i >= av->ancount && type == DP_TYPE_SOA && rdlen >= 22) {
-				/* RFC 2308 5: min(SOA TTL, SOA MINIMUM) */
-				uint32_t minimum = dp_rd32(ans + p + 10 + rdlen - 4);
-				int64_t t = DP_MIN(ttl, minimum);
-				min = min < 0 ? t : DP_MIN(min, t);
-			}
-		} else if (type != DP_DNS_TYPE_OPT) {
-			min = min < 0 ? ttl : DP_MIN(min, (int64_t)ttl);
+		if (i < av->ancount && (type == av->qtype || av->qtype == 255 /* ANY */))
+			has_type = true;
+		if (i >= av->ancount && type == DP_TYPE_SOA && rdlen >= 22) {
+			/* RFC 2308 5: min(SOA TTL, SOA MINIMUM) */
+			uint32_t minimum = dp_rd32(ans + p + 10 + rdlen - 4);
+			int64_t t = DP_MIN(ttl, minimum);
+			soa_neg = soa_neg < 0 ? t : DP_MIN(soa_neg, t);
 		}
+		if (type != DP_DNS_TYPE_OPT)
+			min = min < 0 ? (int64_t)ttl : DP_MIN(min, (int64_t)ttl);
 		p += 10 + (size_t)rdlen;
 	}
-	return min; /* negative without SOA: -1, not cacheable */
+	bool negative = rcode == DP_DNS_RCODE_NXDOMAIN || !has_type;
+	if (!negative)
+		return min;
+	/* Negative (RFC 2308): needs the SOA; bounded by any CNAME before it. */
+	if (soa_neg < 0)
+		return -1;
+	return min < 0 ? soa_neg : DP_MIN(min, soa_neg);
 }
 
 static void fifo_push(dp_cache_entry_t **head, dp_cache_entry_t **tail, dp_cache_entry_t *e)
@@ -359,16 +387,21 @@ int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, 
 	e->expires_ms = now_ms + (uint64_t)ttl * 1000;
 	e->size = (uint32_t)size;
 
-	/* Replace an older answer for the same key. */
+	/* Replace an older answer for the same key; a refreshed entry keeps
+	 * its standing (prefetch must not demote the names it keeps warm). */
 	dp_cache_entry_t **pp = &c->buckets[k->hash & c->bucket_mask];
+	bool was_main = false;
 	for (dp_cache_entry_t *o = *pp; o; o = o->hnext)
 		if (key_eq(o, k)) {
+			was_main = o->where == IN_MAIN;
+			e->freq = o->freq;
+			e->hits = o->hits;
 			kill(c, o);
 			break;
 		}
 	e->hnext = *pp;
 	*pp = e;
-	if (c->ghost[k->hash & c->ghost_mask] == k->hash) {
+	if (was_main || c->ghost[k->hash & c->ghost_mask] == k->hash) {
 		e->where = IN_MAIN;
 		fifo_push(&c->main_head, &c->main_tail, e);
 		c->main_bytes += size;

@@ -91,6 +91,11 @@ int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_vie
 int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
 		    const dp_dns_view_t *av, uint64_t now_ms);
 
+/* Lower every TTL above max_ttl in answer msg (len octets, view v, which
+ * has been validated) to max_ttl: what a client sees agrees with how long
+ * the cache keeps it. Hot path. */
+void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl);
+
 /* Lifetime in seconds the cache would give answer ans (before clamping),
  * or -1 when it is not cacheable. Exposed for tests. */
 int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av);

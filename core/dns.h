@@ -21,6 +21,7 @@
 #define DP_DNS_TYPE_OPT 41
 #define DP_DNS_OPT_PADDING 12
 #define DP_DNS_OPT_KEEPALIVE 11 /* edns-tcp-keepalive, RFC 7828 */
+#define DP_DNS_OPT_COOKIE 10 /* RFC 7873: between a client and its server, per hop */
 
 #define DP_DNS_RCODE_NOERROR 0
 #define DP_DNS_RCODE_FORMERR 1

@@ -36,7 +36,10 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 		while (so + 4 <= send) {
 			size_t olen = dp_rd16(msg + so + 2);
 			uint16_t code = dp_rd16(msg + so);
-			if (code != DP_DNS_OPT_PADDING && code != DP_DNS_OPT_KEEPALIVE) {
+			/* Padding and keepalive are ours to set; a COOKIE belongs
+			 * to the client's session with us, not ours upstream. */
+			if (code != DP_DNS_OPT_PADDING && code != DP_DNS_OPT_KEEPALIVE &&
+			    code != DP_DNS_OPT_COOKIE) {
 				if (rd + rdlen + 4 + olen > cap)
 					return DP_E_TOOBIG;
 				memcpy(out + rd + rdlen, msg + so, 4 + olen);
@@ -85,14 +88,13 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 		return len;
 	}
 	bool strip_pad = v->opt_padding && !client_padding;
-	if (!strip_pad && !v->opt_keepalive)
-		return len;
 	/* Drop those options from the OPT's RDATA. */
 	size_t rd = off + 11, rend = off + olen, o = rd;
 	while (o + 4 <= rend) {
 		size_t l = 4 + (size_t)dp_rd16(msg + o + 2);
 		uint16_t code = dp_rd16(msg + o);
-		if ((strip_pad && code == DP_DNS_OPT_PADDING) || code == DP_DNS_OPT_KEEPALIVE) {
+		if ((strip_pad && code == DP_DNS_OPT_PADDING) || code == DP_DNS_OPT_KEEPALIVE ||
+		    code == DP_DNS_OPT_COOKIE) {
 			memmove(msg + o, msg + o + l, len - (o + l));
 			rend -= l;
 			len -= l;

@@ -502,7 +502,10 @@ static void *shard_main(void *arg)
 	if (s->tcp_cap == 0)
 		s->tcp_cap = 1;
 	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
-	s->tcp = calloc(s->tcp_cap + 64, sizeof(dp_tcpc_t)); /* + closing reserve */
+	/* Evicted connections hold their slot until their cancellations
+	 * complete (the next turn): a reserve lets a burst of newcomers in. */
+	s->tcp_reserve = s->tcp_cap / 4 + 64;
+	s->tcp = calloc(s->tcp_cap + s->tcp_reserve, sizeof(dp_tcpc_t));
 	if (!s->tcp) {
 		rc = -ENOMEM;
 		goto fail;

@@ -181,6 +181,7 @@ typedef struct dp_tcpc {
 	uint8_t listen_idx;
 	dp_link_t ilink; /* idle list */
 	uint64_t last_active_ms;
+	uint64_t last_progress_ms; /* last send issued or completed */
 	uint8_t *rbuf; /* partial frame carried between receives */
 	uint32_t rlen, rcap;
 	uint8_t *out; /* being sent; immutable while send_inflight */
@@ -247,6 +248,7 @@ typedef struct dp_shard {
 	dp_list_t tcp_idle; /* open client connections, least recently active first */
 	uint32_t tcp_dirty; /* connections with answers to send this turn */
 	uint32_t tcp_closing; /* slots closing: used, but no longer counted open */
+	uint32_t tcp_reserve; /* slots beyond the cap, for connections still closing */
 	size_t tcp_buf_bytes; /* receive and answer buffers of all clients */
 
 	dp_ratelimit_t rl;

@@ -257,8 +257,9 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->conn2 = DP_NONE;
 	q->hedged = false;
 	q->in_hedge_list = false;
-	/* Room for the query with its OPT moved last, padded to the block. */
-	size_t need = (size_t)v->msg_end + 11 + 4 + DP_EDNS_QUERY_BLOCK;
+	/* Room for the query with its OPT moved last (11), keepalive (4),
+	 * padding option header (4) and up to a block of padding. */
+	size_t need = (size_t)v->msg_end + 11 + 4 + 4 + DP_EDNS_QUERY_BLOCK;
 	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
 	int plen = q->wire ? dp_edns_pad_query(msg, v, DP_EDNS_QUERY_BLOCK, q->wire, need)
 			   : -ENOMEM;
@@ -442,6 +443,8 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t l
 					    (fq->view.flags & DP_DNS_F_RD));
 		dp_wr16(m + 2, flags);
 		av.flags = flags;
+		if (s->cache_on)
+			dp_cache_clamp_ttls(m, len, &av, s->cfg->cache_max_ttl);
 		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding);
 		STAT_INC(s, answers);
 		reply_q(s, fq, m, len, &av);

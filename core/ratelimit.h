@@ -21,7 +21,8 @@
 enum { DP_RL_PASS = 0, DP_RL_DROP = 1, DP_RL_SLIP = 2 };
 
 typedef struct dp_rl_bucket {
-	uint64_t key;
+	uint64_t key; /* IPv4 address or IPv6 /64 ... */
+	uint8_t family; /* ... told apart by the family, so they never share */
 	uint64_t last_ms;
 	uint32_t tokens; /* in thousandths of a query */
 	uint32_t slip;

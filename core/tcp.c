@@ -26,7 +26,6 @@
 #define DP_BGID 1
 #define TCP_WQ_MAX (256u * 1024u) /* queued answer bytes before we give up on a client */
 #define TCP_SHARD_BUF_MAX ((size_t)64 << 20) /* all clients' buffers, per shard */
-#define TCP_RESERVE 64 /* slots beyond the cap, for connections still closing */
 #define IOFF offsetof(dp_tcpc_t, ilink)
 
 /* Grow a client buffer to hold need octets, within the shard's budget for
@@ -151,7 +150,7 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		 * that has nothing in flight (RFC 7766 6.2.3 lets a server close
 		 * idle connections under pressure); refuse when none is idle. */
 		uint32_t lru = s->tcp_idle.head;
-		if (lru == DP_NONE || s->tcp[lru].inflight || s->tcp[lru].send_inflight) {
+		if (lru == DP_NONE || s->tcp[lru].inflight) {
 			STAT_INC(s, tcp_refused);
 			close(fd);
 			return;
@@ -163,7 +162,7 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	if (s->tcp_free != DP_NONE) {
 		idx = s->tcp_free;
 		s->tcp_free = s->tcp[idx].ilink.next;
-	} else if (s->tcp_hiwater < s->tcp_cap + TCP_RESERVE) {
+	} else if (s->tcp_hiwater < s->tcp_cap + s->tcp_reserve) {
 		idx = s->tcp_hiwater++;
 	} else {
 		STAT_INC(s, tcp_refused);
@@ -179,6 +178,7 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	c->inflight = 0;
 	c->listen_idx = (uint8_t)li;
 	c->last_active_ms = s->now_ms;
+	c->last_progress_ms = s->now_ms;
 	c->dirty_next = DP_NONE;
 	c->dirty = false;
 	s->tcp_used++;
@@ -332,6 +332,7 @@ static void start_send(dp_shard_t *s, uint32_t idx)
 	io_uring_prep_send(sqe, c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_SEND, idx, c->gen));
 	c->send_inflight = true;
+	c->last_progress_ms = s->now_ms;
 	c->ops++;
 }
 
@@ -352,6 +353,7 @@ void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 		return;
 	}
 	c->out_off += (uint32_t)cqe->res;
+	c->last_progress_ms = s->now_ms;
 	if (c->out_off >= c->out_len) {
 		c->out_off = c->out_len = 0;
 		if (c->out_cap > 16384)
@@ -412,7 +414,16 @@ void dp_tcp_expire(dp_shard_t *s)
 		if (s->now_ms - c->last_active_ms < limit)
 			break;
 		dp_list_remove(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
-		if (c->inflight || c->send_inflight || c->pend_len) {
+		bool sending = c->send_inflight || c->pend_len;
+		if (sending && s->now_ms - c->last_progress_ms >= limit) {
+			/* Its answers have not moved for a whole idle period: the
+			 * client does not read. */
+			STAT_INC(s, tcp_closed_slow);
+			dp_list_push_tail(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);
+			dp_tcp_close(s, idx);
+			continue;
+		}
+		if (c->inflight || sending) {
 			/* Busy, not idle: look again later. */
 			c->last_active_ms = s->now_ms;
 			dp_list_push_tail(&s->tcp_idle, s->tcp, sizeof(dp_tcpc_t), IOFF, idx);

@@ -1,0 +1,726 @@
+/* test_edns.c - EDNS(0) on the TLS leg: padding queries to the block
+ * (RFC 7830, RFC 8467) and scrubbing upstream answers down to the EDNS the
+ * client asked for.
+ *
+ * Messages are assembled byte by byte with the small writer below; each
+ * result is re-parsed with the dns.c validator and its OPT options are
+ * listed by a walker of our own, so a test says exactly which options came
+ * out.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "edns.h"
+
+/* ---- a tiny wire writer ------------------------------------------------ */
+
+typedef struct wire {
+	uint8_t b[70000];
+	size_t n;
+} wire_t;
+
+static void put8(wire_t *w, unsigned v)
+{
+	assert_true(w->n < sizeof(w->b));
+	w->b[w->n++] = (uint8_t)v;
+}
+
+static void put16(wire_t *w, unsigned v)
+{
+	put8(w, v >> 8);
+	put8(w, v);
+}
+
+static void put32(wire_t *w, uint32_t v)
+{
+	put16(w, v >> 16);
+	put16(w, v & 0xffff);
+}
+
+static void put_bytes(wire_t *w, const void *p, size_t n)
+{
+	assert_true(w->n + n <= sizeof(w->b));
+	if (n == 0)
+		return;
+	memcpy(w->b + w->n, p, n);
+	w->n += n;
+}
+
+static void put_name(wire_t *w, const char *dotted)
+{
+	const char *p = dotted;
+	while (*p && strcmp(p, ".") != 0) {
+		const char *dot = strchr(p, '.');
+		size_t l = dot ? (size_t)(dot - p) : strlen(p);
+		put8(w, (unsigned)l);
+		put_bytes(w, p, l);
+		p += l;
+		if (*p == '.')
+			p++;
+	}
+	put8(w, 0);
+}
+
+/* A name of exactly wire_len octets (labels of at most 63), wire_len != 2. */
+static void put_wire_name(wire_t *w, size_t wire_len)
+{
+	size_t left = wire_len - 1; /* the root octet */
+	while (left > 0) {
+		size_t l = DP_MIN(left - 1, (size_t)63);
+		if (left - (l + 1) == 1)
+			l--; /* never leave a single octet behind */
+		put8(w, (unsigned)l);
+		for (size_t i = 0; i < l; i++)
+			put8(w, 'a' + (unsigned)(i % 26));
+		left -= l + 1;
+	}
+	put8(w, 0);
+}
+
+static void put_hdr(wire_t *w, unsigned id, unsigned flags, unsigned qd, unsigned an,
+		    unsigned ns, unsigned ar)
+{
+	w->n = 0;
+	put16(w, id);
+	put16(w, flags);
+	put16(w, qd);
+	put16(w, an);
+	put16(w, ns);
+	put16(w, ar);
+}
+
+static void put_rr_tail(wire_t *w, unsigned type, unsigned cls, uint32_t ttl, const void *rdata,
+			size_t rdlen)
+{
+	put16(w, type);
+	put16(w, cls);
+	put32(w, ttl);
+	put16(w, (unsigned)rdlen);
+	put_bytes(w, rdata, rdlen);
+}
+
+static void put_opt(wire_t *w, unsigned udp, unsigned version, unsigned flags, const void *rdata,
+		    size_t rdlen)
+{
+	put8(w, 0);
+	put_rr_tail(w, DP_DNS_TYPE_OPT, udp, (uint32_t)version << 16 | flags, rdata, rdlen);
+}
+
+/* Build an option list: code, length, then length bytes of fill. */
+typedef struct opts {
+	uint8_t b[66000];
+	size_t n;
+} opts_t;
+
+static void opt_add(opts_t *o, unsigned code, const void *data, size_t len)
+{
+	assert_true(o->n + 4 + len <= sizeof(o->b));
+	o->b[o->n++] = (uint8_t)(code >> 8);
+	o->b[o->n++] = (uint8_t)code;
+	o->b[o->n++] = (uint8_t)(len >> 8);
+	o->b[o->n++] = (uint8_t)len;
+	if (len) {
+		if (data)
+			memcpy(o->b + o->n, data, len);
+		else
+			memset(o->b + o->n, 0, len);
+	}
+	o->n += len;
+}
+
+#define T_A 1
+#define T_TXT 16
+#define C_IN 1
+#define DO_FLAG 0x8000
+#define OPT_COOKIE 10
+#define OPT_OTHER 65001 /* a local/experimental option: passed through untouched */
+
+static const uint8_t cookie[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+static const uint8_t addr1[4] = { 192, 0, 2, 1 };
+
+/* ---- reading the OPT of a message ------------------------------------------ */
+
+typedef struct opt_list {
+	int n;
+	uint16_t code[32];
+	uint16_t len[32];
+	size_t data_off[32]; /* offset of the option's data in the message */
+} opt_list_t;
+
+/* The options of the OPT at v->opt_off, in order. */
+static void list_opts(const uint8_t *m, const dp_dns_view_t *v, opt_list_t *l)
+{
+	memset(l, 0, sizeof(*l));
+	assert_true(v->has_opt);
+	size_t o = v->opt_off + 11, end = v->opt_off + v->opt_len;
+	assert_int_equal(dp_rd16(m + v->opt_off + 9), v->opt_len - 11);
+	while (o < end) {
+		assert_true(o + 4 <= end);
+		assert_true(l->n < 32);
+		l->code[l->n] = dp_rd16(m + o);
+		l->len[l->n] = dp_rd16(m + o + 2);
+		l->data_off[l->n] = o + 4;
+		o += 4 + l->len[l->n];
+		l->n++;
+	}
+	assert_int_equal(o, end);
+}
+
+static int count_code(const opt_list_t *l, uint16_t code)
+{
+	int c = 0;
+	for (int i = 0; i < l->n; i++)
+		c += l->code[i] == code;
+	return c;
+}
+
+static int find_code(const opt_list_t *l, uint16_t code)
+{
+	for (int i = 0; i < l->n; i++)
+		if (l->code[i] == code)
+			return i;
+	return -1;
+}
+
+/* The query name/A, RD, with an OPT (payload udp, flags, options o) when edns. */
+static void make_query(wire_t *w, const char *name, bool edns, unsigned udp, unsigned flags,
+		       const opts_t *o)
+{
+	put_hdr(w, 0xbeef, DP_DNS_F_RD, 1, 0, 0, edns ? 1 : 0);
+	put_name(w, name);
+	put16(w, T_A);
+	put16(w, C_IN);
+	if (edns)
+		put_opt(w, udp, 0, flags, o ? o->b : NULL, o ? o->n : 0);
+}
+
+/* Check the invariants every padded query has, and return its view. */
+static void check_padded(const uint8_t *in, const dp_dns_view_t *vin, const uint8_t *out, int n,
+			 unsigned block, dp_dns_view_t *vout, opt_list_t *ol)
+{
+	assert_true(n > 0);
+	assert_int_equal((unsigned)n % block, 0);
+	assert_int_equal(dp_dns_parse_query(out, (size_t)n, vout), 0);
+	assert_int_equal(vout->msg_end, n);
+	/* Header: same ID, flags, counts but ARCOUNT (which counts the OPT). */
+	assert_memory_equal(out, in, 10);
+	assert_int_equal(vout->arcount, vin->arcount + (vin->has_opt ? 0 : 1));
+	/* The question travels unchanged. */
+	assert_int_equal(vout->question_end, vin->question_end);
+	assert_memory_equal(out + 12, in + 12, vin->question_end - 12);
+	/* Exactly one OPT, the last RR, with one empty keepalive and one
+	 * padding option, the padding last. */
+	assert_true(vout->has_opt);
+	assert_int_equal(vout->opt_off + vout->opt_len, n);
+	list_opts(out, vout, ol);
+	assert_int_equal(count_code(ol, DP_DNS_OPT_PADDING), 1);
+	assert_int_equal(count_code(ol, DP_DNS_OPT_KEEPALIVE), 1);
+	assert_int_equal(ol->len[find_code(ol, DP_DNS_OPT_KEEPALIVE)], 0);
+	assert_int_equal(ol->code[ol->n - 1], DP_DNS_OPT_PADDING);
+	/* RFC 7830 3: the padding octets are zero. */
+	int pi = ol->n - 1;
+	for (size_t i = 0; i < ol->len[pi]; i++)
+		assert_int_equal(out[ol->data_off[pi] + i], 0);
+	assert_true(vout->opt_padding);
+	assert_true(vout->opt_keepalive);
+	assert_int_equal(vout->keepalive, 0);
+}
+
+/* ---- padding queries --------------------------------------------------------- */
+
+static void pad_adds_opt_when_missing(void **state)
+{
+	wire_t w;
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	make_query(&w, "www.example.com", false, 0, 0, NULL);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	assert_int_equal(n, 128);
+	assert_int_equal(dp_rd16(out + 10), 1); /* ARCOUNT 0 -> 1 */
+	assert_int_equal(vo.udp_size, DP_EDNS_OUR_UDP_SIZE);
+	assert_false(vo.do_bit);
+	assert_int_equal(vo.edns_version, 0);
+	assert_int_equal(vo.ext_rcode, 0);
+	assert_int_equal(ol.n, 2);
+	assert_int_equal(ol.code[0], DP_DNS_OPT_KEEPALIVE);
+}
+
+static void pad_keeps_other_options(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	static const uint8_t ecs[] = { 0, 1, 24, 0, 192, 0, 2 }; /* client subnet 192.0.2/24 */
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	opt_add(&o, 8, ecs, sizeof(ecs));
+	make_query(&w, "www.example.com", true, 4096, DO_FLAG, &o);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	/* Payload size and DO as the client sent them. */
+	assert_int_equal(vo.udp_size, 4096);
+	assert_true(vo.do_bit);
+	/* Other options and ECS kept byte for byte, in their order, before ours. */
+	assert_int_equal(ol.n, 4);
+	assert_int_equal(ol.code[0], OPT_OTHER);
+	assert_int_equal(ol.len[0], sizeof(cookie));
+	assert_memory_equal(out + ol.data_off[0], cookie, sizeof(cookie));
+	assert_int_equal(ol.code[1], 8);
+	assert_int_equal(ol.len[1], sizeof(ecs));
+	assert_memory_equal(out + ol.data_off[1], ecs, sizeof(ecs));
+}
+
+static void pad_replaces_existing_padding(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	static const uint8_t ka[2] = { 0, 50 };
+	/* The client padded to its own taste (300 octets, not zero) and asked
+	 * for keepalive: both are for its hop, not ours. */
+	uint8_t junk[300];
+	memset(junk, 0xaa, sizeof(junk));
+	opt_add(&o, DP_DNS_OPT_PADDING, junk, sizeof(junk));
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	opt_add(&o, DP_DNS_OPT_KEEPALIVE, ka, sizeof(ka));
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 5); /* and a second one */
+	make_query(&w, "www.example.com", true, 1232, 0, &o);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_true(v.opt_padding);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	assert_int_equal(ol.n, 3); /* cookie, keepalive (empty), padding */
+	assert_int_equal(ol.code[0], OPT_OTHER);
+	assert_memory_equal(out + ol.data_off[0], cookie, sizeof(cookie));
+	/* The 300 octets of client padding are gone: one block suffices. */
+	assert_int_equal(n, 128);
+}
+
+static void pad_moves_opt_last(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	/* Additional section: OPT first, then an A record (as a client might
+	 * put a TSIG-less extra RR there). */
+	put_hdr(&w, 0x4242, DP_DNS_F_RD | DP_DNS_F_CD, 1, 0, 0, 2);
+	put_name(&w, "example.org");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	size_t opt_at = w.n;
+	put_opt(&w, 1400, 0, DO_FLAG, o.b, o.n);
+	size_t a_at = w.n;
+	put_name(&w, "glue.example.org");
+	put_rr_tail(&w, T_A, C_IN, 300, addr1, 4);
+	size_t a_len = w.n - a_at;
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_int_equal(v.opt_off, opt_at);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	assert_int_equal(dp_rd16(out + 10), 2); /* ARCOUNT unchanged */
+	/* The A record now sits where the OPT was, byte for byte. */
+	assert_memory_equal(out + opt_at, w.b + a_at, a_len);
+	assert_int_equal(vo.opt_off, opt_at + a_len);
+	assert_int_equal(vo.udp_size, 1400);
+	assert_true(vo.do_bit);
+	assert_int_equal(ol.code[0], OPT_OTHER);
+}
+
+static void pad_ignores_trailing_bytes(void **state)
+{
+	wire_t w;
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	make_query(&w, "www.example.com", true, 1232, 0, NULL);
+	put_bytes(&w, "garbage-after-the-message", 25);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_true(v.msg_end < w.n);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	assert_null(memmem(out, (size_t)n, "garbage", 7));
+}
+
+/* Every message length from the smallest query up: always a multiple of
+ * the block, never more than 11 (OPT) + 4 (keepalive) + 4 (padding header)
+ * + block - 1 octets longer than the input. The worst case is reached:
+ * whoever sizes the output buffer must allow all of it (see
+ * test_hostile.py::test_query_length_needing_most_padding). */
+static void pad_every_length(void **state)
+{
+	static uint8_t out[4096];
+	static const unsigned blocks[] = { 128, 468, 1, 0 };
+	for (size_t bi = 0; bi < DP_ARRAY_LEN(blocks); bi++) {
+		unsigned block = blocks[bi];
+		size_t worst[2] = { 0, 0 };
+		for (int edns = 0; edns <= 1; edns++) {
+			/* Grow the question name one octet at a time (wire
+			 * length 2 is no name: one label needs 3). */
+			for (size_t namelen = 1; namelen <= DP_DNS_MAX_NAME; namelen++) {
+				if (namelen == 2)
+					continue;
+				wire_t w;
+				put_hdr(&w, 0xbeef, DP_DNS_F_RD, 1, 0, 0, edns);
+				put_wire_name(&w, namelen);
+				put16(&w, T_A);
+				put16(&w, C_IN);
+				if (edns)
+					put_opt(&w, 1232, 0, 0, NULL, 0);
+				dp_dns_view_t v, vo;
+				opt_list_t ol;
+				assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+				int n = dp_edns_pad_query(w.b, &v, block, out, sizeof(out));
+				if (block > 1) {
+					check_padded(w.b, &v, out, n, block, &vo, &ol);
+				} else {
+					assert_true(n > 0);
+					assert_int_equal(dp_dns_parse_query(out, (size_t)n, &vo), 0);
+					assert_true(vo.opt_padding);
+				}
+				size_t growth = (size_t)n - w.n;
+				size_t bound = (edns ? 0 : 11) + 4 + 4 + (block ? block - 1 : 0);
+				assert_true(growth <= bound);
+				if (growth > worst[edns])
+					worst[edns] = growth;
+			}
+		}
+		if (block == 128) {
+			/* The bound is tight without OPT (with an empty OPT the
+			 * message carries 11 octets already). */
+			assert_int_equal(worst[0], 11 + 4 + 4 + 127);
+			assert_int_equal(worst[1], 4 + 4 + 127);
+		}
+	}
+}
+
+static void pad_too_big(void **state)
+{
+	wire_t w;
+	static uint8_t out[70000];
+	dp_dns_view_t v;
+	make_query(&w, "www.example.com", false, 0, 0, NULL);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	/* Every capacity short of the result fails cleanly, the exact one works. */
+	int full = dp_edns_pad_query(w.b, &v, 128, out, sizeof(out));
+	assert_int_equal(full, 128);
+	for (size_t cap = 0; cap < (size_t)full; cap++)
+		assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, cap), DP_E_TOOBIG);
+	assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, (size_t)full), full);
+
+	/* Same with an OPT carrying a big option: the copy is bounded too. */
+	opts_t o = { .n = 0 };
+	opt_add(&o, 65001, NULL, 1000);
+	make_query(&w, "www.example.com", true, 1232, 0, &o);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	full = dp_edns_pad_query(w.b, &v, 128, out, sizeof(out));
+	assert_true(full > 1000 && full % 128 == 0);
+	for (size_t cap = 0; cap < (size_t)full; cap += 7)
+		assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, cap), DP_E_TOOBIG);
+
+	/* Near the 65,535-octet maximum: padding would overflow a message. */
+	o.n = 0;
+	opt_add(&o, 65001, NULL, 65535 - 33 - 11 - 4 - 2);
+	make_query(&w, "www.example.com", true, 1232, 0, &o);
+	assert_true(w.n <= DP_DNS_MAX_MSG);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, sizeof(out)), DP_E_TOOBIG);
+}
+
+/* ---- scrubbing answers --------------------------------------------------------- */
+
+/* An answer to "www.example.com" A: one A record, then in the additional
+ * section an A record, the OPT (with options o) and, when opt_not_last,
+ * another A record after it. */
+static void make_answer(wire_t *w, const opts_t *o, bool opt_not_last)
+{
+	put_hdr(w, 0xbeef, DP_DNS_F_QR | DP_DNS_F_RD | DP_DNS_F_RA, 1, 1, 0,
+		opt_not_last ? 3 : 2);
+	put_name(w, "www.example.com");
+	put16(w, T_A);
+	put16(w, C_IN);
+	put8(w, 0xc0);
+	put8(w, 12);
+	put_rr_tail(w, T_A, C_IN, 300, addr1, 4);
+	put_name(w, "ns.example.com");
+	put_rr_tail(w, T_A, C_IN, 300, addr1, 4);
+	put_opt(w, 1232, 0, DO_FLAG, o ? o->b : NULL, o ? o->n : 0);
+	if (opt_not_last) {
+		put8(w, 0xc0);
+		put8(w, 12);
+		put_rr_tail(w, T_TXT, C_IN, 60, "\x04tail", 5);
+	}
+}
+
+/* Everything but the OPT RR, in order: what must survive any scrub. */
+static size_t without_opt(const uint8_t *m, size_t len, const dp_dns_view_t *v, uint8_t *out)
+{
+	memcpy(out, m, v->opt_off);
+	size_t after = v->opt_off + v->opt_len;
+	memcpy(out + v->opt_off, m + after, len - after);
+	return len - v->opt_len;
+}
+
+static void scrub_removes_opt_for_plain_client(void **state)
+{
+	for (int not_last = 0; not_last <= 1; not_last++) {
+		wire_t w;
+		opts_t o = { .n = 0 };
+		dp_dns_view_t v, v2;
+		static uint8_t expect[4096];
+		static const uint8_t ka[2] = { 0, 100 };
+		opt_add(&o, DP_DNS_OPT_KEEPALIVE, ka, 2);
+		opt_add(&o, DP_DNS_OPT_PADDING, NULL, 200);
+		make_answer(&w, &o, not_last);
+		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+		assert_true(v.has_opt && v.opt_padding && v.opt_keepalive);
+		size_t elen = without_opt(w.b, w.n, &v, expect);
+		uint16_t ar = v.arcount;
+		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false);
+		assert_int_equal(n, elen);
+		assert_false(v.has_opt);
+		assert_false(v.opt_padding);
+		assert_false(v.opt_keepalive);
+		assert_int_equal(v.arcount, ar - 1);
+		assert_int_equal(v.msg_end, n);
+		expect[10] = (uint8_t)((ar - 1) >> 8);
+		expect[11] = (uint8_t)(ar - 1);
+		assert_memory_equal(w.b, expect, n);
+		/* It re-parses: no OPT, the other records intact. */
+		assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+		assert_false(v2.has_opt);
+		assert_int_equal(v2.arcount, ar - 1);
+		assert_int_equal(v2.ancount, 1);
+		assert_int_equal(v2.msg_end, n);
+	}
+}
+
+static void scrub_plain_client_even_when_client_padding_flag_set(void **state)
+{
+	/* client_padding without client_opt cannot happen, but must not keep
+	 * an OPT the client never sent. */
+	wire_t w;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v, v2;
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 10);
+	make_answer(&w, &o, false);
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, true);
+	assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+	assert_false(v2.has_opt);
+}
+
+static void scrub_removes_padding_unasked(void **state)
+{
+	for (int not_last = 0; not_last <= 1; not_last++) {
+		wire_t w;
+		opts_t o = { .n = 0 };
+		dp_dns_view_t v, v2;
+		opt_list_t ol;
+		static const uint8_t ka[2] = { 0, 100 };
+		opt_add(&o, DP_DNS_OPT_PADDING, NULL, 200);
+		opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+		opt_add(&o, DP_DNS_OPT_KEEPALIVE, ka, 2);
+		opt_add(&o, DP_DNS_OPT_PADDING, NULL, 3);
+		make_answer(&w, &o, not_last);
+		size_t orig = w.n;
+		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+		uint16_t ar = v.arcount;
+		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, false);
+		assert_int_equal(n, orig - (4 + 200) - (4 + 2) - (4 + 3));
+		assert_true(v.has_opt);
+		assert_false(v.opt_padding);
+		assert_false(v.opt_keepalive);
+		assert_int_equal(v.msg_end, n);
+		assert_int_equal(v.opt_len, 11 + 4 + sizeof(cookie));
+		list_opts(w.b, &v, &ol);
+		assert_int_equal(ol.n, 1);
+		assert_int_equal(ol.code[0], OPT_OTHER);
+		assert_memory_equal(w.b + ol.data_off[0], cookie, sizeof(cookie));
+		assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+		assert_true(v2.has_opt);
+		assert_false(v2.opt_padding);
+		assert_false(v2.opt_keepalive);
+		assert_true(v2.do_bit);
+		assert_int_equal(v2.arcount, ar);
+		assert_int_equal(v2.opt_off, v.opt_off);
+		assert_int_equal(v2.opt_len, v.opt_len);
+		assert_int_equal(v2.msg_end, n);
+		if (not_last) /* the record after the OPT moved down intact */
+			assert_memory_equal(w.b + n - 5, "\x04tail", 5);
+	}
+}
+
+static void scrub_keeps_padding_asked(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v, v2;
+	opt_list_t ol;
+	opt_add(&o, DP_DNS_OPT_KEEPALIVE, NULL, 0);
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 120);
+	make_answer(&w, &o, false);
+	size_t orig = w.n;
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, true);
+	assert_int_equal(n, orig - 4); /* only the keepalive went */
+	assert_true(v.opt_padding);
+	assert_false(v.opt_keepalive);
+	list_opts(w.b, &v, &ol);
+	assert_int_equal(ol.n, 1);
+	assert_int_equal(ol.code[0], DP_DNS_OPT_PADDING);
+	assert_int_equal(ol.len[0], 120);
+	assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+	assert_true(v2.opt_padding);
+	assert_false(v2.opt_keepalive);
+}
+
+static void scrub_leaves_clean_answers_alone(void **state)
+{
+	wire_t w, copy;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v;
+	/* OPT with only a cookie: nothing to take out for any client with EDNS. */
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	make_answer(&w, &o, true);
+	copy = w;
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false), w.n);
+	assert_memory_equal(w.b, copy.b, w.n);
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, true), w.n);
+	assert_memory_equal(w.b, copy.b, w.n);
+
+	/* No OPT in the answer at all: untouched whatever the client had. */
+	put_hdr(&w, 1, DP_DNS_F_QR, 1, 0, 0, 0);
+	put_name(&w, "example.org");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	copy = w;
+	for (int co = 0; co <= 1; co++) {
+		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+		assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, co, co), w.n);
+		assert_memory_equal(w.b, copy.b, w.n);
+	}
+}
+
+static void scrub_drops_trailing_bytes(void **state)
+{
+	wire_t w;
+	dp_dns_view_t v, v2;
+	make_answer(&w, NULL, false);
+	size_t real = w.n;
+	put_bytes(&w, "trailing", 8);
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	assert_int_equal(v.msg_end, real);
+	/* Nothing to scrub in the OPT: still cut at the message end. */
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false), real);
+	/* And removing the OPT works on the message proper. */
+	make_answer(&w, NULL, true);
+	real = w.n;
+	put_bytes(&w, "trailing", 8);
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false);
+	assert_int_equal(n, real - 11);
+	assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+	assert_int_equal(v2.msg_end, n);
+	assert_memory_equal(w.b + n - 5, "\x04tail", 5);
+}
+
+/* The round trip dotproxy performs: pad a client's query, let an upstream
+ * answer carry our keepalive and its padding, scrub for the client. */
+static void pad_then_scrub_round_trip(void **state)
+{
+	for (int client = 0; client < 3; client++) { /* no EDNS, EDNS, EDNS+padding */
+		wire_t q, a;
+		opts_t co = { .n = 0 }, ao = { .n = 0 };
+		static uint8_t up[4096];
+		dp_dns_view_t vq, vu, va, v2;
+		if (client == 2)
+			opt_add(&co, DP_DNS_OPT_PADDING, NULL, 40);
+		make_query(&q, "www.example.com", client > 0, 1232, 0, &co);
+		assert_int_equal(dp_dns_parse_query(q.b, q.n, &vq), 0);
+		int n = dp_edns_pad_query(q.b, &vq, 128, up, sizeof(up));
+		assert_int_equal(dp_dns_parse_query(up, (size_t)n, &vu), 0);
+		assert_true(vu.opt_padding && vu.opt_keepalive);
+		static const uint8_t ka[2] = { 0, 30 };
+		opt_add(&ao, DP_DNS_OPT_KEEPALIVE, ka, 2);
+		opt_add(&ao, DP_DNS_OPT_PADDING, NULL, 300);
+		make_answer(&a, &ao, false);
+		assert_int_equal(dp_dns_parse_answer(a.b, a.n, &va), 0);
+		size_t m = dp_edns_scrub_answer(a.b, a.n, &va, vq.has_opt, vq.opt_padding);
+		assert_int_equal(dp_dns_parse_answer(a.b, m, &v2), 0);
+		assert_int_equal(v2.has_opt, client > 0);
+		assert_int_equal(v2.opt_padding, client == 2);
+		assert_false(v2.opt_keepalive);
+	}
+}
+
+/* A client's COOKIE belongs to its session with us: it is never sent
+ * upstream, and a COOKIE in an answer (the upstream's, for us) never
+ * reaches a client, so cached and coalesced answers cannot hand one
+ * client's cookie to another. */
+static void cookie_never_crosses(void **state)
+{
+	(void)state;
+	wire_t w;
+	opts_t o = { .n = 0 };
+	static uint8_t out[4096];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	opt_add(&o, OPT_COOKIE, cookie, sizeof(cookie));
+	make_query(&w, "www.example.com", true, 1232, 0, &o);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	for (int i = 0; i < ol.n; i++)
+		assert_int_not_equal(ol.code[i], OPT_COOKIE);
+
+	wire_t a;
+	opts_t ao = { .n = 0 };
+	opt_add(&ao, OPT_COOKIE, cookie, sizeof(cookie));
+	make_answer(&a, &ao, false);
+	dp_dns_view_t av;
+	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
+	size_t orig = a.n;
+	size_t m = dp_edns_scrub_answer(a.b, a.n, &av, true, true);
+	assert_int_equal(m, orig - (4 + sizeof(cookie)));
+	dp_dns_view_t av2;
+	assert_int_equal(dp_dns_parse_answer(a.b, m, &av2), 0);
+	assert_true(av2.has_opt);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(cookie_never_crosses),
+		cmocka_unit_test(pad_adds_opt_when_missing),
+		cmocka_unit_test(pad_keeps_other_options),
+		cmocka_unit_test(pad_replaces_existing_padding),
+		cmocka_unit_test(pad_moves_opt_last),
+		cmocka_unit_test(pad_ignores_trailing_bytes),
+		cmocka_unit_test(pad_every_length),
+		cmocka_unit_test(pad_too_big),
+		cmocka_unit_test(scrub_removes_opt_for_plain_client),
+		cmocka_unit_test(scrub_plain_client_even_when_client_padding_flag_set),
+		cmocka_unit_test(scrub_removes_padding_unasked),
+		cmocka_unit_test(scrub_keeps_padding_asked),
+		cmocka_unit_test(scrub_leaves_clean_answers_alone),
+		cmocka_unit_test(scrub_drops_trailing_bytes),
+		cmocka_unit_test(pad_then_scrub_round_trip),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
