@@ -86,10 +86,6 @@ void dp_cache_destroy(dp_cache_t *c)
 	memset(c, 0, sizeof(*c));
 }
 
-static inline uint8_t lower(uint8_t ch)
-{
-	return (ch >= 'A' && ch <= 'Z') ? (uint8_t)(ch + 32) : ch;
-}
 
 void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
 {
@@ -459,6 +455,10 @@ int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_vie
 		v.opt_off = e->opt_off;
 		v.opt_len = e->opt_len;
 		v.msg_end = (uint16_t)len;
+		v.question_end = e->question_end;
+		v.ancount = dp_rd16(out + 6);
+		v.nscount = dp_rd16(out + 8);
+		v.arcount = dp_rd16(out + 10);
 		len = dp_edns_scrub_answer(out, len, &v, false, false);
 	}
 	return (int)len;

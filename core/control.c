@@ -6,6 +6,7 @@
  * dropped after CLIENT_MS), and the configs handed to the shards.
  */
 #include "control.h"
+#include "http.h"
 #include "log.h"
 
 #include <errno.h>
@@ -103,31 +104,17 @@ static void respond(int fd, int code, const char *reason, const char *ctype, con
 	}
 }
 
-static void serve(dp_control_t *ctl, http_client_t *c, char *body)
+static void serve(dp_control_t *ctl, http_client_t *c, const dp_http_req_t *r, char *body)
 {
-	/* Request line: METHOD SP PATH SP HTTP/1.x */
-	char method[16], path[256], version[16];
-	char *eol = strstr(c->req, "\r\n");
-	if (!eol || sscanf(c->req, "%15s %255s %15s", method, path, version) != 3 ||
-	    strncmp(version, "HTTP/1.", 7) != 0) {
-		static const char m[] = "bad request\n";
-		respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
-		return;
-	}
-	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+	bool head = r->method == DP_HTTP_HEAD;
+	if (r->method == DP_HTTP_OTHER) {
 		static const char m[] = "only GET\n";
 		respond(c->fd, 405, "Method Not Allowed", "text/plain", m, sizeof(m) - 1);
-		return;
-	}
-	char *q = strchr(path, '?');
-	if (q)
-		*q = 0;
-	bool head = strcmp(method, "HEAD") == 0;
-	if (strcmp(path, "/metrics") == 0) {
+	} else if (strcmp(r->path, "/metrics") == 0) {
 		size_t n = dp_metrics_render(ctl->shards, ctl->nshards, ctl->cfg, body, BODY_MAX);
 		respond(c->fd, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body,
 			head ? 0 : n);
-	} else if (strcmp(path, "/healthz") == 0) {
+	} else if (strcmp(r->path, "/healthz") == 0) {
 		if (dp_metrics_healthy(ctl->shards, ctl->nshards, ctl->cfg)) {
 			static const char m[] = "ok\n";
 			respond(c->fd, 200, "OK", "text/plain", m, head ? 0 : sizeof(m) - 1);
@@ -335,12 +322,13 @@ int dp_control_run(dp_control_t *ctl)
 					continue;
 				}
 				c->len += (size_t)r;
-				c->req[c->len] = 0;
-				if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n")) {
-					serve(ctl, c, body);
+				dp_http_req_t req;
+				int pr2 = dp_http_parse(c->req, c->len, REQ_MAX - 1, &req);
+				if (pr2 == 1) {
+					serve(ctl, c, &req, body);
 					close_client(c);
-				} else if (c->len >= REQ_MAX - 1) {
-					static const char m[] = "request too large\n";
+				} else if (pr2 < 0) {
+					static const char m[] = "bad request\n";
 					respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
 					close_client(c);
 				}

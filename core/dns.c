@@ -8,17 +8,38 @@
  * and a loop is impossible; jumps are also capped. On success *next is the
  * offset just past the name as it appears at off, and *wire_len the length of
  * the expanded name. */
+/* Label starts seen so far in the message being parsed: a compression
+ * pointer must land on one (the start of a name, or of one of its
+ * suffixes, seen before), never in a TTL, a count or other data. One bit per
+ * octet, cleared for the message's length before each parse. */
+static __thread uint8_t label_starts[DP_DNS_MAX_MSG / 8 + 1];
+
+static inline void mark(size_t pos)
+{
+	label_starts[pos >> 3] |= (uint8_t)(1u << (pos & 7));
+}
+
+static inline bool marked(size_t pos)
+{
+	return label_starts[pos >> 3] & (1u << (pos & 7));
+}
+
 static int name_walk(const uint8_t *msg, size_t len, size_t off, bool allow_ptr,
 		     size_t *next, size_t *wire_len)
 {
-	size_t pos = off, seq_start = off, total = 0;
+	size_t pos = off, seq_start = off, total = 0, limit = len;
 	unsigned jumps = 0;
 	bool jumped = false;
 
 	for (;;) {
-		if (pos >= len)
+		/* After a jump the name read must lie wholly before the pointer
+		 * that led there (a prior occurrence), so a message cut after
+		 * its last record still reads the same. */
+		if (pos >= limit)
 			return DP_E_FORMERR;
 		uint8_t c = msg[pos];
+		if (!jumped)
+			mark(pos); /* a label, the root, or a pointer: a name suffix starts here */
 		if (c == 0) {
 			total += 1;
 			if (!jumped)
@@ -26,14 +47,19 @@ static int name_walk(const uint8_t *msg, size_t len, size_t off, bool allow_ptr,
 			break;
 		}
 		if ((c & 0xc0) == 0xc0) {
-			if (!allow_ptr || pos + 1 >= len)
+			if (!allow_ptr || pos + 1 >= limit)
 				return DP_E_FORMERR;
 			size_t target = ((size_t)(c & 0x3f) << 8) | msg[pos + 1];
-			if (target >= seq_start || ++jumps > DP_DNS_MAX_JUMPS)
+			/* Backwards only, and never into the header, which holds
+			 * no names (a pointer there would read counts as labels and
+			 * change meaning when a count changes). */
+			if (target >= seq_start || target < DP_DNS_HDR_LEN || !marked(target) ||
+			    ++jumps > DP_DNS_MAX_JUMPS)
 				return DP_E_FORMERR;
 			if (!jumped)
 				*next = pos + 2;
 			jumped = true;
+			limit = pos;
 			pos = seq_start = target;
 			continue;
 		}
@@ -70,6 +96,40 @@ static int parse_question(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	return 0;
 }
 
+/* Names inside the RDATA of the types that may carry compressed names (RFC
+ * 3597 section 4 and its list of types decoders should expect): walked,
+ * so their labels are valid pointer targets, and checked to fit the RDATA.
+ * fixed_before: octets before the first name; names: how many follow. */
+static int rdata_names(const uint8_t *msg, size_t len, uint16_t type, size_t rd, size_t end)
+{
+	unsigned fixed = 0, names = 0;
+	switch (type) {
+	case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12: case 39:
+		names = 1; break; /* NS MD MF CNAME MB MG MR PTR DNAME */
+	case 6: case 14: case 17:
+		names = 2; break; /* SOA MINFO RP */
+	case 15: case 18: case 21:
+		fixed = 2; names = 1; break; /* MX AFSDB RT */
+	case 26:
+		fixed = 2; names = 2; break; /* PX */
+	case 33:
+		fixed = 6; names = 1; break; /* SRV */
+	default:
+		return 0;
+	}
+	size_t p = rd + fixed;
+	for (unsigned i = 0; i < names; i++) {
+		size_t next, wl;
+		if (p >= end || name_walk(msg, end, p, true, &next, &wl) < 0)
+			return DP_E_FORMERR;
+		p = next;
+	}
+	if (type == 6)
+		p += 20; /* SOA: serial, refresh, retry, expire, minimum */
+	(void)len;
+	return p <= end ? 0 : DP_E_FORMERR;
+}
+
 /* Walk count RRs from *off; section 3 is the additional section. */
 static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count,
 		     int section, dp_dns_view_t *v)
@@ -87,6 +147,8 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 		size_t end = next + 10 + rdlen;
 		if (end > len)
 			return DP_E_FORMERR;
+		if ((rc = rdata_names(msg, len, type, next + 10, end)) < 0)
+			return rc;
 		if (type == DP_DNS_TYPE_OPT) {
 			/* One OPT, in the additional section, owned by the root
 			 * written as the single zero octet (RFC 6891 6.1.2), not
@@ -94,6 +156,10 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 			 * a pointer into the sections it drops would dangle. */
 			if (section != 3 || v->has_opt || msg[start] != 0)
 				return DP_E_FORMERR;
+			/* Nothing may point at the OPT's owner: records after the
+			 * OPT can then be moved over it (edns.c) by adjusting the
+			 * pointers that cross it. */
+			label_starts[start >> 3] &= (uint8_t)~(1u << (start & 7));
 			/* Options must tile the RDATA exactly. */
 			size_t o = next + 10;
 			while (o < end) {
@@ -147,6 +213,7 @@ static int parse_header(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	memset(v, 0, sizeof(*v));
 	if (len < DP_DNS_HDR_LEN || len > DP_DNS_MAX_MSG)
 		return DP_E_MALFORMED;
+	memset(label_starts, 0, len / 8 + 1);
 	v->id = dp_rd16(msg);
 	v->flags = dp_rd16(msg + 2);
 	v->qdcount = dp_rd16(msg + 4);
@@ -265,6 +332,64 @@ size_t dp_dns_truncate(uint8_t *msg, const dp_dns_view_t *v)
 	dp_wr16(msg + 8, 0);
 	dp_wr16(msg + 10, (uint16_t)ar);
 	return end;
+}
+
+/* Fix the pointers of the literal part of the name at p; returns the
+ * offset just past it. */
+static size_t shift_name(uint8_t *msg, size_t len, size_t p, size_t cut, size_t delta)
+{
+	while (p < len) {
+		uint8_t c = msg[p];
+		if (c == 0)
+			return p + 1;
+		if ((c & 0xc0) == 0xc0) {
+			if (p + 1 >= len)
+				return len;
+			size_t t = ((size_t)(c & 0x3f) << 8) | msg[p + 1];
+			if (t >= cut + delta) {
+				t -= delta;
+				msg[p] = (uint8_t)(0xc0 | (t >> 8));
+				msg[p + 1] = (uint8_t)t;
+			}
+			return p + 2;
+		}
+		p += (size_t)c + 1;
+	}
+	return len;
+}
+
+void dp_dns_shift_pointers(uint8_t *msg, size_t len, size_t from, unsigned count, size_t cut,
+			   size_t delta)
+{
+	size_t p = from;
+	for (unsigned i = 0; i < count && p < len; i++) {
+		p = shift_name(msg, len, p, cut, delta);
+		if (p + 10 > len)
+			return;
+		uint16_t type = dp_rd16(msg + p);
+		size_t rd = p + 10, end = rd + dp_rd16(msg + p + 8);
+		if (end > len)
+			return;
+		unsigned fixed = 0, names = 0;
+		switch (type) {
+		case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12: case 39:
+			names = 1; break;
+		case 6: case 14: case 17:
+			names = 2; break;
+		case 15: case 18: case 21:
+			fixed = 2; names = 1; break;
+		case 26:
+			fixed = 2; names = 2; break;
+		case 33:
+			fixed = 6; names = 1; break;
+		default:
+			break;
+		}
+		size_t q = rd + fixed;
+		for (unsigned k = 0; k < names && q < end; k++)
+			q = shift_name(msg, end, q, cut, delta);
+		p = end;
+	}
 }
 
 void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap)

@@ -98,6 +98,15 @@ int dp_dns_build_error(const uint8_t *q, const dp_dns_view_t *vq, int rcode,
  * Returns the new length. */
 size_t dp_dns_truncate(uint8_t *msg, const dp_dns_view_t *v);
 
+/* After the octets [cut, cut + delta) of a validated message were removed
+ * (moved over by what followed), fix the compression pointers of the count
+ * records that start at from (owner names and the RDATA names of the types
+ * dns.c walks): a pointer to an offset >= cut + delta now points delta
+ * lower. Nothing may point into the removed range (the validator refuses
+ * pointers to an OPT owner). Hot path, rarely taken. */
+void dp_dns_shift_pointers(uint8_t *msg, size_t len, size_t from, unsigned count, size_t cut,
+			   size_t delta);
+
 /* Canonical text of a wire name for logs ("example.com."), bounded by cap. */
 void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap);
 

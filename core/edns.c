@@ -3,6 +3,24 @@
 
 #include <string.h>
 
+/* Offset just past the (validated) RR at p. */
+static size_t skip_rr(const uint8_t *m, size_t p)
+{
+	for (;;) {
+		uint8_t ch = m[p];
+		if (ch == 0) {
+			p += 1;
+			break;
+		}
+		if ((ch & 0xc0) == 0xc0) {
+			p += 2;
+			break;
+		}
+		p += (size_t)ch + 1;
+	}
+	return p + 10 + dp_rd16(m + p + 8);
+}
+
 int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block, uint8_t *out,
 		      size_t cap)
 {
@@ -15,6 +33,18 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 		memcpy(out, msg, before);
 		memcpy(out + before, msg + v->opt_off + v->opt_len, after);
 		o = before + after;
+		if (after) {
+			/* Records that followed the OPT moved down over it. */
+			unsigned moved = 0;
+			size_t p = v->question_end;
+			unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
+			for (unsigned i = 0; i < n; i++) {
+				if (p > v->opt_off)
+					moved++;
+				p = skip_rr(msg, p);
+			}
+			dp_dns_shift_pointers(out, o, v->opt_off, moved, v->opt_off, v->opt_len);
+		}
 	} else {
 		if (end > cap)
 			return DP_E_TOOBIG;
@@ -76,8 +106,22 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 	if (!v->has_opt)
 		return len;
 	size_t off = v->opt_off, olen = v->opt_len;
+	/* Records after the OPT (rare: upstreams put it last) move down;
+	 * their pointers to names behind the cut move with them. */
+	unsigned after = 0;
+	if (off + olen < len) {
+		size_t p = v->question_end;
+		unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
+		for (unsigned i = 0; i < n; i++) {
+			if (p > off)
+				after++;
+			p = skip_rr(msg, p);
+		}
+	}
 	if (!client_opt) {
 		memmove(msg + off, msg + off + olen, len - (off + olen));
+		if (after)
+			dp_dns_shift_pointers(msg, len - olen, off, after, off, olen);
 		dp_wr16(msg + 10, (uint16_t)(dp_rd16(msg + 10) - 1));
 		v->has_opt = false;
 		v->opt_padding = false;
@@ -98,6 +142,8 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 			memmove(msg + o, msg + o + l, len - (o + l));
 			rend -= l;
 			len -= l;
+			if (after)
+				dp_dns_shift_pointers(msg, len, rend, after, o, l);
 			continue;
 		}
 		o += l;

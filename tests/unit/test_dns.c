@@ -386,12 +386,20 @@ static void query_pointer_in_question(void **state)
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), DP_E_FORMERR);
 	assert_false(v.has_question);
 
-	/* The same pointer as an answer owner is accepted. */
+	/* As an answer owner, a pointer into the header is refused too (the
+	 * header holds no names), and one to the question name is accepted. */
 	put_hdr(&w, 1, 0, 1, 1, 0, 0);
 	put_name(&w, "www");
 	put16(&w, T_A);
 	put16(&w, C_IN);
 	put16(&w, 0xc004);
+	put_rr_tail(&w, T_A, C_IN, 60, addr1, 4);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), DP_E_FORMERR);
+	put_hdr(&w, 1, 0, 1, 1, 0, 0);
+	put_name(&w, "www");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	put16(&w, 0xc00c);
 	put_rr_tail(&w, T_A, C_IN, 60, addr1, 4);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
 }
@@ -1128,9 +1136,51 @@ static void name_str(void **state)
 	assert_string_equal(s, "a???.");
 }
 
+/* A pointer must land on a name seen before: never on a TTL or other data
+ * (rewriting a TTL would then change a name), and a pointed-to name must
+ * lie wholly before the pointer. */
+static void pointer_into_data_refused(void **state)
+{
+	(void)state;
+	wire_t w;
+	dp_dns_view_t v;
+	put_hdr(&w, 1, 0x8180, 1, 2, 0, 0);
+	put_name(&w, "www");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	put16(&w, 0xc00c); /* owner: the question name, fine */
+	size_t ttl_at = w.n + 4;
+	put_rr_tail(&w, T_A, C_IN, 0, addr1, 4); /* TTL 0: its last octet reads as a root */
+	put16(&w, (uint16_t)(0xc000 | (ttl_at + 3)));
+	put_rr_tail(&w, T_A, C_IN, 60, addr1, 4);
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), DP_E_FORMERR);
+}
+
+/* Records after the OPT move when the OPT is removed for a client without
+ * EDNS; their pointers to names behind the OPT must move with them. */
+static void shift_pointers_after_cut(void **state)
+{
+	(void)state;
+	uint8_t m[64] = { 0 };
+	/* at 20: name "a" then root; at 30: pointer to 20 */
+	m[20] = 1; m[21] = 'a'; m[22] = 0;
+	m[30] = 0xc0; m[31] = 20;
+	m[32] = 0; m[33] = 1; /* type A */
+	m[38] = 0; m[39] = 0; /* rdlen 0 */
+	dp_dns_shift_pointers(m, 40, 30, 1, 10, 5);
+	assert_int_equal(m[30], 0xc0);
+	assert_int_equal(m[31], 15);
+	/* a pointer before the cut stays */
+	m[31] = 8;
+	dp_dns_shift_pointers(m, 40, 30, 1, 10, 5);
+	assert_int_equal(m[31], 8);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(pointer_into_data_refused),
+		cmocka_unit_test(shift_pointers_after_cut),
 		cmocka_unit_test(query_plain),
 		cmocka_unit_test(query_edns),
 		cmocka_unit_test(query_edns_no_do_small_size),
