@@ -159,6 +159,7 @@ typedef struct dp_upstream_state {
 	uint32_t hedge_ms; /* current hedge delay (about the p95) */
 	uint64_t last_traffic_ms; /* last client query sent to it */
 	uint32_t timeouts_in_row; /* queries that timed out since its last answer */
+	bool ever_up; /* a handshake with it has succeeded */
 	uint64_t down_until_ms;
 	uint32_t first_conn; /* index of its first connection slot */
 	SSL_SESSION *session; /* newest resumable session (ticket), owned */

@@ -104,6 +104,21 @@ static void hist_put(out_t *o, const char *name, const char *labels, const dp_hi
 	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)h->count);
 }
 
+/* An upstream is healthy when some shard reaches it; failing when a shard
+ * failed and none reaches it; healthy while no shard has tried it yet. */
+static bool upstream_healthy(struct dp_shard *shards, int n, int u)
+{
+	bool failing = false;
+	for (int i = 0; i < n; i++) {
+		uint64_t h = ld(&shards[i].metrics.up[u].healthy);
+		if (h == 1)
+			return true;
+		if (h == 2)
+			failing = true;
+	}
+	return !failing;
+}
+
 size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
 			 size_t cap)
 {
@@ -204,13 +219,9 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 	}
 	put(&o, "# HELP dotproxy_upstream_healthy 1 when the upstream is usable (not backing off after failures).\n");
 	put(&o, "# TYPE dotproxy_upstream_healthy gauge\n");
-	for (int u = 0; u < cfg->nupstream; u++) {
-		uint64_t v = 0;
-		for (int i = 0; i < n; i++)
-			v |= ld(&shards[i].metrics.up[u].healthy);
-		put(&o, "dotproxy_upstream_healthy{upstream=\"%s\"} %llu\n", cfg->upstream[u].text,
-		    (unsigned long long)v);
-	}
+	for (int u = 0; u < cfg->nupstream; u++)
+		put(&o, "dotproxy_upstream_healthy{upstream=\"%s\"} %d\n", cfg->upstream[u].text,
+		    upstream_healthy(shards, n, u) ? 1 : 0);
 	put(&o, "# HELP dotproxy_upstream_rtt_seconds Round trip of queries to the upstream.\n");
 	put(&o, "# TYPE dotproxy_upstream_rtt_seconds histogram\n");
 	for (int u = 0; u < cfg->nupstream; u++) {
@@ -227,8 +238,7 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 bool dp_metrics_healthy(struct dp_shard *shards, int n, const dp_config_t *cfg)
 {
 	for (int u = 0; u < cfg->nupstream; u++)
-		for (int i = 0; i < n; i++)
-			if (ld(&shards[i].metrics.up[u].healthy))
-				return true;
+		if (upstream_healthy(shards, n, u))
+			return true;
 	return false;
 }

@@ -24,7 +24,7 @@ typedef struct dp_hist {
 typedef struct dp_upmetrics {
 	uint64_t sent, answers, errors, timeouts, connects, handshakes, resumed;
 	uint64_t inflight; /* gauge, published each tick */
-	uint64_t healthy; /* gauge 0/1, published each tick */
+	uint64_t healthy; /* 0 not tried, 1 up, 2 failing; published each tick */
 	dp_hist_t rtt;
 } dp_upmetrics_t;
 

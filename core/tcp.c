@@ -294,8 +294,22 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 			finalize(s, idx);
 		return;
 	}
-	if (cqe->res == 0) {
-		c->eof = true; /* the client will send no more; answer what it asked */
+	if (cqe->res == 0 || (cqe->res == -ECANCELED && s->draining)) {
+		/* The client will send no more (or we stopped reading to drain):
+		 * answer what it asked, then close. Draining, what the client
+		 * sent before we stopped may still sit in the socket: take it. */
+		if (cqe->res == -ECANCELED) {
+			uint8_t buf[4096];
+			for (int i = 0; i < 1024 && c->used && !c->closing; i++) {
+				ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+				if (n <= 0)
+					break;
+				on_data(s, idx, buf, (size_t)n);
+			}
+			if (!c->used || c->closing)
+				return;
+		}
+		c->eof = true;
 		maybe_close_after_eof(s, idx);
 		return;
 	}

@@ -58,6 +58,23 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		}
 		dp_bufring_recycle(s, bid);
 	}
+	if (!more && s->draining) {
+		/* Stopped reading to drain: datagrams that arrived before still
+		 * sit in the socket; answer them too (bounded). */
+		uint8_t buf[4096];
+		for (int i = 0; i < 65536; i++) {
+			struct sockaddr_in6 from;
+			socklen_t flen = sizeof(from);
+			memset(&from, 0, sizeof(from));
+			ssize_t n = recvfrom(s->udp_fd[li], buf, sizeof(buf), MSG_DONTWAIT,
+					     (struct sockaddr *)&from, &flen);
+			if (n < 0)
+				break;
+			STAT_INC(s, udp_queries);
+			dp_query_from_client(s, T_UDP, buf, (size_t)n, li, &from, 0, 0);
+		}
+		return;
+	}
 	if (!more && !s->stop && !s->draining) {
 		/* Multishot ended (buffers ran out, or an error): re-arm now; the
 		 * SQE goes in at the end of this turn, after this turn's buffers

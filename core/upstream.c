@@ -554,6 +554,7 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 		}
 		M_INC(s->metrics.up[c->upstream].handshakes);
 		c->state = C_READY;
+		s->up[c->upstream].ever_up = true;
 		s->up[c->upstream].fails = 0;
 		s->up[c->upstream].down_until_ms = 0;
 		STAT_INC(s, handshakes);
@@ -866,7 +867,10 @@ void dp_upstream_publish(dp_shard_t *s)
 		for (uint32_t k = 0; k < s->cfg->upstream_conns; k++)
 			inflight += s->conns[s->up[u].first_conn + k].queries.count;
 		M_SET(s->metrics.up[u].inflight, inflight);
-		M_SET(s->metrics.up[u].healthy, upstream_down(s, (uint32_t)u) ? 0 : 1);
+		/* 2: failing (until a handshake succeeds again, probes
+		 * included), 1: up, 0: not tried by this shard yet. */
+		const dp_upstream_state_t *st = &s->up[u];
+		M_SET(s->metrics.up[u].healthy, st->fails ? 2 : st->ever_up ? 1 : 0);
 	}
 }
 
