@@ -160,6 +160,7 @@ typedef struct dp_upstream_state {
 	uint64_t last_traffic_ms; /* last client query sent to it */
 	uint32_t timeouts_in_row; /* queries that timed out since its last answer */
 	bool ever_up; /* a handshake with it has succeeded */
+	uint32_t sent; /* client queries sent to it (saturates) */
 	uint64_t down_until_ms;
 	uint32_t first_conn; /* index of its first connection slot */
 	SSL_SESSION *session; /* newest resumable session (ticket), owned */
@@ -241,6 +242,7 @@ typedef struct dp_shard {
 	uint32_t rr; /* round-robin cursor over upstreams */
 	uint32_t explore; /* fastest policy: counts picks, every Nth explores */
 	uint32_t hedge_budget; /* earned by primary sends, spent by hedges */
+	uint32_t hedge_delay_ms; /* auto: smallest p95 among upstreams */
 	uint32_t dirty_head; /* connections to flush at the end of the turn */
 	SSL_CTX *ssl_ctx;
 

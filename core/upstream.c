@@ -38,13 +38,14 @@
 #define C2OFF offsetof(dp_query_t, c2link)
 #define HOFF offsetof(dp_query_t, hlink)
 #define HEDGE_MIN_MS 2
-#define HEDGE_DEFAULT_MS 100 /* until an upstream has enough samples */
-#define EXPLORE_EVERY 32
-#define TIMEOUTS_DOWN 5
+#define HEDGE_DEFAULT_MS 50 /* until an upstream has enough samples */
+#define HEDGE_SAMPLES 20 /* samples before its p95 is trusted */
+#define EXPLORE_EVERY 32 /* the fastest policy tries another upstream this often */
+#define TIMEOUTS_DOWN 5 /* consecutive timeouts that mark an upstream down */
 /* Hedges are at most 1 in HEDGE_RATIO queries: under overload every answer is
  * late, and unbounded hedging would double the load that made it late. */
 #define HEDGE_RATIO 20
-#define HEDGE_BURST 200 /* consecutive timeouts that mark an upstream down */ /* the fastest policy tries another upstream this often */
+#define HEDGE_BURST 200 /* hedges that may be saved up */
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 30000
 #define OPEN_MORE_AT 64 /* in flight per ready connection before another opens */
@@ -75,6 +76,8 @@ int dp_upstream_init(dp_shard_t *s)
 		s->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	}
 	s->hedge_list = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+	s->hedge_delay_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
+	s->hedge_budget = HEDGE_RATIO * HEDGE_BURST / 4; /* some hedges from the start */
 	s->dirty_head = DP_NONE;
 	return 0;
 }
@@ -187,7 +190,7 @@ static void record_latency(dp_shard_t *s, uint32_t u, uint64_t rtt_ns)
 static void update_hedge_delay(dp_shard_t *s, uint32_t u)
 {
 	dp_upstream_state_t *st = &s->up[u];
-	if (s->cfg->hedge_ms >= 0 || st->hist_n < 50)
+	if (s->cfg->hedge_ms >= 0 || st->hist_n < HEDGE_SAMPLES)
 		return;
 	uint32_t need = st->hist_n - st->hist_n / 20, acc = 0;
 	uint64_t lim = 100;
@@ -301,7 +304,10 @@ static uint32_t pick_upstream(dp_shard_t *s, int exclude)
 		for (uint32_t u = 0; u < n; u++) {
 			if ((int)u == exclude || upstream_down(s, u))
 				continue;
-			uint32_t us = s->up[u].samples < 8 ? 0 : s->up[u].ewma_us;
+			/* Untested (few queries sent, not few answers back: a
+			 * slow upstream would otherwise draw every query until
+			 * its first answers arrive) goes first. */
+			uint32_t us = s->up[u].sent < 8 ? 0 : s->up[u].ewma_us;
 			if (us < best_us) {
 				best_us = us;
 				best = u;
@@ -371,10 +377,13 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 	dp_list_push_tail(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
 	if (q->transport != T_NONE) {
 		s->up[c->upstream].last_traffic_ms = s->now_ms;
+		if (s->up[c->upstream].sent < UINT32_MAX)
+			s->up[c->upstream].sent++;
 		/* A hedge may follow if the answer is late (once per query). */
 		if (s->cfg->hedge_ms != 0 && s->cfg->nupstream > 1 && !q->hedged &&
 		    !q->in_hedge_list) {
-			q->hedge_at_ms = s->now_ms + s->up[c->upstream].hedge_ms;
+			q->hedge_at_ms = s->now_ms + (s->cfg->hedge_ms > 0 ? (uint32_t)s->cfg->hedge_ms
+									     : s->hedge_delay_ms);
 			q->in_hedge_list = true;
 			dp_list_push_tail(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
 		}
@@ -520,6 +529,9 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 			q->up_id = q->up_id2;
 			q->start_ns = q->hedge_start_ns;
 			q->conn2 = DP_NONE;
+			/* Sent only if its connection was ready; otherwise it goes
+			 * out with the others once the handshake is done. */
+			q->state = c2->state == C_READY ? Q_SENT : Q_PENDING;
 			dp_list_push_tail(&c2->queries, s->q, sizeof(dp_query_t), COFF, qi);
 		} else if (was_sent && q->resent) {
 			dp_query_fail(s, qi);
@@ -797,8 +809,17 @@ void dp_upstream_expire(dp_shard_t *s)
 			conn_fail(s, ci, false, "upstream connection idle", "closed before its idle timeout");
 		}
 	}
+	/* Auto hedge delay: an answer is late when the best upstream would
+	 * have answered by now, i.e. the smallest p95 of the upstreams that
+	 * have enough samples (default until one has). */
+	uint32_t best = 0;
 	for (int u = 0; u < s->cfg->nupstream; u++) {
 		update_hedge_delay(s, (uint32_t)u);
+		if (s->up[u].hist_n >= HEDGE_SAMPLES && (best == 0 || s->up[u].hedge_ms < best))
+			best = s->up[u].hedge_ms;
+	}
+	s->hedge_delay_ms = best ? best : HEDGE_DEFAULT_MS;
+	for (int u = 0; u < s->cfg->nupstream; u++) {
 		/* Down and its backoff is over: probe it now rather than wait for
 		 * a client's query to find out. */
 		dp_upstream_state_t *st = &s->up[u];

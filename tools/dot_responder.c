@@ -29,8 +29,15 @@
  * partial DNS message at most 65537 bytes, a send buffer only while a send
  * is in flight.
  *
+ * Fault injection (--delay-ms, --drop-pct, --reorder, --wrong-id-pct,
+ * --wrong-question-pct, --close-after, --idle-close-ms, --reset-mid-record,
+ * --refuse-handshake, --handshake-delay-ms) lives in behave_t and a few
+ * fault_* functions; with none set the path above is unchanged but for one
+ * predictable branch per answer. Timed faults add a deadline to the wait.
+ *
  * Owns: the SSL_CTX (shared, read-only after start), the shards and
- * everything in them. Counters are per shard, summed by the main thread.
+ * everything in them (with the fault queues of delayed answers and held
+ * handshakes). Counters are per shard, summed by the main thread.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -50,6 +57,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -76,15 +84,34 @@
 /* ---- per-connection behaviour ------------------------------------------ */
 
 /* What a connection does with the queries it carries. Each connection points
- * at one of these (today all at the global one). Fault injection adds fields
- * here -- drop, delay, truncate, wrong ID, close after N answers, stall the
- * handshake -- and conn_open() picks the behaviour for a new connection;
- * answer_build() and conn_service() are where the faults take effect. */
+ * at one of these (today all at the global one, set by the command line);
+ * conn_open() picks it. The fault fields are all zero (off) by default, and
+ * then nothing below takes a slower path: on_message() tests `faulty` once
+ * per answer, the handshake tests `refuse_handshake` and
+ * `handshake_delay_ms` once per connection, and the loop runs timers only
+ * when `delay_ms`, `idle_close_ms` or `handshake_delay_ms` is set.
+ * Where the faults take effect: fault_answer() (drop, wrong ID or question,
+ * delay, close after N, torn record), ob_flush() (reorder), tls_process()
+ * (refused or stalled handshake), fault_timers() (delayed answers, stalled
+ * handshakes, idle close). */
 typedef struct behave {
 	uint8_t a[4];
 	uint8_t aaaa[16];
 	uint32_t ttl;
 	uint16_t udp_size; /* advertised in the OPT we echo */
+	/* ---- faults ---- */
+	bool faulty; /* any per-answer fault below is on: on_message's slow path */
+	bool reorder; /* each SSL_write's answers in reverse order */
+	bool refuse_handshake; /* RST on the ClientHello */
+	uint8_t drop_pct; /* never answer this share of queries */
+	uint8_t delay_pct; /* of the answers, this share is delayed by delay_ms */
+	uint8_t wrong_id_pct; /* answer under another ID (and never the right one) */
+	uint8_t wrong_question_pct; /* answer with another name in the question */
+	uint32_t delay_ms;
+	uint32_t close_after; /* close_notify and close after this many answers; 0 = never */
+	int32_t reset_after; /* answers sent whole before the torn record; -1 = never */
+	uint32_t idle_close_ms; /* close_notify and close when idle this long; 0 = never */
+	uint32_t handshake_delay_ms; /* hold the ClientHello this long; 0 = never */
 } behave_t;
 
 /* ---- counters ----------------------------------------------------------- */
@@ -104,7 +131,17 @@ typedef struct behave {
 	X(tls_writes) /* SSL_write calls */                                    \
 	X(recvs)                                                               \
 	X(sends)                                                               \
-	X(enobufs) /* receives that found the buffer ring empty */
+	X(enobufs) /* receives that found the buffer ring empty */             \
+	X(fault_dropped) /* queries never answered (--drop-pct) */             \
+	X(fault_delayed) /* answers held back (--delay-ms) */                  \
+	X(fault_wrong_id) /* answers sent under another ID */                  \
+	X(fault_wrong_question) /* answers sent with another name */           \
+	X(fault_reordered) /* SSL_writes whose answers went out reversed */    \
+	X(fault_closed_after) /* connections closed by --close-after */        \
+	X(fault_idle_closed) /* connections closed by --idle-close-ms */       \
+	X(fault_resets) /* connections reset after a torn record */            \
+	X(fault_refused) /* handshakes refused with a reset */                 \
+	X(fault_hs_delayed) /* handshakes held back (--handshake-delay-ms) */
 
 typedef struct counters {
 #define X(n) uint64_t n;
@@ -132,6 +169,15 @@ typedef struct conn {
 	bool eof; /* peer closed (TCP FIN or TLS close_notify) */
 	bool want_close; /* close once the output is sent */
 	bool dirty;
+	/* ---- faults (untouched when the behaviour has none) ---- */
+	bool tls_shut; /* our close_notify is queued: no SSL_write any more */
+	bool reset_armed; /* RST once the (torn) output is sent */
+	bool in_idle; /* on the shard's idle list */
+	bool hs_held, hs_released; /* --handshake-delay-ms: waiting, then let go */
+	uint32_t answered; /* answers made (sent, queued or delayed) */
+	uint32_t delayed_pending; /* answers waiting in the delay queue */
+	uint64_t last_active_ms; /* for --idle-close-ms */
+	uint32_t idle_prev, idle_next;
 	SSL *ssl;
 	BIO *rbio, *wbio; /* owned by ssl */
 	uint8_t *tx; /* from the shard's pool while a send is in flight */
@@ -146,6 +192,19 @@ typedef struct conn {
 
 /* user_data: op (8 bits) | generation (24 bits) | slot or listener (32). */
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_WAKE, OP_TIMEOUT };
+
+/* An answer held back by --delay-ms: framed (2-byte length first), for the
+ * connection slot conn while its generation is gen. Allocated per delayed
+ * answer (the fault path only), freed when sent or dropped. Every delay is
+ * the same, so the queue is a FIFO in due order. A held handshake
+ * (--handshake-delay-ms) is an entry with len 0 on a queue of its own. */
+typedef struct delayed {
+	struct delayed *next;
+	uint64_t due_ms;
+	uint32_t conn, gen;
+	uint32_t len; /* bytes in msg, length prefix included */
+	uint8_t msg[];
+} delayed_t;
 
 static inline uint64_t ud_make(unsigned op, uint32_t gen, uint32_t idx)
 {
@@ -180,6 +239,15 @@ typedef struct shard {
 	uint8_t *ob; /* plaintext out: the answer batch */
 	size_t ob_len;
 	conn_t *cur; /* connection whose messages are being answered */
+	/* ---- faults ---- */
+	uint64_t rng; /* xorshift64 state for the percentages */
+	uint64_t now_ms; /* CLOCK_MONOTONIC, refreshed each turn when timers run */
+	delayed_t *dq_head, *dq_tail; /* --delay-ms queue, due order */
+	delayed_t *hq_head, *hq_tail; /* --handshake-delay-ms queue, due order */
+	uint32_t idle_head, idle_tail; /* --idle-close-ms: least recently active first */
+	uint32_t *rev; /* --reorder: offsets of the answers in ob */
+	uint32_t nrev;
+	uint8_t *ob2; /* --reorder: ob reversed */
 } __attribute__((aligned(64))) shard_t;
 
 /* ---- global configuration (read-only once shards run) ------------------- */
@@ -193,6 +261,8 @@ static struct {
 	uint32_t max_conns;
 	uint16_t tls_min, tls_max;
 	behave_t behave;
+	bool timed; /* --delay-ms, --idle-close-ms or --handshake-delay-ms: timers */
+	uint64_t seed; /* --seed: the percentages' random sequence */
 	SSL_CTX *ctx;
 } g = {
 	.threads = 1,
@@ -202,7 +272,9 @@ static struct {
 	.behave = { .a = { 192, 0, 2, 1 },
 		    .aaaa = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 },
 		    .ttl = 300,
-		    .udp_size = ANSWER_UDP_SIZE },
+		    .udp_size = ANSWER_UDP_SIZE,
+		    .delay_pct = 100,
+		    .reset_after = -1 },
 };
 
 static shard_t *g_shards;
@@ -400,6 +472,68 @@ static inline void mark_dirty(shard_t *s, conn_t *c)
 	}
 }
 
+/* ---- faults: clock, dice, idle list --------------------------------------- */
+
+/* Codes on_message() returns to stop the split (beside DP_E_*). */
+#define FAULT_STOP (DP_E_BASE - 100) /* --close-after reached: close_notify, close */
+#define FAULT_RESET (DP_E_BASE - 101) /* torn record queued: reset once it is sent */
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint32_t rng_next(shard_t *s)
+{
+	uint64_t x = s->rng; /* xorshift64* */
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	s->rng = x;
+	return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+/* True for pct percent of the calls. */
+static bool roll(shard_t *s, unsigned pct)
+{
+	return pct && (pct >= 100 || rng_next(s) % 100u < pct);
+}
+
+/* The idle list (--idle-close-ms): open connections, least recently active
+ * first. Every connection has the same limit, so expiry only looks at the
+ * head; activity moves a connection to the tail. O(1) both. */
+static void idle_unlink(shard_t *s, conn_t *c)
+{
+	if (!c->in_idle)
+		return;
+	if (c->idle_prev != SLOT_NONE)
+		s->conns[c->idle_prev].idle_next = c->idle_next;
+	else
+		s->idle_head = c->idle_next;
+	if (c->idle_next != SLOT_NONE)
+		s->conns[c->idle_next].idle_prev = c->idle_prev;
+	else
+		s->idle_tail = c->idle_prev;
+	c->in_idle = false;
+}
+
+static void idle_touch(shard_t *s, conn_t *c)
+{
+	idle_unlink(s, c);
+	uint32_t i = conn_idx(s, c);
+	c->last_active_ms = s->now_ms;
+	c->idle_prev = s->idle_tail;
+	c->idle_next = SLOT_NONE;
+	if (s->idle_tail != SLOT_NONE)
+		s->conns[s->idle_tail].idle_next = i;
+	else
+		s->idle_head = i;
+	s->idle_tail = i;
+	c->in_idle = true;
+}
+
 /* ---- connections -------------------------------------------------------- */
 
 static void conn_release(shard_t *s, conn_t *c)
@@ -417,8 +551,12 @@ static void conn_close(shard_t *s, conn_t *c)
 	if (c->state != SLOT_OPEN)
 		return;
 	c->state = SLOT_CLOSED;
+	if (unlikely(c->in_idle))
+		idle_unlink(s, c);
+	/* A reset (SO_LINGER 0 set) must not send a FIN first: SHUT_RD only
+	 * wakes the pending receive, and the last reference then resets. */
 	if (c->inflight)
-		shutdown(c->fd, SHUT_RDWR);
+		shutdown(c->fd, unlikely(c->reset_armed) ? SHUT_RD : SHUT_RDWR);
 	close(c->fd);
 	c->fd = -1;
 	SSL_free(c->ssl);
@@ -474,8 +612,83 @@ static void conn_open(shard_t *s, int fd)
 	c->wbio = wbio;
 	c->bh = &g.behave;
 	c->next_free = SLOT_NONE;
+	c->idle_prev = c->idle_next = SLOT_NONE;
+	if (unlikely(c->bh->idle_close_ms))
+		idle_touch(s, c);
 	CNT_INC(s, connections);
 	arm_recv(s, c);
+}
+
+/* Fault: reset the connection now (SO_LINGER 0, then close: an RST and no
+ * FIN). Whatever is still queued is lost, as on a crash. */
+static void conn_reset(shard_t *s, conn_t *c)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	c->reset_armed = true;
+	conn_close(s, c);
+}
+
+/* Fault: close_notify after what is already written, then close once it
+ * is sent. Queries still unread are dropped (a socket closed with unread
+ * data resets), and so are answers still in the delay queue. */
+static void conn_close_notify(shard_t *s, conn_t *c)
+{
+	if (!c->tls_shut) {
+		SSL_shutdown(c->ssl);
+		ERR_clear_error();
+		c->tls_shut = true;
+	}
+	c->want_close = true;
+	idle_unlink(s, c);
+	mark_dirty(s, c);
+}
+
+/* Queue an entry for connection c, due in ms, on the FIFO (head, tail),
+ * with a copy of len bytes of frame. Allocates; NULL without memory. */
+static delayed_t *fault_queue(shard_t *s, conn_t *c, delayed_t **head, delayed_t **tail,
+			      uint32_t ms, const uint8_t *frame, size_t len)
+{
+	delayed_t *d = malloc(sizeof(*d) + len);
+	if (!d)
+		return NULL;
+	d->next = NULL;
+	d->due_ms = s->now_ms + ms;
+	d->conn = conn_idx(s, c);
+	d->gen = c->gen;
+	d->len = (uint32_t)len;
+	if (len)
+		memcpy(d->msg, frame, len);
+	if (*tail)
+		(*tail)->next = d;
+	else
+		*head = d;
+	*tail = d;
+	return d;
+}
+
+/* Hold a framed answer (len bytes) back for --delay-ms (the fault path
+ * only); without memory the answer is dropped instead. */
+static void delay_answer(shard_t *s, conn_t *c, const uint8_t *frame, size_t len)
+{
+	if (!fault_queue(s, c, &s->dq_head, &s->dq_tail, c->bh->delay_ms, frame, len)) {
+		CNT_INC(s, fault_dropped);
+		return;
+	}
+	c->delayed_pending++;
+	CNT_INC(s, fault_delayed);
+}
+
+/* --reorder: the answers of ob (offsets in rev) last first, into ob2. */
+static const uint8_t *ob_reversed(shard_t *s)
+{
+	size_t o = 0;
+	for (uint32_t i = s->nrev; i-- > 0;) {
+		size_t a = s->rev[i], b = i + 1 < s->nrev ? s->rev[i + 1] : s->ob_len;
+		memcpy(s->ob2 + o, s->ob + a, b - a);
+		o += b - a;
+	}
+	return s->ob2;
 }
 
 /* Encrypt the answer batch with one SSL_write. */
@@ -483,12 +696,90 @@ static int ob_flush(shard_t *s, conn_t *c)
 {
 	if (!s->ob_len)
 		return 0;
-	int r = SSL_write(c->ssl, s->ob, (int)s->ob_len);
+	const uint8_t *out = s->ob;
+	if (unlikely(s->nrev > 1)) {
+		out = ob_reversed(s);
+		CNT_INC(s, fault_reordered);
+	}
+	s->nrev = 0;
+	int r = SSL_write(c->ssl, out, (int)s->ob_len);
 	s->ob_len = 0;
 	CNT_INC(s, tls_writes);
 	if (r <= 0) {
 		ERR_clear_error();
 		return DP_E_TLS;
+	}
+	return 0;
+}
+
+/* --reset-mid-record: the answer in frame (len bytes) is the one to tear.
+ * What the batch holds goes out whole; this answer is encrypted into its
+ * own record, and only the first half of that record is kept for sending.
+ * conn_service() resets the connection once that is sent. */
+static void tear_record(shard_t *s, conn_t *c, const uint8_t *frame, size_t len)
+{
+	if (ob_flush(s, c) < 0) /* frame lies beyond ob_len: untouched */
+		ERR_clear_error();
+	size_t before = BIO_pending(c->wbio);
+	if (SSL_write(c->ssl, frame, (int)len) <= 0)
+		ERR_clear_error();
+	CNT_INC(s, tls_writes);
+	size_t after = BIO_pending(c->wbio);
+	size_t keep = before + (after - before) / 2;
+	uint8_t *tmp = malloc(after ? after : 1);
+	if (tmp) {
+		int n = BIO_read(c->wbio, tmp, (int)after);
+		if (n > 0 && (size_t)n >= keep)
+			BIO_write(c->wbio, tmp, (int)keep);
+		free(tmp);
+	}
+	c->reset_armed = true;
+	CNT_INC(s, fault_resets);
+}
+
+/* on_message() for a connection with faults: the answer (n bytes) was built
+ * at frame + 2, behind the batch. Decide its fate; returns 0, FAULT_STOP or
+ * FAULT_RESET. Not the hot path: only with fault flags. */
+static int fault_answer(shard_t *s, conn_t *c, uint8_t *frame, int n)
+{
+	const behave_t *bh = c->bh;
+	uint8_t *m = frame + 2;
+	if (roll(s, bh->drop_pct)) {
+		CNT_INC(s, fault_dropped);
+		return 0;
+	}
+	if (roll(s, bh->wrong_id_pct)) {
+		dp_wr16(m, (uint16_t)(dp_rd16(m) ^ (1u + rng_next(s) % 0xffffu)));
+		CNT_INC(s, fault_wrong_id);
+	}
+	if (roll(s, bh->wrong_question_pct) && n >= DP_DNS_HDR_LEN + 5 && dp_rd16(m + 4) > 0) {
+		/* Another name of the same length (the first letter changed),
+		 * or for the root name another type. */
+		if (m[DP_DNS_HDR_LEN] > 0) {
+			uint8_t ch = m[DP_DNS_HDR_LEN + 1];
+			m[DP_DNS_HDR_LEN + 1] = (ch | 0x20) == 'q' ? 'z' : 'q';
+		} else {
+			dp_wr16(m + DP_DNS_HDR_LEN + 1, (uint16_t)(dp_rd16(m + DP_DNS_HDR_LEN + 1) ^ 1));
+		}
+		CNT_INC(s, fault_wrong_question);
+	}
+	dp_wr16(frame, (uint16_t)n);
+	c->answered++;
+	if (bh->reset_after >= 0 && c->answered > (uint32_t)bh->reset_after) {
+		tear_record(s, c, frame, 2 + (size_t)n);
+		return FAULT_RESET;
+	}
+	if (bh->delay_ms && roll(s, bh->delay_pct)) {
+		delay_answer(s, c, frame, 2 + (size_t)n);
+	} else {
+		if (bh->reorder)
+			s->rev[s->nrev++] = (uint32_t)s->ob_len;
+		s->ob_len += 2 + (size_t)n;
+		CNT_INC(s, answers);
+	}
+	if (bh->close_after && c->answered >= bh->close_after) {
+		CNT_INC(s, fault_closed_after);
+		return FAULT_STOP;
 	}
 	return 0;
 }
@@ -511,6 +802,8 @@ static int on_message(void *ctx, uint8_t *msg, size_t len)
 		CNT_INC(s, malformed_closes);
 		return DP_E_MALFORMED;
 	}
+	if (unlikely(c->bh->faulty))
+		return fault_answer(s, c, out, n);
 	dp_wr16(out, (uint16_t)n);
 	s->ob_len += 2 + (size_t)n;
 	CNT_INC(s, answers);
@@ -529,6 +822,26 @@ static void tls_failed(shard_t *s, conn_t *c)
 static void tls_process(shard_t *s, conn_t *c)
 {
 	if (!c->hs_done) {
+		if (unlikely(c->bh->refuse_handshake)) {
+			/* The ClientHello arrived: reset instead of answering it. */
+			CNT_INC(s, fault_refused);
+			conn_reset(s, c);
+			return;
+		}
+		if (unlikely(c->bh->handshake_delay_ms) && !c->hs_released) {
+			/* The ClientHello waits in rbio; fault_timers() lets
+			 * the handshake go on (without memory: at once). */
+			if (!c->hs_held) {
+				c->hs_held = true;
+				CNT_INC(s, fault_hs_delayed);
+				if (fault_queue(s, c, &s->hq_head, &s->hq_tail,
+						c->bh->handshake_delay_ms, NULL, 0))
+					return;
+				c->hs_released = true;
+			} else {
+				return;
+			}
+		}
 		int r = SSL_do_handshake(c->ssl);
 		if (r != 1) {
 			if (SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ)
@@ -551,6 +864,7 @@ static void tls_process(shard_t *s, conn_t *c)
 	c->carry_len = 0;
 	s->cur = c;
 	s->ob_len = 0;
+	s->nrev = 0;
 
 	int r, err;
 	long used = 0;
@@ -578,7 +892,9 @@ static void tls_process(shard_t *s, conn_t *c)
 		 * written go out, then we close. */
 		if (used == DP_E_TLS)
 			tls_failed(s, c);
-		else
+		else if (used == FAULT_STOP)
+			conn_close_notify(s, c);
+		else if (used != FAULT_RESET) /* that one: conn_service() */
 			c->want_close = true;
 		return;
 	}
@@ -587,6 +903,7 @@ static void tls_process(shard_t *s, conn_t *c)
 		break;
 	case SSL_ERROR_ZERO_RETURN: /* close_notify: answer with ours */
 		c->eof = true;
+		c->tls_shut = true;
 		SSL_shutdown(c->ssl);
 		ERR_clear_error();
 		return;
@@ -639,12 +956,25 @@ static void conn_service(shard_t *s, conn_t *c)
 		return;
 	if (c->rx_new) {
 		c->rx_new = false;
-		tls_process(s, c);
+		/* After a fault's close or tear, what still arrives is ignored. */
+		if (likely(!c->want_close && !c->reset_armed))
+			tls_process(s, c);
+		if (c->state != SLOT_OPEN)
+			return;
 	}
 	flush_send(s, c);
 	if (c->state != SLOT_OPEN)
 		return;
+	if (unlikely(c->reset_armed)) {
+		if (!c->send_armed && BIO_pending(c->wbio) == 0)
+			conn_reset(s, c);
+		return;
+	}
 	if (c->want_close || c->eof) {
+		/* Half-closed by the peer (FIN, no close_notify): answers in
+		 * the delay queue still go out before we close. */
+		if (unlikely(c->delayed_pending) && !c->want_close && !c->tls_shut)
+			return;
 		if (!c->send_armed)
 			conn_close(s, c);
 		return;
@@ -677,6 +1007,8 @@ static void on_recv(shard_t *s, conn_t *c, uint32_t gen, struct io_uring_cqe *cq
 	CNT_INC(s, recvs);
 	if (res > 0) {
 		c->rx_new = true;
+		if (unlikely(c->in_idle))
+			idle_touch(s, c);
 		mark_dirty(s, c);
 	} else if (res == 0) {
 		c->eof = true;
@@ -747,6 +1079,83 @@ static void handle_cqe(shard_t *s, struct io_uring_cqe *cqe)
 	}
 }
 
+/* ---- fault timers ------------------------------------------------------- */
+
+/* How long the loop may sleep before a delayed answer, a held handshake or
+ * an idle close is due. False: nothing is due, sleep until a completion. */
+static bool fault_wait(shard_t *s, struct __kernel_timespec *ts)
+{
+	uint64_t due = UINT64_MAX;
+	if (s->dq_head)
+		due = s->dq_head->due_ms;
+	if (s->hq_head)
+		due = DP_MIN(due, s->hq_head->due_ms);
+	if (s->idle_head != SLOT_NONE) {
+		const conn_t *c = &s->conns[s->idle_head];
+		due = DP_MIN(due, c->last_active_ms + c->bh->idle_close_ms);
+	}
+	if (due == UINT64_MAX)
+		return false;
+	uint64_t now = mono_ms(), w = due > now ? due - now : 0;
+	ts->tv_sec = (long long)(w / 1000u);
+	ts->tv_nsec = (long long)(w % 1000u) * 1000000;
+	return true;
+}
+
+/* Once a turn, after the completions (s->now_ms is fresh): send the delayed
+ * answers that are due, let the held handshakes that are due go on (their
+ * connections are serviced at the end of the turn), and close_notify the
+ * connections idle for --idle-close-ms. Frees the entries it takes. */
+static void fault_timers(shard_t *s)
+{
+	while (s->dq_head && s->dq_head->due_ms <= s->now_ms) {
+		delayed_t *d = s->dq_head;
+		s->dq_head = d->next;
+		if (!s->dq_head)
+			s->dq_tail = NULL;
+		conn_t *c = &s->conns[d->conn];
+		if (c->state == SLOT_OPEN && c->gen == d->gen) {
+			c->delayed_pending--;
+			if (!c->tls_shut && !c->reset_armed && !c->want_close) {
+				CNT_INC(s, tls_writes);
+				if (SSL_write(c->ssl, d->msg, (int)d->len) > 0) {
+					CNT_INC(s, answers);
+					if (c->in_idle)
+						idle_touch(s, c);
+				} else {
+					tls_failed(s, c);
+				}
+			}
+			mark_dirty(s, c);
+		}
+		free(d);
+	}
+	while (s->hq_head && s->hq_head->due_ms <= s->now_ms) {
+		delayed_t *d = s->hq_head;
+		s->hq_head = d->next;
+		if (!s->hq_head)
+			s->hq_tail = NULL;
+		conn_t *c = &s->conns[d->conn];
+		if (c->state == SLOT_OPEN && c->gen == d->gen) {
+			c->hs_released = true;
+			c->rx_new = true; /* the held ClientHello */
+			mark_dirty(s, c);
+		}
+		free(d);
+	}
+	while (s->idle_head != SLOT_NONE) {
+		conn_t *c = &s->conns[s->idle_head];
+		if (s->now_ms - c->last_active_ms < c->bh->idle_close_ms)
+			break;
+		if (c->delayed_pending || c->send_armed) {
+			idle_touch(s, c); /* not idle: answers are on their way */
+			continue;
+		}
+		CNT_INC(s, fault_idle_closed);
+		conn_close_notify(s, c);
+	}
+}
+
 /* ---- shard life --------------------------------------------------------- */
 
 static int ring_setup(shard_t *s)
@@ -811,6 +1220,15 @@ static int shard_init(shard_t *s)
 	s->ob = malloc(OUT_BATCH_CAP);
 	if (!s->conns || !s->dirty || !s->txfree || !s->scratch || !s->ob)
 		return -ENOMEM;
+	s->rng = (g.seed ^ ((uint64_t)(s->id + 1) * 0x9E3779B97F4A7C15ull)) | 1;
+	s->idle_head = s->idle_tail = SLOT_NONE;
+	s->now_ms = mono_ms();
+	if (g.behave.reorder) {
+		s->rev = malloc(sizeof(*s->rev) * (OUT_BATCH_CAP / 8));
+		s->ob2 = malloc(OUT_BATCH_CAP);
+		if (!s->rev || !s->ob2)
+			return -ENOMEM;
+	}
 	s->free_head = SLOT_NONE;
 	for (uint32_t i = s->max_conns; i-- > 0;) {
 		s->conns[i].fd = -1;
@@ -830,8 +1248,17 @@ static int shard_init(shard_t *s)
 static void shard_loop(shard_t *s)
 {
 	while (!s->stop) {
-		int rc = io_uring_submit_and_wait(&s->ring, 1);
-		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+		int rc;
+		struct __kernel_timespec ts;
+		if (unlikely(g.timed) && fault_wait(s, &ts)) {
+			struct io_uring_cqe *first;
+			rc = io_uring_submit_and_wait_timeout(&s->ring, &first, 1, &ts, NULL);
+		} else {
+			rc = io_uring_submit_and_wait(&s->ring, 1);
+		}
+		if (unlikely(g.timed))
+			s->now_ms = mono_ms();
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
 			fprintf(stderr, "dot-responder: shard %d: io_uring_submit_and_wait: %s\n",
 				s->id, strerror(-rc));
 			break;
@@ -845,6 +1272,8 @@ static void shard_loop(shard_t *s)
 		}
 		io_uring_cq_advance(&s->ring, n);
 
+		if (unlikely(g.timed))
+			fault_timers(s);
 		for (uint32_t i = 0; i < s->ndirty; i++)
 			conn_service(s, &s->conns[s->dirty[i]]);
 		s->ndirty = 0;
@@ -872,7 +1301,21 @@ static void shard_fini(shard_t *s)
 	free(s->txfree);
 	free(s->scratch);
 	free(s->ob);
-	s->rbufs = s->scratch = s->ob = NULL;
+	free(s->ob2);
+	free(s->rev);
+	while (s->dq_head) {
+		delayed_t *d = s->dq_head;
+		s->dq_head = d->next;
+		free(d);
+	}
+	while (s->hq_head) {
+		delayed_t *d = s->hq_head;
+		s->hq_head = d->next;
+		free(d);
+	}
+	s->dq_tail = s->hq_tail = NULL;
+	s->rev = NULL;
+	s->rbufs = s->scratch = s->ob = s->ob2 = NULL;
 	s->conns = NULL;
 	s->dirty = NULL;
 	s->txfree = NULL;
@@ -939,6 +1382,22 @@ static void usage(FILE *f)
 		"  --ttl N              TTL of the record (default 300)\n"
 		"  --tls-min 1.2|1.3    lowest TLS version (default 1.2)\n"
 		"  --tls-max 1.2|1.3    highest TLS version (default 1.3)\n"
+		"\n"
+		"Fault injection (all off by default; P is a percentage 0..100):\n"
+		"  --delay-ms N         hold answers back N ms (others are served meanwhile)\n"
+		"  --delay-pct P        only P%% of the answers are delayed (default 100)\n"
+		"  --drop-pct P         never answer P%% of the queries\n"
+		"  --reorder            the answers of each batch go out in reverse order\n"
+		"  --wrong-id-pct P     P%% of the answers carry another ID (never the right one)\n"
+		"  --wrong-question-pct P  P%% of the answers carry another name\n"
+		"  --close-after N      after N answers on a connection: close_notify, close\n"
+		"                       (queries not answered yet are dropped)\n"
+		"  --idle-close-ms T    close_notify and close connections idle for T ms\n"
+		"  --reset-mid-record K after K answers on a connection, send half of the\n"
+		"                       next answer's TLS record, then reset (RST)\n"
+		"  --refuse-handshake   reset every connection on its ClientHello\n"
+		"  --handshake-delay-ms N  hold each ClientHello N ms before answering it\n"
+		"  --seed N             seed for the percentages (default: from the clock)\n"
 		"  --help               this text\n"
 		"\n"
 		"Prints \"listening on ...\" to stderr when ready. SIGUSR1 and exit print\n"
@@ -1031,8 +1490,10 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 
 static int parse_args(int argc, char **argv)
 {
+	/* Same order as opts[]: the error message indexes it. */
 	enum { O_LISTEN = 256, O_CERT, O_KEY, O_THREADS, O_MAXCONNS, O_IP, O_IP6, O_TTL,
-	       O_TLSMIN, O_TLSMAX, O_HELP };
+	       O_TLSMIN, O_TLSMAX, O_DELAY, O_DELAYPCT, O_DROPPCT, O_REORDER, O_WRONGID,
+	       O_WRONGQ, O_CLOSEAFTER, O_IDLECLOSE, O_RESETMID, O_REFUSE, O_HSDELAY, O_SEED, O_HELP };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
 		{ "cert", required_argument, NULL, O_CERT },
@@ -1044,6 +1505,18 @@ static int parse_args(int argc, char **argv)
 		{ "ttl", required_argument, NULL, O_TTL },
 		{ "tls-min", required_argument, NULL, O_TLSMIN },
 		{ "tls-max", required_argument, NULL, O_TLSMAX },
+		{ "delay-ms", required_argument, NULL, O_DELAY },
+		{ "delay-pct", required_argument, NULL, O_DELAYPCT },
+		{ "drop-pct", required_argument, NULL, O_DROPPCT },
+		{ "reorder", no_argument, NULL, O_REORDER },
+		{ "wrong-id-pct", required_argument, NULL, O_WRONGID },
+		{ "wrong-question-pct", required_argument, NULL, O_WRONGQ },
+		{ "close-after", required_argument, NULL, O_CLOSEAFTER },
+		{ "idle-close-ms", required_argument, NULL, O_IDLECLOSE },
+		{ "reset-mid-record", required_argument, NULL, O_RESETMID },
+		{ "refuse-handshake", no_argument, NULL, O_REFUSE },
+		{ "handshake-delay-ms", required_argument, NULL, O_HSDELAY },
+		{ "seed", required_argument, NULL, O_SEED },
 		{ "help", no_argument, NULL, O_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1100,6 +1573,53 @@ static int parse_args(int argc, char **argv)
 			if (parse_tls_version(optarg, &g.tls_max) < 0)
 				goto bad;
 			break;
+		case O_DELAY:
+			if (parse_uint(optarg, 0, 600000, &v) < 0)
+				goto bad;
+			g.behave.delay_ms = (uint32_t)v;
+			break;
+		case O_DELAYPCT:
+		case O_DROPPCT:
+		case O_WRONGID:
+		case O_WRONGQ:
+			if (parse_uint(optarg, 0, 100, &v) < 0)
+				goto bad;
+			*(o == O_DELAYPCT ? &g.behave.delay_pct
+			  : o == O_DROPPCT ? &g.behave.drop_pct
+			  : o == O_WRONGID ? &g.behave.wrong_id_pct
+					   : &g.behave.wrong_question_pct) = (uint8_t)v;
+			break;
+		case O_REORDER:
+			g.behave.reorder = true;
+			break;
+		case O_CLOSEAFTER:
+			if (parse_uint(optarg, 1, UINT32_MAX, &v) < 0)
+				goto bad;
+			g.behave.close_after = (uint32_t)v;
+			break;
+		case O_IDLECLOSE:
+			if (parse_uint(optarg, 1, 3600000, &v) < 0)
+				goto bad;
+			g.behave.idle_close_ms = (uint32_t)v;
+			break;
+		case O_RESETMID:
+			if (parse_uint(optarg, 0, INT32_MAX, &v) < 0)
+				goto bad;
+			g.behave.reset_after = (int32_t)v;
+			break;
+		case O_REFUSE:
+			g.behave.refuse_handshake = true;
+			break;
+		case O_HSDELAY:
+			if (parse_uint(optarg, 0, 600000, &v) < 0)
+				goto bad;
+			g.behave.handshake_delay_ms = (uint32_t)v;
+			break;
+		case O_SEED:
+			if (parse_uint(optarg, 0, ULONG_MAX, &v) < 0)
+				goto bad;
+			g.seed = v;
+			break;
 		case O_HELP:
 		case 'h':
 			usage(stdout);
@@ -1127,6 +1647,12 @@ bad:
 		fprintf(stderr, "dot-responder: --tls-min above --tls-max\n");
 		return -1;
 	}
+	behave_t *b = &g.behave;
+	b->faulty = b->drop_pct || b->delay_ms || b->wrong_id_pct || b->wrong_question_pct ||
+		    b->reorder || b->close_after || b->reset_after >= 0;
+	g.timed = b->delay_ms || b->idle_close_ms || b->handshake_delay_ms;
+	if (!g.seed)
+		g.seed = mono_ms() ^ ((uint64_t)getpid() << 32);
 	return 0;
 }
 
@@ -1301,6 +1827,15 @@ int main(int argc, char **argv)
 		format_addr(&g.listen[j], a, sizeof(a));
 		o += (size_t)snprintf(line + o, sizeof(line) - o, "%s%s", j ? " " : "", a);
 	}
+	const behave_t *b = &g.behave;
+	if (b->faulty || g.timed || b->refuse_handshake)
+		fprintf(stderr,
+			"faults delay-ms=%u delay-pct=%u drop-pct=%u reorder=%d wrong-id-pct=%u "
+			"wrong-question-pct=%u close-after=%u idle-close-ms=%u reset-mid-record=%d "
+			"refuse-handshake=%d handshake-delay-ms=%u seed=%llu\n",
+			b->delay_ms, b->delay_pct, b->drop_pct, b->reorder, b->wrong_id_pct,
+			b->wrong_question_pct, b->close_after, b->idle_close_ms, b->reset_after,
+			b->refuse_handshake, b->handshake_delay_ms, (unsigned long long)g.seed);
 	fprintf(stderr, "listening on %s threads=%d\n", line, g.threads);
 
 	for (;;) {

@@ -6,8 +6,11 @@
 Makes a throwaway CA with tools/mkcert.sh, starts the responder on a free
 port of 127.0.0.1, and checks answers, framing, pipelining, malformed input,
 TLS 1.2 / 1.3, session resumption, half-close, close_notify and the
-counters. Everything is bounded in time. Prints "N passed, N failed";
-exits 0, 1 on a failure, 77 when openssl is missing.
+counters; then starts it again with each fault flag (delay, drop, reorder,
+wrong ID, wrong question, close after N, idle close, torn record + reset,
+refused or stalled handshake) and checks the fault happens and its counter moves.
+Everything is bounded in time. Prints "N passed, N failed"; exits 0, 1 on
+a failure, 77 when openssl is missing.
 """
 import os
 import shutil
@@ -93,6 +96,262 @@ class Conn:
             self.s.close()
         except OSError:
             pass
+
+
+def start_responder(binary, tmp, extra, tag):
+    """Start binary on 127.0.0.1:0 with mkcert's files in tmp and the extra
+    arguments; returns (proc, port, stderr file) or (proc, None, file)."""
+    errf = open(os.path.join(tmp, "stderr-%s" % tag), "w+")
+    proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--cert",
+                             os.path.join(tmp, "server.pem"), "--key",
+                             os.path.join(tmp, "server.key")] + extra, stderr=errf)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline:
+        errf.seek(0)
+        for line in errf.read().splitlines():
+            if line.startswith("listening on 127.0.0.1:"):
+                return proc, int(line.split()[2].rsplit(":", 1)[1]), errf
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    return proc, None, errf
+
+
+def stop_responder(proc, errf):
+    """SIGTERM; returns (exit code, the last counters as a dict)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    errf.seek(0)
+    lines = [l for l in errf.read().splitlines() if "queries=" in l]
+    errf.close()
+    kv = dict(p.split("=", 1) for p in lines[-1].split()) if lines else {}
+    return rc, {k: int(v) for k, v in kv.items() if v.isdigit()}
+
+
+def fault_checks(c, binary, tmp, ca):
+    """One responder per fault flag; each check looks at what a client sees
+    and at the fault's counter."""
+
+    def run(tag, extra, body, counter=None, least=1):
+        proc, port, errf = start_responder(binary, tmp, extra, tag)
+        try:
+            if port is None:
+                c.ok(False, "%s: responder did not start" % tag)
+                return
+            c.run(tag, lambda: body(port))
+        finally:
+            rc, cnt = stop_responder(proc, errf)
+            c.ok(rc == 0, "%s: clean exit" % tag)
+            if counter:
+                c.ok(cnt.get(counter, 0) >= least, "%s: counter %s=%s (want >= %d)"
+                     % (tag, counter, cnt.get(counter), least))
+
+    def delay(port):
+        # 5 connections x 20 queries at once; every answer 300 ms late, all
+        # of them together (a timer queue, not a sleep per answer).
+        ks = [Conn(port, ca) for _ in range(5)]
+        t0 = time.monotonic()
+        for j, k in enumerate(ks):
+            k.send(b"".join(frame(query(j * 100 + i, "d%d.example" % i)) for i in range(20)))
+        got = 0
+        for j, k in enumerate(ks):
+            for _ in range(20):
+                a = k.read_msg()
+                got += a is not None and a["an"] == 1
+        dt = time.monotonic() - t0
+        c.ok(got == 100 and 0.28 <= dt < 1.2,
+             "--delay-ms 300: 100 answers on 5 connections after %.2f s (0.3 s each, served together)" % dt)
+        k = ks[0]
+        k.s.settimeout(0.15)
+        k.send(frame(query(1, "late.example")))
+        try:
+            early = k.read_msg()
+        except socket.timeout:
+            early = None
+        k.s.settimeout(TIMEOUT)
+        c.ok(early is None and k.read_msg()["id"] == 1, "--delay-ms 300: nothing after 150 ms, then the answer")
+        for k in ks:
+            k.close()
+
+    def delay_pct(port):
+        k = Conn(port, ca)
+        t0 = time.monotonic()
+        k.send(b"".join(frame(query(i, "p%d.example" % i)) for i in range(200)))
+        times = []
+        for _ in range(200):
+            k.read_msg()
+            times.append(time.monotonic() - t0)
+        fast = sum(1 for t in times if t < 0.25)
+        c.ok(40 <= fast <= 160 and max(times) >= 0.3,
+             "--delay-pct 50: %d of 200 answers fast, the rest 400 ms late" % fast)
+        k.close()
+
+    def drop(port):
+        k = Conn(port, ca)
+        k.s.settimeout(0.5)
+        k.send(b"".join(frame(query(i, "x%d.example" % i)) for i in range(200)))
+        ids = set()
+        try:
+            while True:
+                a = k.read_msg()
+                if a is None:
+                    break
+                ids.add(a["id"])
+        except socket.timeout:
+            pass
+        c.ok(40 <= len(ids) <= 160, "--drop-pct 50: %d of 200 queries answered" % len(ids))
+        k.close()
+
+    def reorder(port):
+        k = Conn(port, ca)
+        k.send(b"".join(frame(query(i, "r%d.example" % i)) for i in range(20)))
+        ids = [k.read_msg()["id"] for _ in range(20)]
+        c.ok(sorted(ids) == list(range(20)) and ids != list(range(20)) and ids[0] > ids[-1],
+             "--reorder: 20 pipelined queries answered last first (%s...)" % ids[:5])
+        k.close()
+
+    def wrong_id(port):
+        k = Conn(port, ca)
+        k.send(frame(query(0x4242, "w.example")))
+        a = k.read_msg()
+        c.ok(a["id"] != 0x4242 and b"\x01w\x07example" in a["raw"],
+             "--wrong-id-pct 100: right question, ID %#x instead of 0x4242" % a["id"])
+        k.s.settimeout(0.3)
+        try:
+            more = k.read_msg()
+        except socket.timeout:
+            more = None
+        c.ok(more is None, "--wrong-id-pct 100: no second answer")
+        k.close()
+
+    def wrong_question(port):
+        k = Conn(port, ca)
+        k.send(frame(query(7, "wq.example")) + frame(query(8, "qq.example")))
+        a, b = k.read_msg(), k.read_msg()
+        c.ok(a["id"] == 7 and b"\x02qq\x07example" in a["raw"] and
+             b["id"] == 8 and b"\x02zq\x07example" in b["raw"],
+             "--wrong-question-pct 100: right ID, first letter of the name changed")
+        k.close()
+
+    def close_after(port):
+        k = Conn(port, ca)
+        k.send(b"".join(frame(query(i, "c%d.example" % i)) for i in range(10)))
+        ids = []
+        try:
+            while True:
+                a = k.read_msg()
+                if a is None:
+                    break
+                ids.append(a["id"])
+        except (ssl.SSLError, ConnectionError):
+            pass
+        c.ok(ids == [0, 1, 2], "--close-after 3: 10 pipelined, answers %s, then closed" % ids)
+        k.close()
+        k = Conn(port, ca)
+        k.send(frame(query(5, "again.example")))
+        c.ok(k.read_msg()["id"] == 5, "--close-after 3: a new connection is served")
+        k.close()
+
+    def idle_close(port):
+        k = Conn(port, ca)
+        k.send(frame(query(1, "i.example")))
+        k.read_msg()
+        t0 = time.monotonic()
+        k.s.settimeout(2.0)
+        closed = k.closed_by_peer()
+        dt = time.monotonic() - t0
+        c.ok(closed and 0.25 <= dt < 1.0, "--idle-close-ms 300: closed %.2f s after the last answer" % dt)
+        k.close()
+        k = Conn(port, ca)
+        for i in range(4):  # busy (a query every 150 ms): stays open
+            k.send(frame(query(i, "busy.example")))
+            c.ok(k.read_msg()["id"] == i, "--idle-close-ms 300: busy connection stays open (%d)" % i)
+            time.sleep(0.15)
+        k.close()
+
+    def reset_mid(port):
+        # TLS over memory BIOs, to see the TCP reset and the torn record
+        # (an SSLSocket reports both as a plain EOF).
+        ctx = ssl.create_default_context(cafile=ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        o = ctx.wrap_bio(inc, out, server_hostname="dot.test")
+        while True:
+            try:
+                o.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                inc.write(raw.recv(65536))
+        o.write(b"".join(frame(query(i, "m%d.example" % i)) for i in range(5)))
+        raw.sendall(out.read())
+        how, plain, cipher = "eof", b"", b""
+        try:
+            while True:
+                d = raw.recv(65536)
+                if not d:
+                    break
+                inc.write(d)
+                cipher += d
+        except ConnectionResetError:
+            how = "reset"
+        off = 0  # walk the TLS records (5-byte headers): the last one is cut
+        while off + 5 <= len(cipher) and off + 5 + struct.unpack(">H", cipher[off + 3:off + 5])[0] <= len(cipher):
+            off += 5 + struct.unpack(">H", cipher[off + 3:off + 5])[0]
+        torn = len(cipher) - off
+        try:
+            while True:
+                plain += o.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as e:
+            how += " " + repr(e)
+        raw.close()
+        ids = []
+        while len(plain) >= 2 and len(plain) >= 2 + struct.unpack(">H", plain[:2])[0]:
+            n = struct.unpack(">H", plain[:2])[0]
+            ids.append(parse(plain[2:2 + n])["id"])
+            plain = plain[2 + n:]
+        c.ok(ids == [0, 1] and how == "reset" and torn > 5,
+             "--reset-mid-record 2: answers %s, %d bytes of a torn record, then %s "
+             "(want [0, 1], some, reset)" % (ids, torn, how))
+
+    def refuse(port):
+        try:
+            k = Conn(port, ca)
+            k.close()
+            how = "handshake completed"
+        except ConnectionResetError:
+            how = "reset"
+        except (ssl.SSLError, OSError) as e:
+            how = repr(e)
+        c.ok(how == "reset", "--refuse-handshake: %s (want reset)" % how)
+
+    def hs_delay(port):
+        t0 = time.monotonic()
+        k = Conn(port, ca)
+        dt = time.monotonic() - t0
+        k.send(frame(query(3, "hs.example")))
+        c.ok(0.28 <= dt < 1.0 and k.read_msg()["id"] == 3,
+             "--handshake-delay-ms 300: handshake took %.2f s, then answers" % dt)
+        k.close()
+
+    run("delay", ["--delay-ms", "300"], delay, "fault_delayed", 101)
+    run("hs_delay", ["--handshake-delay-ms", "300"], hs_delay, "fault_hs_delayed")
+    run("delay_pct", ["--delay-ms", "400", "--delay-pct", "50", "--seed", "7"], delay_pct,
+        "fault_delayed", 40)
+    run("drop", ["--drop-pct", "50", "--seed", "7"], drop, "fault_dropped", 40)
+    run("reorder", ["--reorder"], reorder, "fault_reordered")
+    run("wrong_id", ["--wrong-id-pct", "100"], wrong_id, "fault_wrong_id")
+    run("wrong_question", ["--wrong-question-pct", "100"], wrong_question, "fault_wrong_question", 2)
+    run("close_after", ["--close-after", "3"], close_after, "fault_closed_after")
+    run("idle_close", ["--idle-close-ms", "300"], idle_close, "fault_idle_closed")
+    run("reset_mid", ["--reset-mid-record", "2"], reset_mid, "fault_resets")
+    run("refuse", ["--refuse-handshake"], refuse, "fault_refused")
 
 
 class Checks:
@@ -303,7 +562,11 @@ def main():
                  "counters: connections handshakes queries answers")
             c.ok(int(kv.get("queries", 0)) >= 3000 and int(kv.get("resumed", 0)) >= 2,
                  "counters add up across shards (%s)" % lines[-1])
+            c.ok(all(int(v) == 0 for k, v in kv.items() if k.startswith("fault_")),
+                 "no fault flag: every fault_ counter is 0")
         proc = None
+        errf.close()
+        fault_checks(c, binary, tmp, ca)
     finally:
         if proc:
             proc.kill()
