@@ -176,16 +176,17 @@ static void reload(dp_control_t *ctl)
 		       nc->tls_min_version != ctl->cfg->tls_min_version;
 	SSL_CTX *ctxs[256] = { 0 };
 	if (new_ctx) {
-		for (int i = 0; i < ctl->nshards; i++) {
-			ctxs[i] = dp_tls_client_ctx(nc, err, sizeof(err));
-			if (!ctxs[i]) {
-				dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
-				for (int j = 0; j < i; j++)
-					SSL_CTX_free(ctxs[j]);
-				free(nc);
-				return;
-			}
+		SSL_CTX *ctx = dp_tls_client_ctx(nc, err, sizeof(err));
+		if (!ctx) {
+			dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
+			free(nc);
+			return;
 		}
+		for (int i = 0; i < ctl->nshards; i++) {
+			SSL_CTX_up_ref(ctx);
+			ctxs[i] = ctx;
+		}
+		SSL_CTX_free(ctx);
 	}
 	uint32_t gen = ++ctl->gen;
 	for (int i = 0; i < ctl->nshards; i++)

@@ -112,13 +112,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* Everything that needs root (ports, the CA file) happens before this. */
-	for (int i = 0; i < n; i++) {
-		shards[i].ssl_ctx = dp_tls_client_ctx(cfg, err, sizeof(err));
-		if (!shards[i].ssl_ctx) {
-			fprintf(stderr, "dotproxy: %s\n", err);
-			return 1;
-		}
+	/* One TLS context (one copy of the CA bundle) for every shard: it is
+	 * touched only when a connection is made, never per query. */
+	SSL_CTX *ctx = dp_tls_client_ctx(cfg, err, sizeof(err));
+	if (!ctx) {
+		fprintf(stderr, "dotproxy: %s\n", err);
+		return 1;
 	}
+	for (int i = 0; i < n; i++) {
+		SSL_CTX_up_ref(ctx);
+		shards[i].ssl_ctx = ctx;
+	}
+	SSL_CTX_free(ctx);
 	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
 		return 1;
