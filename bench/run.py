@@ -1,0 +1,1128 @@
+#!/usr/bin/python3
+"""run.py - dotproxy's benchmark suite, on loopback, in one command.
+
+    bench/run.py                 full run: dotproxy and every installed peer
+    bench/run.py --smoke         dotproxy only, short, then the regression gate
+    bench/run.py --help          every option
+
+One run makes a throwaway CA, starts one DoT upstream (the synthetic
+dot-responder, or unbound with --upstream unbound), measures the upstream's
+own ceiling with dnsperf -m dot, then starts each system under test in turn --
+dotproxy, dnsdist, unbound, stubby, knot-resolver -- forwarding to that
+upstream over TLS with certificate verification against the throwaway CA, and
+drives it with dnsperf through the scenarios (udp-miss, udp-hit, tcp-miss,
+latency at fixed offered loads). Every measured run records dnsperf's counts,
+latency percentiles from dnsperf -v's per-query lines, the CPU time of the
+system's processes and of the upstream, and the system's peak RSS. Results go
+to a table on the terminal, a JSON file and a PNG; bench/README.md documents
+all three and the regression gate (bench/compare.py).
+
+The whole run holds an exclusive flock on /tmp/dp-bench.lock so that two
+benchmarks on this machine never overlap.
+"""
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
+import compare  # noqa: E402
+
+import dns.message  # noqa: E402
+import dns.query  # noqa: E402
+import dns.rcode  # noqa: E402
+
+SCHEMA = "dotproxy-bench/1"
+UNAME = "dot-upstream.bench"  # the upstream certificate's name (SNI, checked)
+ZONE = "example.com"  # every query is for a name under it
+PEERS = ("dnsdist", "unbound", "stubby", "kresd")
+SYSTEMS = ("dotproxy",) + PEERS
+# scenario -> (dnsperf transport, name set)
+THROUGHPUT = {"udp-miss": ("udp", "miss"), "udp-hit": ("udp", "hit"), "tcp-miss": ("tcp", "miss")}
+SCENARIOS = tuple(THROUGHPUT) + ("latency",)
+HIT_NAMES = 1000
+# dotproxy asks for an 8 MB UDP receive buffer; every peer gets as much, so
+# that dnsperf's opening burst of -q queries is not dropped by some only
+UDP_RCVBUF = 8 << 20
+RCVBUF_HOW = {"dnsdist": "setUDPSocketBufferSizes (8 MB, capped at net.core.rmem_max)",
+              "unbound": "so-rcvbuf: 8m",
+              "stubby": "net.core.rmem_default raised to 8 MB while it starts (no option of its own)",
+              "kresd": "net.core.rmem_default raised to 8 MB while it starts (no option of its own)"}
+MAX_NAMES = 4_000_000
+# the smoke gate's default threshold (percent); bench/README.md says why
+SMOKE_THRESHOLD = 75.0
+PACKAGES = {"dnsperf": "dnsperf", "dnsdist": "dnsdist", "unbound": "unbound",
+            "stubby": "stubby", "kresd": "knot-resolver"}
+VERSION_CMDS = {"dnsperf": (["dnsperf", "-h"], r"Version (\S+)"),
+                "dnsdist": (["dnsdist", "--version"], r"dnsdist (\S+)"),
+                "unbound": (["unbound", "-V"], r"Version (\S+)"),
+                "stubby": (["stubby", "-V"], r"Stubby (\S+)"),
+                "kresd": (["kresd", "--version"], r"version (\S+)")}
+# per-run values summarised as median/min/max over the repetitions
+RUN_KEYS = ("qps", "sent", "completed", "lost", "lost_pct", "errors", "lat_avg_ms", "lat_p50_ms",
+            "lat_p90_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms", "cpu_s", "cpu_us_per_query",
+            "upstream_cpu_us_per_query", "cpu_ratio", "upstream_queries_per_query",
+            "rss_peak_kb", "loadgen_cpu_s", "other_cpu_s", "other_cpus", "run_time_s")
+
+T0 = time.monotonic()
+
+
+def say(msg):
+    """A progress line on stderr, stamped with the time since start."""
+    print("[%6.1fs] %s" % (time.monotonic() - T0, msg), file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---- processes -------------------------------------------------------------
+
+LIVE = []  # daemons started and not yet stopped; stopped on any exit
+
+
+class Daemon:
+    """One background process with its output in a log file."""
+
+    def __init__(self, name, argv, log, cpu=None):
+        self.name, self.argv, self.log = name, argv, log
+        self.logf = open(log, "ab")
+        pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=pre)
+        self.pid = self.p.pid
+        LIVE.append(self)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after 10 s; returns the exit status."""
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+        if self in LIVE:
+            LIVE.remove(self)
+        return self.p.returncode
+
+    def tail(self, n=12):
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log) - 8192))
+                lines = f.read().decode(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return ""
+
+
+def stop_all():
+    for d in list(LIVE):
+        d.stop()
+
+
+def cpu_seconds(pid):
+    """CPU time (user+system, every thread, exited ones too) of a process.
+
+    Reads the process CPU-time clock (clock_getcpuclockid(pid): the same sum
+    as utime+stime in /proc/PID/stat, in nanoseconds instead of ticks), and
+    falls back to /proc/PID/stat."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    except OSError:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        m = re.search(r"VmRSS:\s+(\d+)", f.read())
+    return int(m.group(1)) if m else 0
+
+
+def reset_peak_rss(pid):
+    """Reset VmHWM to the current RSS (clear_refs 5, Linux >= 4.0)."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def free_port():
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(200):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
+    raise BenchError("no free port")
+
+
+def machine_cpu_seconds():
+    """(busy, irq) CPU seconds of the whole machine so far (/proc/stat):
+    busy is user+nice+system+steal, irq is irq+softirq time, which the
+    kernel charges to no process (much of it is loopback packet work)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    tck = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[7]) / tck, (v[5] + v[6]) / tck
+
+
+def wait_quiet(max_s, limit=0.25):
+    """Wait up to MAX_S seconds for the machine to be nearly idle (other
+    work below LIMIT CPUs over 2 s); returns the last load seen."""
+    deadline = time.monotonic() + max_s
+    warned = False
+    while True:
+        b0 = machine_cpu_seconds()[0]
+        time.sleep(2)
+        load = (machine_cpu_seconds()[0] - b0) / 2
+        if load < limit or time.monotonic() > deadline:
+            return load
+        if not warned:
+            say("machine busy (%.1f CPUs used by other work); waiting up to %ds for it to calm down" % (load, max_s))
+            warned = True
+
+
+def udp_rcvbuf_errors():
+    """Machine-wide count of UDP datagrams dropped for a full receive buffer."""
+    with open("/proc/net/snmp") as f:
+        rows = [ln.split() for ln in f if ln.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+class RmemDefault:
+    """Temporarily raise net.core.rmem_default, for starting a system that
+    has no option of its own for its UDP receive buffer (kresd, stubby):
+    sockets created meanwhile get the larger buffer, as an operator's sysctl
+    tuning would give them. Restored on exit; a no-op when not writable."""
+    PATH = "/proc/sys/net/core/rmem_default"
+
+    def __init__(self, size):
+        self.size, self.old = size, None
+
+    def __enter__(self):
+        if self.size is None:
+            return self
+        try:
+            with open(self.PATH) as f:
+                self.old = f.read().strip()
+            with open(self.PATH, "w") as f:
+                f.write(str(self.size))
+        except OSError:
+            self.old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            with open(self.PATH, "w") as f:
+                f.write(self.old)
+
+
+def render(template, out, **vals):
+    """Fill bench/peers/TEMPLATE's ${VAR}s into OUT."""
+    with open(os.path.join(HERE, "peers", template)) as f:
+        try:
+            text = string.Template(f.read()).substitute(vals)
+        except (KeyError, ValueError) as e:
+            raise BenchError("bench/peers/%s: bad placeholder %s" % (template, e))
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+def cmd_output(argv):
+    try:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        return r.stdout.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def file_sha256(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def random_name():
+    return "p%08x.%s" % (random.getrandbits(32), ZONE)
+
+
+# ---- the benchmark context ---------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="dp-bench.")
+        os.chmod(self.tmp, 0o755)  # systems that drop privileges still read the CA
+        self.logs = os.path.join(args.out, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.cadir = os.path.join(self.tmp, "ca")
+        self.upstream = []  # Daemons
+        self.uport = None
+
+    # -- upstream ---------------------------------------------------------
+
+    def make_ca(self):
+        r = subprocess.run(["sh", os.path.join(ROOT, "tools", "mkcert.sh"), self.cadir, UNAME, "127.0.0.1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise BenchError("tools/mkcert.sh failed: %s" % r.stdout.decode(errors="replace"))
+        self.ca = os.path.join(self.cadir, "ca.pem")
+        self.cert = os.path.join(self.cadir, "server.pem")
+        self.key = os.path.join(self.cadir, "server.key")
+
+    def start_upstream(self):
+        a = self.args
+        self.uport = free_port()
+        if a.upstream == "responder":
+            if not os.access(a.responder, os.X_OK):
+                raise BenchError("%s not built (cmake --build build, or --upstream unbound)" % a.responder)
+            self.upstream = [Daemon("dot-responder", [
+                a.responder, "--listen", "127.0.0.1:%d" % self.uport, "--cert", self.cert,
+                "--key", self.key, "--threads", str(a.upstream_threads)],
+                os.path.join(self.logs, "upstream.log"), cpu=a.pin_upstream)]
+        else:
+            d = os.path.join(self.tmp, "upstream-unbound")
+            os.makedirs(d)
+            conf = render("unbound-upstream.conf.in", os.path.join(d, "unbound.conf"), DIR=d,
+                          UPORT=self.uport, KEY=self.key, CERT=self.cert, UTHREADS=a.upstream_threads)
+            shutil.copy(conf, os.path.join(self.logs, "upstream-unbound.conf"))
+            self.upstream = [Daemon("unbound-upstream", ["unbound", "-d", "-c", conf],
+                                    os.path.join(self.logs, "upstream.log"), cpu=a.pin_upstream)]
+        # ready once it answers a DoT query whose certificate verifies
+        ctx = ssl.create_default_context(cafile=self.ca)
+        deadline = time.monotonic() + 15
+        while True:
+            err = None
+            try:
+                q = dns.message.make_query(random_name(), "A")
+                r = dns.query.tls(q, "127.0.0.1", port=self.uport, ssl_context=ctx,
+                                  server_hostname=UNAME, timeout=2)
+                if r.rcode() == 0 and r.answer:
+                    break
+                err = "rcode %s" % r.rcode()
+            except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+                err = e
+            if not self.upstream[0].alive() or time.monotonic() > deadline:
+                raise BenchError("upstream did not answer over DoT (%s):\n%s" % (err, self.upstream[0].tail()))
+            time.sleep(0.1)
+        say("upstream %s on 127.0.0.1:%d (%d thread%s)" % (
+            a.upstream, self.uport, a.upstream_threads, "s" if a.upstream_threads > 1 else ""))
+
+    def upstream_pids(self):
+        return [d.pid for d in self.upstream]
+
+    def upstream_queries(self):
+        """Queries the synthetic responder has answered so far (from its
+        SIGUSR1 counters line), or None when the upstream cannot tell."""
+        if self.args.upstream != "responder":
+            return None
+        d = self.upstream[0]
+        size0 = os.path.getsize(d.log)
+        os.kill(d.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            with open(d.log, "rb") as f:
+                f.seek(size0)
+                m = re.findall(rb"\bqueries=(\d+)", f.read())
+            if m:
+                return int(m[-1])
+            time.sleep(0.01)
+        return None
+
+    # -- names ------------------------------------------------------------
+
+    def names(self, tag, count, prefix=None):
+        """Write COUNT query lines (name, type A) under a fresh random prefix
+        to a file in the scratch directory; returns its path. Fresh prefixes
+        keep every miss-scenario name unique in every run and repetition."""
+        prefix = prefix or "%s%08x-" % (tag, random.getrandbits(32))
+        count = int(min(max(count, 1000), MAX_NAMES))
+        path = os.path.join(self.tmp, "names-%s.txt" % tag)
+        with open(path, "w") as f:
+            for start in range(0, count, 100000):
+                f.write("".join("%s%d.%s A\n" % (prefix, i, ZONE)
+                                for i in range(start, min(count, start + 100000))))
+        return path
+
+    # -- dnsperf ----------------------------------------------------------
+
+    def dnsperf(self, port, mode, datafile, duration, loops=None, qps=None):
+        """Run dnsperf once; returns the parsed result (see parse_dnsperf)."""
+        a = self.args
+        argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", mode, "-d", datafile,
+                "-c", str(a.clients), "-q", str(a.outstanding), "-l", "%g" % duration,
+                "-t", str(a.query_timeout), "-v"]
+        if loops:
+            argv += ["-n", str(loops)]
+        if qps:
+            argv += ["-Q", str(qps)]
+        out = os.path.join(self.tmp, "dnsperf.out")
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(out, "wb") as f:
+            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                p.wait(duration + a.query_timeout + 30)
+            except subprocess.TimeoutExpired:
+                raise BenchError("dnsperf did not finish: %s" % " ".join(argv))
+            finally:  # also when interrupted: leave no load running
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(out, "rb") as f:
+            r = parse_dnsperf(f.read())
+        if r is None:
+            with open(out, "rb") as f:
+                raise BenchError("dnsperf failed (%s): %s" % (" ".join(argv), f.read()[-1500:].decode(errors="replace")))
+        r["loadgen_cpu_s"] = round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3)
+        r["dnsperf_args"] = argv[1:]
+        return r
+
+    def measure(self, pids, port, mode, datafile, duration, loops=None, qps=None,
+                forwarded=False, check=None):
+        """One dnsperf run against PIDS (the system's processes) with CPU
+        time, peak RSS and the upstream's share recorded around it. When
+        FORWARDED, every answered query also cost one upstream query and
+        cpu_ratio (system CPU per query / upstream CPU per query) is set."""
+        for pid in pids:
+            reset_peak_rss(pid)
+        upids = [p for p in self.upstream_pids() if p not in pids]
+        uq0 = self.upstream_queries()
+        e0 = udp_rcvbuf_errors()
+        m0 = machine_cpu_seconds()
+        w0 = time.monotonic()
+        c0 = sum(cpu_seconds(p) for p in pids)
+        u0 = sum(cpu_seconds(p) for p in upids)
+        r = self.dnsperf(port, mode, datafile, duration, loops, qps)
+        c1 = sum(cpu_seconds(p) for p in pids)
+        u1 = sum(cpu_seconds(p) for p in upids)
+        r["udp_rcvbuf_errors"] = udp_rcvbuf_errors() - e0
+        r["window_s"] = round(time.monotonic() - w0, 3)
+        # busy CPU time of the machine outside the system, the upstream and
+        # dnsperf: other programs competing for the cores, and kernel threads
+        # (ksoftirqd, kworkers) doing packet work; approximate (tick-based)
+        m1 = machine_cpu_seconds()
+        r["other_cpu_s"] = round(m1[0] - m0[0] - (c1 - c0) - (u1 - u0) - r["loadgen_cpu_s"], 2)
+        r["irq_cpu_s"] = round(m1[1] - m0[1], 2)
+        r["other_cpus"] = round(r["other_cpu_s"] / r["window_s"], 2)
+        uq1 = self.upstream_queries()
+        if check:
+            check()
+        n = r["completed"]
+        r["cpu_s"] = round(c1 - c0, 4)
+        r["cpu_us_per_query"] = (c1 - c0) / n * 1e6 if n else None
+        r["rss_peak_kb"] = sum(peak_rss_kb(p) for p in pids)
+        if upids:
+            r["upstream_cpu_s"] = round(u1 - u0, 4)
+            r["upstream_cpu_us_per_query"] = (u1 - u0) / n * 1e6 if n else None
+            if forwarded and n and u1 > u0:
+                r["cpu_ratio"] = (c1 - c0) / (u1 - u0)
+        if uq0 is not None and uq1 is not None and upids:
+            r["upstream_queries"] = uq1 - uq0
+            r["upstream_queries_per_query"] = (uq1 - uq0) / n if n else None
+        if qps:
+            r["target_qps"] = qps
+        return r
+
+
+def parse_dnsperf(out):
+    """Parse dnsperf 2.10 output run with -v.
+
+    Per-query lines are "> RCODE NAME TYPE SECONDS" for answers, "> T NAME
+    TYPE" for timeouts and "> I NAME TYPE" for queries interrupted at exit;
+    the totals come from the "Statistics:" block. Latency percentiles are
+    over answered queries (nearest rank). Returns None when there is no
+    Statistics block (dnsperf failed)."""
+    text = out.decode(errors="replace")
+    m = re.search(r"Queries sent:\s+(\d+)", text)
+    if not m:
+        return None
+    lat = []
+    timeouts = 0
+    for line in out.split(b"\n"):
+        if line.startswith(b"> "):
+            parts = line.split()
+            if len(parts) == 5:
+                lat.append(float(parts[4]))
+            elif parts[1] == b"T":
+                timeouts += 1
+
+    def num(pat, conv=int):
+        mm = re.search(pat, text)
+        return conv(mm.group(1)) if mm else None
+
+    r = {"sent": int(m.group(1)),
+         "completed": num(r"Queries completed:\s+(\d+)"),
+         "lost": num(r"Queries lost:\s+(\d+)"),
+         "run_time_s": num(r"Run time \(s\):\s+([\d.]+)", float),
+         "qps": num(r"Queries per second:\s+([\d.]+)", float),
+         "timeouts": timeouts,
+         "ended_by": "end of file" if "(end of file)" in text else "time limit"}
+    rc = re.search(r"Response codes:\s+(.*)", text)
+    r["rcodes"] = {k: int(v) for k, v in re.findall(r"(\w+) (\d+) \(", rc.group(1))} if rc else {}
+    r["errors"] = (r["completed"] or 0) - r["rcodes"].get("NOERROR", 0)
+    r["lost_pct"] = 100.0 * r["lost"] / r["sent"] if r["sent"] else 0.0
+    lat.sort()
+    n = len(lat)
+
+    def pct(q):
+        return lat[max(0, math.ceil(q / 100.0 * n) - 1)] * 1000.0 if n else None
+
+    r.update(lat_samples=n, lat_avg_ms=(sum(lat) / n * 1000.0) if n else None,
+             lat_p50_ms=pct(50), lat_p90_ms=pct(90), lat_p99_ms=pct(99), lat_p999_ms=pct(99.9),
+             lat_max_ms=lat[-1] * 1000.0 if n else None)
+    return r
+
+
+def summarize(runs):
+    """Median, min and max of every per-run value over the repetitions."""
+    s = {}
+    for k in RUN_KEYS:
+        v = [r[k] for r in runs if r.get(k) is not None]
+        if v:
+            s[k] = {"median": statistics.median(v), "min": min(v), "max": max(v)}
+    return s
+
+
+def med(summary, key):
+    v = summary.get(key)
+    return v["median"] if v else None
+
+
+# ---- systems under test ------------------------------------------------------
+
+def start_system(b, name, port, workdir, procs):
+    """Start system NAME listening on 127.0.0.1:PORT and forwarding to the
+    bench upstream; appends its Daemons to PROCS and returns a description
+    of its configuration."""
+    a = b.args
+    log = os.path.join(b.logs, "%s.log" % name)
+    vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE)
+    if name == "dotproxy":
+        argv = [a.dotproxy, "--listen", "127.0.0.1:%d" % port,
+                "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
+                "--threads", str(a.threads), "--timeout", "2s", "--log-level", "info"]
+        procs.append(Daemon(name, argv, log))
+        return {"argv": argv[1:], "threads": a.threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
+    if name == "dnsdist":
+        conf = render("dnsdist.conf.in", os.path.join(workdir, "dnsdist.conf"), **vals)
+        procs.append(Daemon(name, ["dnsdist", "--supervised", "--disable-syslog", "-C", conf], log))
+    elif name == "unbound":
+        conf = render("unbound.conf.in", os.path.join(workdir, "unbound.conf"), **vals)
+        procs.append(Daemon(name, ["unbound", "-d", "-c", conf], log))
+    elif name == "stubby":
+        conf = render("stubby.yml.in", os.path.join(workdir, "stubby.yml"), **vals)
+        procs.append(Daemon(name, ["stubby", "-C", conf, "-v", "4"], log))
+    elif name == "kresd":
+        conf = render("kresd.conf.in", os.path.join(workdir, "kresd.conf"), **vals)
+        for i in range(a.threads):
+            rundir = os.path.join(workdir, "kresd%d" % i)
+            os.makedirs(rundir)
+            procs.append(Daemon("kresd%d" % i, ["kresd", "-n", "-c", conf, rundir], log))
+            time.sleep(0.2)  # the first one creates the shared cache
+    else:
+        raise BenchError("unknown system %s" % name)
+    shutil.copy(conf, os.path.join(b.logs, os.path.basename(conf)))
+    return {"config": "bench/peers/" + os.path.basename(conf) + ".in", "processes": len(procs),
+            "threads": 1 if name == "stubby" else a.threads,
+            "udp_rcvbuf": RCVBUF_HOW[name]}
+
+
+def wait_ready(procs, port, deadline_s=20, probes=20):
+    """Ready when PROBES consecutive UDP queries (each from a new source port,
+    so SO_REUSEPORT spreads them over every process) get an answer."""
+    deadline = time.monotonic() + deadline_s
+    ok, err = 0, None
+    while ok < probes:
+        for d in procs:
+            if not d.alive():
+                raise BenchError("%s exited with status %s:\n%s" % (d.name, d.p.returncode, d.tail()))
+        try:
+            r = dns.query.udp(dns.message.make_query(random_name(), "A"), "127.0.0.1", port=port, timeout=1)
+            if r.rcode() == 0 and r.answer:
+                ok += 1
+                continue
+            err = "rcode %s" % dns.rcode.to_text(r.rcode())
+        except Exception as e:  # noqa: BLE001
+            err = e
+        ok = 0
+        if time.monotonic() > deadline:
+            raise BenchError("no answer on 127.0.0.1:%d within %ds (%s):\n%s" % (
+                port, deadline_s, err, "\n".join(d.tail() for d in procs)))
+        time.sleep(0.2)
+
+
+def dotproxy_stats(d):
+    """Ask dotproxy for its counters (SIGUSR1) and return the stats line."""
+    size0 = os.path.getsize(d.log)
+    os.kill(d.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        with open(d.log, "rb") as f:
+            f.seek(size0)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if 'msg="stats"' in ln]
+        if lines:
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)\b", lines[-1])}
+        time.sleep(0.02)
+    return None
+
+
+def run_system(b, name, ceiling_qps):
+    """Every selected scenario against one system; returns its result."""
+    a = b.args
+    res = {"status": "ok", "scenarios": {}}
+    if name != "dotproxy" and not shutil.which(name):
+        return {"status": "skipped", "reason": "%s is not installed" % name}
+    workdir = os.path.join(b.tmp, name)
+    os.makedirs(workdir)
+    port = free_port()
+    procs = []
+    try:
+        with RmemDefault(UDP_RCVBUF if name in ("kresd", "stubby") else None):
+            res.update(start_system(b, name, port, workdir, procs))
+            wait_ready(procs, port)
+        pids = [d.pid for d in procs]
+        res["rss_ready_kb"] = sum(rss_kb(p) for p in pids)
+        say("%s ready on 127.0.0.1:%d (%d process%s)" % (name, port, len(procs), "es" if len(procs) > 1 else ""))
+
+        def check():
+            for d in procs:
+                if not d.alive():
+                    raise BenchError("%s died (status %s):\n%s" % (d.name, d.p.returncode, d.tail()))
+
+        hit_prefix = "h%08x-" % random.getrandbits(32)
+        for scen in a.scenarios:
+            if scen == "latency":
+                udp = res["scenarios"].get("udp-miss", {}).get("summary", {})
+                res["scenarios"]["latency"] = run_latency(b, name, pids, port, med(udp, "qps"), check)
+            else:
+                res["scenarios"][scen] = run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check)
+            if name == "dotproxy":
+                res["scenarios"][scen]["dotproxy_stats"] = dotproxy_stats(procs[0])
+        res["rss_end_kb"] = sum(rss_kb(p) for p in pids)
+    except BenchError as e:
+        res["status"] = "failed"
+        res["reason"] = str(e)
+        say("%s FAILED: %s" % (name, e))
+    finally:
+        res["exit_status"] = [d.stop() for d in procs]
+    return res
+
+
+def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mode=None):
+    """Warm-up, then --reps measured runs of one throughput scenario."""
+    a = b.args
+    mode = mode or THROUGHPUT[scen][0]
+    kind = THROUGHPUT[scen][1] if scen in THROUGHPUT else "miss"
+    forwarded = kind == "miss" and scen != "ceiling"
+
+    def datafile(tag, duration, est):
+        if kind == "hit":
+            return b.names("hit", HIT_NAMES, prefix=hit_prefix), None
+        return b.names(tag, max(est * 2, 50000) * duration), 1
+
+    f, loops = datafile("w", a.warmup, a.max_qps_guess)
+    w = b.measure(pids, port, mode, f, a.warmup, loops, forwarded=forwarded, check=check)
+    say("%s %s warm-up: %s" % (name, scen, brief(w)))
+    est = max(w["qps"] or 0, 1000)
+    runs = []
+    for i in range(a.reps):
+        f, loops = datafile("r", a.duration, est)
+        r = b.measure(pids, port, mode, f, a.duration, loops, forwarded=forwarded, check=check)
+        runs.append(r)
+        est = max(est, r["qps"] or 0)
+        say("%s %s %d/%d: %s" % (name, scen, i + 1, a.reps, brief(r)))
+    res = {"transport": mode, "names": kind, "warmup": w, "runs": runs, "summary": summarize(runs)}
+    if ceiling_qps and scen != "ceiling":
+        q = med(res["summary"], "qps")
+        res["summary"]["qps_ratio"] = {"median": q / ceiling_qps} if q else None
+    return res
+
+
+def run_latency(b, name, pids, port, max_qps, check):
+    """dnsperf -Q at each --rates load, --reps times, unique names."""
+    a = b.args
+    points = []
+    for rate in a.rates:
+        if max_qps and rate > 1.1 * max_qps:
+            points.append({"rate": rate, "skipped": "above %s's udp-miss throughput (%.0f qps)" % (name, max_qps)})
+            say("%s latency @%d qps: skipped (above its %.0f qps throughput)" % (name, rate, max_qps))
+            continue
+        runs = []
+        for i in range(a.reps):
+            f = b.names("l", rate * a.latency_duration * 1.1 + 1000)
+            r = b.measure(pids, port, "udp", f, a.latency_duration, 1, qps=rate, forwarded=True, check=check)
+            runs.append(r)
+            say("%s latency @%d qps %d/%d: %s" % (name, rate, i + 1, a.reps, brief(r)))
+        points.append({"rate": rate, "runs": runs, "summary": summarize(runs)})
+    return {"transport": "udp", "names": "miss", "points": points}
+
+
+def brief(r):
+    def ms(v):
+        return "%.2f" % v if v is not None else "-"
+    s = "%8.0f qps, lost %d, p50 %s p99 %s ms, %s us/query" % (
+        r["qps"] or 0, r["lost"] or 0, ms(r["lat_p50_ms"]), ms(r["lat_p99_ms"]),
+        "%.1f" % r["cpu_us_per_query"] if r.get("cpu_us_per_query") else "-")
+    if r.get("errors"):
+        s += ", %d non-NOERROR %s" % (r["errors"], r["rcodes"])
+    if r.get("ended_by") == "end of file":
+        s += " (names ran out)"
+    return s
+
+
+# ---- machine, versions ------------------------------------------------------------
+
+def machine_info():
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = re.search(r"MemTotal:\s+(\d+)", open("/proc/meminfo").read())
+    osr = {}
+    try:
+        for line in open("/etc/os-release"):
+            k, _, v = line.strip().partition("=")
+            osr[k] = v.strip('"')
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "kernel_version": platform.version(), "cpu_model": cpu,
+            "nproc": os.cpu_count(), "cpus_allowed": len(os.sched_getaffinity(0)),
+            "mem_total_kb": int(mem.group(1)) if mem else None, "os": osr.get("PRETTY_NAME"),
+            "loadavg_start": open("/proc/loadavg").read().split()[:3]}
+
+
+def versions(a):
+    v = {}
+    for name, (argv, pat) in VERSION_CMDS.items():
+        if not shutil.which(argv[0]):
+            v[name] = None
+            continue
+        m = re.search(pat, cmd_output(argv))
+        pkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", PACKAGES[name]],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode()
+        v[name] = {"version": m.group(1) if m else None, "package": pkg or None}
+    def git(*c):
+        return subprocess.run(["git", "-C", ROOT] + list(c), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL).stdout.decode().strip()
+
+    dp = {"binary": a.dotproxy, "version": cmd_output([a.dotproxy, "--version"]).strip() or None,
+          "git_commit": git("rev-parse", "HEAD") or None,
+          "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+          "bench_delay_us": None}
+    cache = os.path.join(os.path.dirname(a.dotproxy), "CMakeCache.txt")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            text = f.read()
+        m = re.search(r"^DP_BENCH_DELAY_US:\w+=(\S*)", text, re.M)
+        m2 = re.search(r"^CMAKE_BUILD_TYPE:\w+=(\S*)", text, re.M)
+        dp["bench_delay_us"] = int(m.group(1)) if m and m.group(1).isdigit() else None
+        dp["build_type"] = (m2.group(1) if m2 else None) or None
+    v["dotproxy"] = dp
+    v["dot-responder"] = {"binary": a.responder, "git_commit": dp["git_commit"],
+                          "source_sha256": file_sha256(os.path.join(ROOT, "tools", "dot_responder.c"))}
+    return v
+
+
+# ---- results: metrics, table, plot --------------------------------------------------
+
+def metrics(results):
+    """The flat metrics object the regression gate reads: "SYSTEM.SCENARIO.
+    NAME" -> {value (the median), min, max, better}."""
+    out = {}
+
+    def put(key, summ, name, better):
+        s = summ.get(name)
+        if s and s.get("median") is not None:
+            out[key + "." + name] = {"value": s["median"], "min": s.get("min"), "max": s.get("max"),
+                                     "better": better}
+
+    ceil = results.get("upstream", {}).get("ceiling")
+    if ceil:
+        put("upstream.ceiling", ceil["summary"], "qps", "higher")
+        put("upstream.ceiling", ceil["summary"], "cpu_us_per_query", "lower")
+    for sysname, sres in results["systems"].items():
+        for scen, sc in sres.get("scenarios", {}).items():
+            if scen == "latency":
+                for pt in sc["points"]:
+                    if "summary" in pt:
+                        for k in ("lat_p50_ms", "lat_p99_ms", "cpu_us_per_query"):
+                            put("%s.latency@%d" % (sysname, pt["rate"]), pt["summary"], k, "lower")
+                continue
+            key = "%s.%s" % (sysname, scen)
+            s = sc["summary"]
+            put(key, s, "qps", "higher")
+            for k in ("cpu_us_per_query", "cpu_ratio", "lat_p50_ms", "lat_p99_ms", "lost_pct", "rss_peak_kb"):
+                put(key, s, k, "lower")
+            put(key, s, "qps_ratio", "higher")
+    return out
+
+
+def fmt(v, f="%.2f"):
+    return f % v if v is not None else "-"
+
+
+def print_table(results, out=sys.stdout):
+    print("\nThroughput (dnsperf -c %d -q %d, %gs x %d runs; median [min-max])" % (
+        results["settings"]["clients"], results["settings"]["outstanding"],
+        results["settings"]["duration_s"], results["settings"]["reps"]), file=out)
+    row = "%-9s %-12s %22s %6s %5s %7s %7s %7s %7s %7s %6s %6s %5s %7s %5s"
+    print(row % ("system", "scenario", "QPS", "lost", "err", "avg", "p50", "p90", "p99", "p99.9", "us/q", "ratio",
+                 "up/q", "RSS MB", "bg"), file=out)
+    print(row % ("", "", "", "", "", "ms", "ms", "ms", "ms", "ms", "CPU", "", "", "peak", "CPUs"), file=out)
+    rows = []
+    ceil = results.get("upstream", {}).get("ceiling")
+    if ceil:
+        rows.append(("upstream", "ceiling(dot)", ceil))
+    for sysname, sres in results["systems"].items():
+        if sres["status"] != "ok":
+            print("%-9s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]), file=out)
+            continue
+        for scen, sc in sres["scenarios"].items():
+            if scen != "latency":
+                rows.append((sysname, scen, sc))
+    for sysname, scen, sc in rows:
+        s = sc["summary"]
+        q = s.get("qps", {})
+        g = lambda k: med(s, k)  # noqa: E731
+        qs = "%.0f [%.0f-%.0f]" % (q["median"], q["min"], q["max"]) if q else "-"
+        upq = g("upstream_queries_per_query")
+        print(row % (
+            sysname, scen, qs, fmt(g("lost"), "%.0f"), fmt(g("errors"), "%.0f"),
+            fmt(g("lat_avg_ms")), fmt(g("lat_p50_ms")), fmt(g("lat_p90_ms")), fmt(g("lat_p99_ms")),
+            fmt(g("lat_p999_ms")), fmt(g("cpu_us_per_query"), "%.1f"), fmt(g("cpu_ratio")),
+            fmt(upq), fmt(g("rss_peak_kb") / 1024.0 if g("rss_peak_kb") else None, "%.1f"),
+            fmt(g("other_cpus"), "%.1f")), file=out)
+    lat = [(n, s["scenarios"]["latency"]) for n, s in results["systems"].items()
+           if s["status"] == "ok" and "latency" in s.get("scenarios", {})]
+    if lat:
+        print("\nLatency at fixed offered load (UDP, unique names; median of %d runs)" % results["settings"]["reps"],
+              file=out)
+        print("%-9s %8s %9s %6s %7s %7s %7s %7s %7s %7s" % (
+            "system", "offered", "achieved", "lost", "avg", "p50", "p90", "p99", "p99.9", "us/q"), file=out)
+        for n, sc in lat:
+            for pt in sc["points"]:
+                if "skipped" in pt:
+                    print("%-9s %8d %s" % (n, pt["rate"], "skipped: " + pt["skipped"]), file=out)
+                    continue
+                g = lambda k: med(pt["summary"], k)  # noqa: E731
+                print("%-9s %8d %9.0f %6s %7s %7s %7s %7s %7s %7s" % (
+                    n, pt["rate"], g("qps"), fmt(g("lost"), "%.0f"), fmt(g("lat_avg_ms")), fmt(g("lat_p50_ms")),
+                    fmt(g("lat_p90_ms")), fmt(g("lat_p99_ms")), fmt(g("lat_p999_ms")),
+                    fmt(g("cpu_us_per_query"), "%.1f")), file=out)
+    print("\nus/q: CPU time of the system's processes per answered query; ratio: that divided by the\n"
+          "upstream's CPU per query in the same runs (miss scenarios); up/q: upstream queries per\n"
+          "answered query (1 = forwarded, 0 = answered from cache); err: answers other than NOERROR;\n"
+          "bg: machine CPUs busy outside the measured processes (other programs, kernel threads).", file=out)
+
+
+def plot(results, path):
+    """A PNG via gnuplot: QPS and CPU/query per system and scenario, and
+    p50/p99 latency against offered load. Returns the path or None."""
+    if not shutil.which("gnuplot"):
+        say("gnuplot not installed: no plot")
+        return None
+    d = tempfile.mkdtemp(prefix="dp-plot.")
+    scen = [s for s in THROUGHPUT]
+    systems = [(n, s) for n, s in results["systems"].items() if s["status"] == "ok"]
+    if not systems:
+        return None
+    with open(os.path.join(d, "thr.dat"), "w") as f:
+        for n, s in systems:
+            cols = [n]
+            for key in ("qps", "cpu_us_per_query"):
+                for sc in scen:
+                    sm = s["scenarios"].get(sc, {}).get("summary", {}).get(key)
+                    cols += ["%g %g %g" % (sm["median"], sm["min"], sm["max"]) if sm else "? ? ?"]
+            f.write(" ".join(cols) + "\n")
+    lat_plots = []
+    for n, s in systems:
+        pts = [p for p in s["scenarios"].get("latency", {}).get("points", []) if "summary" in p]
+        if pts:
+            fn = os.path.join(d, "lat-%s.dat" % n)
+            with open(fn, "w") as f:
+                for p in pts:
+                    f.write("%d %s %s\n" % (p["rate"], fmt(med(p["summary"], "lat_p50_ms"), "%g"),
+                                            fmt(med(p["summary"], "lat_p99_ms"), "%g")))
+            lat_plots.append((n, fn))
+    ceil = med(results.get("upstream", {}).get("ceiling", {}).get("summary", {}), "qps")
+    ceil_note = "; upstream alone via dnsperf -m dot: %.0f" % ceil if ceil else ""
+    m = results["machine"]
+    title = "dotproxy bench %s - %s, %d CPUs, upstream %s" % (
+        results["started"][:16], m["cpu_model"], m["nproc"], results["settings"]["upstream"])
+    g = ["set terminal pngcairo size 1400,1000 font ',10'", "set output '%s'" % path,
+         "set datafile missing '?'", "set multiplot layout 2,2 title \"%s\"" % title,
+         "set style data histogram", "set style histogram errorbars gap 1 lw 1",
+         "set style fill solid 0.7 border -1", "set key top right", "set grid ytics", "set yrange [0:*]",
+         "set title 'Throughput (QPS, median, bars min-max)%s'" % ceil_note,
+         "plot '%s/thr.dat' using 2:3:4:xtic(1) title 'udp-miss', '' using 5:6:7 title 'udp-hit', "
+         "'' using 8:9:10 title 'tcp-miss'" % d,
+         "set title 'CPU time per answered query (us)'",
+         "plot '%s/thr.dat' using 11:12:13:xtic(1) title 'udp-miss', '' using 14:15:16 title 'udp-hit', "
+         "'' using 17:18:19 title 'tcp-miss'" % d]
+    if lat_plots:
+        g += ["set style data linespoints", "unset style", "set xlabel 'offered load (QPS)'",
+              "set ylabel 'ms'", "set logscale y", "set yrange [*:*]", "set key top left",
+              "set title 'p50 latency vs offered load (UDP, cache miss)'",
+              "plot " + ", ".join("'%s' using 1:2 with linespoints title '%s'" % (fn, n) for n, fn in lat_plots),
+              "set title 'p99 latency vs offered load (UDP, cache miss)'",
+              "plot " + ", ".join("'%s' using 1:3 with linespoints title '%s'" % (fn, n) for n, fn in lat_plots)]
+    g.append("unset multiplot")
+    r = subprocess.run(["gnuplot"], input="\n".join(g).encode(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shutil.rmtree(d, ignore_errors=True)
+    if r.returncode != 0:
+        say("gnuplot failed: %s" % r.stdout.decode(errors="replace")[-500:])
+        return None
+    return path
+
+
+# ---- main -------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="dotproxy benchmark suite on loopback (see bench/README.md)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="dotproxy + synthetic responder only, udp-miss, 3 x 3 s, then the regression gate "
+                         "against bench/baseline-smoke.json; under 60 s")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default %(default)s)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenarios (default %(default)s)")
+    ap.add_argument("--reps", type=int, help="measured repetitions per scenario and load (default 3)")
+    ap.add_argument("--duration", type=float, help="seconds per measured throughput run (default 5; smoke 3)")
+    ap.add_argument("--warmup", type=float, help="seconds of the warm-up run before each scenario (default 2; smoke 1.5)")
+    ap.add_argument("--latency-duration", type=float, default=4,
+                    help="seconds per fixed-load latency run (default %(default)s)")
+    ap.add_argument("--rates", default="5000,10000,20000,30000",
+                    help="offered loads in QPS of the latency scenario (default %(default)s)")
+    ap.add_argument("--clients", type=int, default=20, help="dnsperf -c (default %(default)s)")
+    ap.add_argument("--outstanding", type=int, default=1000, help="dnsperf -q (default %(default)s)")
+    ap.add_argument("--query-timeout", type=int, default=3,
+                    help="dnsperf -t: seconds before a query counts as lost (default %(default)s)")
+    ap.add_argument("--max-qps-guess", type=int, default=250000,
+                    help="unique names generated per second of warm-up; measured runs are sized from the "
+                         "warm-up's rate (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads (kresd: processes) of each system under test; stubby has one "
+                         "(default: online CPUs, %(default)s)")
+    ap.add_argument("--upstream", choices=("responder", "unbound"), default="responder",
+                    help="DoT upstream: tools/dot-responder, or unbound answering every name from a "
+                         "redirect local-zone (default %(default)s)")
+    ap.add_argument("--upstream-threads", type=int, default=1, help="threads of the upstream (default %(default)s)")
+    ap.add_argument("--pin-upstream", type=int, metavar="CPU", help="pin the upstream to this CPU (default: not pinned)")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the upstream's own ceiling (dnsperf -m dot)")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"),
+                    help="where dotproxy and tools/dot-responder are built (default %(default)s)")
+    ap.add_argument("--dotproxy", help="dotproxy binary (default BUILD_DIR/dotproxy)")
+    ap.add_argument("--responder", help="dot-responder binary (default BUILD_DIR/tools/dot-responder)")
+    ap.add_argument("--out", help="output directory (default bench/out/TIMESTAMP, or TIMESTAMP-smoke)")
+    ap.add_argument("--json", help="also write the results JSON to this file")
+    ap.add_argument("--no-plot", action="store_true", help="no PNG")
+    ap.add_argument("--compare", metavar="BASELINE.json", help="run the regression gate against this baseline")
+    ap.add_argument("--no-gate", action="store_true", help="no regression gate, not even in --smoke")
+    ap.add_argument("--gate", default=compare.DEFAULT_GATE,
+                    help="comma-separated metrics the gate checks (default %(default)s)")
+    ap.add_argument("--threshold", type=float,
+                    help="percent a gated metric may be worse than the baseline (default %g; smoke %g)" % (
+                        compare.DEFAULT_THRESHOLD, SMOKE_THRESHOLD))
+    ap.add_argument("--wait-quiet", type=int, default=0, metavar="SECONDS",
+                    help="before starting, wait up to SECONDS for other work on the machine to stop "
+                         "(below 0.25 CPUs; default: do not wait)")
+    ap.add_argument("--lock", default="/tmp/dp-bench.lock", help="flock held for the whole run (default %(default)s)")
+    ap.add_argument("--report", metavar="RESULTS.json",
+                    help="run nothing: print the table of an earlier run and plot it into --out")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.systems, a.scenarios, a.upstream = "dotproxy", "udp-miss", "responder"
+        if a.compare is None:
+            a.compare = os.path.join(HERE, "baseline-smoke.json")
+    a.reps = a.reps or 3
+    a.duration = a.duration or (3 if a.smoke else 5)
+    a.warmup = a.warmup or (1.5 if a.smoke else 2)
+    if a.threshold is None:
+        a.threshold = SMOKE_THRESHOLD if a.smoke else compare.DEFAULT_THRESHOLD
+    if a.no_gate:
+        a.compare = None
+    a.systems = [s for s in a.systems.split(",") if s]
+    a.scenarios = [s for s in a.scenarios.split(",") if s]
+    for s in a.systems:
+        if s not in SYSTEMS:
+            ap.error("unknown system %s (known: %s)" % (s, ", ".join(SYSTEMS)))
+    for s in a.scenarios:
+        if s not in SCENARIOS:
+            ap.error("unknown scenario %s (known: %s)" % (s, ", ".join(SCENARIOS)))
+    a.rates = [int(r) for r in a.rates.split(",") if r]
+    a.dotproxy = os.path.abspath(a.dotproxy or os.path.join(a.build_dir, "dotproxy"))
+    a.responder = os.path.abspath(a.responder or os.path.join(a.build_dir, "tools", "dot-responder"))
+    if not a.out:
+        a.out = os.path.join(HERE, "out", time.strftime("%Y%m%d-%H%M%S") + ("-smoke" if a.smoke else ""))
+    a.out = os.path.abspath(a.out)
+    return a
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            results = json.load(f)
+        print_table(results)
+        if not a.no_plot:
+            os.makedirs(a.out, exist_ok=True)
+            png = plot(results, os.path.join(a.out, "bench.png"))
+            if png:
+                say("plot: %s" % png)
+        return 0
+    if "dotproxy" in a.systems and not os.access(a.dotproxy, os.X_OK):
+        print("run.py: %s not found; build first: cmake -S . -B build -G Ninja && cmake --build build" % a.dotproxy,
+              file=sys.stderr)
+        return 2
+    for tool in ("dnsperf", "openssl"):
+        if not shutil.which(tool):
+            print("run.py: %s not installed (sh scripts/install-deps.sh)" % tool, file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))  # even where started with SIGINT ignored
+    os.makedirs(a.out, exist_ok=True)
+
+    lockf = open(a.lock, "a")
+    lock_wait = time.monotonic()
+    try:
+        fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("waiting for %s (another benchmark is running)" % a.lock)
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+    lock_wait = time.monotonic() - lock_wait
+
+    quiet = None
+    if a.wait_quiet:
+        quiet = wait_quiet(a.wait_quiet)
+        say("other work on the machine: %.2f CPUs" % quiet)
+    b = Bench(a)
+    results = {"schema": SCHEMA, "mode": "smoke" if a.smoke else "full",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": ["bench/run.py"] + argv,
+               "machine": machine_info(), "versions": versions(a),
+               "settings": {"clients": a.clients, "outstanding": a.outstanding, "duration_s": a.duration,
+                            "warmup_s": a.warmup, "latency_duration_s": a.latency_duration, "reps": a.reps,
+                            "rates": a.rates, "threads": a.threads, "upstream": a.upstream,
+                            "upstream_threads": a.upstream_threads, "pin_upstream": a.pin_upstream,
+                            "query_timeout_s": a.query_timeout, "systems": a.systems, "scenarios": a.scenarios},
+               "upstream": {}, "systems": {}}
+    results["machine"]["other_cpus_at_start"] = quiet
+    results["lock_wait_s"] = round(lock_wait, 1)
+    status = 0
+    try:
+        b.make_ca()
+        b.start_upstream()
+        results["upstream"] = {"kind": a.upstream, "port": b.uport, "threads": a.upstream_threads}
+        ceiling_qps = None
+        if not a.no_ceiling:
+            def check_upstream():
+                if not all(d.alive() for d in b.upstream):
+                    raise BenchError("upstream died:\n" + b.upstream[0].tail())
+            c = run_throughput(b, "upstream", b.upstream_pids(), b.uport, "ceiling", None, None,
+                               check_upstream, mode="dot")
+            results["upstream"]["ceiling"] = c
+            ceiling_qps = med(c["summary"], "qps")
+        for name in a.systems:
+            say("---- %s" % name)
+            results["systems"][name] = run_system(b, name, ceiling_qps)
+            for d in b.upstream:
+                if not d.alive():
+                    raise BenchError("upstream died:\n%s" % d.tail())
+    except BenchError as e:
+        say("ERROR: %s" % e)
+        results["error"] = str(e)
+        status = 2
+    finally:
+        stop_all()
+        shutil.rmtree(b.tmp, ignore_errors=True)
+    results["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    results["duration_s"] = round(time.monotonic() - T0, 1)
+    results["metrics"] = metrics(results)
+
+    print_table(results)
+    if not a.no_plot and not a.smoke and status == 0:
+        png = plot(results, os.path.join(a.out, "bench.png"))
+        if png:
+            results["plot"] = png
+    dp = results["systems"].get("dotproxy")
+    if dp and dp["status"] != "ok" and status == 0:
+        status = 2
+    if a.compare and status == 0:
+        with open(a.compare) as f:
+            base = json.load(f)
+        gates = [g for g in a.gate.split(",") if g]
+        ok, rows = compare.check(base, results, gates, a.threshold)
+        results["gate"] = {"baseline": os.path.relpath(a.compare, ROOT), "threshold_pct": a.threshold,
+                           "results": rows, "passed": ok}
+        print()
+        compare.print_rows(rows)
+        if compare.responder_changed(base, results):
+            results["gate"]["warning"] = "tools/dot_responder.c differs from the baseline's"
+            print("warning: tools/dot_responder.c differs from the baseline's; ratios to the responder "
+                  "are not comparable: refresh the baseline")
+        print("gate: %s" % ("PASS" if ok else "FAIL"))
+        status = 0 if ok else (2 if any(r.get("error") for r in rows) else 1)
+
+    path = os.path.join(a.out, "results.json")
+    for p in [path] + ([a.json] if a.json else []):
+        with open(p, "w") as f:
+            json.dump(results, f, indent=1, sort_keys=False)
+            f.write("\n")
+    say("results: %s%s (%.0fs)" % (path, (", plot: " + results["plot"]) if results.get("plot") else "",
+                                     time.monotonic() - T0))
+    return status
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()
