@@ -20,7 +20,7 @@ typedef struct dp_sockaddr {
 typedef struct dp_upstream_cfg {
 	dp_sockaddr_t addr;
 	char name[256]; /* TLS name (SNI and certificate check); "" = check the IP */
-	char text[320]; /* as given, for logs */
+	char text[512]; /* as given, for logs */
 	uint8_t pins[4][32]; /* SHA-256 of a SubjectPublicKeyInfo (RFC 7469) */
 	int npins;
 	bool no_ca; /* trust the pins alone, skip CA and name verification */

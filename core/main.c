@@ -54,6 +54,10 @@ static int drop_privileges(const dp_config_t *cfg, char *err, size_t errlen)
 int main(int argc, char **argv)
 {
 	char err[512] = "";
+	int status = 1, started = 0, n = 0;
+	int (*udp)[DP_MAX_LISTEN] = NULL, (*tcp)[DP_MAX_LISTEN] = NULL;
+	dp_shard_t *shards = NULL;
+	dp_control_t ctl = { .metrics_fd = -1 };
 	dp_config_t *cfg = malloc(sizeof(*cfg));
 	if (!cfg) {
 		fprintf(stderr, "dotproxy: out of memory\n");
@@ -61,18 +65,21 @@ int main(int argc, char **argv)
 	}
 	dp_config_defaults(cfg);
 	int rc = dp_config_parse_args(cfg, argc, argv, err, sizeof(err));
-	if (rc == 1)
-		return 0;
+	if (rc == 1) {
+		status = 0;
+		goto out;
+	}
 	if (rc < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
-		return 2;
+		status = 2;
+		goto out;
 	}
 	dp_log_level = cfg->log_level;
 	if (cfg->threads == 0)
 		cfg->threads = online_cpus();
 	if (access(cfg->ca_file, R_OK) != 0) {
 		fprintf(stderr, "dotproxy: cannot read CA file %s: %s\n", cfg->ca_file, strerror(errno));
-		return 1;
+		goto out;
 	}
 
 	/* Every client connection is a file descriptor: raise the soft limit
@@ -97,27 +104,28 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	int n = cfg->threads;
-	int (*udp)[DP_MAX_LISTEN] = calloc((size_t)n, sizeof(*udp));
-	int (*tcp)[DP_MAX_LISTEN] = calloc((size_t)n, sizeof(*tcp));
-	dp_shard_t *shards = calloc((size_t)n, sizeof(dp_shard_t));
+	n = cfg->threads;
+	udp = calloc((size_t)n, sizeof(*udp));
+	tcp = calloc((size_t)n, sizeof(*tcp));
+	shards = calloc((size_t)n, sizeof(dp_shard_t));
 	if (!udp || !tcp || !shards) {
 		fprintf(stderr, "dotproxy: out of memory\n");
-		return 1;
+		goto out;
 	}
-	dp_control_t ctl = { .shards = shards, .nshards = n, .cfg = cfg, .argc = argc, .argv = argv };
+	ctl = (dp_control_t){ .shards = shards, .nshards = n, .cfg = cfg, .argc = argc, .argv = argv,
+			      .metrics_fd = -1 };
 	if (dp_engine_bind_all(cfg, n, udp, tcp, err, sizeof(err)) < 0 ||
 	    dp_control_bind_metrics(&ctl, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
-		return 1;
+		goto out;
 	}
-	/* Everything that needs root (ports, the CA file) happens before this. */
 	/* One TLS context (one copy of the CA bundle) for every shard: it is
-	 * touched only when a connection is made, never per query. */
+	 * touched only when a connection is made, never per query. Made
+	 * before privileges go, like the sockets. */
 	SSL_CTX *ctx = dp_tls_client_ctx(cfg, err, sizeof(err));
 	if (!ctx) {
 		fprintf(stderr, "dotproxy: %s\n", err);
-		return 1;
+		goto out;
 	}
 	for (int i = 0; i < n; i++) {
 		SSL_CTX_up_ref(ctx);
@@ -126,10 +134,9 @@ int main(int argc, char **argv)
 	SSL_CTX_free(ctx);
 	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
-		return 1;
+		goto out;
 	}
 
-	int started = 0;
 	for (int i = 0; i < n; i++) {
 		dp_shard_t *s = &shards[i];
 		s->id = i;
@@ -137,15 +144,13 @@ int main(int argc, char **argv)
 		s->nlisten = cfg->nlisten;
 		memcpy(s->udp_fd, udp[i], sizeof(s->udp_fd));
 		memcpy(s->tcp_fd, tcp[i], sizeof(s->tcp_fd));
+		for (int l = 0; l < DP_MAX_LISTEN; l++)
+			udp[i][l] = tcp[i][l] = -1; /* the shard owns them now */
 		rc = dp_shard_start(s);
 		if (rc < 0) {
 			fprintf(stderr, "dotproxy: shard %d: %s\n", i,
 				s->init_msg[0] ? s->init_msg : dp_strerror(rc));
-			for (int j = 0; j < started; j++) {
-				dp_shard_stop(&shards[j]);
-				dp_shard_join(&shards[j]);
-			}
-			return 1;
+			goto out;
 		}
 		started++;
 	}
@@ -160,16 +165,36 @@ int main(int argc, char **argv)
 	}
 	dp_info("started", "version=%s shards=%d timeout_ms=%u", DP_VERSION, n, cfg->timeout_ms);
 
-	rc = dp_control_run(&ctl);
+	status = dp_control_run(&ctl);
+	cfg = ctl.cfg; /* a reload may have replaced it */
 	for (int i = 0; i < n; i++)
 		dp_shard_stop(&shards[i]);
 	for (int i = 0; i < n; i++)
 		dp_shard_join(&shards[i]);
+	started = 0;
 	dp_control_log_stats(shards, n);
 	dp_info("stopped", NULL);
+out:
+	for (int j = 0; j < started; j++) {
+		dp_shard_stop(&shards[j]);
+		dp_shard_join(&shards[j]);
+	}
+	for (int i = 0; shards && i < n; i++) {
+		if (i >= started && shards[i].ssl_ctx && !shards[i].exited)
+			SSL_CTX_free(shards[i].ssl_ctx); /* never started: still ours */
+	}
+	for (int i = 0; udp && tcp && i < n; i++)
+		for (int l = 0; l < DP_MAX_LISTEN; l++) {
+			if (udp[i][l] >= 0)
+				close(udp[i][l]);
+			if (tcp[i][l] >= 0)
+				close(tcp[i][l]);
+		}
+	if (ctl.metrics_fd >= 0)
+		close(ctl.metrics_fd);
 	free(shards);
 	free(udp);
 	free(tcp);
-	free(ctl.cfg);
-	return rc;
+	free(cfg);
+	return status;
 }

@@ -228,7 +228,7 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 		memset(&h, 0, sizeof(h));
 		for (int i = 0; i < n; i++)
 			hist_sum(&h, &shards[i].metrics.up[u].rtt);
-		char lab[400];
+		char lab[600];
 		snprintf(lab, sizeof(lab), "upstream=\"%s\"", cfg->upstream[u].text);
 		hist_put(&o, "dotproxy_upstream_rtt_seconds", lab, &h);
 	}
