@@ -33,6 +33,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->hedge_ms = -1;
 	c->upstream_idle_ms = 10000;
 	c->drain_ms = 5000;
+	c->pin = true;
 	snprintf(c->user, sizeof(c->user), "nobody");
 }
 
@@ -272,6 +273,8 @@ static void usage(const dp_config_t *d)
 	       "  --user NAME               after binding, run as NAME and its group\n"
 	       "                            (default nobody)\n"
 	       "  --allow-root              keep running as root\n"
+	       "  --no-pin                  let the scheduler move shards between CPUs\n"
+	       "                            (default: shard i pinned to the i-th CPU)\n"
 	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
 	       "                            this long, then exit (default 5s)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
@@ -289,7 +292,7 @@ enum {
 	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
-	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN,
+	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
 };
 
 static const struct option opts[] = {
@@ -321,6 +324,7 @@ static const struct option opts[] = {
 	{ "user", required_argument, NULL, OPT_USER },
 	{ "allow-root", no_argument, NULL, OPT_ALLOWROOT },
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
+	{ "no-pin", no_argument, NULL, OPT_NOPIN },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "version", no_argument, NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 },
@@ -550,6 +554,9 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 		break;
 	case OPT_ALLOWROOT:
 		c->allow_root = true;
+		break;
+	case OPT_NOPIN:
+		c->pin = false;
 		break;
 	case OPT_DRAIN:
 		if (parse_duration_ms(arg, &c->drain_ms) < 0) {

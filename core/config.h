@@ -56,6 +56,7 @@ typedef struct dp_config {
 	char user[64];
 	bool allow_root;
 	uint32_t drain_ms;
+	bool pin; /* pin shard i to the i-th allowed CPU */
 	/* parsing: which layer (1 file, 2 command line) set each list last */
 	int cur_layer, listen_layer, upstream_layer, acl_layer;
 } dp_config_t;

@@ -466,7 +466,8 @@ static void *shard_main(void *arg)
 {
 	dp_shard_t *s = arg;
 	int rc;
-	pin_to_cpu(s);
+	if (s->cfg->pin)
+		pin_to_cpu(s);
 	if ((rc = ring_setup(s)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "io_uring setup failed: %s",
 			 dp_strerror(rc));
