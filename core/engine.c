@@ -240,6 +240,13 @@ static void start_drain(dp_shard_t *s)
 
 static bool drained(dp_shard_t *s)
 {
+	/* Not before every receive has ended: the last one reads what the
+	 * client sent before we stopped. */
+	for (int l = 0; l < s->nlisten; l++)
+		if (s->udp_live[l])
+			return false;
+	if (!dp_tcp_reads_done(s))
+		return false;
 	uint32_t client_queries = 0;
 	for (uint32_t i = 0; i < s->q_hiwater && client_queries == 0; i++)
 		if (s->q[i].state != Q_FREE && s->q[i].transport != T_NONE)

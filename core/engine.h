@@ -219,6 +219,7 @@ typedef struct dp_shard {
 	int tcp_fd[DP_MAX_LISTEN];
 	int nlisten;
 	bool udp_armed[DP_MAX_LISTEN];
+	bool udp_live[DP_MAX_LISTEN]; /* a receive is in the kernel (drain waits for its end) */
 	bool tcp_armed[DP_MAX_LISTEN];
 	struct msghdr udp_recv_mh; /* template for multishot recvmsg */
 
@@ -336,6 +337,8 @@ void dp_tcp_expire(dp_shard_t *s);
 void dp_tcp_flush(dp_shard_t *s);
 /* Drain: stop reading from every client connection (answers still go). */
 void dp_tcp_stop_reading(dp_shard_t *s);
+/* True when no client connection has a receive in the kernel. */
+bool dp_tcp_reads_done(dp_shard_t *s);
 /* True when no client connection has answers waiting or being sent. */
 bool dp_tcp_idle_output(dp_shard_t *s);
 /* Teardown: shut every client socket; dp_tcp_free after the ring is gone. */

@@ -101,7 +101,10 @@ static void hist_put(out_t *o, const char *name, const char *labels, const dp_hi
 	put(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
 	const char *lb = labels[0] ? "{" : "", *rb = labels[0] ? "}" : "";
 	put(o, "%s_sum%s%s%s %.6f\n", name, lb, labels, rb, h->sum_us / 1e6);
-	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)h->count);
+	/* The count is the buckets' total, read in the same pass: the writer
+	 * may have counted one more observation since (relaxed reads), and
+	 * Prometheus wants +Inf == _count. */
+	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)cum);
 }
 
 /* An upstream is healthy when some shard reaches it; failing when a shard

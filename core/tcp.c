@@ -461,6 +461,16 @@ void dp_tcp_stop_reading(dp_shard_t *s)
 	}
 }
 
+bool dp_tcp_reads_done(dp_shard_t *s)
+{
+	for (uint32_t i = 0; i < s->tcp_hiwater; i++) {
+		dp_tcpc_t *c = &s->tcp[i];
+		if (c->used && !c->closing && c->recv_armed)
+			return false;
+	}
+	return true;
+}
+
 bool dp_tcp_idle_output(dp_shard_t *s)
 {
 	for (uint32_t i = 0; i < s->tcp_hiwater; i++) {

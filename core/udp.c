@@ -26,11 +26,14 @@ void dp_udp_arm(dp_shard_t *s, int li)
 	sqe->buf_group = DP_BGID;
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UDP_RECV, (uint32_t)li, 0));
 	s->udp_armed[li] = true;
+	s->udp_live[li] = true;
 }
 
 void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 {
 	bool more = cqe->flags & IORING_CQE_F_MORE;
+	if (!more)
+		s->udp_live[li] = false;
 	if (cqe->res < 0) {
 		if (cqe->res == -ENOBUFS)
 			STAT_INC(s, bufring_empty);
