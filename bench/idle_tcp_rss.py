@@ -44,7 +44,9 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.clients + 1000), hard))
     port = free_port()
+    mport = free_port()
     args = [os.path.join(a.build_dir, "dotproxy"), "--listen", "127.0.0.1:%d" % port,
+            "--metrics", "127.0.0.1:%d" % mport,
             "--tcp-idle-timeout", "600s", "--log-level", "warn"]
     if os.geteuid() == 0:
         args.append("--allow-root")  # nothing to read as another user; keeps the test self-contained
@@ -69,12 +71,18 @@ def main():
             conns.append(c)
         time.sleep(2.0)  # let every accept complete
         with_clients = rss_kb(p.pid)
+        import urllib.request
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        open_conns = [l for l in body.splitlines() if l.startswith("dotproxy_tcp_connections ")]
+        accepted = int(float(open_conns[0].split()[1])) if open_conns else -1
         alive = p.poll() is None
         print("dotproxy idle RSS: %.1f MB (target <= 8 MB)" % (idle / 1024.0))
         print("with %d idle TCP clients: %.1f MB, +%.1f MB (target <= +64 MB); %d connects in %.1f s"
               % (a.clients, with_clients / 1024.0, (with_clients - idle) / 1024.0, len(conns),
                  time.monotonic() - t0))
-        ok = alive and idle <= 8 * 1024 and with_clients - idle <= 64 * 1024
+        print("connections dotproxy holds open: %d" % accepted)
+        ok = (alive and idle <= 8 * 1024 and with_clients - idle <= 64 * 1024 and
+              accepted == a.clients)
         print("result:", "pass" if ok else "FAIL")
         return 0 if ok else 1
     finally:
