@@ -5,6 +5,8 @@
 
 #include "engine.h"
 
+#include <signal.h>
+
 typedef struct dp_control {
 	dp_shard_t *shards;
 	int nshards;
@@ -18,6 +20,10 @@ typedef struct dp_control {
 /* Bind the metrics listener (before privileges are dropped). Returns 0 or
  * a negative errno with a message in err. */
 int dp_control_bind_metrics(dp_control_t *ctl, char *err, size_t errlen);
+
+/* The signals the control loop takes (main blocks them in every thread
+ * before any starts). */
+void dp_control_signals(sigset_t *set);
 
 /* Run until SIGTERM/SIGINT has drained every shard. Returns the exit code. */
 int dp_control_run(dp_control_t *ctl);

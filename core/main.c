@@ -96,11 +96,7 @@ int main(int argc, char **argv)
 	/* Signals are taken by the control loop (signalfd); shards never see
 	 * them, so block them before any thread exists. */
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGUSR1);
-	sigaddset(&set, SIGHUP);
+	dp_control_signals(&set);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 

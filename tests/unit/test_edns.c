@@ -19,37 +19,7 @@
 
 /* ---- a tiny wire writer ------------------------------------------------ */
 
-typedef struct wire {
-	uint8_t b[70000];
-	size_t n;
-} wire_t;
-
-static void put8(wire_t *w, unsigned v)
-{
-	assert_true(w->n < sizeof(w->b));
-	w->b[w->n++] = (uint8_t)v;
-}
-
-static void put16(wire_t *w, unsigned v)
-{
-	put8(w, v >> 8);
-	put8(w, v);
-}
-
-static void put32(wire_t *w, uint32_t v)
-{
-	put16(w, v >> 16);
-	put16(w, v & 0xffff);
-}
-
-static void put_bytes(wire_t *w, const void *p, size_t n)
-{
-	assert_true(w->n + n <= sizeof(w->b));
-	if (n == 0)
-		return;
-	memcpy(w->b + w->n, p, n);
-	w->n += n;
-}
+#include "wire.h"
 
 static void put_name(wire_t *w, const char *dotted)
 {
