@@ -209,20 +209,20 @@ static void arm_wake(dp_shard_t *s)
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_WAKE, 0, 0));
 }
 
-/* Stop reading queries: cancel the UDP receives and accepts (and close the
- * TCP listeners, so new connections go to another process on the port), and
- * the receives of client connections; answers still go out. */
+/* Draining, first: stop accepting (cancel the accepts and close the TCP
+ * listeners, so new connections go to another process on the port). Queries
+ * keep being read for DRAIN_READ_GRACE_MS: a client's query sent just before
+ * the SIGTERM may still be on its way through the loopback's softirq. */
+#define DRAIN_READ_GRACE_MS 100
+
 static void start_drain(dp_shard_t *s)
 {
 	s->draining = true;
 	s->drain_deadline_ms = s->now_ms + s->cfg->drain_ms;
+	s->drain_reads_stop_ms = s->now_ms + DRAIN_READ_GRACE_MS;
 	for (int l = 0; l < s->nlisten; l++) {
-		struct io_uring_sqe *sqe = dp_sqe(s);
-		io_uring_prep_cancel64(sqe, dp_ud(OP_UDP_RECV, (uint32_t)l, 0), 0);
-		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
-		s->udp_armed[l] = true; /* not re-armed from here on */
 		if (s->tcp_fd[l] >= 0) {
-			sqe = dp_sqe(s);
+			struct io_uring_sqe *sqe = dp_sqe(s);
 			io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)l, 0), 0);
 			io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
 			s->tcp_armed[l] = true;
@@ -234,12 +234,28 @@ static void start_drain(dp_shard_t *s)
 			close(s->tcp_fd[l]);
 			s->tcp_fd[l] = -1;
 		}
-	dp_tcp_stop_reading(s);
 	dp_info("draining", "shard=%d inflight=%u", s->id, s->q_used);
+}
+
+/* Then stop reading queries: cancel the UDP receives and the receives of
+ * client connections (each reads what is already in its socket as it ends);
+ * answers still go out. */
+static void stop_reading(dp_shard_t *s)
+{
+	s->reads_stopped = true;
+	for (int l = 0; l < s->nlisten; l++) {
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_cancel64(sqe, dp_ud(OP_UDP_RECV, (uint32_t)l, 0), 0);
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+		s->udp_armed[l] = true; /* not re-armed from here on */
+	}
+	dp_tcp_stop_reading(s);
 }
 
 static bool drained(dp_shard_t *s)
 {
+	if (!s->reads_stopped)
+		return false;
 	/* Not before every receive has ended: the last one reads what the
 	 * client sent before we stopped. */
 	for (int l = 0; l < s->nlisten; l++)
@@ -359,6 +375,8 @@ static void run_loop(dp_shard_t *s)
 			dp_upstream_hedge(s);
 		if (s->now_ms - last_tick >= DP_TICK_MS) {
 			last_tick = s->now_ms;
+			if (s->draining && !s->reads_stopped && s->now_ms >= s->drain_reads_stop_ms)
+				stop_reading(s);
 			if (s->draining && (drained(s) || s->now_ms >= s->drain_deadline_ms)) {
 				dp_info("drained", "shard=%d unanswered=%u", s->id, s->q_used);
 				break;

@@ -264,7 +264,9 @@ typedef struct dp_shard {
 	uint32_t pending_gen;
 	int drain; /* set: stop taking queries, finish, exit */
 	bool draining;
+	bool reads_stopped; /* draining: receives cancelled (after a short grace) */
 	uint64_t drain_deadline_ms;
+	uint64_t drain_reads_stop_ms;
 	int exited;
 	dp_cache_t cache;
 	bool cache_on;

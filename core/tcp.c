@@ -294,7 +294,7 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 			finalize(s, idx);
 		return;
 	}
-	if (cqe->res == 0 || (cqe->res == -ECANCELED && s->draining)) {
+	if (cqe->res == 0 || (cqe->res == -ECANCELED && s->reads_stopped)) {
 		/* The client will send no more (or we stopped reading to drain):
 		 * answer what it asked, then close. Draining, what the client
 		 * sent before we stopped may still sit in the socket: take it. */
@@ -319,7 +319,7 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 	}
 	if (cqe->res == -ENOBUFS)
 		STAT_INC(s, bufring_empty);
-	if (!more && !c->eof && !s->draining)
+	if (!more && !c->eof && !s->reads_stopped)
 		arm_recv(s, idx);
 }
 

@@ -61,7 +61,7 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		}
 		dp_bufring_recycle(s, bid);
 	}
-	if (!more && s->draining) {
+	if (!more && s->reads_stopped) {
 		/* Stopped reading to drain: datagrams that arrived before still
 		 * sit in the socket; answer them too (bounded). */
 		uint8_t buf[4096];
@@ -78,7 +78,7 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		}
 		return;
 	}
-	if (!more && !s->stop && !s->draining) {
+	if (!more && !s->stop && !s->reads_stopped) {
 		/* Multishot ended (buffers ran out, or an error): re-arm now; the
 		 * SQE goes in at the end of this turn, after this turn's buffers
 		 * went back to the ring, so this cannot spin. */
