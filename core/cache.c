@@ -203,25 +203,13 @@ bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms)
 	return true;
 }
 
-/* Offset just past the (validated) name at p. */
-static size_t skip_name(const uint8_t *m, size_t p)
-{
-	for (;;) {
-		uint8_t ch = m[p];
-		if (ch == 0)
-			return p + 1;
-		if ((ch & 0xc0) == 0xc0)
-			return p + 2;
-		p += (size_t)ch + 1;
-	}
-}
 
 void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl)
 {
 	size_t p = v->question_end;
 	unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
 	for (unsigned i = 0; i < n && p + 10 <= len; i++) {
-		p = skip_name(msg, p);
+		p = dp_dns_skip_name(msg, p);
 		if (dp_rd16(msg + p) != DP_DNS_TYPE_OPT) {
 			uint32_t ttl = dp_rd32(msg + p + 4);
 			if (ttl > max_ttl) {
@@ -249,7 +237,7 @@ int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t 
 	size_t p = av->question_end;
 	unsigned n = (unsigned)av->ancount + av->nscount;
 	for (unsigned i = 0; i < n && p < len; i++) {
-		p = skip_name(ans, p);
+		p = dp_dns_skip_name(ans, p);
 		uint16_t type = dp_rd16(ans + p);
 		uint32_t ttl = dp_rd32(ans + p + 4);
 		uint16_t rdlen = dp_rd16(ans + p + 8);
@@ -432,7 +420,7 @@ int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_vie
 	unsigned n = (unsigned)dp_rd16(out + 6) + dp_rd16(out + 8) + dp_rd16(out + 10);
 	size_t p = e->question_end;
 	for (unsigned i = 0; i < n && p < len; i++) {
-		p = skip_name(out, p);
+		p = dp_dns_skip_name(out, p);
 		uint16_t type = dp_rd16(out + p);
 		if (type != DP_DNS_TYPE_OPT) {
 			uint32_t ttl = dp_rd32(out + p + 4);

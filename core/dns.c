@@ -96,27 +96,36 @@ static int parse_question(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	return 0;
 }
 
-/* Names inside the RDATA of the types that may carry compressed names (RFC
- * 3597 section 4 and its list of types decoders should expect): walked,
- * so their labels are valid pointer targets, and checked to fit the RDATA.
- * fixed_before: octets before the first name; names: how many follow. */
-static int rdata_names(const uint8_t *msg, size_t len, uint16_t type, size_t rd, size_t end)
+/* Where the names sit in the RDATA of the types that may carry compressed
+ * names (RFC 3597 section 4 and its list of types decoders should expect):
+ * *fixed octets before the first name, then *names names. Returns false for
+ * every other type. One table for the validator and the pointer shifter. */
+static bool rdata_layout(uint16_t type, unsigned *fixed, unsigned *names)
 {
-	unsigned fixed = 0, names = 0;
+	*fixed = 0;
 	switch (type) {
 	case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12: case 39:
-		names = 1; break; /* NS MD MF CNAME MB MG MR PTR DNAME */
+		*names = 1; return true; /* NS MD MF CNAME MB MG MR PTR DNAME */
 	case 6: case 14: case 17:
-		names = 2; break; /* SOA MINFO RP */
+		*names = 2; return true; /* SOA MINFO RP */
 	case 15: case 18: case 21:
-		fixed = 2; names = 1; break; /* MX AFSDB RT */
+		*fixed = 2; *names = 1; return true; /* MX AFSDB RT */
 	case 26:
-		fixed = 2; names = 2; break; /* PX */
+		*fixed = 2; *names = 2; return true; /* PX */
 	case 33:
-		fixed = 6; names = 1; break; /* SRV */
+		*fixed = 6; *names = 1; return true; /* SRV */
 	default:
-		return 0;
+		return false;
 	}
+}
+
+/* Names inside the RDATA (rdata_layout): walked, so their labels are valid
+ * pointer targets, and checked to fit the RDATA. */
+static int rdata_names(const uint8_t *msg, size_t len, uint16_t type, size_t rd, size_t end)
+{
+	unsigned fixed, names;
+	if (!rdata_layout(type, &fixed, &names))
+		return 0;
 	size_t p = rd + fixed;
 	for (unsigned i = 0; i < names; i++) {
 		size_t next, wl;
@@ -371,25 +380,30 @@ void dp_dns_shift_pointers(uint8_t *msg, size_t len, size_t from, unsigned count
 		if (end > len)
 			return;
 		unsigned fixed = 0, names = 0;
-		switch (type) {
-		case 2: case 3: case 4: case 5: case 7: case 8: case 9: case 12: case 39:
-			names = 1; break;
-		case 6: case 14: case 17:
-			names = 2; break;
-		case 15: case 18: case 21:
-			fixed = 2; names = 1; break;
-		case 26:
-			fixed = 2; names = 2; break;
-		case 33:
-			fixed = 6; names = 1; break;
-		default:
-			break;
-		}
+		rdata_layout(type, &fixed, &names);
 		size_t q = rd + fixed;
 		for (unsigned k = 0; k < names && q < end; k++)
 			q = shift_name(msg, end, q, cut, delta);
 		p = end;
 	}
+}
+
+size_t dp_dns_skip_name(const uint8_t *msg, size_t p)
+{
+	for (;;) {
+		uint8_t c = msg[p];
+		if (c == 0)
+			return p + 1;
+		if ((c & 0xc0) == 0xc0)
+			return p + 2;
+		p += (size_t)c + 1;
+	}
+}
+
+size_t dp_dns_skip_rr(const uint8_t *msg, size_t p)
+{
+	p = dp_dns_skip_name(msg, p);
+	return p + 10 + dp_rd16(msg + p + 8);
 }
 
 void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap)

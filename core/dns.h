@@ -107,6 +107,11 @@ size_t dp_dns_truncate(uint8_t *msg, const dp_dns_view_t *v);
 void dp_dns_shift_pointers(uint8_t *msg, size_t len, size_t from, unsigned count, size_t cut,
 			   size_t delta);
 
+/* In a message that passed validation: the offset just past the name (as
+ * written, pointers not followed) / the whole RR that starts at p. */
+size_t dp_dns_skip_name(const uint8_t *msg, size_t p);
+size_t dp_dns_skip_rr(const uint8_t *msg, size_t p);
+
 /* Canonical text of a wire name for logs ("example.com."), bounded by cap. */
 void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap);
 

@@ -3,24 +3,6 @@
 
 #include <string.h>
 
-/* Offset just past the (validated) RR at p. */
-static size_t skip_rr(const uint8_t *m, size_t p)
-{
-	for (;;) {
-		uint8_t ch = m[p];
-		if (ch == 0) {
-			p += 1;
-			break;
-		}
-		if ((ch & 0xc0) == 0xc0) {
-			p += 2;
-			break;
-		}
-		p += (size_t)ch + 1;
-	}
-	return p + 10 + dp_rd16(m + p + 8);
-}
-
 int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block, uint8_t *out,
 		      size_t cap)
 {
@@ -41,7 +23,7 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 			for (unsigned i = 0; i < n; i++) {
 				if (p > v->opt_off)
 					moved++;
-				p = skip_rr(msg, p);
+				p = dp_dns_skip_rr(msg, p);
 			}
 			dp_dns_shift_pointers(out, o, v->opt_off, moved, v->opt_off, v->opt_len);
 		}
@@ -115,7 +97,7 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 		for (unsigned i = 0; i < n; i++) {
 			if (p > off)
 				after++;
-			p = skip_rr(msg, p);
+			p = dp_dns_skip_rr(msg, p);
 		}
 	}
 	if (!client_opt) {
