@@ -35,19 +35,14 @@ static bool grow(dp_shard_t *s, uint8_t **buf, uint32_t *cap, size_t need)
 {
 	if (need <= *cap)
 		return true;
-	size_t n = *cap ? *cap : 512;
-	while (n < need)
-		n *= 2;
-	if (s->tcp_buf_bytes - *cap + n > TCP_SHARD_BUF_MAX) {
+	size_t n = dp_grow_size(*cap, need, 512), old = *cap;
+	if (s->tcp_buf_bytes - old + n > TCP_SHARD_BUF_MAX) {
 		STAT_INC(s, tcp_closed_memory);
 		return false;
 	}
-	uint8_t *p = realloc(*buf, n);
-	if (!p)
+	if (!dp_buf_grow(buf, cap, n, n))
 		return false;
-	s->tcp_buf_bytes = s->tcp_buf_bytes - *cap + n;
-	*buf = p;
-	*cap = (uint32_t)n;
+	s->tcp_buf_bytes = s->tcp_buf_bytes - old + n;
 	return true;
 }
 

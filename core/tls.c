@@ -89,17 +89,8 @@ static int conn_bio_write(BIO *b, const char *in, int len)
 {
 	dp_upconn_t *c = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	size_t need = (size_t)c->pend_len + (size_t)len;
-	if (need > c->pend_cap) {
-		size_t n = c->pend_cap ? c->pend_cap : 16384;
-		while (n < need)
-			n *= 2;
-		uint8_t *p = realloc(c->pend, n);
-		if (!p)
-			return -1;
-		c->pend = p;
-		c->pend_cap = (uint32_t)n;
-	}
+	if (!dp_buf_grow(&c->pend, &c->pend_cap, (size_t)c->pend_len + (size_t)len, 16384))
+		return -1;
 	memcpy(c->pend + c->pend_len, in, (size_t)len);
 	c->pend_len += (uint32_t)len;
 	return len;

@@ -122,28 +122,13 @@ static void mark_dirty(dp_shard_t *s, uint32_t ci)
 	}
 }
 
-static bool grow(uint8_t **buf, uint32_t *cap, size_t need)
-{
-	if (need <= *cap)
-		return true;
-	size_t n = *cap ? *cap : 4096;
-	while (n < need)
-		n *= 2;
-	uint8_t *p = realloc(*buf, n);
-	if (!p)
-		return false;
-	*buf = p;
-	*cap = (uint32_t)n;
-	return true;
-}
-
 /* Frame query qi into connection ci's batch under upstream ID id (the
  * primary copy, or a hedge). */
 static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi, uint16_t id, bool hedge)
 {
 	dp_upconn_t *c = &s->conns[ci];
 	dp_query_t *q = &s->q[qi];
-	if (!grow(&c->batch, &c->batch_cap, (size_t)c->batch_len + q->len + 2))
+	if (!dp_buf_grow(&c->batch, &c->batch_cap, (size_t)c->batch_len + q->len + 2, 4096))
 		return -ENOMEM;
 	uint8_t *p = c->batch + c->batch_len;
 	dp_wr16(p, q->len);
