@@ -34,7 +34,6 @@
 	X(upstream_bad_id) \
 	X(upstream_bad_question) \
 	X(upstream_malformed) \
-	X(upstream_late) \
 	X(ssl_writes) \
 	X(ssl_write_queries) \
 	X(max_write_batch) \
