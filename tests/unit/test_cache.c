@@ -25,22 +25,6 @@
 
 #include "wire.h"
 
-/* Uncompressed name from dotted text ("" or "." is the root), case kept. */
-static void put_name(wire_t *w, const char *dotted)
-{
-	const char *p = dotted;
-	while (*p && strcmp(p, ".") != 0) {
-		const char *dot = strchr(p, '.');
-		size_t l = dot ? (size_t)(dot - p) : strlen(p);
-		put8(w, (unsigned)l);
-		put_bytes(w, p, l);
-		p += l;
-		if (*p == '.')
-			p++;
-	}
-	put8(w, 0);
-}
-
 static void bump16(wire_t *w, size_t off)
 {
 	unsigned v = (unsigned)(w->b[off] << 8 | w->b[off + 1]) + 1;

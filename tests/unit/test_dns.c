@@ -23,22 +23,6 @@ static void set16(wire_t *w, size_t off, unsigned v)
 	w->b[off + 1] = (uint8_t)v;
 }
 
-/* Uncompressed name from dotted text; "" or "." is the root. */
-static void put_name(wire_t *w, const char *dotted)
-{
-	const char *p = dotted;
-	while (*p && strcmp(p, ".") != 0) {
-		const char *dot = strchr(p, '.');
-		size_t l = dot ? (size_t)(dot - p) : strlen(p);
-		put8(w, (unsigned)l);
-		put_bytes(w, p, l);
-		p += l;
-		if (*p == '.')
-			p++;
-	}
-	put8(w, 0);
-}
-
 /* A name of labels of the given lengths ('a' filled), then the root. */
 static void put_long_name(wire_t *w, const unsigned *labels, size_t nlabels)
 {
@@ -48,29 +32,6 @@ static void put_long_name(wire_t *w, const unsigned *labels, size_t nlabels)
 			put8(w, 'a');
 	}
 	put8(w, 0);
-}
-
-static void put_hdr(wire_t *w, unsigned id, unsigned flags, unsigned qd, unsigned an,
-		    unsigned ns, unsigned ar)
-{
-	w->n = 0;
-	put16(w, id);
-	put16(w, flags);
-	put16(w, qd);
-	put16(w, an);
-	put16(w, ns);
-	put16(w, ar);
-}
-
-/* The fixed part of an RR after its owner name. */
-static void put_rr_tail(wire_t *w, unsigned type, unsigned cls, uint32_t ttl, const void *rdata,
-			size_t rdlen)
-{
-	put16(w, type);
-	put16(w, cls);
-	put32(w, ttl);
-	put16(w, (unsigned)rdlen);
-	put_bytes(w, rdata, rdlen);
 }
 
 static void put_opt(wire_t *w, unsigned udp, unsigned ext_rcode, unsigned version, unsigned flags,

@@ -21,21 +21,6 @@
 
 #include "wire.h"
 
-static void put_name(wire_t *w, const char *dotted)
-{
-	const char *p = dotted;
-	while (*p && strcmp(p, ".") != 0) {
-		const char *dot = strchr(p, '.');
-		size_t l = dot ? (size_t)(dot - p) : strlen(p);
-		put8(w, (unsigned)l);
-		put_bytes(w, p, l);
-		p += l;
-		if (*p == '.')
-			p++;
-	}
-	put8(w, 0);
-}
-
 /* A name of exactly wire_len octets (labels of at most 63), wire_len != 2. */
 static void put_wire_name(wire_t *w, size_t wire_len)
 {
@@ -50,28 +35,6 @@ static void put_wire_name(wire_t *w, size_t wire_len)
 		left -= l + 1;
 	}
 	put8(w, 0);
-}
-
-static void put_hdr(wire_t *w, unsigned id, unsigned flags, unsigned qd, unsigned an,
-		    unsigned ns, unsigned ar)
-{
-	w->n = 0;
-	put16(w, id);
-	put16(w, flags);
-	put16(w, qd);
-	put16(w, an);
-	put16(w, ns);
-	put16(w, ar);
-}
-
-static void put_rr_tail(wire_t *w, unsigned type, unsigned cls, uint32_t ttl, const void *rdata,
-			size_t rdlen)
-{
-	put16(w, type);
-	put16(w, cls);
-	put32(w, ttl);
-	put16(w, (unsigned)rdlen);
-	put_bytes(w, rdata, rdlen);
 }
 
 static void put_opt(wire_t *w, unsigned udp, unsigned version, unsigned flags, const void *rdata,
