@@ -162,6 +162,33 @@ static int open_listener(const dp_sockaddr_t *a, int type, char *err, size_t err
 	return fd;
 }
 
+/* The shards share each port through SO_REUSEPORT, which would just as
+ * quietly share it with another process of the same user (an old dotproxy
+ * still running would take part of the traffic). First bind without it:
+ * if that fails, someone else holds the port. */
+static int check_port_free(const dp_sockaddr_t *a, int type, char *err, size_t errlen,
+			   const char *text)
+{
+	int fd = socket(a->ss.ss_family, type | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0; /* open_listener reports it */
+	int one = 1;
+	if (type == SOCK_STREAM) /* connections in TIME_WAIT do not count */
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (a->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	int rc = 0;
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno == EADDRINUSE) {
+		snprintf(err, errlen,
+			 "cannot bind %s %s: address already in use by another process "
+			 "(an old dotproxy still running?)",
+			 type == SOCK_DGRAM ? "UDP" : "TCP", text);
+		rc = -EADDRINUSE;
+	}
+	close(fd);
+	return rc;
+}
+
 int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN],
 		       int (*tcp)[DP_MAX_LISTEN], char *err, size_t errlen)
 {
@@ -170,6 +197,10 @@ int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LI
 			udp[sh][l] = tcp[sh][l] = -1;
 	for (int l = 0; l < cfg->nlisten; l++) {
 		dp_sockaddr_t a = cfg->listen[l];
+		if (((struct sockaddr_in *)&a.ss)->sin_port != 0 &&
+		    (check_port_free(&a, SOCK_DGRAM, err, errlen, cfg->listen_text[l]) < 0 ||
+		     check_port_free(&a, SOCK_STREAM, err, errlen, cfg->listen_text[l]) < 0))
+			goto fail;
 		for (int sh = 0; sh < nshards; sh++) {
 			int fd = open_listener(&a, SOCK_DGRAM, err, errlen, cfg->listen_text[l]);
 			if (fd < 0)

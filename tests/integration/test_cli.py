@@ -102,6 +102,24 @@ def test_listen_port_in_use(dotproxy_bin, certs, proto):
         "the line naming %s does not say it is in use: %s" % (addr, mention[0])
 
 
+def test_second_dotproxy_on_the_same_port_refused(dotproxy, unbound, certs, dotproxy_bin):
+    """The shards share their port through SO_REUSEPORT, which the kernel
+    would also grant a second dotproxy of the same user: it must refuse to
+    start instead of quietly taking half of the first one's traffic."""
+    first = dotproxy([unbound.upstream_arg()], certs["ca"])
+    addr = "%s:%d" % (first.host, first.port)
+    rc, out, err = _run(dotproxy_bin, "--listen", addr, "--upstream", unbound.upstream_arg(),
+                        "--ca-file", str(certs["ca"]), "--allow-root", timeout=5)
+    assert rc != 0, "a second dotproxy started on %s:\n%s" % (addr, err)
+    mention = [l for l in _lines(err) if addr in l]
+    assert len(mention) == 1 and re.search(r"(?i)in use", mention[0]), err
+    # every query still reaches the first one
+    for i in range(50):
+        r = H.udp(H.make_query("www.test.", "A"), first.host, first.port)
+        assert r.answer, r
+    assert first.stats().get("udp_queries", 0) >= 50
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_while_idle_exits_0(dotproxy, unbound, certs, sig):
     dp = dotproxy([unbound.upstream_arg()], certs["ca"])
