@@ -56,6 +56,13 @@ UNAME = "dot-upstream.bench"  # the upstream certificate's name (SNI, checked)
 ZONE = "example.com"  # every query is for a name under it
 PEERS = ("dnsdist", "unbound", "stubby", "kresd")
 SYSTEMS = ("dotproxy",) + PEERS
+# dotproxy with other settings, measured beside the default in the same run
+# when named in --systems (never by default)
+VARIANTS = {"dotproxy-mmsg": {"args": ["--udp-io", "mmsg"]}, "dotproxy-1shard": {"threads": 1}}
+
+
+def is_dotproxy(name):
+    return name == "dotproxy" or name in VARIANTS
 # scenario -> (dnsperf transport, name set)
 THROUGHPUT = {"udp-miss": ("udp", "miss"), "udp-hit": ("udp", "hit"), "tcp-miss": ("tcp", "miss")}
 SCENARIOS = tuple(THROUGHPUT) + ("latency",)
@@ -545,12 +552,14 @@ def start_system(b, name, port, workdir, procs):
     a = b.args
     log = os.path.join(b.logs, "%s.log" % name)
     vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE)
-    if name == "dotproxy":
+    if is_dotproxy(name):
+        var = VARIANTS.get(name, {})
+        threads = var.get("threads", a.threads)
         argv = [a.dotproxy, "--listen", "127.0.0.1:%d" % port,
                 "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
-                "--threads", str(a.threads), "--timeout", "2s", "--log-level", "info"]
+                "--threads", str(threads), "--timeout", "2s", "--log-level", "info"] + var.get("args", [])
         procs.append(Daemon(name, argv, log))
-        return {"argv": argv[1:], "threads": a.threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
+        return {"argv": argv[1:], "threads": threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
     if name == "dnsdist":
         conf = render("dnsdist.conf.in", os.path.join(workdir, "dnsdist.conf"), **vals)
         procs.append(Daemon(name, ["dnsdist", "--supervised", "--disable-syslog", "-C", conf], log))
@@ -618,7 +627,7 @@ def run_system(b, name, ceiling_qps):
     """Every selected scenario against one system; returns its result."""
     a = b.args
     res = {"status": "ok", "scenarios": {}}
-    if name != "dotproxy" and not shutil.which(name):
+    if not is_dotproxy(name) and not shutil.which(name):
         return {"status": "skipped", "reason": "%s is not installed" % name}
     workdir = os.path.join(b.tmp, name)
     os.makedirs(workdir)
@@ -644,7 +653,7 @@ def run_system(b, name, ceiling_qps):
                 res["scenarios"]["latency"] = run_latency(b, name, pids, port, med(udp, "qps"), check)
             else:
                 res["scenarios"][scen] = run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check)
-            if name == "dotproxy":
+            if is_dotproxy(name):
                 res["scenarios"][scen]["dotproxy_stats"] = dotproxy_stats(procs[0])
         res["rss_end_kb"] = sum(rss_kb(p) for p in pids)
     except BenchError as e:
@@ -815,7 +824,7 @@ def print_table(results, out=sys.stdout):
     print("\nThroughput (dnsperf -c %d -q %d, %gs x %d runs; median [min-max])" % (
         results["settings"]["clients"], results["settings"]["outstanding"],
         results["settings"]["duration_s"], results["settings"]["reps"]), file=out)
-    row = "%-9s %-12s %22s %6s %5s %7s %7s %7s %7s %7s %6s %6s %5s %7s %5s"
+    row = "%-15s %-12s %22s %6s %5s %7s %7s %7s %7s %7s %6s %6s %5s %7s %5s"
     print(row % ("system", "scenario", "QPS", "lost", "err", "avg", "p50", "p90", "p99", "p99.9", "us/q", "ratio",
                  "up/q", "RSS MB", "bg"), file=out)
     print(row % ("", "", "", "", "", "ms", "ms", "ms", "ms", "ms", "CPU", "", "", "peak", "CPUs"), file=out)
@@ -825,7 +834,7 @@ def print_table(results, out=sys.stdout):
         rows.append(("upstream", "ceiling(dot)", ceil))
     for sysname, sres in results["systems"].items():
         if sres["status"] != "ok":
-            print("%-9s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]), file=out)
+            print("%-15s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]), file=out)
             continue
         for scen, sc in sres["scenarios"].items():
             if scen != "latency":
@@ -847,15 +856,15 @@ def print_table(results, out=sys.stdout):
     if lat:
         print("\nLatency at fixed offered load (UDP, unique names; median of %d runs)" % results["settings"]["reps"],
               file=out)
-        print("%-9s %8s %9s %6s %7s %7s %7s %7s %7s %7s" % (
+        print("%-15s %8s %9s %6s %7s %7s %7s %7s %7s %7s" % (
             "system", "offered", "achieved", "lost", "avg", "p50", "p90", "p99", "p99.9", "us/q"), file=out)
         for n, sc in lat:
             for pt in sc["points"]:
                 if "skipped" in pt:
-                    print("%-9s %8d %s" % (n, pt["rate"], "skipped: " + pt["skipped"]), file=out)
+                    print("%-15s %8d %s" % (n, pt["rate"], "skipped: " + pt["skipped"]), file=out)
                     continue
                 g = lambda k: med(pt["summary"], k)  # noqa: E731
-                print("%-9s %8d %9.0f %6s %7s %7s %7s %7s %7s %7s" % (
+                print("%-15s %8d %9.0f %6s %7s %7s %7s %7s %7s %7s" % (
                     n, pt["rate"], g("qps"), fmt(g("lost"), "%.0f"), fmt(g("lat_avg_ms")), fmt(g("lat_p50_ms")),
                     fmt(g("lat_p90_ms")), fmt(g("lat_p99_ms")), fmt(g("lat_p999_ms")),
                     fmt(g("cpu_us_per_query"), "%.1f")), file=out)
@@ -992,8 +1001,8 @@ def parse_args(argv):
     a.systems = [s for s in a.systems.split(",") if s]
     a.scenarios = [s for s in a.scenarios.split(",") if s]
     for s in a.systems:
-        if s not in SYSTEMS:
-            ap.error("unknown system %s (known: %s)" % (s, ", ".join(SYSTEMS)))
+        if s not in SYSTEMS and s not in VARIANTS:
+            ap.error("unknown system %s (known: %s)" % (s, ", ".join(SYSTEMS + tuple(VARIANTS))))
     for s in a.scenarios:
         if s not in SCENARIOS:
             ap.error("unknown scenario %s (known: %s)" % (s, ", ".join(SCENARIOS)))
@@ -1019,7 +1028,7 @@ def main(argv=None):
             if png:
                 say("plot: %s" % png)
         return 0
-    if "dotproxy" in a.systems and not os.access(a.dotproxy, os.X_OK):
+    if any(is_dotproxy(n) for n in a.systems) and not os.access(a.dotproxy, os.X_OK):
         print("run.py: %s not found; build first: cmake -S . -B build -G Ninja && cmake --build build" % a.dotproxy,
               file=sys.stderr)
         return 2

@@ -275,6 +275,8 @@ static void usage(const dp_config_t *d)
 	       "  --allow-root              keep running as root\n"
 	       "  --no-pin                  let the scheduler move shards between CPUs\n"
 	       "                            (default: shard i pinned to the i-th CPU)\n"
+	       "  --udp-io MODE             uring (default: multishot recvmsg, sendmsg SQEs)\n"
+	       "                            or mmsg (recvmmsg/sendmmsg batches)\n"
 	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
 	       "                            this long, then exit (default 5s)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
@@ -293,6 +295,7 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
+	OPT_UDPIO,
 };
 
 static const struct option opts[] = {
@@ -325,6 +328,7 @@ static const struct option opts[] = {
 	{ "allow-root", no_argument, NULL, OPT_ALLOWROOT },
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
 	{ "no-pin", no_argument, NULL, OPT_NOPIN },
+	{ "udp-io", required_argument, NULL, OPT_UDPIO },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "version", no_argument, NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 },
@@ -557,6 +561,16 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 		break;
 	case OPT_NOPIN:
 		c->pin = false;
+		break;
+	case OPT_UDPIO:
+		if (strcmp(arg, "uring") == 0) {
+			c->udp_io = DP_UDP_IO_URING;
+		} else if (strcmp(arg, "mmsg") == 0) {
+			c->udp_io = DP_UDP_IO_MMSG;
+		} else {
+			snprintf(err, errlen, "--udp-io %s: expected uring or mmsg", arg);
+			return DP_E_CONFIG;
+		}
 		break;
 	case OPT_DRAIN:
 		if (parse_duration_ms(arg, &c->drain_ms) < 0) {

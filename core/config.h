@@ -11,6 +11,9 @@
 #define DP_MAX_UPSTREAMS 16
 
 enum { DP_POLICY_FASTEST = 0, DP_POLICY_RR = 1 };
+/* How UDP datagrams move: io_uring multishot recvmsg + sendmsg SQEs, or
+ * readiness from io_uring and recvmmsg/sendmmsg batches. */
+enum { DP_UDP_IO_URING = 0, DP_UDP_IO_MMSG = 1 };
 
 typedef struct dp_sockaddr {
 	struct sockaddr_storage ss;
@@ -57,6 +60,7 @@ typedef struct dp_config {
 	bool allow_root;
 	uint32_t drain_ms;
 	bool pin; /* pin shard i to the i-th allowed CPU */
+	int udp_io; /* DP_UDP_IO_* */
 	/* parsing: which layer (1 file, 2 command line) set each list last */
 	int cur_layer, listen_layer, upstream_layer, acl_layer;
 } dp_config_t;

@@ -375,17 +375,21 @@ static void run_loop(dp_shard_t *s)
 	s->now_ms = dp_now_ms();
 	uint64_t last_tick = s->now_ms;
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
+		if (s->udp_more)
+			dp_udp_pump(s);
 		dp_upstream_flush(s);
 		dp_tcp_flush(s);
+		dp_udp_flush(s);
 		uint64_t dl = next_deadline(s);
-		uint64_t wait_ms = dl > s->now_ms ? dl - s->now_ms : 0;
+		/* Datagrams left in a socket (mmsg): look for completions, do not
+		 * sleep. */
+		uint64_t wait_ms = dl > s->now_ms && !s->udp_more ? dl - s->now_ms : 0;
 		struct __kernel_timespec ts = {
 			.tv_sec = (long long)(wait_ms / 1000),
 			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
 		};
 		struct io_uring_cqe *cqe;
-		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, wait_ms ? &ts : NULL,
-							  NULL);
+		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			dp_error("io_uring wait failed", "shard=%d err=\"%s\"", s->id,
 				 dp_strerror(rc));
@@ -476,6 +480,8 @@ static void pin_to_cpu(dp_shard_t *s)
 static void shard_teardown(dp_shard_t *s)
 {
 	dp_query_fail_all(s);
+	if (s->ring_ok)
+		dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
 	dp_tcp_close_all(s);
 	dp_upstream_close_all(s);
 	if (s->ring_ok) {
@@ -504,9 +510,7 @@ static void shard_teardown(dp_shard_t *s)
 	dp_query_table_free(s);
 	dp_tcp_free(s);
 	dp_rl_free(&s->rl);
-	if (s->sends)
-		munmap(s->sends, sizeof(dp_udp_send_t) * s->send_cap);
-	s->sends = NULL;
+	dp_udp_free(s);
 	if (s->br_mem)
 		munmap(s->br_mem, (size_t)s->br_count * s->br_size);
 	if (s->br)
@@ -540,15 +544,8 @@ static void *shard_main(void *arg)
 		rc = DP_E_TLS;
 		goto fail;
 	}
-	s->send_cap = 1024;
-	s->sends = mmap(NULL, sizeof(dp_udp_send_t) * s->send_cap, PROT_READ | PROT_WRITE,
-			MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (s->sends == MAP_FAILED) {
-		s->sends = NULL;
-		rc = -ENOMEM;
+	if ((rc = dp_udp_init(s)) < 0)
 		goto fail;
-	}
-	s->send_free = DP_NONE;
 	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0 ||
 	    (rc = dp_rl_init(&s->rl, 1u << 16, s->cfg->rate_limit, s->cfg->rate_limit)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));

@@ -2,6 +2,7 @@
 miss, every one answered by unbound's perf.test. redirect zone), and proof
 that queries are batched into shared SSL_write calls."""
 
+import os
 import random
 import re
 import socket
@@ -55,6 +56,12 @@ def test_dnsperf_200k_unique_names(dotproxy, unbound, certs, tmp_path):
     assert st.get("servfail", 0) == 0, st
     writes, wq = st.get("ssl_writes", 0), st.get("ssl_write_queries", 0)
     assert writes > 0 and wq / writes > 1.5, "little batching under load: %d queries in %d SSL_write" % (wq, writes)
+    if os.environ.get("DOTPROXY_TEST_UDP_IO") == "mmsg":
+        # 200k queries in, 200k answers out: recvmmsg/sendmmsg must have
+        # carried several datagrams per call
+        calls = st.get("udp_io_calls", 0)
+        assert 0 < calls < NAMES, "little batching: %d recvmmsg/sendmmsg calls for %d datagrams" % (
+            calls, 2 * NAMES)
 
 
 @pytest.mark.timeout_s(60)

@@ -284,6 +284,22 @@ static void threads_bounds(void **state)
 	}
 }
 
+static void udp_io_modes(void **state)
+{
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(cfg.udp_io, DP_UDP_IO_URING);
+	assert_int_equal(parse("--udp-io", "mmsg", NULL), 0);
+	assert_int_equal(cfg.udp_io, DP_UDP_IO_MMSG);
+	assert_int_equal(parse("--udp-io", "uring", NULL), 0);
+	assert_int_equal(cfg.udp_io, DP_UDP_IO_URING);
+	static const char *bad[] = { "", "epoll", "MMSG", "uring2" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--udp-io", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--udp-io"));
+		assert_non_null(strstr(err, "uring or mmsg"));
+	}
+}
+
 static void timeout_forms(void **state)
 {
 	static const struct {
@@ -377,6 +393,7 @@ int main(void)
 		cmocka_unit_test(upstream_bad),
 		cmocka_unit_test(upstream_pins),
 		cmocka_unit_test(threads_bounds),
+		cmocka_unit_test(udp_io_modes),
 		cmocka_unit_test(timeout_forms),
 		cmocka_unit_test(other_numbers),
 		cmocka_unit_test(errors_and_exits),
