@@ -34,6 +34,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->upstream_idle_ms = 10000;
 	c->drain_ms = 5000;
 	c->pin = true;
+	c->batch_us = 200;
 	snprintf(c->user, sizeof(c->user), "nobody");
 }
 
@@ -277,6 +278,8 @@ static void usage(const dp_config_t *d)
 	       "                            (default: shard i pinned to the i-th CPU)\n"
 	       "  --udp-io MODE             uring (default: multishot recvmsg, sendmsg SQEs)\n"
 	       "                            or mmsg (recvmmsg/sendmmsg batches)\n"
+	       "  --batch-us N              under load, let completions gather up to N us\n"
+	       "                            before waking (default %u; 0 = wake for each)\n"
 	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
 	       "                            this long, then exit (default 5s)\n"
 	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
@@ -286,7 +289,7 @@ static void usage(const dp_config_t *d)
 	       "SIGUSR1 logs the counters.\n",
 	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
 	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size,
-	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl);
+	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl, d->batch_us);
 }
 
 enum {
@@ -295,7 +298,7 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO,
+	OPT_UDPIO, OPT_BATCHUS,
 };
 
 static const struct option opts[] = {
@@ -329,6 +332,7 @@ static const struct option opts[] = {
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
 	{ "no-pin", no_argument, NULL, OPT_NOPIN },
 	{ "udp-io", required_argument, NULL, OPT_UDPIO },
+	{ "batch-us", required_argument, NULL, OPT_BATCHUS },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "version", no_argument, NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 },
@@ -571,6 +575,13 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 			snprintf(err, errlen, "--udp-io %s: expected uring or mmsg", arg);
 			return DP_E_CONFIG;
 		}
+		break;
+	case OPT_BATCHUS:
+		if (parse_uint(arg, 0, 1000, &n) < 0) {
+			snprintf(err, errlen, "--batch-us %s: expected 0..1000", arg);
+			return DP_E_CONFIG;
+		}
+		c->batch_us = (uint32_t)n;
 		break;
 	case OPT_DRAIN:
 		if (parse_duration_ms(arg, &c->drain_ms) < 0) {

@@ -61,6 +61,7 @@ typedef struct dp_config {
 	uint32_t drain_ms;
 	bool pin; /* pin shard i to the i-th allowed CPU */
 	int udp_io; /* DP_UDP_IO_* */
+	uint32_t batch_us; /* completion coalescing under load, 0 = off */
 	/* parsing: which layer (1 file, 2 command line) set each list last */
 	int cur_layer, listen_layer, upstream_layer, acl_layer;
 } dp_config_t;

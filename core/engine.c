@@ -370,10 +370,38 @@ static uint64_t next_deadline(dp_shard_t *s)
 	return d;
 }
 
+/* Completion coalescing at high query rates (like a NIC's adaptive
+ * interrupt moderation). A shard that keeps up with a heavy load still runs
+ * out of work every few datagrams, and the sleep and wake cost as much as
+ * the work (bench/RESULTS.md). Above DP_BATCH_MIN_QPMS queries per ms, ask
+ * io_uring to wake us only once the queries of batch_us have gathered, at
+ * most batch_us later: with DEFER_TASKRUN the kernel holds back the wakeups
+ * of receives (their task work is "lazy") until that many are pending.
+ * Below the threshold nothing waits, so light and moderate loads keep their
+ * latency. The rate is that of the last millisecond. */
+#define DP_BATCH_MIN_QPMS 40
+#define DP_BATCH_MAX 64
+
+static unsigned batch_want(dp_shard_t *s, uint64_t now_ns)
+{
+	uint64_t dt = now_ns - s->rate_t0_ns;
+	if (dt >= 1000000) {
+		uint64_t q = s->stats.udp_queries + s->stats.tcp_queries;
+		s->q_per_ms = (uint32_t)((q - s->rate_q0) * 1000000 / dt);
+		s->rate_q0 = q;
+		s->rate_t0_ns = now_ns;
+	}
+	if (s->q_per_ms < DP_BATCH_MIN_QPMS || s->draining)
+		return 1;
+	uint64_t want = (uint64_t)s->q_per_ms * s->cfg->batch_us / 1000;
+	return want < 2 ? 1 : (unsigned)DP_MIN(want, DP_BATCH_MAX);
+}
+
 static void run_loop(dp_shard_t *s)
 {
 	s->now_ms = dp_now_ms();
 	uint64_t last_tick = s->now_ms;
+	unsigned want = 1;
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		if (s->udp_more)
 			dp_udp_pump(s);
@@ -388,14 +416,19 @@ static void run_loop(dp_shard_t *s)
 			.tv_sec = (long long)(wait_ms / 1000),
 			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
 		};
+		if (want > 1 && wait_ms) {
+			ts.tv_sec = 0;
+			ts.tv_nsec = (long long)s->cfg->batch_us * 1000;
+		}
 		struct io_uring_cqe *cqe;
-		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
+		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, want, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			dp_error("io_uring wait failed", "shard=%d err=\"%s\"", s->id,
 				 dp_strerror(rc));
 			break;
 		}
-		s->now_ms = dp_now_ms();
+		uint64_t now_ns = dp_now_ns();
+		s->now_ms = now_ns / 1000000;
 		unsigned head, n = 0;
 		io_uring_for_each_cqe(&s->ring, head, cqe)
 		{
@@ -403,6 +436,7 @@ static void run_loop(dp_shard_t *s)
 			n++;
 		}
 		io_uring_cq_advance(&s->ring, n);
+		want = s->cfg->batch_us ? batch_want(s, now_ns) : 1;
 		if (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms)
 			dp_query_expire(s);
 		if (s->hedge_list.head != DP_NONE &&

@@ -234,6 +234,8 @@ typedef struct dp_shard {
 	int wake_fd;
 	uint64_t wake_buf;
 	uint64_t now_ms;
+	uint64_t rate_t0_ns, rate_q0; /* query rate: window start, queries then */
+	uint32_t q_per_ms; /* queries per ms in the last window */
 
 	int udp_fd[DP_MAX_LISTEN];
 	int tcp_fd[DP_MAX_LISTEN];

@@ -300,6 +300,22 @@ static void udp_io_modes(void **state)
 	}
 }
 
+static void batch_us_bounds(void **state)
+{
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(cfg.batch_us, 200);
+	assert_int_equal(parse("--batch-us", "0", NULL), 0);
+	assert_int_equal(cfg.batch_us, 0);
+	assert_int_equal(parse("--batch-us", "1000", NULL), 0);
+	assert_int_equal(cfg.batch_us, 1000);
+	static const char *bad[] = { "1001", "-1", "", "50us", "x" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--batch-us", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--batch-us"));
+		assert_non_null(strstr(err, "0..1000"));
+	}
+}
+
 static void timeout_forms(void **state)
 {
 	static const struct {
@@ -394,6 +410,7 @@ int main(void)
 		cmocka_unit_test(upstream_pins),
 		cmocka_unit_test(threads_bounds),
 		cmocka_unit_test(udp_io_modes),
+		cmocka_unit_test(batch_us_bounds),
 		cmocka_unit_test(timeout_forms),
 		cmocka_unit_test(other_numbers),
 		cmocka_unit_test(errors_and_exits),
