@@ -517,8 +517,7 @@ static void pin_to_cpu(dp_shard_t *s)
 static void shard_teardown(dp_shard_t *s)
 {
 	dp_query_fail_all(s);
-	if (s->ring_ok)
-		dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
+	dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
 	dp_tcp_close_all(s);
 	dp_upstream_close_all(s);
 	if (s->ring_ok) {
