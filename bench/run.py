@@ -371,18 +371,10 @@ class Bench:
         SIGUSR1 counters line), or None when the upstream cannot tell."""
         if self.args.upstream != "responder":
             return None
-        d = self.upstream[0]
-        size0 = os.path.getsize(d.log)
-        os.kill(d.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            with open(d.log, "rb") as f:
-                f.seek(size0)
-                m = re.findall(rb"\bqueries=(\d+)", f.read())
-            if m:
-                return int(m[-1])
-            time.sleep(0.01)
-        return None
+        def queries(new):
+            m = re.findall(rb"\bqueries=(\d+)", new)
+            return int(m[-1]) if m else None
+        return signal_and_read_log(self.upstream[0], queries)
 
     # -- names ------------------------------------------------------------
 
@@ -609,19 +601,28 @@ def wait_ready(procs, port, deadline_s=20, probes=20):
         time.sleep(0.2)
 
 
-def dotproxy_stats(d):
-    """Ask dotproxy for its counters (SIGUSR1) and return the stats line."""
+def signal_and_read_log(d, extract, timeout_s=2):
+    """Send daemon D SIGUSR1 (it logs its counters) and return extract(what
+    its log gained since), once that is not None; None after TIMEOUT_S."""
     size0 = os.path.getsize(d.log)
     os.kill(d.pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with open(d.log, "rb") as f:
             f.seek(size0)
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if 'msg="stats"' in ln]
-        if lines:
-            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)\b", lines[-1])}
-        time.sleep(0.02)
+            v = extract(f.read())
+        if v is not None:
+            return v
+        time.sleep(0.01)
     return None
+
+
+def dotproxy_stats(d):
+    """Ask dotproxy for its counters (SIGUSR1) and return the stats line."""
+    def stats(new):
+        lines = [ln for ln in new.decode(errors="replace").splitlines() if 'msg="stats"' in ln]
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)\b", lines[-1])} if lines else None
+    return signal_and_read_log(d, stats)
 
 
 def run_system(b, name, ceiling_qps):
