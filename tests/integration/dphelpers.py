@@ -141,6 +141,21 @@ def run(cmd, timeout=30, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def run_bounded(args, timeout=10):
+    """Run a program that must exit by itself (bounded): (rc, stdout, stderr);
+    one that keeps running is a test failure, killed on the way out."""
+    p = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=10)
+        pytest.fail("%s did not exit within %d s\nstderr:\n%s" % (" ".join(map(str, args)), timeout, err),
+                    pytrace=False)
+    return p.returncode, out, err
+
+
 def fmt_addr(host, port):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 

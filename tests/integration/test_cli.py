@@ -4,7 +4,6 @@ address already taken, and clean exits on SIGTERM/SIGINT."""
 import re
 import signal
 import socket
-import subprocess
 import time
 
 import pytest
@@ -13,18 +12,7 @@ import dphelpers as H
 
 
 def _run(dotproxy_bin, *args, timeout=10):
-    """Run dotproxy to completion (bounded); a daemon that keeps running is a
-    failure, killed on the way out."""
-    p = subprocess.Popen([str(dotproxy_bin)] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate(timeout=10)
-        pytest.fail("dotproxy %s did not exit within %d s (it should have refused to start)\nstderr:\n%s"
-                    % (" ".join(args), timeout, err), pytrace=False)
-    return p.returncode, out, err
+    return H.run_bounded([dotproxy_bin] + list(args), timeout=timeout)
 
 
 def _lines(text):

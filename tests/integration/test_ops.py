@@ -164,19 +164,6 @@ def raw(tmp_path, dotproxy_bin):
         pytest.fail("; ".join(problems), pytrace=False)
 
 
-def run_bounded(args, timeout=10):
-    p = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate(timeout=10)
-        pytest.fail("%s did not exit within %d s\nstderr:\n%s" % (" ".join(map(str, args)), timeout, err),
-                    pytrace=False)
-    return p.returncode, out, err
-
-
 # ================================================================ helpers: HTTP
 
 def http_get(port, path, timeout=3.0):
@@ -1113,14 +1100,14 @@ def test_privilege_drop_to_nobody(dotproxy, unbound, certs, dotproxy_bin):
 
     # --user root: refused, non-zero exit, a message
     port2 = free_low_port()
-    rc, out, err = run_bounded([dotproxy_bin, "--listen", "127.0.0.1:%d" % port2, "--upstream",
+    rc, out, err = H.run_bounded([dotproxy_bin, "--listen", "127.0.0.1:%d" % port2, "--upstream",
                                 unbound.upstream_arg(), "--ca-file", certs["ca"], "--user", "root"])
     print("--user root: rc=%d stderr=%r" % (rc, err))
     assert rc != 0, "started as --user root"
     assert "root" in err and "refus" in err, err
     assert "started" not in err, err
     # an unknown user: refused too
-    rc, out, err = run_bounded([dotproxy_bin, "--listen", "127.0.0.1:%d" % port2, "--upstream",
+    rc, out, err = H.run_bounded([dotproxy_bin, "--listen", "127.0.0.1:%d" % port2, "--upstream",
                                 unbound.upstream_arg(), "--ca-file", certs["ca"], "--user", "no-such-user-ops"])
     assert rc != 0 and "no-such-user-ops" in err, (rc, err)
 
@@ -1190,11 +1177,11 @@ def test_config_file(raw, unbound, certs, responders, readable_dir, dotproxy_bin
         f = readable_dir / "bad.conf"
         write_file(f, "\n".join(["# bad: " + label] + good + [bad]) + "\n")
         lineno = len(good) + 2
-        rc, out, err = run_bounded([dotproxy_bin, "--config", f])
+        rc, out, err = H.run_bounded([dotproxy_bin, "--config", f])
         print("%s: rc=%d %s" % (label, rc, err.strip()))
         assert rc == 2, "%s: exit %d, want 2; stderr %r" % (label, rc, err)
         assert "%s:%d:" % (f, lineno) in err, "%s: no %s:%d: in %r" % (label, f, lineno, err)
         assert len([l for l in err.splitlines() if l.strip()]) == 1, err
     # a file that does not exist
-    rc, out, err = run_bounded([dotproxy_bin, "--config", readable_dir / "missing.conf"])
+    rc, out, err = H.run_bounded([dotproxy_bin, "--config", readable_dir / "missing.conf"])
     assert rc == 2 and "missing.conf" in err, (rc, err)
