@@ -1,7 +1,8 @@
 /* udp.c - the UDP frontend, in one of two modes (--udp-io):
  *
  *   uring (default): multishot recvmsg over the provided-buffer ring; each
- *     answer is a sendmsg SQE batched with everything else in the loop turn.
+ *     answer is a send SQE with the client's address (sendmsg on kernels
+ *     before 6.1), batched with everything else in the loop turn.
  *   mmsg: a multishot poll says a socket is readable; recvmmsg takes up to
  *     DP_MMSG_BATCH datagrams per call; answers collect through the turn and
  *     leave with one sendmmsg at its end. Kept to measure the two against
