@@ -4,6 +4,7 @@
 #include "control.h"
 #include "engine.h"
 #include "log.h"
+#include "siphash.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -75,6 +76,13 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	dp_log_level = cfg->log_level;
+	/* The key of every table a client can fill (cache, in-flight table,
+	 * rate limiter): drawn before any shard exists, never shown. */
+	rc = dp_hash_key_init();
+	if (rc < 0) {
+		fprintf(stderr, "dotproxy: cannot draw the hash key: %s\n", dp_strerror(rc));
+		goto out;
+	}
 	if (cfg->threads == 0)
 		cfg->threads = online_cpus();
 	if (access(cfg->ca_file, R_OK) != 0) {
