@@ -59,7 +59,9 @@ SYSTEMS = ("dotproxy",) + PEERS
 # dotproxy with other settings, measured beside the default in the same run
 # when named in --systems (never by default)
 VARIANTS = {"dotproxy-mmsg": {"args": ["--udp-io", "mmsg"]}, "dotproxy-1shard": {"threads": 1},
-            "dotproxy-nobatch": {"args": ["--batch-us", "0"]}}
+            "dotproxy-nobatch": {"args": ["--batch-us", "0"]},
+            # another build (--base-dotproxy): before/after a change, in one run
+            "dotproxy-base": {"binary": "base_dotproxy"}}
 
 
 def is_dotproxy(name):
@@ -548,7 +550,8 @@ def start_system(b, name, port, workdir, procs):
     if is_dotproxy(name):
         var = VARIANTS.get(name, {})
         threads = var.get("threads", a.threads)
-        argv = [a.dotproxy, "--listen", "127.0.0.1:%d" % port,
+        binary = getattr(a, var["binary"]) if "binary" in var else a.dotproxy
+        argv = [binary, "--listen", "127.0.0.1:%d" % port,
                 "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
                 "--threads", str(threads), "--timeout", "2s", "--log-level", "info"] + var.get("args", [])
         procs.append(Daemon(name, argv, log))
@@ -971,6 +974,8 @@ def parse_args(argv):
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"),
                     help="where dotproxy and tools/dot-responder are built (default %(default)s)")
     ap.add_argument("--dotproxy", help="dotproxy binary (default BUILD_DIR/dotproxy)")
+    ap.add_argument("--base-dotproxy", help="the binary the dotproxy-base variant runs (an older build, "
+                    "to compare before and after a change in one run)")
     ap.add_argument("--responder", help="dot-responder binary (default BUILD_DIR/tools/dot-responder)")
     ap.add_argument("--out", help="output directory (default bench/out/TIMESTAMP, or TIMESTAMP-smoke)")
     ap.add_argument("--json", help="also write the results JSON to this file")
@@ -1030,6 +1035,9 @@ def main(argv=None):
             if png:
                 say("plot: %s" % png)
         return 0
+    if "dotproxy-base" in a.systems and not (a.base_dotproxy and os.access(a.base_dotproxy, os.X_OK)):
+        print("run.py: the dotproxy-base variant needs --base-dotproxy BINARY", file=sys.stderr)
+        return 2
     if any(is_dotproxy(n) for n in a.systems) and not os.access(a.dotproxy, os.X_OK):
         print("run.py: %s not found; build first: cmake -S . -B build -G Ninja && cmake --build build" % a.dotproxy,
               file=sys.stderr)
