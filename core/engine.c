@@ -8,7 +8,7 @@
  *      deadline, in one io_uring_enter,
  *   3. handle every completion that is there,
  *   4. expire deadlines: the shard's timer wheel (query deadlines, hedge
- *      times) every turn, handshakes and idle clients every tick.
+ *      times, upstream handshakes) every turn, idle connections every tick.
  * Query deadlines and hedge times do not share one delay (a reload changes
  * --timeout, the auto hedge delay moves every tick), so they live in a
  * timer wheel (timerwheel.h): O(1) arm and cancel, fired in deadline order,

@@ -124,6 +124,7 @@ typedef struct dp_upconn {
 	uint32_t ops; /* SQEs in flight on fd */
 	uint32_t gen;
 	uint64_t deadline_ms; /* handshake deadline while connecting */
+	dp_tw_entry_t hs_t; /* shard timer at deadline_ms, armed while connecting */
 	SSL *ssl; /* over our own BIOs (tls.c): they read rxbuf, append to pend */
 	dp_idmap_t ids;
 	dp_list_t queries; /* dp_query_t.clink, pending and sent */
@@ -415,8 +416,8 @@ void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, 
 /* End of a loop turn: one SSL_write and one send per connection with
  * queued queries. Hot path. */
 void dp_upstream_flush(dp_shard_t *s);
-/* Per tick: handshake deadlines, hedge delays, keepalive probes, idle
- * closes, probes that bring a down upstream back. */
+/* Per tick: hedge delays, keepalive probes, idle closes, probes that bring
+ * a down upstream back. (Handshake deadlines are timers on the wheel.) */
 void dp_upstream_expire(dp_shard_t *s);
 /* A query sent on connection ci timed out: a latency sample of the whole
  * timeout for its upstream; consecutive timeouts mark the upstream down. */

@@ -52,6 +52,7 @@
 static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		      const char *reason);
 static void on_hedge_due(dp_tw_entry_t *e, void *arg);
+static void on_handshake_due(dp_tw_entry_t *e, void *arg);
 
 int dp_upstream_init(dp_shard_t *s)
 {
@@ -257,6 +258,8 @@ static int conn_start(dp_shard_t *s, uint32_t ci)
 	c->fd = fd;
 	c->state = C_CONNECTING;
 	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
+	dp_tw_entry_init(&c->hs_t, on_handshake_due);
+	dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
 	c->got_answer = false;
 	c->plain_len = 0;
 	c->batch_len = c->batch_count = 0;
@@ -480,6 +483,7 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		us->down_until_ms = s->now_ms + DP_MIN(backoff, (uint64_t)BACKOFF_MAX_MS);
 	}
 	c->state = C_CLOSING;
+	dp_tw_cancel(&s->timers, &c->hs_t);
 	c->batch_len = c->batch_count = 0;
 	shutdown(c->fd, SHUT_RDWR);
 	if (c->ops) {
@@ -549,6 +553,7 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 		}
 		M_INC(s->metrics.up[c->upstream].handshakes);
 		c->state = C_READY;
+		dp_tw_cancel(&s->timers, &c->hs_t);
 		s->up[c->upstream].ever_up = true;
 		s->up[c->upstream].fails = 0;
 		s->up[c->upstream].down_until_ms = 0;
@@ -769,11 +774,6 @@ void dp_upstream_expire(dp_shard_t *s)
 {
 	for (uint32_t ci = 0; ci < s->nconns; ci++) {
 		dp_upconn_t *c = &s->conns[ci];
-		if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) &&
-		    s->now_ms >= c->deadline_ms) {
-			conn_fail(s, ci, true, "upstream handshake failed", "handshake timeout");
-			continue;
-		}
 		if (c->state != C_READY || c->queries.count || c->hedges.count)
 			continue;
 		/* Idle: act just before the upstream's own idle timeout would
@@ -815,6 +815,17 @@ void dp_upstream_expire(dp_shard_t *s)
 			}
 		}
 	}
+}
+
+/* Connect and handshake took longer than --handshake-timeout (the
+ * connection's timer on the shard's wheel fired). */
+static void on_handshake_due(dp_tw_entry_t *e, void *arg)
+{
+	dp_shard_t *s = arg;
+	dp_upconn_t *c = DP_CONTAINER_OF(e, dp_upconn_t, hs_t);
+	if (c->state == C_CONNECTING || c->state == C_HANDSHAKE)
+		conn_fail(s, (uint32_t)(c - s->conns), true, "upstream handshake failed",
+			  "handshake timeout");
 }
 
 void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci)
