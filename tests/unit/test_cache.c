@@ -641,7 +641,7 @@ static void key_case_folding(void **state)
  * in-flight table in query.c, which indexes by the same hash) is SipHash
  * under the process key: another key, another hash, so a client cannot
  * pick names that collide; one key, one hash, case folded as before. */
-static void key_hash_is_keyed(void **state)
+static void test_hole5_cache_key_hash_is_keyed(void **state)
 {
 	(void)state;
 	static const char *const names[] = { "a.", "example.com", "WWW.Example.COM",
@@ -1270,7 +1270,7 @@ int main(void)
 		cmocka_unit_test(errors_and_tc_not_cached),
 		cmocka_unit_test(disabled_cache),
 		cmocka_unit_test(key_case_folding),
-		cmocka_unit_test(key_hash_is_keyed),
+		cmocka_unit_test(test_hole5_cache_key_hash_is_keyed),
 		cmocka_unit_test(case_restoration),
 		cmocka_unit_test(serve_header),
 		cmocka_unit_test(key_do_and_cd),

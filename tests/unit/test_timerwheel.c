@@ -91,7 +91,7 @@ static void empty_wheel(void **state)
 
 /* The hole-6 case: a 10 s timer armed first, then a 1 s one (a reload
  * shortened the timeout): the 1 s one fires at 1 s, not after 10 s. */
-static void shorter_delay_after_longer_fires_first(void **state)
+static void test_hole6_shorter_delay_after_longer_fires_first(void **state)
 {
 	uint64_t t0 = 123456789;
 	dp_tw_t *w = new_wheel(t0);
@@ -430,7 +430,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(empty_wheel),
-		cmocka_unit_test(shorter_delay_after_longer_fires_first),
+		cmocka_unit_test(test_hole6_shorter_delay_after_longer_fires_first),
 		cmocka_unit_test(mixed_delays_fire_in_order),
 		cmocka_unit_test(matches_reference_model),
 		cmocka_unit_test(cancel_and_rearm),
