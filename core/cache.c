@@ -1,6 +1,7 @@
 /* cache.c - per-shard answer cache with S3-FIFO eviction. */
 #include "cache.h"
 #include "edns.h"
+#include "siphash.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -94,10 +95,13 @@ void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
 	k->name_len = (uint8_t)n;
 	/* Eight octets per step: fold ASCII upper case (SWAR: a lane gets 0x20
 	 * added when it is in 'A'..'Z'; label length octets are <= 63 and never
-	 * are) and hash. The last step works on a zero-padded copy. */
-	const uint64_t m = 0x9E3779B97F4A7C15ull;
+	 * are) and hash. The last step works on a zero-padded copy. The hash
+	 * is SipHash under the process key (siphash.h): the cache buckets and
+	 * the in-flight table (query.c) index by it, and a client that cannot
+	 * compute it cannot pick names that collide. */
 	const uint64_t ones7f = 0x7F7F7F7F7F7F7F7Full, hi = 0x8080808080808080ull;
-	uint64_t h = 0x2545F4914F6CDD1Dull ^ n;
+	dp_sip_t h;
+	dp_sip_init(&h, &dp_hash_key);
 	for (size_t i = 0; i < n; i += 8) {
 		uint64_t w = 0;
 		memcpy(&w, src + i, n - i >= 8 ? 8 : n - i);
@@ -107,14 +111,15 @@ void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
 		uint64_t upper = (ge_a ^ gt_z) & ~w & hi;
 		w |= upper >> 2;
 		memcpy(k->name + i, &w, 8);
-		h = (h ^ w) * m;
-		h ^= h >> 32;
+		dp_sip_word(&h, w);
 	}
 	k->qtype = v->qtype;
 	k->qclass = v->qclass;
 	k->flags = (uint8_t)((v->has_opt && v->do_bit ? 1 : 0) | (v->flags & DP_DNS_F_CD ? 2 : 0));
-	h = (h ^ ((uint64_t)k->qtype | (uint64_t)k->qclass << 16 | (uint64_t)k->flags << 32)) * m;
-	k->hash = h ^ (h >> 29);
+	/* The zero-padded words and the name length in the last word make
+	 * the input unambiguous. */
+	k->hash = dp_sip_final(&h, (uint64_t)k->qtype | (uint64_t)k->qclass << 16 |
+					   (uint64_t)k->flags << 32, n);
 }
 
 static bool key_eq(const dp_cache_entry_t *e, const dp_cache_key_t *k)

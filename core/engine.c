@@ -7,10 +7,12 @@
  *      completion (under heavy load: several, see batch_want) or the next
  *      deadline, in one io_uring_enter,
  *   3. handle every completion that is there,
- *   4. expire deadlines (queries, handshakes, idle clients).
- * Deadlines: every query has the same timeout and every idle client the same
- * idle limit, so each timer set is a FIFO list ordered by deadline: O(1)
- * insert, O(1) removal, expiry looks only at the head.
+ *   4. expire deadlines: the shard's timer wheel (query deadlines, hedge
+ *      times, upstream handshakes) every turn, idle connections every tick.
+ * Query deadlines and hedge times do not share one delay (a reload changes
+ * --timeout, the auto hedge delay moves every tick), so they live in a
+ * timer wheel (timerwheel.h): O(1) arm and cancel, fired in deadline order,
+ * and its earliest deadline bounds the loop's wait.
  */
 #include "engine.h"
 #include "log.h"
@@ -365,11 +367,7 @@ static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 static uint64_t next_deadline(dp_shard_t *s)
 {
 	uint64_t d = s->now_ms + DP_TICK_MS;
-	if (s->timeouts.head != DP_NONE)
-		d = DP_MIN(d, s->q[s->timeouts.head].deadline_ms);
-	if (s->hedge_list.head != DP_NONE)
-		d = DP_MIN(d, s->q[s->hedge_list.head].hedge_at_ms);
-	return d;
+	return DP_MIN(d, dp_tw_next(&s->timers));
 }
 
 /* Completion coalescing at high query rates (like a NIC's adaptive
@@ -440,11 +438,8 @@ static void run_loop(dp_shard_t *s)
 		}
 		io_uring_cq_advance(&s->ring, n);
 		want = s->cfg->batch_us ? batch_want(s, now_ns) : 1;
-		if (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms)
-			dp_query_expire(s);
-		if (s->hedge_list.head != DP_NONE &&
-		    s->q[s->hedge_list.head].hedge_at_ms <= s->now_ms)
-			dp_upstream_hedge(s);
+		/* query deadlines (SERVFAIL) and hedges, in deadline order */
+		dp_tw_run(&s->timers, s->now_ms, s);
 		if (s->now_ms - last_tick >= DP_TICK_MS) {
 			last_tick = s->now_ms;
 			if (s->draining && !s->reads_stopped && s->now_ms >= s->drain_reads_stop_ms)
@@ -582,6 +577,7 @@ static void *shard_main(void *arg)
 	}
 	if ((rc = dp_udp_init(s)) < 0)
 		goto fail;
+	dp_tw_init(&s->timers, dp_now_ms());
 	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0 ||
 	    (rc = dp_rl_init(&s->rl, 1u << 16, s->cfg->rate_limit, s->cfg->rate_limit)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));

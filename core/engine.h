@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "stats.h"
+#include "timerwheel.h"
 
 #include <liburing.h>
 #include <netinet/in.h>
@@ -77,7 +78,7 @@ typedef struct dp_query {
 	uint16_t len; /* query wire length as sent upstream (padded) */
 	uint16_t client_udp_limit; /* largest UDP answer the client takes */
 	uint32_t conn; /* upstream connection index, DP_NONE when none */
-	dp_link_t tlink; /* shard timeout list */
+	dp_link_t tlink; /* free list (tlink.next) */
 	dp_link_t clink; /* connection's query list; for Q_WAITING the leader's
 			  * waiters list */
 	uint32_t leader; /* Q_WAITING: the query it waits on */
@@ -85,16 +86,15 @@ typedef struct dp_query {
 	uint64_t key_hash; /* cache key hash, for the in-flight table */
 	bool in_table; /* registered in the in-flight table */
 	uint64_t deadline_ms;
+	dp_tw_entry_t deadline_t; /* shard timer: SERVFAIL at deadline_ms */
 	uint64_t start_ns; /* written to its connection (latency sample) */
 	uint64_t arrive_ns; /* arrival from the client (client-seen latency) */
 	/* hedging: a second copy on another upstream's connection */
 	uint32_t conn2; /* DP_NONE when not hedged */
 	uint16_t up_id2;
 	bool hedged; /* a hedge was sent (at most one per query) */
-	bool in_hedge_list;
 	dp_link_t c2link; /* conn2's hedge list */
-	dp_link_t hlink; /* shard hedge timer list */
-	uint64_t hedge_at_ms;
+	dp_tw_entry_t hedge_t; /* shard timer: send the hedge (armed: may be hedged) */
 	uint64_t hedge_start_ns;
 	union {
 		struct sockaddr_in6 udp; /* big enough for AF_INET too */
@@ -124,6 +124,7 @@ typedef struct dp_upconn {
 	uint32_t ops; /* SQEs in flight on fd */
 	uint32_t gen;
 	uint64_t deadline_ms; /* handshake deadline while connecting */
+	dp_tw_entry_t hs_t; /* shard timer at deadline_ms, armed while connecting */
 	SSL *ssl; /* over our own BIOs (tls.c): they read rxbuf, append to pend */
 	dp_idmap_t ids;
 	dp_list_t queries; /* dp_query_t.clink, pending and sent */
@@ -259,8 +260,7 @@ typedef struct dp_shard {
 
 	dp_query_t *q;
 	uint32_t q_cap, q_hiwater, q_free, q_used;
-	dp_list_t timeouts; /* every live query, oldest deadline first */
-	dp_list_t hedge_list; /* queries that may be hedged, by hedge_at_ms */
+	dp_tw_t timers; /* query deadlines and hedge times, in ms */
 
 	dp_upconn_t *conns;
 	uint32_t nconns;
@@ -335,6 +335,9 @@ void dp_shard_join(dp_shard_t *s);
 /* An SQE, submitting first when the SQ is full. Never NULL. Hot path. */
 struct io_uring_sqe *dp_sqe(dp_shard_t *s);
 
+/* The element of type T whose member m is at p. */
+#define DP_CONTAINER_OF(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
+
 /* List helpers over a table whose element has a dp_link_t at offset off. */
 void dp_list_push_tail(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
 void dp_list_remove(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
@@ -391,8 +394,7 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 		     const dp_dns_view_t *v);
 /* Answer the query with SERVFAIL and free its slot. */
 void dp_query_fail(dp_shard_t *s, uint32_t qi);
-/* SERVFAIL every query whose deadline has passed. */
-void dp_query_expire(dp_shard_t *s);
+/* Teardown: answer every live query (SERVFAIL or stale) and free its slot. */
 void dp_query_fail_all(dp_shard_t *s);
 /* Start a probe (./IN/NS, no client) on connection ci. */
 int dp_query_probe(dp_shard_t *s, uint32_t ci);
@@ -414,14 +416,12 @@ void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, 
 /* End of a loop turn: one SSL_write and one send per connection with
  * queued queries. Hot path. */
 void dp_upstream_flush(dp_shard_t *s);
-/* Per tick: handshake deadlines, hedge delays, keepalive probes, idle
- * closes, probes that bring a down upstream back. */
+/* Per tick: hedge delays, keepalive probes, idle closes, probes that bring
+ * a down upstream back. (Handshake deadlines are timers on the wheel.) */
 void dp_upstream_expire(dp_shard_t *s);
 /* A query sent on connection ci timed out: a latency sample of the whole
  * timeout for its upstream; consecutive timeouts mark the upstream down. */
 void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci);
-/* Send hedges whose delay is up (every loop turn). */
-void dp_upstream_hedge(dp_shard_t *s);
 /* Send query qi on connection ci (probes). */
 int dp_upstream_send_on(dp_shard_t *s, uint32_t qi, uint32_t ci);
 void dp_upstream_close_all(dp_shard_t *s);

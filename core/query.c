@@ -2,8 +2,8 @@
  * and the cache, coalescing, prefetch and serve-stale around it.
  *
  * Owns: the shard's dp_query_t table (sized by --max-inflight, mapped once,
- * touched only as slots are first used), the timeout list that holds every
- * live query in deadline order, the in-flight table (questions upstream now,
+ * touched only as slots are first used), every live query's deadline timer
+ * on the shard's timer wheel, the in-flight table (questions upstream now,
  * for coalescing) and the shard's answer cache. Every query leaves the table
  * through exactly one of dp_query_answer() and dp_query_fail(), so every
  * query gets exactly one answer.
@@ -21,7 +21,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define QOFF_T offsetof(dp_query_t, tlink)
 #define QOFF_C offsetof(dp_query_t, clink)
 #define SCRATCH_SIZE 65536
 
@@ -37,7 +36,6 @@ int dp_query_table_init(dp_shard_t *s)
 	s->q_free = DP_NONE;
 	s->q_hiwater = 0;
 	s->q_used = 0;
-	s->timeouts = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 	uint32_t fl = 1;
 	while (fl < 2 * s->q_cap)
 		fl <<= 1;
@@ -132,6 +130,8 @@ static void flight_del(dp_shard_t *s, uint32_t qi)
 
 /* ---- slots ------------------------------------------------------------------ */
 
+static void on_deadline(dp_tw_entry_t *e, void *arg);
+
 static uint32_t query_alloc(dp_shard_t *s)
 {
 	uint32_t qi;
@@ -155,7 +155,8 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 		dp_upstream_detach(s, qi);
 	if (q->in_table)
 		flight_del(s, qi);
-	dp_list_remove(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
+	dp_tw_cancel(&s->timers, &q->deadline_t);
+	dp_tw_cancel(&s->timers, &q->hedge_t);
 	if (q->transport == T_TCP && q->client.tcp.idx < s->tcp_hiwater) {
 		dp_tcpc_t *c = &s->tcp[q->client.tcp.idx];
 		if (c->used && c->gen == q->client.tcp.gen && c->inflight)
@@ -256,7 +257,8 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->leader = DP_NONE;
 	q->conn2 = DP_NONE;
 	q->hedged = false;
-	q->in_hedge_list = false;
+	dp_tw_entry_init(&q->deadline_t, on_deadline);
+	dp_tw_entry_init(&q->hedge_t, NULL); /* upstream.c arms it */
 	/* Room for the query with its OPT moved last (11), keepalive (4),
 	 * padding option header (4) and up to a block of padding. */
 	size_t need = (size_t)v->msg_end + 11 + 4 + 4 + DP_EDNS_QUERY_BLOCK;
@@ -268,7 +270,6 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 			free(q->wire);
 		q->wire = q->inline_wire;
 		q->transport = T_NONE;
-		dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
 		query_free(s, qi);
 		return plen;
 	}
@@ -280,6 +281,9 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->client_id = v->id;
 	q->key_hash = key_hash;
 	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
+	/* The timeout in force now: after a reload that shortened it, this
+	 * deadline comes before those of older queries, and the wheel fires
+	 * it first. */
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
 	q->start_ns = 0;
 	q->arrive_ns = transport == T_NONE ? 0 : dp_now_ns();
@@ -290,7 +294,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 		q->client.tcp.gen = tcp_gen;
 		s->tcp[tcp_idx].inflight++;
 	}
-	dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
+	dp_tw_add(&s->timers, &q->deadline_t, q->deadline_ms);
 	return 0;
 }
 
@@ -521,28 +525,32 @@ void dp_query_fail(dp_shard_t *s, uint32_t qi)
 	fail_one(s, qi);
 }
 
-void dp_query_expire(dp_shard_t *s)
+/* The deadline timer of a query fired (the shard's wheel, in deadline
+ * order): SERVFAIL it. */
+static void on_deadline(dp_tw_entry_t *e, void *arg)
 {
-	while (s->timeouts.head != DP_NONE && s->q[s->timeouts.head].deadline_ms <= s->now_ms) {
-		uint32_t qi = s->timeouts.head;
-		STAT_INC(s, timeouts);
-		/* Answer it first: the upstream's bookkeeping below may close
-		 * the connection, which would re-send what is still on it. */
-		uint32_t ci = s->q[qi].conn;
-		uint8_t state = s->q[qi].state;
-		uint8_t transport = s->q[qi].transport;
-		dp_query_fail(s, qi);
-		if (ci != DP_NONE && state == Q_SENT && transport != T_NONE)
-			dp_upstream_note_timeout(s, ci);
-	}
+	dp_shard_t *s = arg;
+	uint32_t qi = (uint32_t)(DP_CONTAINER_OF(e, dp_query_t, deadline_t) - s->q);
+	STAT_INC(s, timeouts);
+	/* Answer it first: the upstream's bookkeeping below may close the
+	 * connection, which would re-send what is still on it. */
+	uint32_t ci = s->q[qi].conn;
+	uint8_t state = s->q[qi].state;
+	uint8_t transport = s->q[qi].transport;
+	dp_query_fail(s, qi);
+	if (ci != DP_NONE && state == Q_SENT && transport != T_NONE)
+		dp_upstream_note_timeout(s, ci);
 }
 
 void dp_query_fail_all(dp_shard_t *s)
 {
 	if (!s->q)
 		return;
-	while (s->timeouts.head != DP_NONE)
-		dp_query_fail(s, s->timeouts.head);
+	/* Teardown only: a scan of the slots ever used. Failing a leader
+	 * frees its waiters too; the state check skips them. */
+	for (uint32_t qi = 0; qi < s->q_hiwater; qi++)
+		if (s->q[qi].state != Q_FREE)
+			dp_query_fail(s, qi);
 }
 
 int dp_query_probe(dp_shard_t *s, uint32_t ci)

@@ -36,7 +36,6 @@
 #define PLAIN_CAP (65537 + 16 * 1024)
 #define COFF offsetof(dp_query_t, clink)
 #define C2OFF offsetof(dp_query_t, c2link)
-#define HOFF offsetof(dp_query_t, hlink)
 #define HEDGE_MIN_MS 2
 #define HEDGE_DEFAULT_MS 50 /* until an upstream has enough samples */
 #define HEDGE_SAMPLES 20 /* samples before its p95 is trusted */
@@ -52,6 +51,8 @@
 
 static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		      const char *reason);
+static void on_hedge_due(dp_tw_entry_t *e, void *arg);
+static void on_handshake_due(dp_tw_entry_t *e, void *arg);
 
 int dp_upstream_init(dp_shard_t *s)
 {
@@ -75,7 +76,6 @@ int dp_upstream_init(dp_shard_t *s)
 		s->up[u].first_conn = (uint32_t)u * cfg->upstream_conns;
 		s->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	}
-	s->hedge_list = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 	s->hedge_delay_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	s->hedge_budget = HEDGE_RATIO * HEDGE_BURST / 4; /* some hedges from the start */
 	s->dirty_head = DP_NONE;
@@ -258,6 +258,8 @@ static int conn_start(dp_shard_t *s, uint32_t ci)
 	c->fd = fd;
 	c->state = C_CONNECTING;
 	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
+	dp_tw_entry_init(&c->hs_t, on_handshake_due);
+	dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
 	c->got_answer = false;
 	c->plain_len = 0;
 	c->batch_len = c->batch_count = 0;
@@ -366,11 +368,13 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 			s->up[c->upstream].sent++;
 		/* A hedge may follow if the answer is late (once per query). */
 		if (s->cfg->hedge_ms != 0 && s->cfg->nupstream > 1 && !q->hedged &&
-		    !q->in_hedge_list) {
-			q->hedge_at_ms = s->now_ms + (s->cfg->hedge_ms > 0 ? (uint32_t)s->cfg->hedge_ms
-									     : s->hedge_delay_ms);
-			q->in_hedge_list = true;
-			dp_list_push_tail(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
+		    !dp_tw_armed(&q->hedge_t)) {
+			/* The delay in force now (auto: it moves every tick):
+			 * the wheel keeps hedges in order whatever it was. */
+			uint64_t at = s->now_ms + (s->cfg->hedge_ms > 0 ? (uint32_t)s->cfg->hedge_ms
+									: s->hedge_delay_ms);
+			dp_tw_entry_init(&q->hedge_t, on_hedge_due);
+			dp_tw_add(&s->timers, &q->hedge_t, at);
 		}
 	}
 	if (c->state == C_READY)
@@ -422,10 +426,7 @@ void dp_upstream_detach(dp_shard_t *s, uint32_t qi)
 	q->conn = DP_NONE;
 	if (q->conn2 != DP_NONE)
 		hedge_detach(s, qi);
-	if (q->in_hedge_list) {
-		dp_list_remove(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
-		q->in_hedge_list = false;
-	}
+	dp_tw_cancel(&s->timers, &q->hedge_t);
 }
 
 static void finalize(dp_shard_t *s, uint32_t ci)
@@ -482,6 +483,7 @@ static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		us->down_until_ms = s->now_ms + DP_MIN(backoff, (uint64_t)BACKOFF_MAX_MS);
 	}
 	c->state = C_CLOSING;
+	dp_tw_cancel(&s->timers, &c->hs_t);
 	c->batch_len = c->batch_count = 0;
 	shutdown(c->fd, SHUT_RDWR);
 	if (c->ops) {
@@ -551,6 +553,7 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 		}
 		M_INC(s->metrics.up[c->upstream].handshakes);
 		c->state = C_READY;
+		dp_tw_cancel(&s->timers, &c->hs_t);
 		s->up[c->upstream].ever_up = true;
 		s->up[c->upstream].fails = 0;
 		s->up[c->upstream].down_until_ms = 0;
@@ -771,11 +774,6 @@ void dp_upstream_expire(dp_shard_t *s)
 {
 	for (uint32_t ci = 0; ci < s->nconns; ci++) {
 		dp_upconn_t *c = &s->conns[ci];
-		if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) &&
-		    s->now_ms >= c->deadline_ms) {
-			conn_fail(s, ci, true, "upstream handshake failed", "handshake timeout");
-			continue;
-		}
 		if (c->state != C_READY || c->queries.count || c->hedges.count)
 			continue;
 		/* Idle: act just before the upstream's own idle timeout would
@@ -819,6 +817,17 @@ void dp_upstream_expire(dp_shard_t *s)
 	}
 }
 
+/* Connect and handshake took longer than --handshake-timeout (the
+ * connection's timer on the shard's wheel fired). */
+static void on_handshake_due(dp_tw_entry_t *e, void *arg)
+{
+	dp_shard_t *s = arg;
+	dp_upconn_t *c = DP_CONTAINER_OF(e, dp_upconn_t, hs_t);
+	if (c->state == C_CONNECTING || c->state == C_HANDSHAKE)
+		conn_fail(s, (uint32_t)(c - s->conns), true, "upstream handshake failed",
+			  "handshake timeout");
+}
+
 void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci)
 {
 	uint32_t u = s->conns[ci].upstream;
@@ -831,39 +840,36 @@ void dp_upstream_note_timeout(dp_shard_t *s, uint32_t ci)
 	}
 }
 
-void dp_upstream_hedge(dp_shard_t *s)
+/* The hedge delay of a query is up (its timer on the shard's wheel fired,
+ * in deadline order): ask another upstream too, budget permitting. */
+static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 {
-	while (s->hedge_list.head != DP_NONE) {
-		uint32_t qi = s->hedge_list.head;
-		dp_query_t *q = &s->q[qi];
-		if (q->hedge_at_ms > s->now_ms)
-			return;
-		dp_list_remove(&s->hedge_list, s->q, sizeof(dp_query_t), HOFF, qi);
-		q->in_hedge_list = false;
-		if (q->conn == DP_NONE || q->hedged || q->conn2 != DP_NONE ||
-		    s->hedge_budget < HEDGE_RATIO)
-			continue;
-		uint32_t u = pick_upstream(s, (int)s->conns[q->conn].upstream);
-		if (u == DP_NONE)
-			continue;
-		uint32_t ci = pick_conn(s, u);
-		if (ci == DP_NONE)
-			continue;
-		dp_upconn_t *c = &s->conns[ci];
-		int id = dp_idmap_take(&c->ids, qi);
-		if (id < 0)
-			continue;
-		s->hedge_budget -= HEDGE_RATIO;
-		q->hedged = true;
-		q->conn2 = ci;
-		q->up_id2 = (uint16_t)id;
-		dp_list_push_tail(&c->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
-		STAT_INC(s, hedges_sent);
-		if (c->state == C_READY)
-			batch_append(s, ci, qi, q->up_id2, true);
-		else
-			q->hedge_start_ns = dp_now_ns(); /* sent once the handshake is done */
-	}
+	dp_shard_t *s = arg;
+	dp_query_t *q = DP_CONTAINER_OF(e, dp_query_t, hedge_t);
+	uint32_t qi = (uint32_t)(q - s->q);
+	if (q->conn == DP_NONE || q->hedged || q->conn2 != DP_NONE ||
+	    s->hedge_budget < HEDGE_RATIO)
+		return;
+	uint32_t u = pick_upstream(s, (int)s->conns[q->conn].upstream);
+	if (u == DP_NONE)
+		return;
+	uint32_t ci = pick_conn(s, u);
+	if (ci == DP_NONE)
+		return;
+	dp_upconn_t *c = &s->conns[ci];
+	int id = dp_idmap_take(&c->ids, qi);
+	if (id < 0)
+		return;
+	s->hedge_budget -= HEDGE_RATIO;
+	q->hedged = true;
+	q->conn2 = ci;
+	q->up_id2 = (uint16_t)id;
+	dp_list_push_tail(&c->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
+	STAT_INC(s, hedges_sent);
+	if (c->state == C_READY)
+		batch_append(s, ci, qi, q->up_id2, true);
+	else
+		q->hedge_start_ns = dp_now_ns(); /* sent once the handshake is done */
 }
 
 void dp_upstream_publish(dp_shard_t *s)

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "cache.h"
+#include "siphash.h"
 
 /* ---- a tiny wire writer ------------------------------------------------ */
 
@@ -636,6 +637,52 @@ static void key_case_folding(void **state)
 	dp_cache_destroy(&c);
 }
 
+/* Issue 12, hole 5: the key hash (cache buckets, ghost table, and the
+ * in-flight table in query.c, which indexes by the same hash) is SipHash
+ * under the process key: another key, another hash, so a client cannot
+ * pick names that collide; one key, one hash, case folded as before. */
+static void test_hole5_cache_key_hash_is_keyed(void **state)
+{
+	(void)state;
+	static const char *const names[] = { "a.", "example.com", "WWW.Example.COM",
+					     "a-rather-long-label-for-several-words.example.net" };
+	dp_sipkey_t saved = dp_hash_key;
+	wire_t q;
+	dp_dns_view_t v;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		dp_cache_key_t k1, k1b, k2, kz;
+		make_q(&q, names[i], PLAIN);
+		dp_hash_key = (dp_sipkey_t){ 0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull };
+		key_of(&q, &k1, &v);
+		key_of(&q, &k1b, &v);
+		dp_hash_key = (dp_sipkey_t){ 0x0706050403020100ull, 0x0f0e0d0c0b0a0909ull };
+		key_of(&q, &k2, &v);
+		dp_hash_key = (dp_sipkey_t){ 0, 0 };
+		key_of(&q, &kz, &v);
+		assert_int_equal(k1.hash, k1b.hash);
+		assert_int_not_equal(k1.hash, k2.hash); /* one key bit apart */
+		assert_int_not_equal(k1.hash, kz.hash);
+		assert_int_not_equal(k2.hash, kz.hash);
+		/* the low bits, which index the tables, differ too */
+		assert_int_not_equal(k1.hash & 0xffff, k2.hash & 0xffff);
+	}
+	/* Under one key: case folds, type and flags still count. */
+	dp_hash_key = (dp_sipkey_t){ 1, 2 };
+	dp_cache_key_t a, b;
+	make_q(&q, "MiXeD.example", PLAIN);
+	key_of(&q, &a, &v);
+	make_q(&q, "mixed.EXAMPLE", PLAIN);
+	key_of(&q, &b, &v);
+	assert_int_equal(a.hash, b.hash);
+	make_q(&q, "mixed.example", (qopt_t){ .id = 1, .qtype = T_AAAA });
+	key_of(&q, &b, &v);
+	assert_int_not_equal(a.hash, b.hash);
+	make_q(&q, "mixed.example", (qopt_t){ .id = 1, .flags = RD | CD });
+	key_of(&q, &b, &v);
+	assert_int_not_equal(a.hash, b.hash);
+	dp_hash_key = saved;
+}
+
 /* Decoded name at off in a served answer, case kept. */
 static const char *name_at(const served_t *s, size_t off)
 {
@@ -1223,6 +1270,7 @@ int main(void)
 		cmocka_unit_test(errors_and_tc_not_cached),
 		cmocka_unit_test(disabled_cache),
 		cmocka_unit_test(key_case_folding),
+		cmocka_unit_test(test_hole5_cache_key_hash_is_keyed),
 		cmocka_unit_test(case_restoration),
 		cmocka_unit_test(serve_header),
 		cmocka_unit_test(key_do_and_cd),

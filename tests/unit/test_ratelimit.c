@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "ratelimit.h"
+#include "siphash.h"
 
 #define ENTRIES (1u << 16) /* what engine.c uses */
 
@@ -253,6 +254,147 @@ static void ipv6_64_and_ipv4_never_share_a_bucket(void **state)
 	assert_int_equal(t.pass, 5);
 }
 
+/* ---- issue 12, hole 5 ------------------------------------------------------ */
+
+static const struct sockaddr *sa4(uint32_t host_order)
+{
+	static struct sockaddr_in s4[4];
+	static int next;
+	struct sockaddr_in *s = &s4[next++ % 4];
+	memset(s, 0, sizeof(*s));
+	s->sin_family = AF_INET;
+	s->sin_addr.s_addr = htonl(host_order);
+	s->sin_port = htons(5353);
+	return (const struct sockaddr *)s;
+}
+
+/* The bucket f108c5a's table (direct-mapped, unkeyed) gave an IPv4
+ * address: anyone could compute it. */
+static uint32_t old_bucket(uint32_t host_order, uint32_t entries)
+{
+	uint64_t key = htonl(host_order);
+	uint64_t h = (key ^ ((uint64_t)AF_INET << 56)) * 0x9E3779B97F4A7C15ull;
+	return (uint32_t)(h >> 32) & (entries - 1);
+}
+
+/* n addresses (host order) from base on that share the set of first,
+ * under the current process key. */
+static void same_set(dp_ratelimit_t *rl, uint32_t first, uint32_t base, uint32_t *out, int n)
+{
+	uint32_t want = dp_rl_set(rl, sa4(first));
+	int got = 0;
+	for (uint32_t a = base; got < n && a < base + (64u << 20); a++)
+		if (a != first && dp_rl_set(rl, sa4(a)) == want)
+			out[got++] = a;
+	assert_int_equal(got, n);
+}
+
+/* Alternating a victim's address with one that collides with it: the old
+ * table handed the newcomer the bucket with a full allowance on every
+ * switch, so neither address was ever limited. Now each keeps its own
+ * bucket (and, past the set's ways, a newcomer inherits an allowance that
+ * is as drained as the one it replaces). */
+static void test_hole5_takeover_does_not_refill(void **state)
+{
+	(void)state;
+	dp_sipkey_t saved = dp_hash_key;
+	dp_hash_key = (dp_sipkey_t){ 0x243f6a8885a308d3ull, 0x13198a2e03707344ull };
+	dp_ratelimit_t rl;
+	assert_int_equal(dp_rl_init(&rl, ENTRIES, 10, 10), 0);
+	const uint32_t victim = 0xc0000201; /* 192.0.2.1 */
+
+	/* 1. An address colliding under the old unkeyed hash. */
+	uint32_t coll = 0;
+	for (uint32_t a = 0x0a000000; a < 0x0b000000 && !coll; a++)
+		if (old_bucket(a, ENTRIES) == old_bucket(victim, ENTRIES))
+			coll = a;
+	assert_int_not_equal(coll, 0);
+	int vpass = 0, cpass = 0;
+	for (int i = 0; i < 200; i++) {
+		vpass += dp_rl_check(&rl, sa4(victim), 5000 + (uint64_t)i) == DP_RL_PASS;
+		cpass += dp_rl_check(&rl, sa4(coll), 5000 + (uint64_t)i) == DP_RL_PASS;
+	}
+	/* 200 ms at 10/s: the burst of 10 and 2 refilled, not 200 */
+	if (vpass > 12 || cpass > 12)
+		fail_msg("alternating with a colliding address: victim passed %d of 200, "
+			 "the other %d (limit 10 + 2)", vpass, cpass);
+	dp_rl_free(&rl);
+
+	/* 2. Twice as many addresses as a set has ways, all in the victim's
+	 * set (found here with the key, which a client does not have),
+	 * taking its buckets over in turn for 10 s at a query per address
+	 * per 10 ms: the set never hands out more than its buckets hold
+	 * and refill, i.e. the attacker gains nothing by cycling. */
+	assert_int_equal(dp_rl_init(&rl, ENTRIES, 10, 10), 0);
+	uint32_t addrs[2 * DP_RL_WAYS];
+	same_set(&rl, victim, 0x0a000000, addrs, 2 * DP_RL_WAYS);
+	int pass = 0;
+	uint64_t t0 = 100000, t = t0;
+	for (int round = 0; round < 1000; round++, t += 10)
+		for (int k = 0; k < 2 * DP_RL_WAYS; k++)
+			pass += dp_rl_check(&rl, sa4(addrs[k]), t) == DP_RL_PASS;
+	int limit = DP_RL_WAYS * (10 + (int)((t - t0) * 10 / 1000));
+	if (pass > limit)
+		fail_msg("cycling %d addresses of one set: %d passed in %llu ms, the set holds "
+			 "at most %d", 2 * DP_RL_WAYS, pass, (unsigned long long)(t - t0), limit);
+	print_message("cycling %d addresses of one set for %llu ms: %d passed (set holds %d)\n",
+		      2 * DP_RL_WAYS, (unsigned long long)(t - t0), pass, limit);
+	assert_true(pass >= limit / 2); /* and it does hand out what it holds */
+	/* The victim itself, arriving in the busy set, starts drained (what
+	 * one bucket refilled since the last round, at most one query). */
+	assert_true(burst(&rl, "192.0.2.1", t, 10).pass <= 1);
+	/* A set left alone for burst/rate seconds: a newcomer gets its full
+	 * allowance at once (a legitimate new client is not held back). */
+	t += 1000;
+	assert_int_equal(burst(&rl, "192.0.2.1", t, 10).pass, 10);
+	dp_rl_free(&rl);
+	dp_hash_key = saved;
+}
+
+/* The set of an address depends on the process key: what collides in one
+ * process does not in another, and nothing can be computed from outside. */
+static void test_hole5_hash_is_keyed(void **state)
+{
+	(void)state;
+	dp_sipkey_t saved = dp_hash_key;
+	dp_ratelimit_t rl;
+	assert_int_equal(dp_rl_init(&rl, ENTRIES, 10, 10), 0);
+	enum { N = 2000 };
+	static uint32_t set1[N];
+	dp_hash_key = (dp_sipkey_t){ 0x0123456789abcdefull, 0xfedcba9876543210ull };
+	for (uint32_t i = 0; i < N; i++)
+		set1[i] = dp_rl_set(&rl, sa4(0xc0a80000 + i));
+	uint32_t together[DP_RL_WAYS + 1];
+	together[0] = 0xc0a80001;
+	same_set(&rl, together[0], 0x0a000000, together + 1, DP_RL_WAYS);
+
+	dp_hash_key = (dp_sipkey_t){ 0x0123456789abcdefull, 0xfedcba9876543211ull };
+	int same = 0, as_old = 0;
+	for (uint32_t i = 0; i < N; i++) {
+		uint32_t s2 = dp_rl_set(&rl, sa4(0xc0a80000 + i));
+		same += s2 == set1[i];
+		as_old += s2 == old_bucket(0xc0a80000 + i, ENTRIES) / DP_RL_WAYS;
+	}
+	/* 16384 sets: a handful of coincidences at most */
+	if (same > 10 || as_old > 10)
+		fail_msg("%d of %d addresses in the same set under two keys, %d where the "
+			 "unkeyed hash puts them", same, N, as_old);
+	/* Addresses that shared a set under the first key are spread out. */
+	int with_first = 0;
+	for (int k = 1; k <= DP_RL_WAYS; k++)
+		with_first += dp_rl_set(&rl, sa4(together[k])) == dp_rl_set(&rl, sa4(together[0]));
+	assert_true(with_first <= 1);
+	/* The key is drawn at random: two draws differ. */
+	dp_sipkey_t k1, k2;
+	assert_int_equal(dp_hash_key_init(), 0);
+	k1 = dp_hash_key;
+	assert_int_equal(dp_hash_key_init(), 0);
+	k2 = dp_hash_key;
+	assert_false(k1.k0 == k2.k0 && k1.k1 == k2.k1);
+	dp_rl_free(&rl);
+	dp_hash_key = saved;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -267,6 +409,8 @@ int main(void)
 		cmocka_unit_test(ipv6_aggregated_per_64),
 		cmocka_unit_test(many_clients_bounded_memory),
 		cmocka_unit_test(ipv6_64_and_ipv4_never_share_a_bucket),
+		cmocka_unit_test(test_hole5_takeover_does_not_refill),
+		cmocka_unit_test(test_hole5_hash_is_keyed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
