@@ -23,7 +23,7 @@ static void query_side(const uint8_t *data, size_t size)
 	if (dp_dns_parse_query(data, size, &v) != 0)
 		return;
 	size_t need = (size_t)v.msg_end + 11 + 4 + 4 + DP_EDNS_QUERY_BLOCK;
-	int n = dp_edns_pad_query(data, &v, DP_EDNS_QUERY_BLOCK, out, need);
+	int n = dp_edns_pad_query(data, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, need);
 	if (n == DP_E_TOOBIG) {
 		CHECK(need > DP_DNS_MAX_MSG - 200); /* only near the 64 KiB limit */
 		return;
@@ -44,7 +44,7 @@ static void answer_side(const uint8_t *data, size_t size, uint8_t sel)
 	bool client_opt = sel & 1, client_pad = sel & 2;
 	memcpy(copy, data, size);
 	dp_dns_view_t w = v;
-	size_t n = dp_edns_scrub_answer(copy, size, &w, client_opt, client_pad);
+	size_t n = dp_edns_scrub_answer(copy, size, &w, client_opt, client_pad, NULL, 0);
 	CHECK(n <= size);
 	CHECK(dp_dns_parse_answer(copy, n, &sv) == 0);
 	if (!client_opt)
