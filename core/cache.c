@@ -174,8 +174,9 @@ dp_cache_entry_t *dp_cache_lookup(dp_cache_t *c, const dp_cache_key_t *k, uint64
 		e = e->hnext;
 	if (e && now_ms >= e->expires_ms) {
 		/* A failure is never worth serving past its time. */
-		uint64_t stale_until = entry_servfail(e) ? e->expires_ms
-							 : e->expires_ms + (uint64_t)c->stale_ttl * 1000;
+		uint64_t stale_until = e->expires_ms;
+		if (!entry_servfail(e))
+			stale_until += (uint64_t)c->stale_ttl * 1000;
 		if (now_ms >= stale_until) {
 			kill(c, e); /* past any use; its memory goes with its FIFO turn */
 			c->st.expired++;

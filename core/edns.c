@@ -151,7 +151,8 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 			o += l;
 			continue;
 		}
-		if (code == DP_DNS_OPT_ECS && !v->opt_ecs && ecs_is(msg + o + 4, l - 4, ecs, ecs_len)) {
+		if (code == DP_DNS_OPT_ECS && !v->opt_ecs &&
+		    ecs_is(msg + o + 4, l - 4, ecs, ecs_len)) {
 			v->opt_ecs = (uint16_t)o;
 			o += l;
 			continue;

@@ -268,7 +268,7 @@ static void bench_delay(void)
  * negative code when the query cannot be stored (the slot is then free). */
 static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
 		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		       uint32_t tcp_gen, const dp_cache_key_t *key)
+		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len)
 {
 	dp_query_t *q = &s->q[qi];
 	q->transport = (uint8_t)transport;
@@ -280,9 +280,9 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->conn2 = DP_NONE;
 	q->hedged = false;
 	q->in_hedge_list = false;
-	q->ecs_len = key ? key->ecs_len : 0;
-	if (q->ecs_len)
-		memcpy(q->ecs, key->ecs, q->ecs_len);
+	q->ecs_len = (uint8_t)ecs_len;
+	if (ecs_len)
+		memcpy(q->ecs, ecs, ecs_len);
 	/* Room for the query with its OPT moved last (11), keepalive (4),
 	 * padding option header (4) and up to a block of padding (the subnet
 	 * forwarded is never longer than the client's option it came from). */
@@ -310,7 +310,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->resent = 0;
 	q->listen_idx = (uint8_t)li;
 	q->client_id = v->id;
-	q->key_hash = key ? key->hash : 0;
+	q->key_hash = key_hash;
 	q->servfailed = 0;
 	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
@@ -336,7 +336,8 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return;
-	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key) < 0)
+	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key->hash, key->ecs,
+			key->ecs_len) < 0)
 		return;
 	if (flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
@@ -411,25 +412,24 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 	}
 	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v.qtype)]);
 	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
-	dp_cache_key_t key;
-	key.hash = 0;
-	key.ecs_len = 0;
+	uint8_t ecs[DP_EDNS_ECS_MAX];
+	int ecs_len = 0;
 	if (v.opt_ecs && s->cfg->forward_ecs) {
-		int n = dp_edns_ecs_read(msg, &v, key.ecs);
-		if (unlikely(n < 0)) { /* RFC 7871 7.1.1 */
+		ecs_len = dp_edns_ecs_read(msg, &v, ecs);
+		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
 			STAT_INC(s, formerr);
 			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 				    DP_DNS_RCODE_FORMERR);
 			return;
 		}
-		key.ecs_len = (uint8_t)n;
 	}
+	dp_cache_key_t key;
+	key.hash = 0;
 	if (s->cache_on) {
 		bool stale;
-		uint8_t ecs_len = key.ecs_len;
 		dp_cache_key(msg, &v, &key);
 		if (ecs_len)
-			dp_cache_key_ecs(&key, key.ecs, ecs_len);
+			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
 			STAT_INC(s, cache_hits);
@@ -451,7 +451,8 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
-	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, &key) < 0) {
+	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
+			(size_t)ecs_len) < 0) {
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 			    DP_DNS_RCODE_SERVFAIL);
@@ -639,7 +640,7 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return DP_E_FULL;
-	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, NULL);
+	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0);
 	if (rc < 0)
 		return rc;
 	rc = dp_upstream_send_on(s, qi, ci);
