@@ -314,6 +314,16 @@ def test_hole2_forward_ecs_keys_cache_on_subnet(dotproxy, certs, scripted):
         rn, _ = ask(dp, query("narrow.hole2.test.", ecs=A_NET))
         assert ips(rn) == ["10.198.51.100"]
     assert len(up.seen("narrow.hole2.test.")) == 2
+    # Coalescing is per subnet too: A and A' share one upstream query, B
+    # and C (no ECS) have their own, and each gets its own answer.
+    up.delay = 0.5
+    name = "herd.hole2.test."
+    got = ask_many(dp, [query(name, ecs=A_NET), query(name, ecs=B_NET),
+                        query(name, ecs=("198.51.100.9", 24)), query(name)])
+    assert [ips(r) for r, _ in got] == [["10.198.51.100"], ["10.203.0.113"], ["10.198.51.100"],
+                                        [ANSWER_IP]]
+    assert len(up.seen(name)) == 3
+    up.delay = 0.0
     # RFC 7871 6: more address octets than the prefix needs: FORMERR.
     bad = dns.edns.GenericOption(ECS, struct.pack("!HBB", 1, 16, 0) + bytes([198, 51, 100]))
     rf, _ = ask(dp, query("bad.hole2.test.", options=[bad]))
