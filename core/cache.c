@@ -25,17 +25,23 @@ struct dp_cache_entry {
 	uint16_t question_end;
 	uint16_t opt_off, opt_len; /* opt_len 0: no OPT */
 	uint16_t hits;
-	uint8_t flags, name_len;
+	uint8_t flags, name_len, ecs_len;
 	uint8_t freq; /* 0..3 */
 	uint8_t where; /* IN_SMALL / IN_MAIN */
 	bool dead; /* replaced or dropped; freed when its FIFO reaches it */
 	bool prefetched;
-	uint8_t data[]; /* name_len octets of key name, then len octets of wire */
+	uint8_t data[]; /* name_len octets of key name, ecs_len of key subnet,
+			 * then len octets of wire */
 };
 
 static inline uint8_t *entry_wire(const dp_cache_entry_t *e)
 {
-	return (uint8_t *)e->data + e->name_len;
+	return (uint8_t *)e->data + e->name_len + e->ecs_len;
+}
+
+static inline bool entry_servfail(const dp_cache_entry_t *e)
+{
+	return DP_DNS_RCODE(entry_wire(e)[3]) == DP_DNS_RCODE_SERVFAIL;
 }
 
 static uint32_t pow2_at_least(size_t n)
@@ -120,13 +126,23 @@ void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k)
 	 * the input unambiguous. */
 	k->hash = dp_sip_final(&h, (uint64_t)k->qtype | (uint64_t)k->qclass << 16 |
 					   (uint64_t)k->flags << 32, n);
+	k->ecs_len = 0;
+}
+
+void dp_cache_key_ecs(dp_cache_key_t *k, const uint8_t *ecs, size_t ecs_len)
+{
+	/* Keyed: a client picks its subnet and must not pick collisions. */
+	k->ecs_len = (uint8_t)ecs_len;
+	memcpy(k->ecs, ecs, ecs_len);
+	k->hash ^= dp_siphash(&dp_hash_key, ecs, ecs_len);
 }
 
 static bool key_eq(const dp_cache_entry_t *e, const dp_cache_key_t *k)
 {
 	return e->hash == k->hash && e->qtype == k->qtype && e->qclass == k->qclass &&
-	       e->flags == k->flags && e->name_len == k->name_len &&
-	       memcmp(e->data, k->name, k->name_len) == 0;
+	       e->flags == k->flags && e->name_len == k->name_len && e->ecs_len == k->ecs_len &&
+	       memcmp(e->data, k->name, k->name_len) == 0 &&
+	       memcmp(e->data + k->name_len, k->ecs, k->ecs_len) == 0;
 }
 
 static void hash_unlink(dp_cache_t *c, dp_cache_entry_t *e)
@@ -161,7 +177,10 @@ dp_cache_entry_t *dp_cache_lookup(dp_cache_t *c, const dp_cache_key_t *k, uint64
 	while (e && !key_eq(e, k))
 		e = e->hnext;
 	if (e && now_ms >= e->expires_ms) {
-		uint64_t stale_until = e->expires_ms + (uint64_t)c->stale_ttl * 1000;
+		/* A failure is never worth serving past its time. */
+		uint64_t stale_until = e->expires_ms;
+		if (!entry_servfail(e))
+			stale_until += (uint64_t)c->stale_ttl * 1000;
 		if (now_ms >= stale_until) {
 			kill(c, e); /* past any use; its memory goes with its FIFO turn */
 			c->st.expired++;
@@ -182,7 +201,7 @@ dp_cache_entry_t *dp_cache_lookup(dp_cache_t *c, const dp_cache_key_t *k, uint64
 		} else {
 			c->st.misses++;
 		}
-	} else if (e) {
+	} else if (e && *stale) {
 		c->st.stale_served++;
 	}
 	return e;
@@ -216,12 +235,16 @@ void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint3
 	for (unsigned i = 0; i < n && p + 10 <= len; i++) {
 		p = dp_dns_skip_name(msg, p);
 		if (dp_rd16(msg + p) != DP_DNS_TYPE_OPT) {
-			uint32_t ttl = dp_rd32(msg + p + 4);
-			if (ttl > max_ttl) {
-				msg[p + 4] = (uint8_t)(max_ttl >> 24);
-				msg[p + 5] = (uint8_t)(max_ttl >> 16);
-				msg[p + 6] = (uint8_t)(max_ttl >> 8);
-				msg[p + 7] = (uint8_t)max_ttl;
+			uint32_t ttl = dp_rd32(msg + p + 4), t = ttl;
+			if (t & 0x80000000u) /* RFC 2181 8: treat as zero */
+				t = 0;
+			if (t > max_ttl)
+				t = max_ttl;
+			if (t != ttl) {
+				msg[p + 4] = (uint8_t)(t >> 24);
+				msg[p + 5] = (uint8_t)(t >> 16);
+				msg[p + 6] = (uint8_t)(t >> 8);
+				msg[p + 7] = (uint8_t)t;
 			}
 		}
 		p += 10 + (size_t)dp_rd16(msg + p + 8);
@@ -334,22 +357,13 @@ static void evict_one(dp_cache_t *c)
 	}
 }
 
-int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
-		    const dp_dns_view_t *av, uint64_t now_ms)
+/* Store ans (view av) under k for ttl seconds (> 0). Returns 0, 1 when it
+ * is not cacheable after all, -ENOMEM. */
+static int store(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
+		 const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms)
 {
-	if (!c->buckets)
-		return 1;
-	int64_t ttl = dp_cache_answer_ttl(ans, len, av);
-	if (ttl < 0)
-		return 1;
-	if (ttl < c->min_ttl)
-		ttl = c->min_ttl;
-	if (ttl > c->max_ttl)
-		ttl = c->max_ttl;
-	if (ttl == 0)
-		return 1;
 	size_t wl = DP_MIN(len, (size_t)av->msg_end);
-	size_t size = sizeof(dp_cache_entry_t) + k->name_len + wl;
+	size_t size = sizeof(dp_cache_entry_t) + k->name_len + k->ecs_len + wl;
 	if (size > c->max_bytes / 4)
 		return 1;
 	dp_cache_entry_t *e = malloc(size);
@@ -357,21 +371,34 @@ int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, 
 		return -ENOMEM;
 	memset(e, 0, sizeof(*e));
 	memcpy(e->data, k->name, k->name_len);
-	uint8_t *w = e->data + k->name_len;
+	memcpy(e->data + k->name_len, k->ecs, k->ecs_len);
+	uint8_t *w = e->data + k->name_len + k->ecs_len;
 	memcpy(w, ans, wl);
-	/* Padding is for the encrypted leg only: keep it out of the cache. */
+	/* No upstream option is for another client (edns.h); the subnet
+	 * option stays only when it is the key's own. */
 	dp_dns_view_t v = *av;
-	wl = dp_edns_scrub_answer(w, wl, &v, true, false);
+	wl = dp_edns_scrub_answer(w, wl, &v, true, false, k->ecs_len ? k->ecs : NULL, k->ecs_len);
+	if (k->ecs_len) {
+		/* RFC 7871 7.3: an answer scoped to a longer prefix than the
+		 * one asked for is not for the whole subnet of the key; one
+		 * with another subnet than ours is not ours at all. */
+		int scope = dp_edns_ecs_scope(w, &v);
+		if ((av->opt_ecs && !v.opt_ecs) || scope > k->ecs[2]) {
+			free(e);
+			return 1;
+		}
+	}
 	e->hash = k->hash;
 	e->qtype = k->qtype;
 	e->qclass = k->qclass;
 	e->flags = k->flags;
 	e->name_len = k->name_len;
+	e->ecs_len = k->ecs_len;
 	e->len = (uint16_t)wl;
 	e->question_end = v.question_end;
 	e->opt_off = v.has_opt ? v.opt_off : 0;
 	e->opt_len = v.has_opt ? v.opt_len : 0;
-	e->ttl = (uint32_t)ttl;
+	e->ttl = ttl;
 	e->inserted_ms = now_ms;
 	e->expires_ms = now_ms + (uint64_t)ttl * 1000;
 	e->size = (uint32_t)size;
@@ -407,6 +434,36 @@ int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, 
 	return 0;
 }
 
+int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
+		    const dp_dns_view_t *av, uint64_t now_ms)
+{
+	if (!c->buckets)
+		return 1;
+	int64_t ttl = dp_cache_answer_ttl(ans, len, av);
+	if (ttl < 0)
+		return 1;
+	if (ttl < c->min_ttl)
+		ttl = c->min_ttl;
+	if (ttl > c->max_ttl)
+		ttl = c->max_ttl;
+	if (ttl == 0)
+		return 1;
+	return store(c, k, ans, len, av, (uint32_t)ttl, now_ms);
+}
+
+int dp_cache_insert_servfail(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans,
+			     size_t len, const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms)
+{
+	if (!c->buckets || ttl == 0 || DP_DNS_RCODE(av->flags) != DP_DNS_RCODE_SERVFAIL ||
+	    av->ext_rcode)
+		return 1;
+	for (dp_cache_entry_t *o = c->buckets[k->hash & c->bucket_mask]; o; o = o->hnext)
+		if (key_eq(o, k) && !entry_servfail(o) &&
+		    now_ms < o->expires_ms + (uint64_t)c->stale_ttl * 1000)
+			return 1;
+	return store(c, k, ans, len, av, ttl, now_ms);
+}
+
 int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
 		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap)
 {
@@ -418,6 +475,8 @@ int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_vie
 	dp_wr16(out, qv->id);
 	uint16_t flags = dp_rd16(out + 2);
 	flags = (uint16_t)((flags & ~DP_DNS_F_RD) | (qv->flags & DP_DNS_F_RD));
+	if (!(qv->flags & DP_DNS_F_AD) && !(qv->has_opt && qv->do_bit))
+		flags &= (uint16_t)~DP_DNS_F_AD; /* RFC 6840 5.7 */
 	dp_wr16(out + 2, flags);
 	/* The client's own spelling (same length: the key matched). */
 	memcpy(out + DP_DNS_HDR_LEN, q + qv->qname_off, qv->qname_len);
@@ -452,7 +511,7 @@ int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_vie
 		v.ancount = dp_rd16(out + 6);
 		v.nscount = dp_rd16(out + 8);
 		v.arcount = dp_rd16(out + 10);
-		len = dp_edns_scrub_answer(out, len, &v, false, false);
+		len = dp_edns_scrub_answer(out, len, &v, false, false, NULL, 0);
 	}
 	return (int)len;
 }

@@ -1,16 +1,27 @@
 /* cache.h - the answer cache of one shard.
  *
- * Key: the question name folded to lower case, type, class, and the DO and CD
- * bits. Value: the answer in wire form, as the upstream sent it (padding
- * removed). A hit is served with the client's ID, the client's own spelling
+ * Key: the question name folded to lower case, type, class, the DO and CD
+ * bits, and with --forward-ecs the client's subnet as forwarded (family,
+ * source prefix, address cut to the prefix: dp_cache_key_ecs). Value: the
+ * answer in wire form, as the upstream sent it but for its EDNS options:
+ * none is kept (NSID, EDE, cookies, padding: they are the upstream's, for
+ * this response) except a Client Subnet option that repeats the key's
+ * subnet. A hit is served with the client's ID, the client's own spelling
  * of the name (0x20 case randomisation survives), every TTL reduced by the
- * time spent in the cache, and the EDNS the client asked for.
+ * time spent in the cache, the AD bit only to a client that set AD or DO
+ * (RFC 6840 5.7: queries go upstream with AD set, so the answer does not
+ * depend on it), and the EDNS the client asked for.
  *
  * Lifetime: the smallest TTL of the answer and authority records (negative
  * answers: the SOA's TTL and MINIMUM, RFC 2308), clamped to [min_ttl,
- * max_ttl]; SERVFAIL and other errors, TC answers and answers with no TTL are
- * not cached. Expired entries stay until evicted, to be served stale (TTL 30,
- * RFC 8767) for up to stale_ttl when no upstream answers.
+ * max_ttl]; TTLs of 2^31 and above count as 0 (RFC 2181 8). TC answers,
+ * answers with no TTL and errors are not cached, but for a SERVFAIL that
+ * every upstream gave (dp_cache_insert_servfail, RFC 9520). An answer whose
+ * Client Subnet scope is longer than the source prefix it was asked for
+ * (RFC 7871 7.3: valid for a narrower subnet than the key's) is not cached.
+ * Expired entries stay until evicted, to be served stale (TTL 30, RFC 8767)
+ * for up to stale_ttl when no upstream answers; a cached SERVFAIL is never
+ * served stale.
  *
  * Memory: bounded by max_bytes (entry headers included). Eviction is S3-FIFO
  * (Yang et al., SOSP 2023): new entries enter a small FIFO; an entry hit
@@ -26,12 +37,15 @@
 #define DP_CACHE_H
 
 #include "dns.h"
+#include "edns.h"
 
 typedef struct dp_cache_key {
 	uint64_t hash;
 	uint16_t qtype, qclass;
 	uint8_t flags; /* bit 0: DO, bit 1: CD */
 	uint8_t name_len;
+	uint8_t ecs_len; /* 0: no subnet in the key */
+	uint8_t ecs[DP_EDNS_ECS_MAX]; /* Client Subnet data as forwarded */
 	uint8_t name[DP_DNS_MAX_NAME + 9]; /* wire form, lower case (+ room for 8-octet steps) */
 } dp_cache_key_t;
 
@@ -61,8 +75,14 @@ int dp_cache_init(dp_cache_t *c, size_t max_bytes, uint32_t min_ttl, uint32_t ma
 /* Frees every entry and the tables; accepts a zeroed cache. */
 void dp_cache_destroy(dp_cache_t *c);
 
-/* The key of query msg (view v, which has a question). Hot path. */
+/* The key of query msg (view v, which has a question), without a subnet.
+ * Hot path. */
 void dp_cache_key(const uint8_t *msg, const dp_dns_view_t *v, dp_cache_key_t *k);
+
+/* Add the client's subnet (ecs_len octets from dp_edns_ecs_read) to key k
+ * made by dp_cache_key: it then matches only answers for that subnet.
+ * Hot path. */
+void dp_cache_key_ecs(dp_cache_key_t *k, const uint8_t *ecs, size_t ecs_len);
 
 /* Look key up. Returns the entry when fresh; when expired but within the
  * stale window and allow_stale, returns it with *stale set; else NULL.
@@ -81,19 +101,30 @@ bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms);
 
 /* Build the answer to client query q (view qv) from entry e into out: the
  * client's ID, RD and spelling of the name, TTLs aged (all 30 when stale),
- * the OPT record only when the client sent one. Returns the length or
+ * AD cleared unless the client set AD or DO, the OPT record only when the
+ * client sent one. Returns the length or
  * DP_E_TOOBIG. Hot path, no allocation. */
 int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
 		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap);
 
 /* Insert (or replace) the answer ans (view av, validated) under key k.
- * Returns 0 when cached, 1 when the answer is not cacheable, -ENOMEM. */
+ * Returns 0 when cached, 1 when the answer is not cacheable, -ENOMEM.
+ * Allocates the entry. */
 int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
 		    const dp_dns_view_t *av, uint64_t now_ms);
 
-/* Lower every TTL above max_ttl in answer msg (len octets, view v, which
- * has been validated) to max_ttl: what a client sees agrees with how long
- * the cache keeps it. Hot path. */
+/* Insert the SERVFAIL ans (view av) under key k for ttl seconds (RFC 9520:
+ * 1 s to 5 min; the caller says when every upstream failed). It never
+ * replaces an answer that is still fresh or servable stale: that one is
+ * worth more than a failure. Returns 0 when cached, 1 when not, -ENOMEM.
+ * Allocates the entry. */
+int dp_cache_insert_servfail(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans,
+			     size_t len, const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms);
+
+/* In answer msg (len octets, view v, which has been validated): every TTL
+ * of 2^31 or more becomes 0 (RFC 2181 8), every other TTL above max_ttl
+ * becomes max_ttl (what a client sees agrees with how long the cache keeps
+ * it; UINT32_MAX: no clamp). Hot path. */
 void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl);
 
 /* Lifetime in seconds the cache would give answer ans (before clamping),

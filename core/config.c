@@ -28,6 +28,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->cache_min_ttl = 0;
 	c->cache_max_ttl = 86400;
 	c->stale_ttl = 86400;
+	c->servfail_ttl = 5;
 	c->tls_min_version = 0x0304;
 	c->upstream_policy = DP_POLICY_FASTEST;
 	c->hedge_ms = -1;
@@ -267,6 +268,11 @@ static void usage(const dp_config_t *d)
 	       "  --cache-max-ttl SECONDS   and at most this long (default %u)\n"
 	       "  --stale-ttl SECONDS       serve expired answers (TTL 30) this long after\n"
 	       "                            expiry when no upstream answers (default %u)\n"
+	       "  --servfail-ttl SECONDS    cache a SERVFAIL that every upstream gave this\n"
+	       "                            long, 1..300 (default %u; RFC 9520)\n"
+	       "  --forward-ecs             forward the client's EDNS Client Subnet upstream,\n"
+	       "                            caching per subnet (default: never forwarded,\n"
+	       "                            RFC 7871 11.1)\n"
 "  --metrics ADDR:PORT       serve Prometheus /metrics and /healthz (default off)\n"
 	       "  --config FILE             read settings from FILE: 'name value' per line,\n"
 	       "                            names as these flags without '--', '#' comments;\n"
@@ -289,7 +295,8 @@ static void usage(const dp_config_t *d)
 	       "SIGUSR1 logs the counters.\n",
 	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
 	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size,
-	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl, d->batch_us);
+	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl, d->servfail_ttl,
+	       d->batch_us);
 }
 
 enum {
@@ -298,7 +305,7 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO, OPT_BATCHUS,
+	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS,
 };
 
 static const struct option opts[] = {
@@ -321,6 +328,8 @@ static const struct option opts[] = {
 	{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
 	{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
 	{ "stale-ttl", required_argument, NULL, OPT_STALE },
+	{ "servfail-ttl", required_argument, NULL, OPT_SERVFAILTTL },
+	{ "forward-ecs", no_argument, NULL, OPT_FWDECS },
 	{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
 	{ "upstream-policy", required_argument, NULL, OPT_POLICY },
 	{ "hedge-after", required_argument, NULL, OPT_HEDGE },
@@ -498,6 +507,16 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 			c->cache_max_ttl = (uint32_t)n;
 		else
 			c->stale_ttl = (uint32_t)n;
+		break;
+	case OPT_SERVFAILTTL:
+		if (parse_uint(arg, 1, 300, &n) < 0) {
+			snprintf(err, errlen, "%s %s: expected seconds, 1..300 (RFC 9520)", name, arg);
+			return DP_E_CONFIG;
+		}
+		c->servfail_ttl = (uint32_t)n;
+		break;
+	case OPT_FWDECS:
+		c->forward_ecs = true;
 		break;
 	case OPT_POLICY:
 		if (strcmp(arg, "fastest") == 0)

@@ -49,6 +49,8 @@ typedef struct dp_config {
 	uint32_t rate_limit; /* queries/s per client address and shard; 0 = off */
 	uint32_t cache_mb; /* whole process, split over shards; 0 = no cache */
 	uint32_t cache_min_ttl, cache_max_ttl, stale_ttl; /* seconds */
+	uint32_t servfail_ttl; /* seconds a SERVFAIL from every upstream is cached */
+	bool forward_ecs; /* forward the client's Client Subnet, key the cache on it */
 	int upstream_policy; /* DP_POLICY_* */
 	int32_t hedge_ms; /* -1: adaptive (about the p95), 0: off */
 	uint32_t upstream_idle_ms; /* assumed upstream idle timeout without RFC 7828 */

@@ -180,6 +180,8 @@ static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count
 				uint16_t code = dp_rd16(msg + o);
 				if (code == DP_DNS_OPT_PADDING)
 					v->opt_padding = true;
+				if (code == DP_DNS_OPT_ECS && !v->opt_ecs)
+					v->opt_ecs = (uint16_t)o;
 				if (code == DP_DNS_OPT_KEEPALIVE) {
 					v->opt_keepalive = true;
 					if (olen == 2)

@@ -22,6 +22,7 @@
 #define DP_DNS_OPT_PADDING 12
 #define DP_DNS_OPT_KEEPALIVE 11 /* edns-tcp-keepalive, RFC 7828 */
 #define DP_DNS_OPT_COOKIE 10 /* RFC 7873: between a client and its server, per hop */
+#define DP_DNS_OPT_ECS 8 /* EDNS Client Subnet, RFC 7871 */
 
 #define DP_DNS_RCODE_NOERROR 0
 #define DP_DNS_RCODE_FORMERR 1
@@ -63,6 +64,7 @@ typedef struct dp_dns_view {
 	bool opt_padding; /* the OPT carries a Padding option (RFC 7830) */
 	bool opt_keepalive; /* it carries edns-tcp-keepalive (RFC 7828) */
 	uint16_t keepalive; /* its TIMEOUT in units of 100 ms, 0 when absent or empty */
+	uint16_t opt_ecs; /* offset of the first Client Subnet option (its code), 0 if none */
 } dp_dns_view_t;
 
 /* Validate a query from a client and fill *v. Hot path, no allocation.

@@ -1,10 +1,31 @@
-/* edns.c - EDNS(0) padding on the upstream leg and answer scrubbing. */
+/* edns.c - EDNS(0) padding on the upstream leg, Client Subnet, and answer
+ * scrubbing. */
 #include "edns.h"
 
 #include <string.h>
 
-int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block, uint8_t *out,
-		      size_t cap)
+int dp_edns_ecs_read(const uint8_t *msg, const dp_dns_view_t *v, uint8_t *out)
+{
+	size_t olen = dp_rd16(msg + v->opt_ecs + 2);
+	const uint8_t *d = msg + v->opt_ecs + 4;
+	if (olen < 4)
+		return DP_E_FORMERR;
+	uint16_t family = dp_rd16(d);
+	unsigned source = d[2];
+	unsigned bits = family == 1 ? 32 : family == 2 ? 128 : 0;
+	size_t alen = (source + 7) / 8;
+	if (bits == 0 || source > bits || olen != 4 + alen)
+		return DP_E_FORMERR;
+	memcpy(out, d, 3);
+	out[3] = 0; /* SCOPE: 0 in queries (RFC 7871 6) */
+	memcpy(out + 4, d + 4, alen);
+	if (source % 8)
+		out[4 + alen - 1] &= (uint8_t)(0xff00u >> (source % 8));
+	return (int)(4 + alen);
+}
+
+int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, const uint8_t *ecs,
+		      size_t ecs_len, unsigned block, uint8_t *out, size_t cap)
 {
 	size_t end = v->msg_end, o = 0;
 	/* Everything but the OPT, in order. */
@@ -44,24 +65,21 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 	if (v->has_opt) {
 		const uint8_t *src = msg + v->opt_off; /* owner is the single zero octet */
 		memcpy(opt + 3, src + 3, 6); /* class and TTL as the client sent them */
-		size_t so = v->opt_off + 11, send = v->opt_off + v->opt_len;
-		while (so + 4 <= send) {
-			size_t olen = dp_rd16(msg + so + 2);
-			uint16_t code = dp_rd16(msg + so);
-			/* Padding and keepalive are ours to set; a COOKIE belongs
-			 * to the client's session with us, not ours upstream. */
-			if (code != DP_DNS_OPT_PADDING && code != DP_DNS_OPT_KEEPALIVE &&
-			    code != DP_DNS_OPT_COOKIE) {
-				if (rd + rdlen + 4 + olen > cap)
-					return DP_E_TOOBIG;
-				memcpy(out + rd + rdlen, msg + so, 4 + olen);
-				rdlen += 4 + olen;
-			}
-			so += 4 + olen;
-		}
 	} else {
 		dp_wr16(opt + 3, DP_EDNS_OUR_UDP_SIZE);
 		memset(opt + 5, 0, 4);
+	}
+	/* None of the client's options: Padding and keepalive are ours to set,
+	 * a COOKIE belongs to the client's session with us, and anything else
+	 * (ECS above all) would make the answer the client's alone while the
+	 * cache and the in-flight table share it. */
+	if (ecs) {
+		if (rd + rdlen + 4 + ecs_len > cap)
+			return DP_E_TOOBIG;
+		dp_wr16(out + rd + rdlen, DP_DNS_OPT_ECS);
+		dp_wr16(out + rd + rdlen + 2, (uint16_t)ecs_len);
+		memcpy(out + rd + rdlen + 4, ecs, ecs_len);
+		rdlen += 4 + ecs_len;
 	}
 	if (rd + rdlen + 4 > cap)
 		return DP_E_TOOBIG;
@@ -81,10 +99,19 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, unsigned block
 	return (int)(rd + rdlen);
 }
 
+/* Whether answer option data d (l octets) is the Client Subnet we forwarded
+ * (ecs): the same family, source prefix and address; the scope may differ. */
+static bool ecs_is(const uint8_t *d, size_t l, const uint8_t *ecs, size_t ecs_len)
+{
+	return ecs && l == ecs_len && memcmp(d, ecs, 3) == 0 &&
+	       memcmp(d + 4, ecs + 4, ecs_len - 4) == 0;
+}
+
 size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool client_opt,
-			    bool client_padding)
+			    bool client_padding, const uint8_t *ecs, size_t ecs_len)
 {
 	len = DP_MIN(len, (size_t)v->msg_end); /* trailing bytes never reach a client */
+	v->opt_ecs = 0;
 	if (!v->has_opt)
 		return len;
 	size_t off = v->opt_off, olen = v->opt_len;
@@ -113,28 +140,40 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 		v->msg_end = (uint16_t)len;
 		return len;
 	}
-	bool strip_pad = v->opt_padding && !client_padding;
-	/* Drop those options from the OPT's RDATA. */
+	/* Keep Padding the client asked for and its own subnet; drop the rest. */
+	bool padded = false;
 	size_t rd = off + 11, rend = off + olen, o = rd;
 	while (o + 4 <= rend) {
 		size_t l = 4 + (size_t)dp_rd16(msg + o + 2);
 		uint16_t code = dp_rd16(msg + o);
-		if ((strip_pad && code == DP_DNS_OPT_PADDING) || code == DP_DNS_OPT_KEEPALIVE ||
-		    code == DP_DNS_OPT_COOKIE) {
-			memmove(msg + o, msg + o + l, len - (o + l));
-			rend -= l;
-			len -= l;
-			if (after)
-				dp_dns_shift_pointers(msg, len, rend, after, o, l);
+		if (code == DP_DNS_OPT_PADDING && client_padding) {
+			padded = true;
+			o += l;
 			continue;
 		}
-		o += l;
+		if (code == DP_DNS_OPT_ECS && !v->opt_ecs &&
+		    ecs_is(msg + o + 4, l - 4, ecs, ecs_len)) {
+			v->opt_ecs = (uint16_t)o;
+			o += l;
+			continue;
+		}
+		memmove(msg + o, msg + o + l, len - (o + l));
+		rend -= l;
+		len -= l;
+		if (after)
+			dp_dns_shift_pointers(msg, len, rend, after, o, l);
 	}
 	dp_wr16(msg + off + 9, (uint16_t)(rend - rd));
 	v->opt_len = (uint16_t)(rend - off);
-	if (strip_pad)
-		v->opt_padding = false;
+	v->opt_padding = padded;
 	v->opt_keepalive = false;
 	v->msg_end = (uint16_t)len;
 	return len;
+}
+
+int dp_edns_ecs_scope(const uint8_t *msg, const dp_dns_view_t *v)
+{
+	if (!v->has_opt || !v->opt_ecs || dp_rd16(msg + v->opt_ecs + 2) < 4)
+		return -1;
+	return msg[v->opt_ecs + 7];
 }

@@ -85,6 +85,9 @@ typedef struct dp_query {
 	dp_list_t waiters; /* leader: queries waiting for the same answer */
 	uint64_t key_hash; /* cache key hash, for the in-flight table */
 	bool in_table; /* registered in the in-flight table */
+	uint16_t servfailed; /* bit u: upstream u answered SERVFAIL (failover) */
+	uint8_t ecs_len; /* the client's subnet as forwarded (--forward-ecs), */
+	uint8_t ecs[DP_EDNS_ECS_MAX]; /* 0 when none: part of the question */
 	uint64_t deadline_ms;
 	dp_tw_entry_t deadline_t; /* shard timer: SERVFAIL at deadline_ms */
 	uint64_t start_ns; /* written to its connection (latency sample) */
@@ -388,10 +391,11 @@ void dp_tcp_close(dp_shard_t *s, uint32_t idx);
  * tcp_idx/tcp_gen. Hot path. */
 void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
 			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
-/* An upstream answer for the query in slot qi (already matched). Answers the
- * client and frees the slot. */
+/* An upstream answer for the query in slot qi (already matched), from
+ * upstream index upstream. Answers the client and frees the slot; but a
+ * SERVFAIL first sends the query to an upstream that has not failed it. */
 void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
-		     const dp_dns_view_t *v);
+		     const dp_dns_view_t *v, int upstream);
 /* Answer the query with SERVFAIL and free its slot. */
 void dp_query_fail(dp_shard_t *s, uint32_t qi);
 /* Teardown: answer every live query (SERVFAIL or stale) and free its slot. */

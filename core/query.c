@@ -11,6 +11,18 @@
  * Path of a query: validate -> ACL, rate limit -> cache hit? answer from the
  * cache -> same question already upstream? wait for it (coalesced) ->
  * otherwise pad it and hand it to an upstream connection.
+ *
+ * What makes a question: name, type, class, DO, CD, and with --forward-ecs
+ * the client's subnet; the query sent upstream carries nothing else of the
+ * client's (edns.h: no client option; AD always set, RFC 6840 5.7), so one
+ * answer is right for every client that asks the same question, and the
+ * cache and the in-flight table can share it. Per-client parts (ID,
+ * spelling, RD, AD, EDNS) are fitted to each client on the way out.
+ *
+ * SERVFAIL from an upstream: the query goes to an upstream that has not
+ * failed it yet; when none is left, the SERVFAIL is cached for
+ * --servfail-ttl (RFC 9520) and the clients get a stale answer instead when
+ * the cache has one (RFC 8767).
  */
 #include "edns.h"
 #include "engine.h"
@@ -23,6 +35,8 @@
 
 #define QOFF_C offsetof(dp_query_t, clink)
 #define SCRATCH_SIZE 65536
+
+_Static_assert(DP_MAX_UPSTREAMS <= 16, "dp_query_t.servfailed has a bit per upstream");
 
 int dp_query_table_init(dp_shard_t *s)
 {
@@ -76,7 +90,16 @@ static bool same_question(const dp_query_t *a, const dp_query_t *b)
 	return a->key_hash == b->key_hash &&
 	       (a->view.has_opt && a->view.do_bit) == (b->view.has_opt && b->view.do_bit) &&
 	       (a->view.flags & DP_DNS_F_CD) == (b->view.flags & DP_DNS_F_CD) &&
+	       a->ecs_len == b->ecs_len && memcmp(a->ecs, b->ecs, a->ecs_len) == 0 &&
 	       dp_dns_question_equal(a->wire, &a->view, b->wire, &b->view);
+}
+
+/* The cache key of query q (as dp_query_from_client made it). */
+static void query_key(const dp_query_t *q, dp_cache_key_t *k)
+{
+	dp_cache_key(q->wire, &q->view, k);
+	if (q->ecs_len)
+		dp_cache_key_ecs(k, q->ecs, q->ecs_len);
 }
 
 static uint32_t flight_find(dp_shard_t *s, const dp_query_t *q)
@@ -246,7 +269,7 @@ static void bench_delay(void)
  * negative code when the query cannot be stored (the slot is then free). */
 static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
 		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		       uint32_t tcp_gen, uint64_t key_hash)
+		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len)
 {
 	dp_query_t *q = &s->q[qi];
 	q->transport = (uint8_t)transport;
@@ -259,11 +282,16 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->hedged = false;
 	dp_tw_entry_init(&q->deadline_t, on_deadline);
 	dp_tw_entry_init(&q->hedge_t, NULL); /* upstream.c arms it */
+	q->ecs_len = (uint8_t)ecs_len;
+	if (ecs_len)
+		memcpy(q->ecs, ecs, ecs_len);
 	/* Room for the query with its OPT moved last (11), keepalive (4),
-	 * padding option header (4) and up to a block of padding. */
+	 * padding option header (4) and up to a block of padding (the subnet
+	 * forwarded is never longer than the client's option it came from). */
 	size_t need = (size_t)v->msg_end + 11 + 4 + 4 + DP_EDNS_QUERY_BLOCK;
 	q->wire = need <= DP_QUERY_INLINE ? q->inline_wire : malloc(need);
-	int plen = q->wire ? dp_edns_pad_query(msg, v, DP_EDNS_QUERY_BLOCK, q->wire, need)
+	int plen = q->wire ? dp_edns_pad_query(msg, v, q->ecs_len ? q->ecs : NULL, q->ecs_len,
+					       DP_EDNS_QUERY_BLOCK, q->wire, need)
 			   : -ENOMEM;
 	if (unlikely(plen < 0)) {
 		if (q->wire != q->inline_wire)
@@ -274,12 +302,17 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 		return plen;
 	}
 	q->len = (uint16_t)plen;
+	/* AD asked of every upstream: the answer then says whether the data is
+	 * authentic whatever the client set, and the cache strips AD for
+	 * clients that set neither AD nor DO (RFC 6840 5.7). */
+	q->wire[3] |= DP_DNS_F_AD;
 	q->view = *v;
 	q->state = Q_PENDING;
 	q->resent = 0;
 	q->listen_idx = (uint8_t)li;
 	q->client_id = v->id;
 	q->key_hash = key_hash;
+	q->servfailed = 0;
 	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 	/* The timeout in force now: after a reload that shortened it, this
 	 * deadline comes before those of older queries, and the wheel fires
@@ -301,12 +334,14 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 /* Refresh a popular entry before it expires: a query with no client whose
  * answer only goes into the cache. Identical client queries that miss in
  * the meantime coalesce onto it. */
-static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v, uint64_t key_hash)
+static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
+		     const dp_cache_key_t *key)
 {
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return;
-	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key_hash) < 0)
+	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key->hash, key->ecs,
+			key->ecs_len) < 0)
 		return;
 	if (flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
@@ -381,11 +416,24 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 	}
 	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v.qtype)]);
 	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
+	uint8_t ecs[DP_EDNS_ECS_MAX];
+	int ecs_len = 0;
+	if (v.opt_ecs && s->cfg->forward_ecs) {
+		ecs_len = dp_edns_ecs_read(msg, &v, ecs);
+		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
+			STAT_INC(s, formerr);
+			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+				    DP_DNS_RCODE_FORMERR);
+			return;
+		}
+	}
 	dp_cache_key_t key;
 	key.hash = 0;
 	if (s->cache_on) {
 		bool stale;
 		dp_cache_key(msg, &v, &key);
+		if (ecs_len)
+			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
 			STAT_INC(s, cache_hits);
@@ -394,7 +442,7 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			reply_cached(s, msg, &v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
-				prefetch(s, msg, &v, key.hash);
+				prefetch(s, msg, &v, &key);
 			return;
 		}
 		STAT_INC(s, cache_misses);
@@ -407,7 +455,8 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
-	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash) < 0) {
+	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
+			(size_t)ecs_len) < 0) {
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 			    DP_DNS_RCODE_SERVFAIL);
@@ -445,11 +494,13 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t l
 		memcpy(m + DP_DNS_HDR_LEN, fq->wire + DP_DNS_HDR_LEN, fq->view.qname_len);
 		uint16_t flags = (uint16_t)((dp_rd16(m + 2) & ~DP_DNS_F_RD) |
 					    (fq->view.flags & DP_DNS_F_RD));
+		if (!(fq->view.flags & DP_DNS_F_AD) && !(fq->view.has_opt && fq->view.do_bit))
+			flags &= (uint16_t)~DP_DNS_F_AD; /* RFC 6840 5.7 */
 		dp_wr16(m + 2, flags);
 		av.flags = flags;
-		if (s->cache_on)
-			dp_cache_clamp_ttls(m, len, &av, s->cfg->cache_max_ttl);
-		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding);
+		dp_cache_clamp_ttls(m, len, &av, s->cache_on ? s->cfg->cache_max_ttl : UINT32_MAX);
+		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding,
+					   fq->ecs_len ? fq->ecs : NULL, fq->ecs_len);
 		STAT_INC(s, answers);
 		reply_q(s, fq, m, len, &av);
 		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - fq->arrive_ns) / 1000);
@@ -457,13 +508,46 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t l
 	query_free(s, fqi);
 }
 
-void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
-		     const dp_dns_view_t *v)
+/* A SERVFAIL from upstream for query qi: note it, and send the query to an
+ * upstream that has not failed it yet (its waiters stay with it). Returns
+ * true when it went out again. */
+static bool servfail_failover(dp_shard_t *s, uint32_t qi, int upstream)
 {
 	dp_query_t *q = &s->q[qi];
-	if (s->cache_on && q->key_hash) {
+	if (upstream >= 0 && upstream < DP_MAX_UPSTREAMS)
+		q->servfailed |= (uint16_t)(1u << upstream);
+	if (s->cfg->nupstream < 2)
+		return false;
+	/* Both copies (a hedge too): the other may be on its way, but an
+	 * upstream that has not failed is asked either way. */
+	dp_upstream_detach(s, qi);
+	return dp_upstream_send(s, qi, -1) == 0;
+}
+
+void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
+		     const dp_dns_view_t *v, int upstream)
+{
+	dp_query_t *q = &s->q[qi];
+	bool probe = q->transport == T_NONE && !q->key_hash;
+	if (unlikely(DP_DNS_RCODE(v->flags) == DP_DNS_RCODE_SERVFAIL && !v->ext_rcode) && !probe) {
+		if (servfail_failover(s, qi, upstream))
+			return;
+		if (s->cache_on) {
+			/* Every upstream failed: remember it a little while
+			 * (RFC 9520), unless an answer worth serving stale is
+			 * there; each waiting client then gets that stale
+			 * answer (RFC 8767) or the SERVFAIL from the cache. */
+			dp_cache_key_t key;
+			query_key(q, &key);
+			if (dp_cache_insert_servfail(&s->cache, &key, msg, len, v,
+						     s->cfg->servfail_ttl, s->now_ms) == 0)
+				STAT_INC(s, cache_inserts);
+			dp_query_fail(s, qi);
+			return;
+		}
+	} else if (s->cache_on && q->key_hash) {
 		dp_cache_key_t key;
-		dp_cache_key(q->wire, &q->view, &key);
+		query_key(q, &key);
 		if (dp_cache_insert(&s->cache, &key, msg, len, v, s->now_ms) == 0)
 			STAT_INC(s, cache_inserts);
 	}
@@ -487,11 +571,12 @@ static void fail_one(dp_shard_t *s, uint32_t qi)
 		dp_cache_entry_t *e = NULL;
 		if (s->cache_on) {
 			dp_cache_key_t key;
-			dp_cache_key(q->wire, &q->view, &key);
+			query_key(q, &key);
 			e = dp_cache_lookup(&s->cache, &key, s->now_ms, true, &stale);
 		}
 		if (e) {
-			STAT_INC(s, cache_stale_served);
+			if (stale)
+				STAT_INC(s, cache_stale_served);
 			reply_cached(s, q->wire, &q->view, q->transport, q->listen_idx, &q->client.udp,
 				     q->client.tcp.idx, q->client.tcp.gen, q->client_udp_limit, e,
 				     stale);
@@ -563,7 +648,7 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return DP_E_FULL;
-	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0);
+	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0);
 	if (rc < 0)
 		return rc;
 	rc = dp_upstream_send_on(s, qi, ci);

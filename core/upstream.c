@@ -279,17 +279,18 @@ static bool upstream_down(const dp_shard_t *s, uint32_t u)
 	return s->up[u].down_until_ms > s->now_ms;
 }
 
-/* An upstream that is not down (and not exclude): round robin, or with the
- * fastest policy the lowest latency moving average, trying the others now
- * and then (and those with few samples first) so their figures stay fresh. */
-static uint32_t pick_upstream(dp_shard_t *s, int exclude)
+/* An upstream that is not down (and not in the skip mask: bit u for
+ * upstream u): round robin, or with the fastest policy the lowest latency
+ * moving average, trying the others now and then (and those with few
+ * samples first) so their figures stay fresh. */
+static uint32_t pick_upstream(dp_shard_t *s, uint32_t skip)
 {
 	uint32_t n = (uint32_t)s->cfg->nupstream;
 	bool rr = s->cfg->upstream_policy == DP_POLICY_RR || ++s->explore % EXPLORE_EVERY == 0;
 	if (!rr) {
 		uint32_t best = DP_NONE, best_us = UINT32_MAX;
 		for (uint32_t u = 0; u < n; u++) {
-			if ((int)u == exclude || upstream_down(s, u))
+			if ((skip >> u & 1) || upstream_down(s, u))
 				continue;
 			/* Untested (few queries sent, not few answers back: a
 			 * slow upstream would otherwise draw every query until
@@ -305,7 +306,7 @@ static uint32_t pick_upstream(dp_shard_t *s, int exclude)
 	}
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t u = (s->rr + k) % n;
-		if ((int)u == exclude || upstream_down(s, u))
+		if ((skip >> u & 1) || upstream_down(s, u))
 			continue;
 		s->rr = u + 1;
 		return u;
@@ -404,8 +405,10 @@ static void hedge_detach(dp_shard_t *s, uint32_t qi)
 
 int dp_upstream_send(dp_shard_t *s, uint32_t qi, int exclude)
 {
+	/* Never again an upstream that answered this query with SERVFAIL. */
+	uint32_t skip = s->q[qi].servfailed | (exclude >= 0 ? 1u << exclude : 0);
 	for (int attempt = 0; attempt < s->cfg->nupstream; attempt++) {
-		uint32_t u = pick_upstream(s, exclude);
+		uint32_t u = pick_upstream(s, skip);
 		if (u == DP_NONE)
 			return -EHOSTUNREACH;
 		uint32_t ci = pick_conn(s, u);
@@ -625,7 +628,7 @@ static int on_answer(void *ctx, uint8_t *msg, size_t len)
 	M_INC(s->metrics.up[c->upstream].answers);
 	if (hedge)
 		STAT_INC(s, hedge_wins);
-	dp_query_answer(s, qi, msg, len, &v);
+	dp_query_answer(s, qi, msg, len, &v, c->upstream);
 	return 0;
 }
 
@@ -850,7 +853,7 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 	if (q->conn == DP_NONE || q->hedged || q->conn2 != DP_NONE ||
 	    s->hedge_budget < HEDGE_RATIO)
 		return;
-	uint32_t u = pick_upstream(s, (int)s->conns[q->conn].upstream);
+	uint32_t u = pick_upstream(s, q->servfailed | 1u << s->conns[q->conn].upstream);
 	if (u == DP_NONE)
 		return;
 	uint32_t ci = pick_conn(s, u);

@@ -855,6 +855,249 @@ static void opt_only_for_edns_clients(void **state)
 	dp_cache_destroy(&c);
 }
 
+/* ---- issue 12: per-client EDNS, SERVFAIL, AD, huge TTLs --------------------- */
+
+/* The options of the OPT of a served answer: how many. */
+static int nopts(const served_t *s)
+{
+	int n = 0;
+	size_t o = s->v.opt_off + 11, end = (size_t)s->v.opt_off + s->v.opt_len;
+	while (o + 4 <= end) {
+		o += 4 + dp_rd16(s->b + o + 2);
+		n++;
+	}
+	return n;
+}
+
+/* Key of q with subnet ecs (NULL: none). */
+static void key_ecs(const wire_t *q, const uint8_t *ecs, size_t ecs_len, dp_cache_key_t *k,
+		    dp_dns_view_t *qv)
+{
+	key_of(q, k, qv);
+	if (ecs)
+		dp_cache_key_ecs(k, ecs, ecs_len);
+}
+
+static int put_ecs(dp_cache_t *c, const wire_t *q, const uint8_t *ecs, size_t ecs_len,
+		   const wire_t *a, uint64_t now)
+{
+	dp_cache_key_t k;
+	dp_dns_view_t qv, av;
+	key_ecs(q, ecs, ecs_len, &k, &qv);
+	assert_int_equal(dp_dns_parse_answer(a->b, a->n, &av), 0);
+	return dp_cache_insert(c, &k, a->b, a->n, &av, now);
+}
+
+static served_t *get_ecs(dp_cache_t *c, const wire_t *q, const uint8_t *ecs, size_t ecs_len,
+			 uint64_t now)
+{
+	static served_t s;
+	dp_cache_key_t k;
+	dp_dns_view_t qv;
+	memset(&s, 0, sizeof(s));
+	key_ecs(q, ecs, ecs_len, &k, &qv);
+	dp_cache_entry_t *e = dp_cache_lookup(c, &k, now, false, &s.stale);
+	if (!e)
+		return &s;
+	s.hit = true;
+	s.n = dp_cache_serve(e, q->b, &qv, now, false, s.b, sizeof(s.b));
+	assert_true(s.n > 0);
+	assert_int_equal(dp_dns_parse_answer(s.b, (size_t)s.n, &s.v), 0);
+	return &s;
+}
+
+static const uint8_t NET_A[] = { 0, 1, 24, 0, 198, 51, 100 };
+static const uint8_t NET_B[] = { 0, 1, 24, 0, 203, 0, 113 };
+
+/* An answer to name with one A record and an OPT carrying opts. */
+static void answer_with_opts(wire_t *a, const char *name, const void *opts, size_t n)
+{
+	a_begin(a, name, T_A, 1, QR | RD | RA);
+	a_addr(a, 300, 1);
+	a_opt(a, false, opts, n);
+}
+
+/* Hole 2: what the upstream put in its OPT (NSID, a subnet, EDE, unknown
+ * options) is not kept, so no later client gets it. */
+static void hole2_upstream_options_not_cached(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	init(&c, 64 * KB, 0, 86400, 0);
+	const uint8_t opts[] = { 0, 3, 0, 4, 'u', 'p', '-', '1', /* NSID */
+				 0, 8, 0, 7, 0, 1, 24, 24, 198, 51, 100, /* ECS */
+				 0, 15, 0, 2, 0, 3, /* EDE 3 (stale answer) */
+				 0xfd, 0xe9, 0, 1, 0x42 /* unknown */ };
+	make_q(&q, "opts.example", (qopt_t){ .id = 7, .edns = true });
+	answer_with_opts(&a, "opts.example", opts, sizeof(opts));
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	served_t *s = get(&c, &q, T0, false);
+	assert_true(s->hit && s->v.has_opt);
+	assert_int_equal(nopts(s), 0);
+	assert_int_equal(s->v.opt_len, 11);
+	assert_null(memmem(s->b, (size_t)s->n, "up-1", 4));
+	assert_null(memmem(s->b, (size_t)s->n, NET_A + 4, 3));
+	dp_cache_destroy(&c);
+}
+
+/* Hole 2, --forward-ecs: one entry per subnet, the echo of the key's own
+ * subnet kept, RFC 7871 7.3's scope honoured. */
+static void hole2_ecs_keys_the_cache(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	dp_cache_key_t ka, kb, kn;
+	dp_dns_view_t qv;
+	init(&c, 64 * KB, 0, 86400, 0);
+	make_q(&q, "ecs.example", (qopt_t){ .id = 7, .edns = true });
+	key_ecs(&q, NET_A, sizeof(NET_A), &ka, &qv);
+	key_ecs(&q, NET_B, sizeof(NET_B), &kb, &qv);
+	key_ecs(&q, NULL, 0, &kn, &qv);
+	assert_true(ka.hash != kn.hash && ka.hash != kb.hash);
+	assert_int_equal(kn.ecs_len, 0);
+
+	/* A's answer, echo scope /16: cached for A only, with its echo. */
+	const uint8_t echo_a[] = { 0, 8, 0, 7, 0, 1, 24, 16, 198, 51, 100 };
+	answer_with_opts(&a, "ecs.example", echo_a, sizeof(echo_a));
+	assert_int_equal(put_ecs(&c, &q, NET_A, sizeof(NET_A), &a, T0), 0);
+	served_t *s = get_ecs(&c, &q, NET_A, sizeof(NET_A), T0);
+	assert_true(s->hit);
+	assert_int_equal(nopts(s), 1);
+	assert_memory_equal(s->b + s->v.opt_off + 11, echo_a, sizeof(echo_a));
+	assert_false(get_ecs(&c, &q, NET_B, sizeof(NET_B), T0)->hit);
+	assert_false(get_ecs(&c, &q, NULL, 0, T0)->hit);
+
+	/* Scope /32 for a /24 question: for a narrower subnet, not cached. */
+	make_q(&q, "narrow.example", (qopt_t){ .id = 7, .edns = true });
+	const uint8_t narrow[] = { 0, 8, 0, 7, 0, 1, 24, 32, 198, 51, 100 };
+	answer_with_opts(&a, "narrow.example", narrow, sizeof(narrow));
+	assert_int_equal(put_ecs(&c, &q, NET_A, sizeof(NET_A), &a, T0), 1);
+	/* An echo of another subnet: not for this key at all. */
+	make_q(&q, "other.example", (qopt_t){ .id = 7, .edns = true });
+	const uint8_t other[] = { 0, 8, 0, 7, 0, 1, 24, 24, 203, 0, 113 };
+	answer_with_opts(&a, "other.example", other, sizeof(other));
+	assert_int_equal(put_ecs(&c, &q, NET_A, sizeof(NET_A), &a, T0), 1);
+	/* No echo (RFC 7871 7.2.2: as scope 0): cached, for the key's subnet. */
+	make_q(&q, "noecho.example", (qopt_t){ .id = 7, .edns = true });
+	answer_with_opts(&a, "noecho.example", NULL, 0);
+	assert_int_equal(put_ecs(&c, &q, NET_A, sizeof(NET_A), &a, T0), 0);
+	assert_true(get_ecs(&c, &q, NET_A, sizeof(NET_A), T0)->hit);
+	assert_false(get_ecs(&c, &q, NET_B, sizeof(NET_B), T0)->hit);
+	/* An echo in an answer to a query without a subnet is dropped. */
+	make_q(&q, "unasked.example", (qopt_t){ .id = 7, .edns = true });
+	answer_with_opts(&a, "unasked.example", echo_a, sizeof(echo_a));
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	s = get(&c, &q, T0, false);
+	assert_int_equal(nopts(s), 0);
+	dp_cache_destroy(&c);
+}
+
+/* Hole 7: a SERVFAIL every upstream gave is cached for the time given,
+ * never served stale, and never pushes out an answer that can still be
+ * served. */
+static void hole7_servfail_cached(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	dp_cache_key_t k;
+	dp_dns_view_t qv, av;
+	init(&c, 64 * KB, 0, 86400, 3600);
+	make_q(&q, "fail.example", PLAIN);
+	key_of(&q, &k, &qv);
+	a_begin(&a, "fail.example", T_A, 1, QR | RD | RA | DP_DNS_RCODE_SERVFAIL);
+	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
+	assert_int_equal(dp_cache_insert(&c, &k, a.b, a.n, &av, T0), 1); /* not by itself */
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 0, T0), 1);
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 5, T0), 0);
+	served_t *s = get(&c, &q, T0 + 4999, false);
+	assert_true(s->hit);
+	assert_int_equal(DP_DNS_RCODE(s->v.flags), DP_DNS_RCODE_SERVFAIL);
+	assert_int_equal(s->v.id, PLAIN.id);
+	assert_false(get(&c, &q, T0 + 5000, false)->hit);
+	assert_false(get(&c, &q, T0 + 5000, true)->hit); /* never stale */
+	/* Only SERVFAIL goes in this way. */
+	wire_t ok;
+	a_begin(&ok, "fail.example", T_A, 1, QR | RD | RA);
+	a_addr(&ok, 10, 1);
+	dp_dns_view_t okv;
+	assert_int_equal(dp_dns_parse_answer(ok.b, ok.n, &okv), 0);
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, ok.b, ok.n, &okv, 5, T0), 1);
+
+	/* A good answer, fresh then stale, stays: the failure is not stored. */
+	assert_int_equal(put(&c, &q, &ok, T0), 0);
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 5, T0 + 1000), 1);
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 5, T0 + 20000), 1);
+	s = get(&c, &q, T0 + 20000, true);
+	assert_true(s->hit && s->stale);
+	assert_int_equal(DP_DNS_RCODE(s->v.flags), DP_DNS_RCODE_NOERROR);
+	/* Past its stale window it is worth nothing: the failure goes in. */
+	uint64_t gone = T0 + 10000 + 3600 * 1000ull;
+	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 5, gone), 0);
+	assert_int_equal(DP_DNS_RCODE(get(&c, &q, gone, false)->v.flags), DP_DNS_RCODE_SERVFAIL);
+	dp_cache_destroy(&c);
+}
+
+/* Hole 7, RFC 6840 5.7: AD only to a client that set AD or DO. */
+static void hole7_ad_only_when_asked(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	init(&c, 64 * KB, 0, 86400, 0);
+	make_q(&q, "ad.example", (qopt_t){ .id = 1, .flags = RD | DP_DNS_F_AD });
+	a_begin(&a, "ad.example", T_A, 1, QR | RD | RA | DP_DNS_F_AD);
+	a_addr(&a, 300, 1);
+	a_opt(&a, false, NULL, 0);
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	assert_true(get(&c, &q, T0, false)->v.flags & DP_DNS_F_AD);
+	make_q(&q, "ad.example", PLAIN);
+	served_t *s = get(&c, &q, T0, false);
+	assert_true(s->hit);
+	assert_false(s->v.flags & DP_DNS_F_AD);
+	make_q(&q, "ad.example", (qopt_t){ .id = 1, .edns = true });
+	s = get(&c, &q, T0, false);
+	assert_true(s->hit);
+	assert_false(s->v.flags & DP_DNS_F_AD);
+	/* DO=1 is its own entry; AD comes back to it. */
+	make_q(&q, "ad.example", (qopt_t){ .id = 1, .edns = true, .do_bit = true });
+	a_begin(&a, "ad.example", T_A, 1, QR | RD | RA | DP_DNS_F_AD);
+	a_addr(&a, 300, 1);
+	a_opt(&a, true, NULL, 0);
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	assert_true(get(&c, &q, T0, false)->v.flags & DP_DNS_F_AD);
+	dp_cache_destroy(&c);
+}
+
+/* Hole 7, RFC 2181 8: the clamp applied to answers that go straight to the
+ * client turns TTLs of 2^31 and more into 0, with or without a maximum. */
+static void hole7_clamp_top_bit_is_zero(void **state)
+{
+	(void)state;
+	wire_t a;
+	dp_dns_view_t v;
+	served_t s;
+	uint32_t t[8];
+	const uint32_t in[] = { 0x80000000u, 0xffffffffu, 0x7fffffffu, 50 };
+	for (int with_max = 0; with_max <= 1; with_max++) {
+		a_begin(&a, "big.example", T_A, 1, QR | RD | RA);
+		for (size_t i = 0; i < DP_ARRAY_LEN(in); i++)
+			a_addr(&a, in[i], (uint8_t)i);
+		assert_int_equal(dp_dns_parse_answer(a.b, a.n, &v), 0);
+		dp_cache_clamp_ttls(a.b, a.n, &v, with_max ? 100 : UINT32_MAX);
+		memcpy(s.b, a.b, a.n);
+		s.n = (int)a.n;
+		assert_int_equal(dp_dns_parse_answer(s.b, a.n, &s.v), 0);
+		assert_int_equal(ttls(&s, t, 8), 4);
+		assert_int_equal(t[0], 0);
+		assert_int_equal(t[1], 0);
+		assert_int_equal(t[2], with_max ? 100 : 0x7fffffffu);
+		assert_int_equal(t[3], 50);
+	}
+}
+
 /* ---- memory and eviction --------------------------------------------------- */
 
 static void fill_one(dp_cache_t *c, const char *name, uint64_t now)
@@ -1275,6 +1518,11 @@ int main(void)
 		cmocka_unit_test(serve_header),
 		cmocka_unit_test(key_do_and_cd),
 		cmocka_unit_test(opt_only_for_edns_clients),
+		cmocka_unit_test(hole2_upstream_options_not_cached),
+		cmocka_unit_test(hole2_ecs_keys_the_cache),
+		cmocka_unit_test(hole7_servfail_cached),
+		cmocka_unit_test(hole7_ad_only_when_asked),
+		cmocka_unit_test(hole7_clamp_top_bit_is_zero),
 		cmocka_unit_test(eviction_bounded),
 		cmocka_unit_test(scan_resistance),
 		cmocka_unit_test(ghost_readmits_to_main),

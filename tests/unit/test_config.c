@@ -316,6 +316,40 @@ static void batch_us_bounds(void **state)
 	}
 }
 
+/* Issue 12: --forward-ecs (off by default, RFC 7871 11.1) and
+ * --servfail-ttl (RFC 9520: 1 s to 5 min). */
+static void ecs_and_servfail_ttl(void **state)
+{
+	assert_int_equal(parse(NULL), 0);
+	assert_false(cfg.forward_ecs);
+	assert_int_equal(cfg.servfail_ttl, 5);
+	assert_int_equal(parse("--forward-ecs", "--servfail-ttl", "300", NULL), 0);
+	assert_true(cfg.forward_ecs);
+	assert_int_equal(cfg.servfail_ttl, 300);
+	assert_int_equal(parse("--servfail-ttl", "1", NULL), 0);
+	assert_int_equal(cfg.servfail_ttl, 1);
+	static const char *bad[] = { "0", "301", "-1", "", "5s", "x" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--servfail-ttl", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--servfail-ttl"));
+		assert_non_null(strstr(err, "1..300"));
+	}
+	assert_int_equal(parse("--forward-ecs=yes", NULL), DP_E_CONFIG);
+	/* The config file knows them too. */
+	char path[] = "/tmp/dp-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static const char text[] = "forward-ecs\nservfail-ttl 30\n";
+	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+	close(fd);
+	dp_config_defaults(&cfg);
+	int rc = dp_config_parse_file(&cfg, path, err, sizeof(err));
+	unlink(path);
+	assert_int_equal(rc, 0);
+	assert_true(cfg.forward_ecs);
+	assert_int_equal(cfg.servfail_ttl, 30);
+}
+
 static void timeout_forms(void **state)
 {
 	static const struct {
@@ -411,6 +445,7 @@ int main(void)
 		cmocka_unit_test(threads_bounds),
 		cmocka_unit_test(udp_io_modes),
 		cmocka_unit_test(batch_us_bounds),
+		cmocka_unit_test(ecs_and_servfail_ttl),
 		cmocka_unit_test(timeout_forms),
 		cmocka_unit_test(other_numbers),
 		cmocka_unit_test(errors_and_exits),

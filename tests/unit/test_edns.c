@@ -174,7 +174,7 @@ static void pad_adds_opt_when_missing(void **state)
 	opt_list_t ol;
 	make_query(&w, "www.example.com", false, 0, 0, NULL);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
 	assert_int_equal(n, 128);
 	assert_int_equal(dp_rd16(out + 10), 1); /* ARCOUNT 0 -> 1 */
@@ -186,7 +186,22 @@ static void pad_adds_opt_when_missing(void **state)
 	assert_int_equal(ol.code[0], DP_DNS_OPT_KEEPALIVE);
 }
 
-static void pad_keeps_other_options(void **state)
+/* Options of a message's OPT other than those in allowed (n codes). */
+static int count_other(const opt_list_t *l, const uint16_t *allowed, int n)
+{
+	int c = 0;
+	for (int i = 0; i < l->n; i++) {
+		bool ok = false;
+		for (int j = 0; j < n; j++)
+			ok |= l->code[i] == allowed[j];
+		c += !ok;
+	}
+	return c;
+}
+
+/* Hole 2: none of the client's options goes upstream (its subnet least of
+ * all), so the answer depends only on the cache key. */
+static void pad_forwards_no_client_option(void **state)
 {
 	wire_t w;
 	opts_t o = { .n = 0 };
@@ -195,22 +210,88 @@ static void pad_keeps_other_options(void **state)
 	opt_list_t ol;
 	static const uint8_t ecs[] = { 0, 1, 24, 0, 192, 0, 2 }; /* client subnet 192.0.2/24 */
 	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
-	opt_add(&o, 8, ecs, sizeof(ecs));
+	opt_add(&o, DP_DNS_OPT_ECS, ecs, sizeof(ecs));
+	opt_add(&o, 3, NULL, 0); /* NSID request */
 	make_query(&w, "www.example.com", true, 4096, DO_FLAG, &o);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
 	/* Payload size and DO as the client sent them. */
 	assert_int_equal(vo.udp_size, 4096);
 	assert_true(vo.do_bit);
-	/* Other options and ECS kept byte for byte, in their order, before ours. */
-	assert_int_equal(ol.n, 4);
-	assert_int_equal(ol.code[0], OPT_OTHER);
-	assert_int_equal(ol.len[0], sizeof(cookie));
-	assert_memory_equal(out + ol.data_off[0], cookie, sizeof(cookie));
-	assert_int_equal(ol.code[1], 8);
-	assert_int_equal(ol.len[1], sizeof(ecs));
-	assert_memory_equal(out + ol.data_off[1], ecs, sizeof(ecs));
+	assert_int_equal(ol.n, 2); /* keepalive, padding: ours alone */
+	assert_int_equal(vo.opt_ecs, 0);
+	assert_null(memmem(out, (size_t)n, ecs + 4, 3));
+}
+
+/* --forward-ecs: the subnet we read (dp_edns_ecs_read) goes upstream, and
+ * nothing else of the client's. */
+static void pad_forwards_given_subnet(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	static uint8_t out[4096];
+	uint8_t ecs[DP_EDNS_ECS_MAX];
+	dp_dns_view_t v, vo;
+	opt_list_t ol;
+	/* 198.51.100.77/22 with a scope set: cut to 198.51.100.0/22, scope 0 */
+	static const uint8_t sent[] = { 0, 1, 22, 5, 198, 51, 103 };
+	static const uint8_t want[] = { 0, 1, 22, 0, 198, 51, 100 };
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	opt_add(&o, DP_DNS_OPT_ECS, sent, sizeof(sent));
+	make_query(&w, "www.example.com", true, 1232, 0, &o);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_int_not_equal(v.opt_ecs, 0);
+	int el = dp_edns_ecs_read(w.b, &v, ecs);
+	assert_int_equal(el, sizeof(want));
+	assert_memory_equal(ecs, want, sizeof(want));
+	int n = dp_edns_pad_query(w.b, &v, ecs, (size_t)el, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
+	assert_int_equal(ol.n, 3);
+	assert_int_equal(ol.code[0], DP_DNS_OPT_ECS);
+	assert_int_equal(ol.len[0], sizeof(want));
+	assert_memory_equal(out + ol.data_off[0], want, sizeof(want));
+	assert_int_equal(vo.opt_ecs, ol.data_off[0] - 4);
+	assert_int_equal(find_code(&ol, OPT_OTHER), -1);
+}
+
+/* RFC 7871 6: what dp_edns_ecs_read accepts and how it normalises. */
+static void ecs_read_checks_the_option(void **state)
+{
+	static const struct {
+		uint8_t data[24];
+		size_t len;
+		int want; /* length, or DP_E_FORMERR */
+		uint8_t out[20];
+	} cases[] = {
+		{ { 0, 1, 24, 0, 192, 0, 2 }, 7, 7, { 0, 1, 24, 0, 192, 0, 2 } },
+		{ { 0, 1, 0, 0 }, 4, 4, { 0, 1, 0, 0 } }, /* /0: "do not use my address" */
+		{ { 0, 1, 32, 0, 192, 0, 2, 9 }, 8, 8, { 0, 1, 32, 0, 192, 0, 2, 9 } },
+		{ { 0, 1, 25, 0, 192, 0, 2, 0xff }, 8, 8, { 0, 1, 25, 0, 192, 0, 2, 0x80 } },
+		{ { 0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 1, 2, 0xff }, 11, 11,
+		  { 0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 1, 2, 0xff } },
+		{ { 0, 2, 128, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 }, 20, 20,
+		  { 0, 2, 128, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 } },
+		{ { 0, 1, 33, 0, 1, 2, 3, 4, 5 }, 9, DP_E_FORMERR, { 0 } }, /* prefix too long */
+		{ { 0, 2, 129, 0 }, 4, DP_E_FORMERR, { 0 } },
+		{ { 0, 3, 8, 0, 1 }, 5, DP_E_FORMERR, { 0 } }, /* unknown family */
+		{ { 0, 1, 24, 0, 192, 0, 2, 0 }, 8, DP_E_FORMERR, { 0 } }, /* octet too many */
+		{ { 0, 1, 24, 0, 192, 0 }, 6, DP_E_FORMERR, { 0 } }, /* octet too few */
+		{ { 0, 1, 24 }, 3, DP_E_FORMERR, { 0 } }, /* shorter than the fixed part */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wire_t w;
+		opts_t o = { .n = 0 };
+		dp_dns_view_t v;
+		uint8_t ecs[DP_EDNS_ECS_MAX];
+		opt_add(&o, DP_DNS_OPT_ECS, cases[i].data, cases[i].len);
+		make_query(&w, "www.example.com", true, 1232, 0, &o);
+		assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+		int n = dp_edns_ecs_read(w.b, &v, ecs);
+		assert_int_equal(n, cases[i].want);
+		if (n > 0)
+			assert_memory_equal(ecs, cases[i].out, (size_t)n);
+	}
 }
 
 static void pad_replaces_existing_padding(void **state)
@@ -232,11 +313,9 @@ static void pad_replaces_existing_padding(void **state)
 	make_query(&w, "www.example.com", true, 1232, 0, &o);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
 	assert_true(v.opt_padding);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
-	assert_int_equal(ol.n, 3); /* cookie, keepalive (empty), padding */
-	assert_int_equal(ol.code[0], OPT_OTHER);
-	assert_memory_equal(out + ol.data_off[0], cookie, sizeof(cookie));
+	assert_int_equal(ol.n, 2); /* keepalive (empty), padding */
 	/* The 300 octets of client padding are gone: one block suffices. */
 	assert_int_equal(n, 128);
 }
@@ -263,7 +342,7 @@ static void pad_moves_opt_last(void **state)
 	size_t a_len = w.n - a_at;
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
 	assert_int_equal(v.opt_off, opt_at);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
 	assert_int_equal(dp_rd16(out + 10), 2); /* ARCOUNT unchanged */
 	/* The A record now sits where the OPT was, byte for byte. */
@@ -271,7 +350,7 @@ static void pad_moves_opt_last(void **state)
 	assert_int_equal(vo.opt_off, opt_at + a_len);
 	assert_int_equal(vo.udp_size, 1400);
 	assert_true(vo.do_bit);
-	assert_int_equal(ol.code[0], OPT_OTHER);
+	assert_int_equal(ol.n, 2);
 }
 
 static void pad_ignores_trailing_bytes(void **state)
@@ -284,7 +363,7 @@ static void pad_ignores_trailing_bytes(void **state)
 	put_bytes(&w, "garbage-after-the-message", 25);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
 	assert_true(v.msg_end < w.n);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
 	assert_null(memmem(out, (size_t)n, "garbage", 7));
 }
@@ -317,7 +396,7 @@ static void pad_every_length(void **state)
 				dp_dns_view_t v, vo;
 				opt_list_t ol;
 				assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-				int n = dp_edns_pad_query(w.b, &v, block, out, sizeof(out));
+				int n = dp_edns_pad_query(w.b, &v, NULL, 0, block, out, sizeof(out));
 				if (block > 1) {
 					check_padded(w.b, &v, out, n, block, &vo, &ol);
 				} else {
@@ -349,29 +428,40 @@ static void pad_too_big(void **state)
 	make_query(&w, "www.example.com", false, 0, 0, NULL);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
 	/* Every capacity short of the result fails cleanly, the exact one works. */
-	int full = dp_edns_pad_query(w.b, &v, 128, out, sizeof(out));
+	int full = dp_edns_pad_query(w.b, &v, NULL, 0, 128, out, sizeof(out));
 	assert_int_equal(full, 128);
 	for (size_t cap = 0; cap < (size_t)full; cap++)
-		assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, cap), DP_E_TOOBIG);
-	assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, (size_t)full), full);
+		assert_int_equal(dp_edns_pad_query(w.b, &v, NULL, 0, 128, out, cap), DP_E_TOOBIG);
+	assert_int_equal(dp_edns_pad_query(w.b, &v, NULL, 0, 128, out, (size_t)full), full);
 
-	/* Same with an OPT carrying a big option: the copy is bounded too. */
+	/* Same with a subnet to forward: the copy is bounded too. */
+	static const uint8_t ecs[] = { 0, 2, 128, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
+	full = dp_edns_pad_query(w.b, &v, ecs, sizeof(ecs), 128, out, sizeof(out));
+	assert_int_equal(full, 128);
+	for (size_t cap = 0; cap < (size_t)full; cap++)
+		assert_int_equal(dp_edns_pad_query(w.b, &v, ecs, sizeof(ecs), 128, out, cap),
+				 DP_E_TOOBIG);
+
+	/* A big client option is not copied at all. */
 	opts_t o = { .n = 0 };
-	opt_add(&o, 65001, NULL, 1000);
-	make_query(&w, "www.example.com", true, 1232, 0, &o);
-	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-	full = dp_edns_pad_query(w.b, &v, 128, out, sizeof(out));
-	assert_true(full > 1000 && full % 128 == 0);
-	for (size_t cap = 0; cap < (size_t)full; cap += 7)
-		assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, cap), DP_E_TOOBIG);
-
-	/* Near the 65,535-octet maximum: padding would overflow a message. */
-	o.n = 0;
 	opt_add(&o, 65001, NULL, 65535 - 33 - 11 - 4 - 2);
 	make_query(&w, "www.example.com", true, 1232, 0, &o);
 	assert_true(w.n <= DP_DNS_MAX_MSG);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-	assert_int_equal(dp_edns_pad_query(w.b, &v, 128, out, sizeof(out)), DP_E_TOOBIG);
+	assert_int_equal(dp_edns_pad_query(w.b, &v, NULL, 0, 128, out, sizeof(out)), 128);
+
+	/* Near the 65,535-octet maximum: padding would overflow a message. */
+	wire_t big;
+	put_hdr(&big, 1, DP_DNS_F_RD, 1, 0, 0, 1);
+	put_name(&big, "www.example.com");
+	put16(&big, T_A);
+	put16(&big, C_IN);
+	put_name(&big, "x.example.com");
+	static uint8_t junk[65535 - 33 - 15 - 10 - 8];
+	put_rr_tail(&big, T_TXT, C_IN, 0, junk, sizeof(junk));
+	assert_true(big.n <= DP_DNS_MAX_MSG);
+	assert_int_equal(dp_dns_parse_query(big.b, big.n, &v), 0);
+	assert_int_equal(dp_edns_pad_query(big.b, &v, NULL, 0, 128, out, sizeof(out)), DP_E_TOOBIG);
 }
 
 /* ---- scrubbing answers --------------------------------------------------------- */
@@ -423,7 +513,7 @@ static void scrub_removes_opt_for_plain_client(void **state)
 		assert_true(v.has_opt && v.opt_padding && v.opt_keepalive);
 		size_t elen = without_opt(w.b, w.n, &v, expect);
 		uint16_t ar = v.arcount;
-		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false);
+		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false, NULL, 0);
 		assert_int_equal(n, elen);
 		assert_false(v.has_opt);
 		assert_false(v.opt_padding);
@@ -452,7 +542,7 @@ static void scrub_plain_client_even_when_client_padding_flag_set(void **state)
 	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 10);
 	make_answer(&w, &o, false);
 	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
-	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, true);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, true, NULL, 0);
 	assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
 	assert_false(v2.has_opt);
 }
@@ -473,17 +563,15 @@ static void scrub_removes_padding_unasked(void **state)
 		size_t orig = w.n;
 		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
 		uint16_t ar = v.arcount;
-		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, false);
-		assert_int_equal(n, orig - (4 + 200) - (4 + 2) - (4 + 3));
+		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, false, NULL, 0);
+		assert_int_equal(n, orig - (4 + 200) - (4 + sizeof(cookie)) - (4 + 2) - (4 + 3));
 		assert_true(v.has_opt);
 		assert_false(v.opt_padding);
 		assert_false(v.opt_keepalive);
 		assert_int_equal(v.msg_end, n);
-		assert_int_equal(v.opt_len, 11 + 4 + sizeof(cookie));
+		assert_int_equal(v.opt_len, 11);
 		list_opts(w.b, &v, &ol);
-		assert_int_equal(ol.n, 1);
-		assert_int_equal(ol.code[0], OPT_OTHER);
-		assert_memory_equal(w.b + ol.data_off[0], cookie, sizeof(cookie));
+		assert_int_equal(ol.n, 0);
 		assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
 		assert_true(v2.has_opt);
 		assert_false(v2.opt_padding);
@@ -509,7 +597,7 @@ static void scrub_keeps_padding_asked(void **state)
 	make_answer(&w, &o, false);
 	size_t orig = w.n;
 	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
-	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, true);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, true, NULL, 0);
 	assert_int_equal(n, orig - 4); /* only the keepalive went */
 	assert_true(v.opt_padding);
 	assert_false(v.opt_keepalive);
@@ -527,14 +615,13 @@ static void scrub_leaves_clean_answers_alone(void **state)
 	wire_t w, copy;
 	opts_t o = { .n = 0 };
 	dp_dns_view_t v;
-	/* OPT with only a cookie: nothing to take out for any client with EDNS. */
-	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	/* OPT without options: nothing to take out for any client with EDNS. */
 	make_answer(&w, &o, true);
 	copy = w;
 	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
-	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false), w.n);
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false, NULL, 0), w.n);
 	assert_memory_equal(w.b, copy.b, w.n);
-	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, true), w.n);
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, true, NULL, 0), w.n);
 	assert_memory_equal(w.b, copy.b, w.n);
 
 	/* No OPT in the answer at all: untouched whatever the client had. */
@@ -545,8 +632,57 @@ static void scrub_leaves_clean_answers_alone(void **state)
 	copy = w;
 	for (int co = 0; co <= 1; co++) {
 		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
-		assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, co, co), w.n);
+		assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, co, co, NULL, 0), w.n);
 		assert_memory_equal(w.b, copy.b, w.n);
+	}
+}
+
+/* Hole 2: whatever the upstream put in its OPT for this one response (NSID,
+ * a subnet, Extended DNS Errors, anything unknown) never reaches a client;
+ * only the subnet the client itself sent (scope aside) may come back. */
+static void scrub_drops_per_response_options(void **state)
+{
+	static const uint8_t ours[] = { 0, 1, 24, 0, 198, 51, 100 };
+	static const uint8_t echo[] = { 0, 1, 24, 16, 198, 51, 100 }; /* scope /16 */
+	static const uint8_t other[] = { 0, 1, 24, 24, 203, 0, 113 };
+	static const uint16_t pad_ecs[] = { DP_DNS_OPT_PADDING, DP_DNS_OPT_ECS };
+	for (int mode = 0; mode < 4; mode++) { /* no ecs; ours; other's; ours + padding */
+		for (int not_last = 0; not_last <= 1; not_last++) {
+			wire_t w;
+			opts_t o = { .n = 0 };
+			dp_dns_view_t v, v2;
+			opt_list_t ol;
+			opt_add(&o, 3, "upstream-1", 10); /* NSID */
+			opt_add(&o, DP_DNS_OPT_ECS, mode == 2 ? other : echo, sizeof(echo));
+			opt_add(&o, 15, "\x00\x03stale", 7); /* EDE */
+			opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+			opt_add(&o, DP_DNS_OPT_PADDING, NULL, 30);
+			opt_add(&o, OPT_COOKIE, cookie, sizeof(cookie));
+			make_answer(&w, &o, not_last);
+			assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+			assert_int_not_equal(v.opt_ecs, 0);
+			bool pad = mode == 3;
+			const uint8_t *e = mode ? ours : NULL;
+			size_t n = dp_edns_scrub_answer(w.b, w.n, &v, true, pad, e, e ? sizeof(ours) : 0);
+			assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
+			list_opts(w.b, &v2, &ol);
+			assert_int_equal(count_other(&ol, pad_ecs, 2), 0);
+			assert_int_equal(count_code(&ol, DP_DNS_OPT_PADDING), pad);
+			assert_null(memmem(w.b, n, "upstream-1", 10));
+			assert_null(memmem(w.b, n, other + 4, 3));
+			if (mode == 1 || mode == 3) {
+				assert_int_equal(count_code(&ol, DP_DNS_OPT_ECS), 1);
+				assert_int_equal(v.opt_ecs, v2.opt_ecs);
+				assert_memory_equal(w.b + v.opt_ecs + 4, echo, sizeof(echo));
+				assert_int_equal(dp_edns_ecs_scope(w.b, &v), 16);
+			} else {
+				assert_int_equal(count_code(&ol, DP_DNS_OPT_ECS), 0);
+				assert_int_equal(v.opt_ecs, 0);
+				assert_int_equal(dp_edns_ecs_scope(w.b, &v), -1);
+			}
+			if (not_last)
+				assert_memory_equal(w.b + n - 5, "\x04tail", 5);
+		}
 	}
 }
 
@@ -560,13 +696,13 @@ static void scrub_drops_trailing_bytes(void **state)
 	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
 	assert_int_equal(v.msg_end, real);
 	/* Nothing to scrub in the OPT: still cut at the message end. */
-	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false), real);
+	assert_int_equal(dp_edns_scrub_answer(w.b, w.n, &v, true, false, NULL, 0), real);
 	/* And removing the OPT works on the message proper. */
 	make_answer(&w, NULL, true);
 	real = w.n;
 	put_bytes(&w, "trailing", 8);
 	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
-	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false);
+	size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false, NULL, 0);
 	assert_int_equal(n, real - 11);
 	assert_int_equal(dp_dns_parse_answer(w.b, n, &v2), 0);
 	assert_int_equal(v2.msg_end, n);
@@ -586,7 +722,7 @@ static void pad_then_scrub_round_trip(void **state)
 			opt_add(&co, DP_DNS_OPT_PADDING, NULL, 40);
 		make_query(&q, "www.example.com", client > 0, 1232, 0, &co);
 		assert_int_equal(dp_dns_parse_query(q.b, q.n, &vq), 0);
-		int n = dp_edns_pad_query(q.b, &vq, 128, up, sizeof(up));
+		int n = dp_edns_pad_query(q.b, &vq, NULL, 0, 128, up, sizeof(up));
 		assert_int_equal(dp_dns_parse_query(up, (size_t)n, &vu), 0);
 		assert_true(vu.opt_padding && vu.opt_keepalive);
 		static const uint8_t ka[2] = { 0, 30 };
@@ -594,7 +730,7 @@ static void pad_then_scrub_round_trip(void **state)
 		opt_add(&ao, DP_DNS_OPT_PADDING, NULL, 300);
 		make_answer(&a, &ao, false);
 		assert_int_equal(dp_dns_parse_answer(a.b, a.n, &va), 0);
-		size_t m = dp_edns_scrub_answer(a.b, a.n, &va, vq.has_opt, vq.opt_padding);
+		size_t m = dp_edns_scrub_answer(a.b, a.n, &va, vq.has_opt, vq.opt_padding, NULL, 0);
 		assert_int_equal(dp_dns_parse_answer(a.b, m, &v2), 0);
 		assert_int_equal(v2.has_opt, client > 0);
 		assert_int_equal(v2.opt_padding, client == 2);
@@ -617,7 +753,7 @@ static void cookie_never_crosses(void **state)
 	opt_add(&o, OPT_COOKIE, cookie, sizeof(cookie));
 	make_query(&w, "www.example.com", true, 1232, 0, &o);
 	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
-	int n = dp_edns_pad_query(w.b, &v, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+	int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
 	check_padded(w.b, &v, out, n, DP_EDNS_QUERY_BLOCK, &vo, &ol);
 	for (int i = 0; i < ol.n; i++)
 		assert_int_not_equal(ol.code[i], OPT_COOKIE);
@@ -629,7 +765,7 @@ static void cookie_never_crosses(void **state)
 	dp_dns_view_t av;
 	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
 	size_t orig = a.n;
-	size_t m = dp_edns_scrub_answer(a.b, a.n, &av, true, true);
+	size_t m = dp_edns_scrub_answer(a.b, a.n, &av, true, true, NULL, 0);
 	assert_int_equal(m, orig - (4 + sizeof(cookie)));
 	dp_dns_view_t av2;
 	assert_int_equal(dp_dns_parse_answer(a.b, m, &av2), 0);
@@ -641,7 +777,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(cookie_never_crosses),
 		cmocka_unit_test(pad_adds_opt_when_missing),
-		cmocka_unit_test(pad_keeps_other_options),
+		cmocka_unit_test(pad_forwards_no_client_option),
+		cmocka_unit_test(pad_forwards_given_subnet),
+		cmocka_unit_test(ecs_read_checks_the_option),
 		cmocka_unit_test(pad_replaces_existing_padding),
 		cmocka_unit_test(pad_moves_opt_last),
 		cmocka_unit_test(pad_ignores_trailing_bytes),
@@ -652,6 +790,7 @@ int main(void)
 		cmocka_unit_test(scrub_removes_padding_unasked),
 		cmocka_unit_test(scrub_keeps_padding_asked),
 		cmocka_unit_test(scrub_leaves_clean_answers_alone),
+		cmocka_unit_test(scrub_drops_per_response_options),
 		cmocka_unit_test(scrub_drops_trailing_bytes),
 		cmocka_unit_test(pad_then_scrub_round_trip),
 	};
