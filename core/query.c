@@ -156,11 +156,8 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	if (q->in_table)
 		flight_del(s, qi);
 	dp_list_remove(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
-	if (q->transport == T_TCP && q->client.tcp.idx < s->tcp_hiwater) {
-		dp_tcpc_t *c = &s->tcp[q->client.tcp.idx];
-		if (c->used && c->gen == q->client.tcp.gen && c->inflight)
-			c->inflight--;
-	}
+	if (q->transport == T_TCP)
+		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
 	if (q->wire != q->inline_wire)
 		free(q->wire);
 	q->wire = NULL;
@@ -288,7 +285,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	} else if (transport == T_TCP) {
 		q->client.tcp.idx = tcp_idx;
 		q->client.tcp.gen = tcp_gen;
-		s->tcp[tcp_idx].inflight++;
+		dp_tcp_query_begin(s, tcp_idx, tcp_gen);
 	}
 	dp_list_push_tail(&s->timeouts, s->q, sizeof(dp_query_t), QOFF_T, qi);
 	return 0;
