@@ -338,6 +338,9 @@ int dp_tcp_init(dp_shard_t *s);
 /* A query of client connection idx/gen is in flight / finished. Hot path. */
 void dp_tcp_query_begin(dp_shard_t *s, uint32_t idx, uint32_t gen);
 void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen);
+/* Backpressure: stop reading client connection idx/gen / read it again. */
+void dp_tcp_pause(dp_shard_t *s, uint32_t idx, uint32_t gen);
+void dp_tcp_resume(dp_shard_t *s, uint32_t idx, uint32_t gen);
 
 /* ---- query.c ------------------------------------------------------------ */
 /* Handle one client query (msg is the receive buffer: read in place, copied

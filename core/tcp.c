@@ -195,6 +195,16 @@ void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen)
 	dp_tcpconn_query_end(&s->tcp, idx, gen);
 }
 
+void dp_tcp_pause(dp_shard_t *s, uint32_t idx, uint32_t gen)
+{
+	dp_tcpconn_pause(&s->tcp, idx, gen);
+}
+
+void dp_tcp_resume(dp_shard_t *s, uint32_t idx, uint32_t gen)
+{
+	dp_tcpconn_resume(&s->tcp, idx, gen);
+}
+
 void dp_tcp_flush(dp_shard_t *s)
 {
 	dp_tcpconn_flush(&s->tcp);
