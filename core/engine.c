@@ -35,41 +35,6 @@
 #define DP_BUF_SIZE 4096
 #define DP_TICK_MS 100
 
-/* ---- lists ---------------------------------------------------------------- */
-
-static inline dp_link_t *link_at(void *base, size_t elem, size_t off, uint32_t idx)
-{
-	return (dp_link_t *)((uint8_t *)base + (size_t)idx * elem + off);
-}
-
-void dp_list_push_tail(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx)
-{
-	dp_link_t *n = link_at(base, elem, off, idx);
-	n->next = DP_NONE;
-	n->prev = l->tail;
-	if (l->tail != DP_NONE)
-		link_at(base, elem, off, l->tail)->next = idx;
-	else
-		l->head = idx;
-	l->tail = idx;
-	l->count++;
-}
-
-void dp_list_remove(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx)
-{
-	dp_link_t *n = link_at(base, elem, off, idx);
-	if (n->prev != DP_NONE)
-		link_at(base, elem, off, n->prev)->next = n->next;
-	else
-		l->head = n->next;
-	if (n->next != DP_NONE)
-		link_at(base, elem, off, n->next)->prev = n->prev;
-	else
-		l->tail = n->prev;
-	n->prev = n->next = DP_NONE;
-	l->count--;
-}
-
 /* ---- SQEs and buffers ------------------------------------------------------ */
 
 struct io_uring_sqe *dp_sqe(dp_shard_t *s)
@@ -583,22 +548,8 @@ static void *shard_main(void *arg)
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));
 		goto fail;
 	}
-	s->tcp_cap = s->cfg->max_tcp_clients / (uint32_t)s->cfg->threads +
-		     (s->cfg->max_tcp_clients % (uint32_t)s->cfg->threads > (uint32_t)s->id);
-	if (s->tcp_cap == 0)
-		s->tcp_cap = 1;
-	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
-	/* Evicted connections hold their slot until their cancellations
-	 * complete (the next turn): a reserve lets a burst of newcomers in. */
-	s->tcp_reserve = s->tcp_cap / 4 + 64;
-	s->tcp = calloc(s->tcp_cap + s->tcp_reserve, sizeof(dp_tcpc_t));
-	if (!s->tcp) {
-		rc = -ENOMEM;
+	if ((rc = dp_tcp_init(s)) < 0)
 		goto fail;
-	}
-	s->tcp_free = DP_NONE;
-	s->tcp_dirty = DP_NONE;
-	s->tcp_idle = (dp_list_t){ DP_NONE, DP_NONE, 0 };
 	for (int l = 0; l < s->nlisten; l++) {
 		dp_udp_arm(s, l);
 		dp_tcp_arm_accept(s, l);

@@ -17,17 +17,17 @@
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
+#include "list.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "stats.h"
 #include "timerwheel.h"
+#include "tcpconn.h"
 
 #include <liburing.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
-
-#define DP_NONE UINT32_MAX
 
 enum dp_op {
 	OP_IGNORE = 0, /* cancels and other completions nobody waits for */
@@ -49,16 +49,6 @@ static inline uint64_t dp_ud(enum dp_op op, uint32_t idx, uint32_t gen)
 #define DP_UD_OP(u) ((enum dp_op)((u) >> 56))
 #define DP_UD_IDX(u) ((uint32_t)(((u) >> 32) & 0xffffff))
 #define DP_UD_GEN(u) ((uint32_t)(u))
-
-/* Intrusive doubly linked list over table indices (DP_NONE terminated). */
-typedef struct dp_link {
-	uint32_t prev, next;
-} dp_link_t;
-
-typedef struct dp_list {
-	uint32_t head, tail;
-	uint32_t count;
-} dp_list_t;
 
 /* ---- queries ---------------------------------------------------------- */
 
@@ -170,32 +160,6 @@ typedef struct dp_upstream_state {
 	SSL_SESSION *session; /* newest resumable session (ticket), owned */
 } dp_upstream_state_t;
 
-/* ---- client TCP connections ------------------------------------------- */
-
-typedef struct dp_tcpc {
-	uint32_t gen;
-	bool used;
-	bool closing;
-	bool recv_armed;
-	bool send_inflight;
-	bool eof; /* the client shut its side: answer what it asked, then close */
-	bool dirty; /* on the shard's send list */
-	int fd;
-	uint32_t ops;
-	uint32_t inflight; /* queries not yet answered */
-	uint32_t dirty_next;
-	uint8_t listen_idx;
-	dp_link_t ilink; /* idle list */
-	uint64_t last_active_ms;
-	uint64_t last_progress_ms; /* last send issued or completed */
-	uint8_t *rbuf; /* partial frame carried between receives */
-	uint32_t rlen, rcap;
-	uint8_t *out; /* being sent; immutable while send_inflight */
-	uint32_t out_len, out_off, out_cap;
-	uint8_t *pend; /* answers queued behind the send in flight */
-	uint32_t pend_len, pend_cap;
-} dp_tcpc_t;
-
 /* ---- UDP answers in flight ---------------------------------------------- */
 
 typedef struct dp_udp_send {
@@ -275,13 +239,7 @@ typedef struct dp_shard {
 	uint32_t dirty_head; /* connections to flush at the end of the turn */
 	SSL_CTX *ssl_ctx;
 
-	dp_tcpc_t *tcp;
-	uint32_t tcp_cap, tcp_hiwater, tcp_free, tcp_used;
-	dp_list_t tcp_idle; /* open client connections, least recently active first */
-	uint32_t tcp_dirty; /* connections with answers to send this turn */
-	uint32_t tcp_closing; /* slots closing: used, but no longer counted open */
-	uint32_t tcp_reserve; /* slots beyond the cap, for connections still closing */
-	size_t tcp_buf_bytes; /* receive and answer buffers of all clients */
+	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
 
 	dp_ratelimit_t rl;
 	dp_metrics_t metrics;
@@ -341,10 +299,6 @@ struct io_uring_sqe *dp_sqe(dp_shard_t *s);
 /* The element of type T whose member m is at p. */
 #define DP_CONTAINER_OF(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
 
-/* List helpers over a table whose element has a dp_link_t at offset off. */
-void dp_list_push_tail(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
-void dp_list_remove(dp_list_t *l, void *base, size_t elem, size_t off, uint32_t idx);
-
 /* Give a provided buffer back to the ring. Hot path. */
 void dp_bufring_recycle(dp_shard_t *s, uint16_t bid);
 
@@ -384,6 +338,15 @@ bool dp_tcp_idle_output(dp_shard_t *s);
 void dp_tcp_close_all(dp_shard_t *s);
 void dp_tcp_free(dp_shard_t *s);
 void dp_tcp_close(dp_shard_t *s, uint32_t idx);
+/* Set up the shard's client table (--max-tcp-clients / shards). Allocates;
+ * returns 0 or -ENOMEM. */
+int dp_tcp_init(dp_shard_t *s);
+/* A query of client connection idx/gen is in flight / finished. Hot path. */
+void dp_tcp_query_begin(dp_shard_t *s, uint32_t idx, uint32_t gen);
+void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen);
+/* Backpressure: stop reading client connection idx/gen / read it again. */
+void dp_tcp_pause(dp_shard_t *s, uint32_t idx, uint32_t gen);
+void dp_tcp_resume(dp_shard_t *s, uint32_t idx, uint32_t gen);
 
 /* ---- query.c ------------------------------------------------------------ */
 /* Handle one client query (msg is the receive buffer: read in place, copied

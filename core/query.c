@@ -180,11 +180,8 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 		flight_del(s, qi);
 	dp_tw_cancel(&s->timers, &q->deadline_t);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
-	if (q->transport == T_TCP && q->client.tcp.idx < s->tcp_hiwater) {
-		dp_tcpc_t *c = &s->tcp[q->client.tcp.idx];
-		if (c->used && c->gen == q->client.tcp.gen && c->inflight)
-			c->inflight--;
-	}
+	if (q->transport == T_TCP)
+		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
 	if (q->wire != q->inline_wire)
 		free(q->wire);
 	q->wire = NULL;
@@ -325,7 +322,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	} else if (transport == T_TCP) {
 		q->client.tcp.idx = tcp_idx;
 		q->client.tcp.gen = tcp_gen;
-		s->tcp[tcp_idx].inflight++;
+		dp_tcp_query_begin(s, tcp_idx, tcp_gen);
 	}
 	dp_tw_add(&s->timers, &q->deadline_t, q->deadline_ms);
 	return 0;

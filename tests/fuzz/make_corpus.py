@@ -112,6 +112,23 @@ def tcpframes(qs):
     return out
 
 
+def tcpconn_programs():
+    """fuzz_tcpconn inputs are programs of events (see its header): an
+    opcode byte, then its arguments; frames are made from later bytes."""
+    return {
+        # accept; data (more) with frames; flush; send done; EOF
+        "one_client": bytes([0, 0, 1, 0, 60, 1, 20, 1, 0, 10, 6, 0, 4, 0]),
+        # two clients, pipelined misses answered later, drain
+        "pipeline_drain": bytes([0, 0, 0, 1, 1, 0, 100, 0, 30, 0, 10, 1, 1, 80, 12, 0, 20, 12, 0, 20,
+                                 10, 6, 0, 14, 40, 40, 11, 0, 11, 1, 10, 6, 0, 6, 1]),
+        # partial frame, then the receive ends with the rest
+        "split_end": bytes([0, 0, 1, 0, 9, 1, 30, 2, 2, 2, 0, 120, 10, 6, 0, 9, 0, 11, 0]),
+        # burst of accepts over the cap, idle expiry
+        "accepts": bytes([0, 0, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 13, 255, 13, 255, 0, 0, 0, 1,
+                          11, 0, 11, 1, 11, 2, 11, 3]),
+    }
+
+
 def write(target, files):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -125,6 +142,7 @@ def main():
     write("dns_query", qs)
     write("dns_answer", answers())
     write("tcpframe", tcpframes(qs))
+    write("tcpconn", tcpconn_programs())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,578 @@
+/* tcpconn.c - the TCP frontend's state machine (see tcpconn.h): framing,
+ * buffers, answer queue, idle timeout, eviction, EOF, drain, and when a
+ * slot may be reused. No I/O: everything goes through t->io.
+ */
+#include "tcpconn.h"
+#include "tcpframe.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define IOFF offsetof(dp_tcpc_t, ilink)
+#define QOFF offsetof(dp_tcpc_t, qlink)
+#define DNS_HDR_LEN 12
+#define DRAIN_READS 1024 /* reads of 4 KiB per connection when draining */
+
+static void count(dp_tcpconns_t *t, int which)
+{
+	t->io->stat(t->ctx, which, 1);
+}
+
+/* Grow a connection buffer to hold need octets, within the table's budget
+ * (so thousands of clients that stall mid-frame or never read cannot take
+ * the memory). */
+static bool grow(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return true;
+	size_t n = dp_grow_size(*cap, need, 512), old = *cap;
+	if (t->buf_bytes - old + n > t->buf_max) {
+		count(t, DP_TCPC_CLOSED_MEMORY);
+		return false;
+	}
+	if (!dp_buf_grow(buf, cap, n, n))
+		return false;
+	t->buf_bytes = t->buf_bytes - old + n;
+	return true;
+}
+
+static void drop_buf(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap)
+{
+	free(*buf);
+	*buf = NULL;
+	t->buf_bytes -= *cap;
+	*cap = 0;
+}
+
+/* A connection is quiet (may be evicted for a newcomer) when it is open,
+ * waits for no answer and has nothing to send. The quiet list holds exactly
+ * those, in the order they became quiet or last sent a query. */
+static void update_quiet(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	bool q = c->used && !c->closing && c->inflight == 0 && !c->send_inflight &&
+		 c->pend_len == 0;
+	if (q == c->quiet)
+		return;
+	if (q)
+		dp_list_push_tail(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
+	else
+		dp_list_remove(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
+	c->quiet = q;
+}
+
+/* Only a complete query counts as activity: a client that trickles a frame
+ * byte by byte, or announces 65,535 octets and stalls, still reaches the
+ * idle timeout and is closed. */
+static void touch(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	c->last_active_ms = *t->now_ms;
+	dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+	dp_list_push_tail(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+	if (c->quiet) {
+		dp_list_remove(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
+		dp_list_push_tail(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
+	}
+}
+
+static void finalize(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	t->io->close(t->ctx, c->fd);
+	c->fd = -1;
+	drop_buf(t, &c->rbuf, &c->rcap);
+	drop_buf(t, &c->out, &c->out_cap);
+	drop_buf(t, &c->pend, &c->pend_cap);
+	c->rlen = c->out_len = c->out_off = c->pend_len = 0;
+	c->used = c->closing = false;
+	c->gen++; /* completions and answers still addressed to it are stale */
+	c->ilink.next = t->free;
+	t->free = idx;
+	t->closing--;
+	t->used--;
+	t->io->stat(t->ctx, DP_TCPC_OPEN, t->used);
+}
+
+/* Finalize a closing connection once nothing refers to it: no operation
+ * in the transport, no frame of ours on the stack, not on the flush list. */
+static void try_finalize(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (c->used && c->closing && c->ops == 0 && c->hold == 0 && !c->dirty)
+		finalize(t, idx);
+}
+
+static void release(dp_tcpconns_t *t, uint32_t idx)
+{
+	if (--t->c[idx].hold == 0)
+		try_finalize(t, idx);
+}
+
+void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (!c->used || c->closing)
+		return;
+	c->closing = true;
+	t->closing++;
+	dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+	update_quiet(t, idx);
+	t->io->shutdown(t->ctx, c->fd, c->ops > 0);
+	try_finalize(t, idx);
+}
+
+static void arm_recv(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	c->recv_armed = true;
+	c->ops++;
+	t->io->recv(t->ctx, idx, c->gen, c->fd);
+}
+
+int dp_tcpconn_init(dp_tcpconns_t *t, uint32_t cap, uint32_t reserve, const dp_tcpconn_io_t *io,
+		    void *ctx, const uint64_t *now_ms)
+{
+	memset(t, 0, sizeof(*t));
+	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
+	t->c = calloc((size_t)cap + reserve, sizeof(dp_tcpc_t));
+	if (!t->c)
+		return -ENOMEM;
+	t->io = io;
+	t->ctx = ctx;
+	t->now_ms = now_ms;
+	t->cap = cap;
+	t->reserve = reserve;
+	t->free = DP_NONE;
+	t->dirty = DP_NONE;
+	t->idle = DP_LIST_EMPTY;
+	t->quiet = DP_LIST_EMPTY;
+	t->buf_max = DP_TCPCONN_BUF_MAX;
+	t->wq_max = DP_TCPCONN_WQ_MAX;
+	return 0;
+}
+
+void dp_tcpconn_free(dp_tcpconns_t *t)
+{
+	if (!t->c)
+		return;
+	for (uint32_t i = 0; i < t->hiwater; i++) {
+		drop_buf(t, &t->c[i].rbuf, &t->c[i].rcap);
+		drop_buf(t, &t->c[i].out, &t->c[i].out_cap);
+		drop_buf(t, &t->c[i].pend, &t->c[i].pend_cap);
+	}
+	free(t->c);
+	t->c = NULL;
+}
+
+static uint32_t take_slot(dp_tcpconns_t *t)
+{
+	if (t->free != DP_NONE) {
+		uint32_t idx = t->free;
+		t->free = t->c[idx].ilink.next;
+		return idx;
+	}
+	if (t->hiwater < t->cap + t->reserve)
+		return t->hiwater++;
+	return DP_NONE;
+}
+
+int dp_tcpconn_accept(dp_tcpconns_t *t, int fd, uint8_t li)
+{
+	if (t->used - t->closing >= t->cap) {
+		/* Full: make room by closing the least recently active client
+		 * that has nothing in flight (RFC 7766 6.2.3 lets a server close
+		 * idle connections under pressure); refuse when none is quiet. */
+		if (t->quiet.head == DP_NONE) {
+			count(t, DP_TCPC_REFUSED);
+			return DP_E_FULL;
+		}
+		count(t, DP_TCPC_EVICTED);
+		dp_tcpconn_close(t, t->quiet.head);
+	}
+	uint32_t idx = take_slot(t);
+	if (idx == DP_NONE) {
+		count(t, DP_TCPC_REFUSED);
+		return DP_E_FULL;
+	}
+	/* Every slot starts clean: finalize freed the buffers; only the
+	 * generation survives. */
+	dp_tcpc_t *c = &t->c[idx];
+	uint32_t gen = c->gen;
+	memset(c, 0, sizeof(*c));
+	c->gen = gen;
+	c->used = true;
+	c->fd = fd;
+	c->listen_idx = li;
+	c->last_active_ms = c->last_progress_ms = *t->now_ms;
+	c->dirty_next = DP_NONE;
+	c->ilink = c->qlink = (dp_link_t){ DP_NONE, DP_NONE };
+	t->used++;
+	count(t, DP_TCPC_ACCEPTED);
+	t->io->stat(t->ctx, DP_TCPC_OPEN, t->used);
+	dp_list_push_tail(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+	update_quiet(t, idx);
+	if (!t->reads_stopped)
+		arm_recv(t, idx);
+	return (int)idx;
+}
+
+struct frame_ctx {
+	dp_tcpconns_t *t;
+	uint32_t idx;
+	uint32_t frames;
+};
+
+/* One complete frame: hand it upward, unless the connection started
+ * closing (then stop the split: nothing more of it is read). */
+static int on_frame(void *ctx, uint8_t *msg, size_t len)
+{
+	struct frame_ctx *f = ctx;
+	dp_tcpconns_t *t = f->t;
+	dp_tcpc_t *c = &t->c[f->idx];
+	if (c->closing)
+		return DP_E_MALFORMED;
+	if (len < DNS_HDR_LEN) {
+		count(t, DP_TCPC_DROPPED);
+		return DP_E_MALFORMED; /* nothing to answer to: close */
+	}
+	count(t, DP_TCPC_QUERY);
+	if (f->frames++ == 0)
+		touch(t, f->idx);
+	t->io->frame(t->ctx, f->idx, c->gen, c->listen_idx, msg, len);
+	return c->closing ? DP_E_MALFORMED : 0;
+}
+
+/* n octets received. The caller holds the connection: a frame's answer
+ * may close it, but not free its buffers under us. */
+static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	struct frame_ctx f = { t, idx, 0 };
+	if (c->rlen == 0) {
+		/* Common case: whole frames in the received buffer; read them
+		 * where they landed and keep only a split tail. */
+		long used = dp_tcpframe_split(data, n, on_frame, &f);
+		if (c->closing)
+			return;
+		if (used < 0) {
+			dp_tcpconn_close(t, idx);
+			return;
+		}
+		size_t rest = n - (size_t)used;
+		if (rest) {
+			if (!grow(t, &c->rbuf, &c->rcap, rest)) {
+				dp_tcpconn_close(t, idx);
+				return;
+			}
+			memcpy(c->rbuf, data + used, rest);
+			c->rlen = (uint32_t)rest;
+		}
+		return;
+	}
+	if (!grow(t, &c->rbuf, &c->rcap, (size_t)c->rlen + n)) {
+		dp_tcpconn_close(t, idx);
+		return;
+	}
+	memcpy(c->rbuf + c->rlen, data, n);
+	c->rlen += (uint32_t)n;
+	long used = dp_tcpframe_split(c->rbuf, c->rlen, on_frame, &f);
+	if (c->closing)
+		return;
+	if (used < 0) {
+		dp_tcpconn_close(t, idx);
+		return;
+	}
+	if (used) {
+		memmove(c->rbuf, c->rbuf + used, c->rlen - (size_t)used);
+		c->rlen -= (uint32_t)used;
+	}
+	if (c->rlen == 0 && c->rcap > 4096) {
+		/* Do not keep a 64 KB buffer for a connection that goes idle. */
+		drop_buf(t, &c->rbuf, &c->rcap);
+	}
+}
+
+static void maybe_close_after_eof(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (c->eof && !c->closing && c->inflight == 0 && !c->send_inflight && c->pend_len == 0)
+		dp_tcpconn_close(t, idx);
+}
+
+/* Reading has ended for good (drain): take what the client sent before we
+ * stopped and still sits in the socket, then answer it and close. The
+ * caller holds the connection. */
+static void end_reading(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	uint8_t buf[4096];
+	for (int i = 0; i < DRAIN_READS && !c->closing; i++) {
+		long n = t->io->read_now(t->ctx, c->fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		on_data(t, idx, buf, (size_t)n);
+	}
+	if (c->closing)
+		return;
+	c->eof = true;
+	maybe_close_after_eof(t, idx);
+}
+
+/* What follows a receive completion: EOF, drain, error, or a new receive. */
+static void after_recv(dp_tcpconns_t *t, uint32_t idx, int res, bool more)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (res == 0) {
+		/* The client will send no more: answer what it asked, then
+		 * close. */
+		c->eof = true;
+		maybe_close_after_eof(t, idx);
+		return;
+	}
+	if (!more && t->reads_stopped && (res > 0 || res == -ECANCELED || res == -ENOBUFS)) {
+		end_reading(t, idx);
+		return;
+	}
+	if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
+		dp_tcpconn_close(t, idx);
+		return;
+	}
+	if (res == -ENOBUFS)
+		count(t, DP_TCPC_NOBUFS);
+	/* -ECANCELED: we paused it (resumed since, perhaps). */
+	if (!more && !c->recv_armed && !c->eof && !c->paused)
+		arm_recv(t, idx);
+}
+
+void dp_tcpconn_on_recv(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res, bool more,
+			uint8_t *data)
+{
+	/* A slot is finalized only after its last completion: one for an older
+	 * generation is not from this transport's operations. Drop it. */
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c)
+		return;
+	if (!more) {
+		c->ops--;
+		c->recv_armed = false;
+	}
+	c->hold++;
+	if (res > 0 && data && !c->closing)
+		on_data(t, idx, data, (size_t)res);
+	if (!c->closing)
+		after_recv(t, idx, res, more);
+	release(t, idx);
+}
+
+static void start_send(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (c->send_inflight || c->closing)
+		return;
+	if (c->out_off >= c->out_len) {
+		if (c->pend_len == 0)
+			return;
+		/* Swap: the queued answers become the buffer in flight. */
+		uint8_t *tb = c->out;
+		uint32_t tc = c->out_cap;
+		c->out = c->pend;
+		c->out_cap = c->pend_cap;
+		c->out_len = c->pend_len;
+		c->out_off = 0;
+		c->pend = tb;
+		c->pend_cap = tc;
+		c->pend_len = 0;
+	}
+	c->send_inflight = true;
+	c->last_progress_ms = *t->now_ms;
+	c->ops++;
+	t->io->send(t->ctx, idx, c->gen, c->fd, c->out + c->out_off, c->out_len - c->out_off);
+}
+
+void dp_tcpconn_on_send(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c)
+		return;
+	c->ops--;
+	c->send_inflight = false;
+	c->hold++;
+	if (c->closing) {
+		/* finalized by release, once nothing else is in flight */
+	} else if (res <= 0 || (uint32_t)res > c->out_len - c->out_off) {
+		dp_tcpconn_close(t, idx);
+	} else {
+		c->out_off += (uint32_t)res;
+		c->last_progress_ms = *t->now_ms;
+		if (c->out_off >= c->out_len) {
+			c->out_off = c->out_len = 0;
+			if (c->out_cap > 16384)
+				drop_buf(t, &c->out, &c->out_cap);
+		}
+		start_send(t, idx);
+		update_quiet(t, idx);
+		maybe_close_after_eof(t, idx);
+	}
+	release(t, idx);
+}
+
+void dp_tcpconn_answer(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, const uint8_t *msg,
+		       size_t len)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c || c->closing || len > UINT16_MAX) {
+		count(t, DP_TCPC_ANSWER_DROPPED);
+		return;
+	}
+	size_t queued = (size_t)c->pend_len + (c->out_len - c->out_off);
+	if (queued + len + 2 > t->wq_max ||
+	    !grow(t, &c->pend, &c->pend_cap, (size_t)c->pend_len + len + 2)) {
+		count(t, DP_TCPC_CLOSED_SLOW);
+		count(t, DP_TCPC_ANSWER_DROPPED);
+		dp_tcpconn_close(t, idx);
+		return;
+	}
+	dp_wr16(c->pend + c->pend_len, (uint16_t)len);
+	memcpy(c->pend + c->pend_len + 2, msg, len);
+	c->pend_len += (uint32_t)len + 2;
+	update_quiet(t, idx);
+	/* Send at the end of the turn, so that answers completing together
+	 * leave in one send. */
+	if (!c->dirty && !c->send_inflight) {
+		c->dirty = true;
+		c->dirty_next = t->dirty;
+		t->dirty = idx;
+	}
+}
+
+void dp_tcpconn_query_begin(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c)
+		return;
+	c->inflight++;
+	update_quiet(t, idx);
+}
+
+void dp_tcpconn_query_end(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c || c->inflight == 0)
+		return;
+	c->inflight--;
+	update_quiet(t, idx);
+	maybe_close_after_eof(t, idx);
+}
+
+void dp_tcpconn_flush(dp_tcpconns_t *t)
+{
+	while (t->dirty != DP_NONE) {
+		uint32_t idx = t->dirty;
+		dp_tcpc_t *c = &t->c[idx];
+		t->dirty = c->dirty_next;
+		c->dirty_next = DP_NONE;
+		c->dirty = false;
+		if (c->closing)
+			try_finalize(t, idx);
+		else if (c->used)
+			start_send(t, idx);
+	}
+}
+
+void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
+{
+	uint64_t now = *t->now_ms;
+	while (t->idle.head != DP_NONE) {
+		uint32_t idx = t->idle.head;
+		dp_tcpc_t *c = &t->c[idx];
+		if (now - c->last_active_ms < limit)
+			break;
+		bool sending = c->send_inflight || c->pend_len;
+		if (sending && now - c->last_progress_ms >= limit) {
+			/* Its answers have not moved for a whole idle period: the
+			 * client does not read. */
+			count(t, DP_TCPC_CLOSED_SLOW);
+			dp_tcpconn_close(t, idx);
+			continue;
+		}
+		if (c->inflight || sending) {
+			/* Busy, not idle: look again later. */
+			c->last_active_ms = now;
+			dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+			dp_list_push_tail(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+			continue;
+		}
+		count(t, DP_TCPC_CLOSED_IDLE);
+		dp_tcpconn_close(t, idx);
+	}
+}
+
+void dp_tcpconn_pause(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c || c->closing || c->paused)
+		return;
+	c->paused = true;
+	if (c->recv_armed)
+		t->io->recv_cancel(t->ctx, idx, gen, c->fd);
+}
+
+void dp_tcpconn_resume(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c || c->closing || !c->paused)
+		return;
+	c->paused = false;
+	if (c->recv_armed || c->eof)
+		return; /* the cancelled receive re-arms as it ends */
+	if (!t->reads_stopped) {
+		arm_recv(t, idx);
+		return;
+	}
+	c->hold++;
+	end_reading(t, idx);
+	release(t, idx);
+}
+
+void dp_tcpconn_stop_reading(dp_tcpconns_t *t)
+{
+	t->reads_stopped = true;
+	for (uint32_t i = 0; i < t->hiwater; i++) {
+		dp_tcpc_t *c = &t->c[i];
+		if (c->used && !c->closing && c->recv_armed)
+			t->io->recv_cancel(t->ctx, i, c->gen, c->fd);
+	}
+}
+
+bool dp_tcpconn_reads_done(const dp_tcpconns_t *t)
+{
+	for (uint32_t i = 0; i < t->hiwater; i++) {
+		const dp_tcpc_t *c = &t->c[i];
+		if (c->used && !c->closing && c->recv_armed)
+			return false;
+	}
+	return true;
+}
+
+bool dp_tcpconn_idle_output(const dp_tcpconns_t *t)
+{
+	for (uint32_t i = 0; i < t->hiwater; i++) {
+		const dp_tcpc_t *c = &t->c[i];
+		if (c->used && !c->closing && (c->send_inflight || c->pend_len || c->dirty))
+			return false;
+	}
+	return true;
+}
+
+void dp_tcpconn_close_all(dp_tcpconns_t *t)
+{
+	for (uint32_t i = 0; i < t->hiwater; i++) {
+		dp_tcpc_t *c = &t->c[i];
+		if (c->used && c->fd >= 0) {
+			t->io->shutdown(t->ctx, c->fd, false);
+			t->io->close(t->ctx, c->fd);
+			c->fd = -1;
+		}
+	}
+}

@@ -1,0 +1,456 @@
+/* test_tcpconn.c - the TCP frontend's state machine over a fake transport:
+ * framing across receives, pipelining, answers given inside the frame loop
+ * (cache hits) that close the connection, slot reuse, stale completions,
+ * EOF, the write queue bound, drain, eviction and pause. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fake_tcp.h"
+
+/* ---- a query layer for the tests ------------------------------------------ */
+
+enum { M_NONE, M_ECHO, M_ASYNC, M_BIG };
+
+typedef struct upper {
+	int mode;
+	size_t big; /* M_BIG: answer length */
+	uint8_t seen[32][64]; /* first octets of each frame */
+	size_t seen_len[32];
+	uint32_t seen_idx[32], seen_gen[32];
+	int n;
+} upper_t;
+
+static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
+{
+	upper_t *u = f->user;
+	if (u->n < 32) {
+		memcpy(u->seen[u->n], msg, DP_MIN(len, 64));
+		u->seen_len[u->n] = len;
+		u->seen_idx[u->n] = idx;
+		u->seen_gen[u->n] = gen;
+	}
+	u->n++;
+	static uint8_t big[65535];
+	switch (u->mode) {
+	case M_ECHO:
+		dp_tcpconn_answer(&f->t, idx, gen, msg, len); /* a cache hit */
+		break;
+	case M_ASYNC:
+		dp_tcpconn_query_begin(&f->t, idx, gen);
+		break;
+	case M_BIG:
+		memset(big, 0xab, u->big);
+		memcpy(big, msg, 2);
+		dp_tcpconn_answer(&f->t, idx, gen, big, u->big);
+		break;
+	default:
+		break;
+	}
+}
+
+static fake_t *setup_fake(uint32_t cap, int mode)
+{
+	fake_t *f = calloc(1, sizeof(*f));
+	upper_t *u = calloc(1, sizeof(*u));
+	assert_non_null(f);
+	assert_non_null(u);
+	fake_init(f, cap, 2);
+	u->mode = mode;
+	f->user = u;
+	f->on_frame = on_frame;
+	return f;
+}
+
+static void teardown_fake(fake_t *f)
+{
+	fake_fini(f);
+	free(f->user);
+	free(f);
+}
+
+/* A query frame: 2-octet length, then len octets starting with id. */
+static size_t frame(uint8_t *out, uint16_t id, size_t len)
+{
+	dp_wr16(out, (uint16_t)len);
+	memset(out + 2, (uint8_t)id, len);
+	dp_wr16(out + 2, id);
+	return len + 2;
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+static void frame_split_byte_by_byte(void **state)
+{
+	fake_t *f = setup_fake(4, M_NONE);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	assert_true(fd >= 3);
+	uint8_t buf[64];
+	size_t n = frame(buf, 0x1234, 30);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(u->n, 0);
+		assert_true(fake_recv_done(f, fd, 1, true, buf + i));
+	}
+	assert_int_equal(u->n, 1);
+	assert_int_equal(u->seen_len[0], 30);
+	assert_memory_equal(u->seen[0], buf + 2, 30);
+	assert_int_equal(fake_conn(f, fd)->rlen, 0);
+	teardown_fake(f);
+}
+
+static void pipelined_frames_one_send(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[256];
+	size_t n = 0;
+	for (int i = 0; i < 5; i++)
+		n += frame(buf + n, (uint16_t)i, 20 + (size_t)i);
+	/* 4 frames and a half in the first receive, the rest in the second. */
+	size_t cut = n - 10;
+	assert_true(fake_recv_done(f, fd, (int)cut, true, buf));
+	assert_int_equal(u->n, 4);
+	assert_true(fake_recv_done(f, fd, (int)(n - cut), true, buf + cut));
+	assert_int_equal(u->n, 5);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(dp_rd16(u->seen[i]), i);
+	/* Answers completed in one turn leave in one send. */
+	assert_false(f->fd[fd].send);
+	dp_tcpconn_flush(&f->t);
+	assert_true(f->fd[fd].send);
+	assert_int_equal(f->fd[fd].send_len, n);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	teardown_fake(f);
+}
+
+/* Hole 1: the multishot receive ends (no MORE) with data; the split tail
+ * of an earlier receive is in rbuf; a cache hit answered inside the frame
+ * loop overflows the write queue and closes the connection. Nothing is in
+ * flight any more, yet the connection must not be finalized (its rbuf
+ * freed) while the frame loop still runs, and no later frame of it may be
+ * handed upward. */
+static void answer_closing_inside_frame_loop(void **state)
+{
+	fake_t *f = setup_fake(4, M_BIG);
+	upper_t *u = f->user;
+	u->big = 40000;
+	f->t.wq_max = 100000;
+	int fd = fake_accept(f);
+	uint8_t buf[1024];
+	size_t n = 0;
+	for (int i = 0; i < 10; i++)
+		n += frame(buf + n, (uint16_t)i, 40);
+	/* First receive: half a frame, kept in rbuf. */
+	assert_true(fake_recv_done(f, fd, 21, true, buf));
+	assert_int_equal(fake_conn(f, fd)->rlen, 21);
+	uint32_t idx = f->fd[fd].idx, gen = fake_conn(f, fd)->gen;
+	/* Last receive (no MORE): the rest; the third answer overflows. */
+	assert_true(fake_recv_done(f, fd, (int)(n - 21), false, buf + 21));
+	assert_int_equal(u->n, 3);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_SLOW], 1);
+	/* Closing, its answers never sent; finalized at the turn's flush
+	 * (it is on the flush list): fd closed, gen bumped. */
+	assert_true(f->t.c[idx].closing);
+	assert_true(f->fd[fd].shut);
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[fd].send);
+	assert_null(fake_conn(f, fd));
+	assert_false(f->fd[fd].open);
+	assert_int_not_equal(f->t.c[idx].gen, gen);
+	assert_int_equal(f->t.used, 0);
+	assert_int_equal(f->t.buf_bytes, 0);
+	teardown_fake(f);
+}
+
+/* The same while a send is in flight: the slot waits for it. */
+static void close_waits_for_send_in_flight(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	int fd = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 1, 20);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	dp_tcpconn_flush(&f->t);
+	assert_true(f->fd[fd].send);
+	dp_tcpconn_close(&f->t, f->fd[fd].idx);
+	assert_true(f->fd[fd].open); /* receive and send still in flight */
+	assert_true(f->fd[fd].cancel_all);
+	fake_cancels_done(f, fd);
+	assert_false(f->fd[fd].open);
+	teardown_fake(f);
+}
+
+/* Hole 1: a closed client's partial frame must not be prepended to the
+ * next client's stream in the same slot. */
+static void slot_reuse_starts_clean(void **state)
+{
+	fake_t *f = setup_fake(1, M_ECHO);
+	upper_t *u = f->user;
+	int a = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 0xaaaa, 30);
+	assert_true(fake_recv_done(f, a, 7, true, buf)); /* partial */
+	assert_true(fake_recv_done(f, a, 0, false, NULL)); /* EOF */
+	assert_null(fake_conn(f, a));
+	int b = fake_accept(f);
+	assert_true(b > a);
+	assert_int_equal(f->fd[b].idx, f->fd[a].idx); /* same slot */
+	dp_tcpc_t *c = fake_conn(f, b);
+	assert_int_equal(c->rlen, 0);
+	assert_null(c->rbuf);
+	assert_int_equal(c->pend_len + c->out_len + c->inflight + c->ops, 1); /* its receive */
+	n = frame(buf, 0xbbbb, 30);
+	assert_true(fake_recv_done(f, b, (int)n, true, buf));
+	assert_int_equal(u->n, 1);
+	assert_int_equal(dp_rd16(u->seen[0]), 0xbbbb);
+	assert_int_equal(u->seen_len[0], 30);
+	teardown_fake(f);
+}
+
+/* A completion or an answer for an older generation of a reused slot is
+ * dropped, and does not disturb the new connection. */
+static void stale_completion_for_reused_slot_dropped(void **state)
+{
+	fake_t *f = setup_fake(1, M_ASYNC);
+	upper_t *u = f->user;
+	int a = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 1, 20);
+	assert_true(fake_recv_done(f, a, (int)n, true, buf));
+	uint32_t idx = u->seen_idx[0], old = u->seen_gen[0];
+	dp_tcpconn_close(&f->t, idx);
+	fake_cancels_done(f, a);
+	int b = fake_accept(f);
+	dp_tcpc_t *c = fake_conn(f, b);
+	assert_int_equal(f->fd[b].idx, idx);
+	uint32_t ops = c->ops;
+	dp_tcpconn_on_recv(&f->t, idx, old, (int)n, false, buf);
+	dp_tcpconn_on_send(&f->t, idx, old, 10);
+	dp_tcpconn_answer(&f->t, idx, old, buf + 2, 20);
+	dp_tcpconn_query_end(&f->t, idx, old);
+	assert_int_equal(u->n, 1);
+	assert_int_equal(c->ops, ops);
+	assert_int_equal(c->pend_len, 0);
+	assert_int_equal(f->stat[DP_TCPC_ANSWER_DROPPED], 1);
+	assert_true(c->quiet);
+	teardown_fake(f);
+}
+
+static void eof_with_answers_pending(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[128];
+	size_t n = frame(buf, 1, 20);
+	n += frame(buf + n, 2, 20);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	assert_true(fake_recv_done(f, fd, 0, false, NULL));
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_non_null(c);
+	assert_true(c->eof);
+	assert_int_equal(c->inflight, 2);
+	for (int i = 0; i < 2; i++) {
+		dp_tcpconn_answer(&f->t, u->seen_idx[i], u->seen_gen[i], u->seen[i], 20);
+		dp_tcpconn_query_end(&f->t, u->seen_idx[i], u->seen_gen[i]);
+	}
+	assert_non_null(fake_conn(f, fd)); /* answers still to send */
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, 10)); /* partial */
+	assert_non_null(fake_conn(f, fd));
+	assert_true(fake_send_done(f, fd, -1));
+	assert_false(f->fd[fd].open);
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	teardown_fake(f);
+}
+
+static void write_queue_overflow_closes(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	f->t.wq_max = 100;
+	int fd = fake_accept(f);
+	uint8_t buf[512];
+	size_t n = 0;
+	for (int i = 0; i < 8; i++)
+		n += frame(buf + n, (uint16_t)i, 30);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	/* 3 answers (96 octets) fit, the 4th closes; no frame after it. */
+	assert_int_equal(u->n, 4);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_SLOW], 1);
+	dp_tcpc_t *c = &f->t.c[f->fd[fd].idx];
+	assert_true(c->closing);
+	assert_true(f->fd[fd].open); /* its receive is still in flight */
+	fake_cancels_done(f, fd);
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[fd].open);
+	teardown_fake(f);
+}
+
+/* Answers queued, then the connection closes: the slot is on the flush
+ * list and must not be reused (and re-queued) before the flush. */
+static void close_with_flush_pending(void **state)
+{
+	fake_t *f = setup_fake(1, M_ECHO);
+	int a = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 1, 20);
+	assert_true(fake_recv_done(f, a, (int)n, false, buf)); /* receive ends */
+	/* Its answer is queued for the flush; the server closes it. */
+	dp_tcpconn_close(&f->t, f->fd[a].idx);
+	fake_cancels_done(f, a);
+	assert_true(f->fd[a].open); /* still on the flush list */
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[a].open);
+	assert_false(f->fd[a].send);
+	int b = fake_accept(f);
+	assert_true(fake_recv_done(f, b, (int)n, true, buf));
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, b, -1));
+	assert_int_equal(f->fd[b].rx_len, n);
+	assert_int_equal(f->t.dirty, DP_NONE);
+	teardown_fake(f);
+}
+
+/* Drain: receives are cancelled; what sits in the socket is read, answered,
+ * and the connection closes. */
+static void drain_reads_socket_then_closes(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[128];
+	size_t n = frame(buf, 1, 20);
+	n += frame(buf + n, 2, 20);
+	assert_true(fake_recv_done(f, fd, 5, true, buf)); /* partial, in rbuf */
+	dp_tcpconn_stop_reading(&f->t);
+	assert_true(f->fd[fd].recv_cancel);
+	assert_false(dp_tcpconn_reads_done(&f->t));
+	fake_sock_put(f, fd, buf + 5, n - 5);
+	fake_cancels_done(f, fd);
+	assert_true(dp_tcpconn_reads_done(&f->t));
+	assert_int_equal(u->n, 2);
+	assert_false(dp_tcpconn_idle_output(&f->t));
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_false(f->fd[fd].open);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	assert_true(dp_tcpconn_idle_output(&f->t));
+	teardown_fake(f);
+}
+
+/* Drain with a cache hit overflowing the write queue inside the drain
+ * read: the connection closes without being freed under the read loop. */
+static void drain_answer_overflow_closes_safely(void **state)
+{
+	fake_t *f = setup_fake(4, M_BIG);
+	upper_t *u = f->user;
+	u->big = 30000;
+	f->t.wq_max = 70000;
+	int fd = fake_accept(f);
+	static uint8_t buf[64 * 1024];
+	size_t n = 0;
+	for (int i = 0; i < 500; i++)
+		n += frame(buf + n, (uint16_t)i, 40);
+	assert_true(fake_recv_done(f, fd, 9, true, buf));
+	dp_tcpconn_stop_reading(&f->t);
+	fake_sock_put(f, fd, buf + 9, n - 9);
+	fake_cancels_done(f, fd);
+	assert_int_equal(u->n, 3);
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[fd].open);
+	assert_int_equal(f->t.used, 0);
+	teardown_fake(f);
+}
+
+/* Hole 7: at the cap, any connection with nothing in flight and nothing to
+ * send may be evicted, not only the least recently active one. */
+static void eviction_finds_any_quiet_connection(void **state)
+{
+	fake_t *f = setup_fake(2, M_ASYNC);
+	uint8_t buf[64];
+	size_t n = frame(buf, 1, 20);
+	int busy = fake_accept(f);
+	assert_true(fake_recv_done(f, busy, (int)n, true, buf)); /* in flight */
+	f->now += 10;
+	int quiet = fake_accept(f);
+	/* busy is the least recently active, and has a query in flight */
+	dp_tcpconns_t *t = &f->t;
+	assert_int_equal(t->idle.head, f->fd[busy].idx);
+	assert_int_equal(t->quiet.head, f->fd[quiet].idx);
+	int newcomer = fake_accept(f);
+	assert_true(newcomer > 0);
+	assert_int_equal(f->stat[DP_TCPC_EVICTED], 1);
+	assert_true(t->c[f->fd[quiet].idx].closing || !f->fd[quiet].open);
+	assert_non_null(fake_conn(f, busy));
+	/* With every open connection busy, a newcomer is refused. */
+	assert_true(fake_recv_done(f, newcomer, (int)n, true, buf));
+	assert_int_equal(fake_accept(f), -1);
+	assert_int_equal(f->stat[DP_TCPC_REFUSED], 1);
+	teardown_fake(f);
+}
+
+static void pause_and_resume(void **state)
+{
+	fake_t *f = setup_fake(4, M_NONE);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	dp_tcpc_t *c = fake_conn(f, fd);
+	dp_tcpconn_pause(&f->t, f->fd[fd].idx, c->gen);
+	assert_true(f->fd[fd].recv_cancel);
+	fake_cancels_done(f, fd);
+	assert_false(f->fd[fd].recv);
+	assert_non_null(fake_conn(f, fd)); /* paused, not closed */
+	dp_tcpconn_resume(&f->t, f->fd[fd].idx, c->gen);
+	assert_true(f->fd[fd].recv);
+	uint8_t buf[64];
+	size_t n = frame(buf, 7, 20);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	assert_int_equal(u->n, 1);
+	teardown_fake(f);
+}
+
+static void malformed_frames_close(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	int a = fake_accept(f), b = fake_accept(f);
+	uint8_t zero[4] = { 0, 0, 0, 0 }, shortf[6] = { 0, 3, 1, 2, 3, 0 };
+	assert_true(fake_recv_done(f, a, 4, true, zero));
+	assert_true(fake_recv_done(f, b, 6, true, shortf));
+	assert_int_equal(u->n, 0);
+	assert_int_equal(f->stat[DP_TCPC_DROPPED], 1);
+	assert_true(f->t.c[f->fd[a].idx].closing);
+	assert_true(f->t.c[f->fd[b].idx].closing);
+	teardown_fake(f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(frame_split_byte_by_byte),
+		cmocka_unit_test(pipelined_frames_one_send),
+		cmocka_unit_test(answer_closing_inside_frame_loop),
+		cmocka_unit_test(close_waits_for_send_in_flight),
+		cmocka_unit_test(slot_reuse_starts_clean),
+		cmocka_unit_test(stale_completion_for_reused_slot_dropped),
+		cmocka_unit_test(eof_with_answers_pending),
+		cmocka_unit_test(write_queue_overflow_closes),
+		cmocka_unit_test(close_with_flush_pending),
+		cmocka_unit_test(drain_reads_socket_then_closes),
+		cmocka_unit_test(drain_answer_overflow_closes_safely),
+		cmocka_unit_test(eviction_finds_any_quiet_connection),
+		cmocka_unit_test(pause_and_resume),
+		cmocka_unit_test(malformed_frames_close),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
