@@ -2,8 +2,15 @@
  * and /healthz, all on the main thread with poll(2).
  *
  * Owns: the signalfd, the metrics listener and up to MAX_CLIENTS HTTP
- * connections (one request each, then closed; a slow or silent client is
- * dropped after CLIENT_MS), and the configs handed to the shards.
+ * connections (one request each, then closed), and the configs handed to
+ * the shards.
+ *
+ * The endpoint is the pod's readiness and liveness probe, so nobody may be
+ * able to keep it busy: a connection from outside --metrics-allow is
+ * closed at once without an answer; a client has HEADER_MS to send its
+ * request head; and when every slot is taken, a newcomer evicts the oldest
+ * waiting connection instead of being refused (idle connections renewed
+ * faster than HEADER_MS cannot starve a probe that sends its request).
  */
 #include "control.h"
 #include "http.h"
@@ -20,8 +27,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Per-client state is one fixed slot; a request is at most REQ_MAX - 1
+ * octets of head (no body is ever read). */
 #define MAX_CLIENTS 32
-#define CLIENT_MS 3000
+#define HEADER_MS 1500 /* from accept to a complete request head */
 #define REQ_MAX 4096
 #define BODY_MAX (512 * 1024)
 
@@ -220,6 +229,67 @@ static void close_client(http_client_t *c)
 	c->len = 0;
 }
 
+/* Read what arrived on c and answer once the request head is complete. */
+static void client_read(dp_control_t *ctl, http_client_t *c, char *body)
+{
+	ssize_t r = read(c->fd, c->req + c->len, REQ_MAX - 1 - c->len);
+	if (r <= 0) {
+		if (r == 0 || (errno != EAGAIN && errno != EINTR))
+			close_client(c);
+		return;
+	}
+	c->len += (size_t)r;
+	dp_http_req_t req;
+	int rc = dp_http_parse(c->req, c->len, REQ_MAX - 1, &req);
+	if (rc == 1) {
+		serve(ctl, c, &req, body);
+		close_client(c);
+	} else if (rc < 0) {
+		static const char m[] = "bad request\n";
+		respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
+		close_client(c);
+	}
+}
+
+/* A free slot, or the one whose head deadline is nearest (the oldest
+ * connection still waiting for its request), closed for the newcomer. */
+static http_client_t *take_slot(http_client_t *clients)
+{
+	http_client_t *oldest = &clients[0];
+	for (int i = 0; i < MAX_CLIENTS; i++) {
+		if (clients[i].fd < 0)
+			return &clients[i];
+		if (clients[i].deadline_ms < oldest->deadline_ms)
+			oldest = &clients[i];
+	}
+	close_client(oldest);
+	return oldest;
+}
+
+/* Accept what the listener holds (bounded per turn). Sources outside
+ * --metrics-allow are closed without an answer. A request that arrived with
+ * the connection is answered at once. */
+static void accept_clients(dp_control_t *ctl, http_client_t *clients, char *body, uint64_t now)
+{
+	for (int a = 0; a < 64; a++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd = accept4(ctl->metrics_fd, (struct sockaddr *)&ss, &sl,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		if (!dp_acl_allows(&ctl->cfg->metrics_acl, (const struct sockaddr *)&ss)) {
+			close(fd);
+			continue;
+		}
+		http_client_t *c = take_slot(clients);
+		c->fd = fd;
+		c->len = 0;
+		c->deadline_ms = now + HEADER_MS;
+		client_read(ctl, c, body);
+	}
+}
+
 void dp_control_signals(sigset_t *set)
 {
 	sigemptyset(set);
@@ -304,41 +374,10 @@ int dp_control_run(dp_control_t *ctl)
 					}
 				}
 			} else if (idx[k] == -2) {
-				for (int a = 0; a < 16; a++) {
-					int fd = accept4(ctl->metrics_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-					if (fd < 0)
-						break;
-					int slot = -1;
-					for (int i = 0; i < MAX_CLIENTS && slot < 0; i++)
-						if (clients[i].fd < 0)
-							slot = i;
-					if (slot < 0) {
-						close(fd);
-						continue;
-					}
-					clients[slot].fd = fd;
-					clients[slot].len = 0;
-					clients[slot].deadline_ms = now + CLIENT_MS;
-				}
-			} else {
-				http_client_t *c = &clients[idx[k]];
-				ssize_t r = read(c->fd, c->req + c->len, REQ_MAX - 1 - c->len);
-				if (r <= 0) {
-					if (r == 0 || (errno != EAGAIN && errno != EINTR))
-						close_client(c);
-					continue;
-				}
-				c->len += (size_t)r;
-				dp_http_req_t req;
-				int pr2 = dp_http_parse(c->req, c->len, REQ_MAX - 1, &req);
-				if (pr2 == 1) {
-					serve(ctl, c, &req, body);
-					close_client(c);
-				} else if (pr2 < 0) {
-					static const char m[] = "bad request\n";
-					respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
-					close_client(c);
-				}
+				accept_clients(ctl, clients, body, now);
+			} else if (clients[idx[k]].fd == pfd[k].fd) {
+				/* (not closed or handed to a newcomer this turn) */
+				client_read(ctl, &clients[idx[k]], body);
 			}
 		}
 	}

@@ -1,0 +1,184 @@
+"""Trust (issue 12), the operator-facing holes: 4 (the metrics/health
+endpoint can be starved and ignores any allow list), 7 (an upstream that
+never reads grows the TLS write buffer without bound; capabilities kept for
+the process's life) and 8 (an idle daemon shows as 100% iowait; gauges typed
+as counters; the maximum write batch aggregated two ways).
+
+Every test named test_holeN_* fails on f108c5a because of the hole itself
+(none of them needs a flag that f108c5a lacks) and passes with the fix.
+
+Upstreams: the session's unbound, or a Python TLS server here that completes
+the handshake and then never reads a byte (NeverReadingUpstream).
+"""
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import dns.rcode
+import pytest
+
+import dphelpers as H
+from test_ops import parse_prom, scrape
+
+
+# ================================================================ helpers: HTTP
+
+def http_status(port, path="/healthz", src="127.0.0.1", timeout=2.0):
+    """Status code of one GET from source address src, or a string saying
+    how it failed ('closed', 'reset', 'timeout', 'refused')."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        buf = b""
+        while b"\r\n" not in buf:
+            d = s.recv(4096)
+            if not d:
+                return "closed"
+            buf += d
+        m = re.match(rb"HTTP/1\.[01] (\d{3}) ", buf)
+        return int(m.group(1)) if m else "garbled"
+    except socket.timeout:
+        return "timeout"
+    except ConnectionResetError:
+        return "reset"
+    except ConnectionRefusedError:
+        return "refused"
+    finally:
+        s.close()
+
+
+def wait_metrics_up(port, timeout=10.0):
+    ok = H.wait_for(lambda: http_status(port) == 200, timeout, interval=0.1)
+    assert ok, "/healthz never answered 200 on port %d" % port
+
+
+class IdleFlood:
+    """Keeps n connections to 127.0.0.1:port open without sending a byte,
+    closing and reopening all of them every `renew` seconds (the renewal
+    keeps each one younger than any per-connection timeout)."""
+
+    def __init__(self, port, n=40, renew=1.0):
+        self.port, self.n, self.renew = port, n, renew
+        self.socks = []
+        self.opened = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open_all(self):
+        for _ in range(self.n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(1.0)
+            try:
+                s.connect(("127.0.0.1", self.port))
+                self.opened += 1
+            except OSError:
+                pass
+            self.socks.append(s)
+
+    def _close_all(self):
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._close_all()
+            self._open_all()
+            self._stop.wait(self.renew)
+        self._close_all()
+
+    def __enter__(self):
+        self._open_all()
+        self.thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+
+# ================================================================ hole 4
+
+@pytest.mark.timeout_s(60)
+def test_hole4_healthz_survives_idle_connection_flood(dotproxy, unbound, certs):
+    """40 silent connections, all renewed every second (more than the
+    endpoint's slots, each younger than any header timeout): every /healthz
+    probe still gets its 200 within 2 s. On f108c5a the 32 slots stay taken
+    and each probe is accepted and closed unanswered."""
+    mport = H.free_port()
+    dotproxy([unbound.upstream_arg()], certs["ca"], extra=["--metrics", "127.0.0.1:%d" % mport])
+    wait_metrics_up(mport)
+    results = []
+    with IdleFlood(mport, n=40, renew=1.0) as flood:
+        for _ in range(10):
+            results.append(http_status(mport, timeout=2.0))
+            time.sleep(0.4)
+        opened = flood.opened
+    assert opened >= 80, "the flood did not get its connections in (%d)" % opened
+    assert results == [200] * len(results), "probes during the flood: %s" % results
+    # and afterwards
+    assert http_status(mport) == 200
+
+
+@pytest.mark.timeout_s(60)
+def test_hole4_metrics_allow_list_refuses_others(dotproxy, unbound, certs):
+    """Bound on every address as the shipped ConfigMap does, with the default
+    allow list (the loopback address 127.0.0.1, ::1): a connection from
+    another source, here 127.0.0.2, is closed without an answer, while
+    127.0.0.1 gets its 200. On f108c5a the endpoint answers anyone."""
+    mport = H.free_port()
+    dotproxy([unbound.upstream_arg()], certs["ca"], extra=["--metrics", "0.0.0.0:%d" % mport])
+    wait_metrics_up(mport)
+    for path in ("/healthz", "/metrics"):
+        got = http_status(mport, path, src="127.0.0.2")
+        assert got in ("closed", "reset"), "%s from 127.0.0.2 (not allowed) got %r" % (path, got)
+    assert http_status(mport, "/metrics", src="127.0.0.1") == 200
+
+
+@pytest.mark.timeout_s(60)
+def test_metrics_allow_flag(dotproxy, unbound, certs):
+    """--metrics-allow replaces the default: the listed sources get answers,
+    the loopback address no longer does. (Uses the new flag, so it is not a
+    test of f108c5a.)"""
+    mport = H.free_port()
+    dotproxy([unbound.upstream_arg()], certs["ca"],
+             extra=["--metrics", "127.0.0.1:%d" % mport, "--metrics-allow", "127.0.0.2/32,127.0.0.3"])
+    ok = H.wait_for(lambda: http_status(mport, src="127.0.0.2") == 200, 10.0, interval=0.1)
+    assert ok, "127.0.0.2 (allowed) got no 200"
+    assert http_status(mport, src="127.0.0.3") == 200
+    assert http_status(mport, src="127.0.0.1") in ("closed", "reset")
+    assert http_status(mport, src="127.0.0.4") in ("closed", "reset")
+
+
+@pytest.mark.timeout_s(60)
+def test_metrics_slow_header_is_dropped(dotproxy, unbound, certs):
+    """A client that sends half a request head and stops is closed after
+    the header bound (well under 3 s), answered or not."""
+    mport = H.free_port()
+    dotproxy([unbound.upstream_arg()], certs["ca"], extra=["--metrics", "127.0.0.1:%d" % mport])
+    wait_metrics_up(mport)
+    s = socket.create_connection(("127.0.0.1", mport), timeout=5.0)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        try:
+            while s.recv(4096):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+        took = time.monotonic() - t0
+    finally:
+        s.close()
+    assert took < 3.0, "a silent half request held its slot %.1f s" % took
