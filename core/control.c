@@ -45,18 +45,8 @@ void dp_control_log_stats(dp_shard_t *shards, int n)
 {
 	dp_stats_t sum;
 	memset(&sum, 0, sizeof(sum));
-	for (int i = 0; i < n; i++) {
-#define DP_SUM(f)                                                                   \
-	{                                                                           \
-		uint64_t v = __atomic_load_n(&shards[i].stats.f, __ATOMIC_RELAXED); \
-		if (strcmp(#f, "max_write_batch") == 0)                             \
-			sum.f = DP_MAX(sum.f, v);                                   \
-		else                                                                \
-			sum.f += v;                                                 \
-	}
-		DP_STATS_FIELDS(DP_SUM)
-#undef DP_SUM
-	}
+	for (int i = 0; i < n; i++)
+		dp_stats_add(&sum, &shards[i].stats);
 	char buf[4096];
 	size_t o = 0;
 #define DP_FMT(f)                                                                              \

@@ -182,3 +182,108 @@ def test_metrics_slow_header_is_dropped(dotproxy, unbound, certs):
     finally:
         s.close()
     assert took < 3.0, "a silent half request held its slot %.1f s" % took
+
+
+# ================================================================ hole 8b
+
+# dotproxy's values that are not counters: what is in flight or open now, or
+# the highest so far (stats.h DP_STATS_GAUGES and DP_STATS_PEAKS)
+GAUGES = ("tcp_open", "queries_inflight", "cache_entries", "cache_bytes", "max_write_batch")
+
+
+def _types(text):
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+
+
+def _family(name, types):
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name[: -len(suffix)] in types:
+            return name[: -len(suffix)]
+    return name
+
+
+def _gauge_values(text):
+    """{gauge: [(family, value)...]}: every sample that carries one of
+    GAUGES, as its own name (dotproxy_<gauge>) or as a label value."""
+    out = {g: [] for g in GAUGES}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if not m:
+            continue
+        name, labels, val = m.group(1), m.group(2) or "", float(m.group(3))
+        for g in GAUGES:
+            if name == "dotproxy_" + g or re.search(r'="%s"' % g, labels):
+                out[g].append((name, val))
+    return out
+
+
+def _udp_spread(port, n, prefix):
+    """n distinct names, each from its own socket (its own source port, so
+    SO_REUSEPORT spreads them over the shards). Returns the answers."""
+    socks, got = [], []
+    try:
+        for i in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5.0)
+            q = H.make_query("%s%d.perf.test." % (prefix, i), "A")
+            s.sendto(q.to_wire(), ("127.0.0.1", port))
+            socks.append(s)
+        for s in socks:
+            try:
+                got.append(s.recv(65535))
+            except socket.timeout:
+                pass
+    finally:
+        for s in socks:
+            s.close()
+    return got
+
+
+@pytest.mark.timeout_s(60)
+def test_hole8_gauges_typed_as_gauges(dotproxy, unbound, certs):
+    """Every value that can go down (in flight, open TCP, cache entries and
+    bytes) or is a peak (max write batch) is exported as a gauge, never
+    inside a counter family. On f108c5a they are dotproxy_events_total
+    series, typed counter."""
+    mport = H.free_port()
+    dp = dotproxy([unbound.upstream_arg()], certs["ca"], threads=2,
+                  extra=["--metrics", "127.0.0.1:%d" % mport])
+    wait_metrics_up(mport)
+    assert len(_udp_spread(dp.port, 32, "gauge")) > 0
+    time.sleep(0.3)  # one publishing tick
+    body, _ = scrape(mport)
+    types = _types(body)
+    found = _gauge_values(body)
+    for g in GAUGES:
+        assert found[g], "%s is not exported at all" % g
+        for name, _ in found[g]:
+            fam = _family(name, types)
+            assert types.get(fam) == "gauge", "%s is exported in %s, typed %r, not gauge" % (g, fam, types.get(fam))
+
+
+@pytest.mark.timeout_s(60)
+def test_hole8_max_batch_aggregated_the_same_in_both_readers(dotproxy, unbound, certs):
+    """Two shards, both with a write batch behind them: /metrics and the
+    SIGUSR1 line report the same max_write_batch (the highest of the shards).
+    On f108c5a /metrics sums it over shards while the log line takes the
+    maximum."""
+    mport = H.free_port()
+    dp = dotproxy([unbound.upstream_arg()], certs["ca"], threads=2,
+                  extra=["--metrics", "127.0.0.1:%d" % mport, "--no-cache"])
+    wait_metrics_up(mport)
+    for rnd in range(3):
+        assert len(_udp_spread(dp.port, 64, "batch%d-" % rnd)) >= 32
+    time.sleep(0.3)
+
+    def from_metrics():
+        found = _gauge_values(scrape(mport)[0])["max_write_batch"]
+        assert len(found) == 1, "max_write_batch exported %d times: %s" % (len(found), found)
+        return int(found[0][1])
+
+    m1 = from_metrics()
+    log = int(dp.stats()["max_write_batch"])
+    m2 = from_metrics()
+    assert log >= 1, "no write batch recorded"
+    assert m1 == m2 == log, "max_write_batch: /metrics %d (then %d), SIGUSR1 line %d" % (m1, m2, log)
