@@ -230,6 +230,8 @@ typedef struct dp_shard {
 	pthread_t thread;
 	struct io_uring ring;
 	bool ring_ok;
+	bool ring_fd_registered; /* enter through the registered ring index */
+	bool ring_no_iowait; /* the kernel lets our waits opt out of iowait */
 	volatile int stop;
 	int wake_fd;
 	uint64_t wake_buf;
