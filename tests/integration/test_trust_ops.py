@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -26,7 +27,7 @@ import dns.rcode
 import pytest
 
 import dphelpers as H
-from test_ops import parse_prom, scrape
+from test_ops import free_low_port, scrape
 
 
 # ================================================================ helpers: HTTP
@@ -337,3 +338,97 @@ def test_hole8_idle_does_not_count_as_iowait(dotproxy, unbound, certs):
     if not shares:
         pytest.skip("MACHINE NEVER IDLE: no idle time in 3 windows of 3 s, iowait cannot be judged")
     assert min(shares) < 0.25, "an idle dotproxy turns idle time into iowait: share %s" % shares
+
+
+# ================================================================ hole 7b
+
+CAP_KEYS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
+
+
+def _caps_of_every_thread(pid):
+    """{tid: {CapInh/CapPrm/CapEff/CapAmb/CapBnd: int}} of every thread."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            text = f.read()
+        out[tid] = {k: int(re.search(r"^%s:\s+([0-9a-f]+)" % k, text, re.M).group(1), 16)
+                    for k in CAP_KEYS + ("CapBnd",)}
+    return out
+
+
+def _assert_no_caps(pid, what):
+    caps = _caps_of_every_thread(pid)
+    assert len(caps) >= 2, "expected the control thread and a shard: %s" % caps
+    kept = {tid: {k: "%x" % v for k, v in c.items() if k in CAP_KEYS and v}
+            for tid, c in caps.items()}
+    kept = {t: c for t, c in kept.items() if c}
+    assert not kept, "%s: capabilities kept after binding: %s" % (what, kept)
+    return caps
+
+
+@pytest.fixture
+def world_readable_ca(certs):
+    d = tempfile.mkdtemp(prefix="dp-trust-ops-", dir="/tmp")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "ca.pem")
+    shutil.copyfile(certs["ca"], path)
+    os.chmod(path, 0o644)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.timeout_s(60)
+def test_hole7_capabilities_dropped_after_bind(dotproxy, unbound, world_readable_ca, tmp_path):
+    """Started as the systemd unit starts it (nobody, CAP_NET_BIND_SERVICE in
+    the ambient set, no_new_privs) on a port below 1024, and as root with
+    --allow-root: once bound and answering, no thread holds a capability in
+    its effective, permitted, inheritable or ambient set (root's bounding
+    set is emptied too). On f108c5a CAP_NET_BIND_SERVICE (resp. every
+    capability) stays for the process's life."""
+    if os.geteuid() != 0:
+        pytest.skip("NOT ROOT: starting the daemon with a granted capability needs root (CI runs as root)")
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("REQUIRED TOOL MISSING: setpriv (util-linux)")
+
+    # 1. the systemd unit's way
+    port = free_low_port()
+    args = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+            "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
+            "--bounding-set=-all,+net_bind_service", "--no-new-privs", "--",
+            str(H.DOTPROXY), "--listen", "127.0.0.1:%d" % port, "--upstream", unbound.upstream_arg(),
+            "--ca-file", world_readable_ca, "--threads", "2"]
+    errpath = tmp_path / "unit-way.stderr"
+    with open(errpath, "wb") as errf:
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, start_new_session=True)
+    try:
+        r = None
+        deadline = time.monotonic() + 15
+        while r is None and time.monotonic() < deadline and p.poll() is None:
+            try:
+                r = H.udp(H.make_query("www.test.", "A"), "127.0.0.1", port, timeout=0.5)
+            except Exception:
+                r = None
+        assert r is not None and r.rcode() == dns.rcode.NOERROR, \
+            "no answer on port %d (rc=%s):\n%s" % (port, p.poll(), errpath.read_text())
+        caps = _assert_no_caps(p.pid, "nobody with ambient CAP_NET_BIND_SERVICE")
+        print("unit way, port %d: %s" % (port, caps))
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert p.returncode == 0, "exit %s:\n%s" % (p.returncode, errpath.read_text())
+
+    # 2. root, told to stay root
+    dp = dotproxy([unbound.upstream_arg()], world_readable_ca, listen=[("127.0.0.1", free_low_port())],
+                  threads=2, extra=["--allow-root"])
+    r = H.udp(H.make_query("www.test.", "A"), "127.0.0.1", dp.port)
+    assert r.rcode() == dns.rcode.NOERROR
+    caps = _assert_no_caps(dp.pid, "root with --allow-root")
+    assert all(c["CapBnd"] == 0 for c in caps.values()), "root's bounding set kept: %s" % caps
