@@ -137,6 +137,7 @@ typedef struct dp_upconn {
 	/* ciphertext being sent: immutable while send_inflight */
 	uint8_t *sendbuf;
 	uint32_t send_len, send_off, send_cap;
+	uint64_t send_since_ms; /* the send in flight was issued or took bytes */
 	/* ciphertext made since, waiting for the next send (BIO writes here) */
 	uint8_t *pend;
 	uint32_t pend_len, pend_cap;

@@ -43,6 +43,8 @@
 	X(ssl_writes) \
 	X(ssl_write_queries) \
 	X(up_sends) \
+	X(upstream_wbuf_full) \
+	X(upstream_write_stalled) \
 	X(connects) \
 	X(handshakes) \
 	X(handshakes_resumed) \

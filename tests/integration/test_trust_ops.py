@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 
+import dns.message
 import dns.rcode
 import pytest
 
@@ -432,3 +433,150 @@ def test_hole7_capabilities_dropped_after_bind(dotproxy, unbound, world_readable
     assert r.rcode() == dns.rcode.NOERROR
     caps = _assert_no_caps(dp.pid, "root with --allow-root")
     assert all(c["CapBnd"] == 0 for c in caps.values()), "root's bounding set kept: %s" % caps
+
+
+# ================================================================ hole 7a
+
+class NeverReadingUpstream:
+    """A DoT server on 127.0.0.1 that completes the TLS handshake and then
+    never reads another byte (a small receive buffer, so that the backlog
+    stays with the client). Threads; stop() closes everything."""
+
+    def __init__(self, certs):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs["server"]), str(certs["server_key"]))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        self.conns = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            c.settimeout(3.0)
+            try:
+                t = self.ctx.wrap_socket(c, server_side=True)
+                self.handshakes += 1
+                self.conns.append(t)  # held open, never read
+            except (ssl.SSLError, OSError):
+                c.close()
+
+    def upstream_arg(self):
+        return "127.0.0.1:%d#%s" % (self.port, H.UPSTREAM_NAME)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _flood_template():
+    """A query of about 1,200 octets: a 250-octet name whose first label
+    (x00000000) is rewritten per query, and an EDNS option of 900 octets
+    (an unassigned code, which f108c5a forwards as it is)."""
+    import dns.edns
+    name = ".".join(["x00000000"] + ["a" * 60] * 3 + ["perf", "test"]) + "."
+    q = dns.message.make_query(name, "A", use_edns=0, payload=1232,
+                               options=[dns.edns.GenericOption(65001, b"\x5a" * 900)])
+    wire = bytearray(q.to_wire())
+    at = wire.index(b"x00000000")
+    return wire, at
+
+
+@pytest.mark.timeout_s(150)
+def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
+    """The only upstream completes the handshake and never reads. A flood of
+    50,000 distinct queries of about 1,200 octets (a 30 s query timeout, room
+    for them all in the in-flight table) must not pile up in the
+    connection's TLS write buffer: the daemon's RSS grows by less than 48 MB
+    (on f108c5a, which frames and encrypts every query into an unbounded
+    buffer, by over 100 MB), the queries that do not fit are answered
+    SERVFAIL, and a client asking after the flood gets SERVFAIL, not a hang."""
+    up = NeverReadingUpstream(certs)
+    try:
+        dp = dotproxy([up.upstream_arg()], certs["ca"], timeout="30s", threads=1,
+                      extra=["--max-inflight", "100000", "--hedge-after", "off", "--no-cache"],
+                      wait="log")
+        time.sleep(0.5)
+        rss0 = _rss_kb(dp.pid)
+        wire, at = _flood_template()
+        n, sent, peak = 50000, 0, rss0
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        try:
+            for s in socks:
+                s.setblocking(False)
+            t0 = time.monotonic()
+            for i in range(n):
+                wire[0:2] = (i & 0xFFFF).to_bytes(2, "big")
+                wire[at + 1:at + 9] = b"%08d" % i
+                for _ in range(200):
+                    try:
+                        socks[i % len(socks)].sendto(wire, ("127.0.0.1", dp.port))
+                        sent += 1
+                        break
+                    except BlockingIOError:
+                        time.sleep(0.0005)
+                if i % 500 == 0:
+                    time.sleep(0.02)  # a pace the daemon's socket buffer keeps up with
+                    peak = max(peak, _rss_kb(dp.pid))
+                    for s in socks:  # drop the SERVFAILs so nothing blocks
+                        try:
+                            while s.recv(65535):
+                                pass
+                        except BlockingIOError:
+                            pass
+                if time.monotonic() - t0 > 60:
+                    break
+            flood_s = time.monotonic() - t0
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(1.0)
+        peak = max(peak, _rss_kb(dp.pid))
+        t1 = time.monotonic()
+        try:
+            r = H.udp(H.make_query("late.perf.test.", "A"), "127.0.0.1", dp.port, timeout=10.0)
+            late = (dns.rcode.to_text(r.rcode()), time.monotonic() - t1)
+        except Exception as e:  # dns.exception.Timeout
+            late = ("no answer: %s" % type(e).__name__, time.monotonic() - t1)
+        st = dp.stats()
+        grown = peak - rss0
+        print("sent %d in %.1f s; received %s; rss %d kB, peak +%d kB; late query %s; handshakes %d; "
+              "wbuf_full=%s stalled=%s inflight=%s servfail=%s"
+              % (sent, flood_s, st.get("udp_queries"), rss0, grown, late, up.handshakes,
+                 st.get("upstream_wbuf_full"), st.get("upstream_write_stalled"), st.get("queries_inflight"),
+                 st.get("servfail")))
+        assert int(st["udp_queries"]) >= 40000, "the flood did not get in: %s queries" % st["udp_queries"]
+        assert grown < 48 * 1024, "RSS grew by %d kB behind an upstream that never reads" % grown
+        assert int(st["servfail"]) > 0
+        assert late[0] == "SERVFAIL", "late query: %s after %.1f s" % late
+        # the upstream that takes no byte is failed, and the queries stuck
+        # in it are answered (SERVFAIL) long before their 30 s timeout
+        assert dp.wait_log(lambda d: d.get("msg") == "upstream not reading", timeout=10.0), dp.tail()
+        assert H.wait_for(lambda: int(dp.stats()["queries_inflight"]) <= 1, 5.0, interval=0.5), dp.stats()
+    finally:
+        up.stop()
