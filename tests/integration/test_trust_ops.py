@@ -293,52 +293,75 @@ def test_hole8_max_batch_aggregated_the_same_in_both_readers(dotproxy, unbound, 
 
 # ================================================================ hole 8a
 
-def _cpu_idle_iowait():
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    assert fields[0] == "cpu"
-    return int(fields[4]), int(fields[5])  # idle, iowait (USER_HZ ticks)
-
-
 def _kernel_at_least(major, minor):
     m = re.match(r"(\d+)\.(\d+)", os.uname().release)
     return m and (int(m.group(1)), int(m.group(2))) >= (major, minor)
 
 
+CGROUP2 = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
+
+
+def _own_cgroup():
+    """A fresh cgroup v2 directory (no controller needed: pressure is kept
+    for every cgroup), or None when cgroup v2 or PSI is not there."""
+    if not os.path.exists(os.path.join(CGROUP2, "cgroup.procs")):
+        return None
+    path = os.path.join(CGROUP2, "dp-trust-iowait-%d" % os.getpid())
+    try:
+        os.mkdir(path)
+    except OSError:
+        return None
+    if not os.path.exists(os.path.join(path, "io.pressure")):
+        os.rmdir(path)
+        return None
+    return path
+
+
+def _io_some_us(cg):
+    with open(os.path.join(cg, "io.pressure")) as f:
+        return int(re.search(r"^some .*total=(\d+)", f.read(), re.M).group(1))
+
+
 @pytest.mark.timeout_s(90)
 def test_hole8_idle_does_not_count_as_iowait(dotproxy, unbound, certs):
-    """An idle daemon with 2 shards: over 3 s, the machine's idle time must
-    not turn into iowait. The measure is iowait / (idle + iowait) of the
-    whole machine over the window, which does not depend on how busy the
-    other processes keep the CPUs; an idle shard sleeping in io_uring_enter
-    without IORING_ENTER_NO_IOWAIT turns the idle time of its CPU into iowait
-    (on f108c5a the share is about 1 with 2 shards on 2 CPUs)."""
+    """An idle daemon with 2 shards must not be waiting for I/O in the
+    kernel's eyes. Measured on the daemon alone (other processes on a shared
+    machine, older dotproxys among them, must not count): the daemon runs in
+    a cgroup of its own, whose io.pressure "some" total grows exactly while
+    one of its tasks sleeps as iowait, which is also what makes /proc/stat
+    count idle CPU time as iowait. Over 3 s idle it must grow by under 10%
+    of the time; on f108c5a (io_uring_enter without IORING_ENTER_NO_IOWAIT)
+    it grows by about 100%."""
     if not _kernel_at_least(6, 15):
         pytest.skip("KERNEL TOO OLD: %s has no IORING_FEAT_NO_IOWAIT (6.15+); nothing to opt out of"
                     % os.uname().release)
-    # the machine's own share before the daemon, for the report
-    i0, w0 = _cpu_idle_iowait()
-    time.sleep(1.0)
-    i1, w1 = _cpu_idle_iowait()
-    before = (w1 - w0) / max(1, (i1 - i0) + (w1 - w0))
-    dp = dotproxy([unbound.upstream_arg()], certs["ca"], threads=2)
-    time.sleep(1.0)  # start-up done: the shards sleep in io_uring_enter
-    shares = []
-    for _ in range(3):  # the best of 3 windows: one burst of disk I/O elsewhere must not fail it
-        i0, w0 = _cpu_idle_iowait()
+    cg = _own_cgroup()
+    if cg is None:
+        pytest.skip("NO CGROUP V2 WITH PSI: cannot measure the daemon's own iowait (needs root, "
+                    "a cgroup2 mount and CONFIG_PSI)")
+    dp = None
+    try:
+        dp = dotproxy([unbound.upstream_arg()], certs["ca"], threads=2)
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write("%d\n" % dp.pid)
+        time.sleep(1.0)  # start-up done: the shards sleep in io_uring_enter
+        u0, t0 = _io_some_us(cg), time.monotonic()
         time.sleep(3.0)
-        i1, w1 = _cpu_idle_iowait()
-        idle, iowait = i1 - i0, w1 - w0
-        if idle + iowait < 30:
-            continue  # the CPUs were never idle: nothing to judge in this window
-        shares.append(iowait / (idle + iowait))
-        if shares[-1] < 0.25:
-            break
-    assert dp.proc.poll() is None
-    print("iowait share: before the daemon %.2f, idle daemon %s" % (before, ["%.2f" % s for s in shares]))
-    if not shares:
-        pytest.skip("MACHINE NEVER IDLE: no idle time in 3 windows of 3 s, iowait cannot be judged")
-    assert min(shares) < 0.25, "an idle dotproxy turns idle time into iowait: share %s" % shares
+        u1, t1 = _io_some_us(cg), time.monotonic()
+        share = (u1 - u0) / ((t1 - t0) * 1e6)
+        print("the idle daemon's io pressure: %.3f of the time (%d us over %.2f s)" % (share, u1 - u0, t1 - t0))
+        assert dp.proc.poll() is None
+        assert share < 0.10, "an idle dotproxy sleeps as iowait %.0f%% of the time" % (share * 100)
+    finally:
+        if dp is not None and dp.proc.poll() is None:
+            with open(os.path.join(CGROUP2, "cgroup.procs"), "w") as f:  # back where it came from
+                f.write("%d\n" % dp.pid)
+        for _ in range(50):
+            try:
+                os.rmdir(cg)
+                break
+            except OSError:  # still populated while the daemon exits
+                time.sleep(0.1)
 
 
 # ================================================================ hole 7b
@@ -494,6 +517,13 @@ def _rss_kb(pid):
     return 0
 
 
+def _sanitized(pid):
+    """True when the daemon runs with AddressSanitizer (its allocator keeps
+    freed memory in quarantine, so RSS says little about leaks)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libasan" in f.read()
+
+
 def _flood_template():
     """A query of about 1,200 octets: a 250-octet name whose first label
     (x00000000) is rewritten per query, and an EDNS option of 900 octets
@@ -571,7 +601,10 @@ def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
                  st.get("upstream_wbuf_full"), st.get("upstream_write_stalled"), st.get("queries_inflight"),
                  st.get("servfail")))
         assert int(st["udp_queries"]) >= 40000, "the flood did not get in: %s queries" % st["udp_queries"]
-        assert grown < 48 * 1024, "RSS grew by %d kB behind an upstream that never reads" % grown
+        if _sanitized(dp.pid):
+            print("AddressSanitizer build: RSS bound not checked (quarantine)")
+        else:
+            assert grown < 48 * 1024, "RSS grew by %d kB behind an upstream that never reads" % grown
         assert int(st["servfail"]) > 0
         assert late[0] == "SERVFAIL", "late query: %s after %.1f s" % late
         # the upstream that takes no byte is failed, and the queries stuck
