@@ -37,6 +37,7 @@
 typedef struct http_client {
 	int fd;
 	uint64_t deadline_ms;
+	uint64_t seq; /* order of acceptance: the lowest is evicted first */
 	size_t len;
 	char req[REQ_MAX];
 } http_client_t;
@@ -241,27 +242,30 @@ static void client_read(dp_control_t *ctl, http_client_t *c, char *body)
 	}
 }
 
-/* A free slot, or the one whose head deadline is nearest (the oldest
- * connection still waiting for its request), closed for the newcomer. */
+/* A free slot, or the one accepted first (the oldest connection still
+ * waiting for its request), closed for the newcomer. */
 static http_client_t *take_slot(http_client_t *clients)
 {
 	http_client_t *oldest = &clients[0];
 	for (int i = 0; i < MAX_CLIENTS; i++) {
 		if (clients[i].fd < 0)
 			return &clients[i];
-		if (clients[i].deadline_ms < oldest->deadline_ms)
+		if (clients[i].seq < oldest->seq)
 			oldest = &clients[i];
 	}
 	close_client(oldest);
 	return oldest;
 }
 
-/* Accept what the listener holds (bounded per turn). Sources outside
- * --metrics-allow are closed without an answer. A request that arrived with
- * the connection is answered at once. */
+/* Accept what the listener holds, at most half the slots per turn: the
+ * oldest are evicted first, so a connection accepted in this turn survives
+ * it, and its request (read first in the next turn) is served. Sources
+ * outside --metrics-allow are closed without an answer. A request that
+ * arrived with the connection is answered at once. */
 static void accept_clients(dp_control_t *ctl, http_client_t *clients, char *body, uint64_t now)
 {
-	for (int a = 0; a < 64; a++) {
+	static uint64_t seq;
+	for (int a = 0; a < MAX_CLIENTS / 2; a++) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
 		int fd = accept4(ctl->metrics_fd, (struct sockaddr *)&ss, &sl,
@@ -276,6 +280,7 @@ static void accept_clients(dp_control_t *ctl, http_client_t *clients, char *body
 		c->fd = fd;
 		c->len = 0;
 		c->deadline_ms = now + HEADER_MS;
+		c->seq = ++seq;
 		client_read(ctl, c, body);
 	}
 }
@@ -310,15 +315,17 @@ int dp_control_run(dp_control_t *ctl)
 		nfds_t n = 0;
 		pfd[n] = (struct pollfd){ .fd = sfd, .events = POLLIN };
 		idx[n++] = -1;
-		if (ctl->metrics_fd >= 0 && body) {
-			pfd[n] = (struct pollfd){ .fd = ctl->metrics_fd, .events = POLLIN };
-			idx[n++] = -2;
-		}
 		for (int i = 0; i < MAX_CLIENTS; i++)
 			if (clients[i].fd >= 0) {
 				pfd[n] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
 				idx[n++] = i;
 			}
+		/* The listener last: requests that arrived are read before
+		 * newcomers may evict their connections. */
+		if (ctl->metrics_fd >= 0 && body) {
+			pfd[n] = (struct pollfd){ .fd = ctl->metrics_fd, .events = POLLIN };
+			idx[n++] = -2;
+		}
 		int pr = poll(pfd, n, 100);
 		uint64_t now = dp_now_ms();
 		if (draining) {
