@@ -24,6 +24,12 @@ void dp_config_defaults(dp_config_t *c)
 	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
 	c->log_level = DP_LOG_INFO;
 	dp_acl_defaults(&c->acl);
+	/* The metrics endpoint has no authentication: the loopback address
+	 * only (127.0.0.1, not all of 127/8), until --metrics-allow says who
+	 * else (the kubelet, Prometheus) may connect. */
+	c->metrics_acl.n = 0;
+	dp_acl_add(&c->metrics_acl, "127.0.0.1/32");
+	dp_acl_add(&c->metrics_acl, "::1/128");
 	c->cache_mb = 64;
 	c->cache_min_ttl = 0;
 	c->cache_max_ttl = 86400;
@@ -226,6 +232,25 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigne
 	return 0;
 }
 
+/* Add every entry of "CIDR[,CIDR...]" to a. Returns 0 or DP_E_CONFIG. */
+static int parse_cidr_list(dp_acl_t *a, const char *list)
+{
+	char one[80];
+	for (const char *p = list;;) {
+		const char *comma = strchr(p, ',');
+		size_t l = comma ? (size_t)(comma - p) : strlen(p);
+		if (l == 0 || l >= sizeof(one))
+			return DP_E_CONFIG;
+		memcpy(one, p, l);
+		one[l] = 0;
+		if (dp_acl_add(a, one) < 0)
+			return DP_E_CONFIG;
+		if (!comma)
+			return 0;
+		p = comma + 1;
+	}
+}
+
 static void usage(const dp_config_t *d)
 {
 	printf("Usage: dotproxy [options]\n"
@@ -274,6 +299,9 @@ static void usage(const dp_config_t *d)
 	       "                            caching per subnet (default: never forwarded,\n"
 	       "                            RFC 7871 11.1)\n"
 "  --metrics ADDR:PORT       serve Prometheus /metrics and /healthz (default off)\n"
+	       "  --metrics-allow CIDR[,CIDR...]  who may connect to --metrics, repeatable\n"
+	       "                            (default 127.0.0.1 and ::1); others are closed\n"
+	       "                            without an answer\n"
 	       "  --config FILE             read settings from FILE: 'name value' per line,\n"
 	       "                            names as these flags without '--', '#' comments;\n"
 	       "                            flags override it; SIGHUP re-reads it\n"
@@ -305,7 +333,7 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS,
+	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW,
 };
 
 static const struct option opts[] = {
@@ -336,6 +364,7 @@ static const struct option opts[] = {
 	{ "upstream-idle-timeout", required_argument, NULL, OPT_UPIDLE },
 	{ "config", required_argument, NULL, OPT_CONFIG },
 	{ "metrics", required_argument, NULL, OPT_METRICS },
+	{ "metrics-allow", required_argument, NULL, OPT_METRICSALLOW },
 	{ "user", required_argument, NULL, OPT_USER },
 	{ "allow-root", no_argument, NULL, OPT_ALLOWROOT },
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
@@ -370,6 +399,12 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 		if (c->acl_layer != c->cur_layer) {
 			c->acl.n = 0;
 			c->acl_layer = c->cur_layer;
+		}
+		break;
+	case OPT_METRICSALLOW:
+		if (c->metrics_acl_layer != c->cur_layer) {
+			c->metrics_acl.n = 0;
+			c->metrics_acl_layer = c->cur_layer;
 		}
 		break;
 	default:
@@ -571,6 +606,14 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 			return DP_E_CONFIG;
 		}
 		c->metrics_on = true;
+		break;
+	case OPT_METRICSALLOW:
+		if (parse_cidr_list(&c->metrics_acl, arg) < 0) {
+			snprintf(err, errlen,
+				 "--metrics-allow %s: expected ADDR[/LEN][,ADDR[/LEN]...] with no host bits set (at most %d)",
+				 arg, DP_ACL_MAX);
+			return DP_E_CONFIG;
+		}
 		break;
 	case OPT_USER:
 		if (strlen(arg) == 0 || strlen(arg) >= sizeof(c->user)) {

@@ -58,6 +58,7 @@ typedef struct dp_config {
 	char config_file[4096];
 	dp_sockaddr_t metrics;
 	bool metrics_on;
+	dp_acl_t metrics_acl; /* who may connect to it; default the loopback address */
 	char user[64];
 	bool allow_root;
 	uint32_t drain_ms;
@@ -65,7 +66,7 @@ typedef struct dp_config {
 	int udp_io; /* DP_UDP_IO_* */
 	uint32_t batch_us; /* completion coalescing under load, 0 = off */
 	/* parsing: which layer (1 file, 2 command line) set each list last */
-	int cur_layer, listen_layer, upstream_layer, acl_layer;
+	int cur_layer, listen_layer, upstream_layer, acl_layer, metrics_acl_layer;
 } dp_config_t;
 
 /* Defaults, as --help prints them. */

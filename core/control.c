@@ -2,8 +2,15 @@
  * and /healthz, all on the main thread with poll(2).
  *
  * Owns: the signalfd, the metrics listener and up to MAX_CLIENTS HTTP
- * connections (one request each, then closed; a slow or silent client is
- * dropped after CLIENT_MS), and the configs handed to the shards.
+ * connections (one request each, then closed), and the configs handed to
+ * the shards.
+ *
+ * The endpoint is the pod's readiness and liveness probe, so nobody may be
+ * able to keep it busy: a connection from outside --metrics-allow is
+ * closed at once without an answer; a client has HEADER_MS to send its
+ * request head; and when every slot is taken, a newcomer evicts the oldest
+ * waiting connection instead of being refused (idle connections renewed
+ * faster than HEADER_MS cannot starve a probe that sends its request).
  */
 #include "control.h"
 #include "http.h"
@@ -20,14 +27,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Per-client state is one fixed slot; a request is at most REQ_MAX - 1
+ * octets of head (no body is ever read). */
 #define MAX_CLIENTS 32
-#define CLIENT_MS 3000
+#define HEADER_MS 1500 /* from accept to a complete request head */
 #define REQ_MAX 4096
 #define BODY_MAX (512 * 1024)
 
 typedef struct http_client {
 	int fd;
 	uint64_t deadline_ms;
+	uint64_t seq; /* order of acceptance: the lowest is evicted first */
 	size_t len;
 	char req[REQ_MAX];
 } http_client_t;
@@ -36,18 +46,8 @@ void dp_control_log_stats(dp_shard_t *shards, int n)
 {
 	dp_stats_t sum;
 	memset(&sum, 0, sizeof(sum));
-	for (int i = 0; i < n; i++) {
-#define DP_SUM(f)                                                                   \
-	{                                                                           \
-		uint64_t v = __atomic_load_n(&shards[i].stats.f, __ATOMIC_RELAXED); \
-		if (strcmp(#f, "max_write_batch") == 0)                             \
-			sum.f = DP_MAX(sum.f, v);                                   \
-		else                                                                \
-			sum.f += v;                                                 \
-	}
-		DP_STATS_FIELDS(DP_SUM)
-#undef DP_SUM
-	}
+	for (int i = 0; i < n; i++)
+		dp_stats_add(&sum, &shards[i].stats);
 	char buf[4096];
 	size_t o = 0;
 #define DP_FMT(f)                                                                              \
@@ -220,6 +220,71 @@ static void close_client(http_client_t *c)
 	c->len = 0;
 }
 
+/* Read what arrived on c and answer once the request head is complete. */
+static void client_read(dp_control_t *ctl, http_client_t *c, char *body)
+{
+	ssize_t r = read(c->fd, c->req + c->len, REQ_MAX - 1 - c->len);
+	if (r <= 0) {
+		if (r == 0 || (errno != EAGAIN && errno != EINTR))
+			close_client(c);
+		return;
+	}
+	c->len += (size_t)r;
+	dp_http_req_t req;
+	int rc = dp_http_parse(c->req, c->len, REQ_MAX - 1, &req);
+	if (rc == 1) {
+		serve(ctl, c, &req, body);
+		close_client(c);
+	} else if (rc < 0) {
+		static const char m[] = "bad request\n";
+		respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
+		close_client(c);
+	}
+}
+
+/* A free slot, or the one accepted first (the oldest connection still
+ * waiting for its request), closed for the newcomer. */
+static http_client_t *take_slot(http_client_t *clients)
+{
+	http_client_t *oldest = &clients[0];
+	for (int i = 0; i < MAX_CLIENTS; i++) {
+		if (clients[i].fd < 0)
+			return &clients[i];
+		if (clients[i].seq < oldest->seq)
+			oldest = &clients[i];
+	}
+	close_client(oldest);
+	return oldest;
+}
+
+/* Accept what the listener holds, at most half the slots per turn: the
+ * oldest are evicted first, so a connection accepted in this turn survives
+ * it, and its request (read first in the next turn) is served. Sources
+ * outside --metrics-allow are closed without an answer. A request that
+ * arrived with the connection is answered at once. */
+static void accept_clients(dp_control_t *ctl, http_client_t *clients, char *body, uint64_t now)
+{
+	static uint64_t seq;
+	for (int a = 0; a < MAX_CLIENTS / 2; a++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd = accept4(ctl->metrics_fd, (struct sockaddr *)&ss, &sl,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		if (!dp_acl_allows(&ctl->cfg->metrics_acl, (const struct sockaddr *)&ss)) {
+			close(fd);
+			continue;
+		}
+		http_client_t *c = take_slot(clients);
+		c->fd = fd;
+		c->len = 0;
+		c->deadline_ms = now + HEADER_MS;
+		c->seq = ++seq;
+		client_read(ctl, c, body);
+	}
+}
+
 void dp_control_signals(sigset_t *set)
 {
 	sigemptyset(set);
@@ -250,15 +315,17 @@ int dp_control_run(dp_control_t *ctl)
 		nfds_t n = 0;
 		pfd[n] = (struct pollfd){ .fd = sfd, .events = POLLIN };
 		idx[n++] = -1;
-		if (ctl->metrics_fd >= 0 && body) {
-			pfd[n] = (struct pollfd){ .fd = ctl->metrics_fd, .events = POLLIN };
-			idx[n++] = -2;
-		}
 		for (int i = 0; i < MAX_CLIENTS; i++)
 			if (clients[i].fd >= 0) {
 				pfd[n] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
 				idx[n++] = i;
 			}
+		/* The listener last: requests that arrived are read before
+		 * newcomers may evict their connections. */
+		if (ctl->metrics_fd >= 0 && body) {
+			pfd[n] = (struct pollfd){ .fd = ctl->metrics_fd, .events = POLLIN };
+			idx[n++] = -2;
+		}
 		int pr = poll(pfd, n, 100);
 		uint64_t now = dp_now_ms();
 		if (draining) {
@@ -304,41 +371,10 @@ int dp_control_run(dp_control_t *ctl)
 					}
 				}
 			} else if (idx[k] == -2) {
-				for (int a = 0; a < 16; a++) {
-					int fd = accept4(ctl->metrics_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-					if (fd < 0)
-						break;
-					int slot = -1;
-					for (int i = 0; i < MAX_CLIENTS && slot < 0; i++)
-						if (clients[i].fd < 0)
-							slot = i;
-					if (slot < 0) {
-						close(fd);
-						continue;
-					}
-					clients[slot].fd = fd;
-					clients[slot].len = 0;
-					clients[slot].deadline_ms = now + CLIENT_MS;
-				}
-			} else {
-				http_client_t *c = &clients[idx[k]];
-				ssize_t r = read(c->fd, c->req + c->len, REQ_MAX - 1 - c->len);
-				if (r <= 0) {
-					if (r == 0 || (errno != EAGAIN && errno != EINTR))
-						close_client(c);
-					continue;
-				}
-				c->len += (size_t)r;
-				dp_http_req_t req;
-				int pr2 = dp_http_parse(c->req, c->len, REQ_MAX - 1, &req);
-				if (pr2 == 1) {
-					serve(ctl, c, &req, body);
-					close_client(c);
-				} else if (pr2 < 0) {
-					static const char m[] = "bad request\n";
-					respond(c->fd, 400, "Bad Request", "text/plain", m, sizeof(m) - 1);
-					close_client(c);
-				}
+				accept_clients(ctl, clients, body, now);
+			} else if (clients[idx[k]].fd == pfd[k].fd) {
+				/* (not closed or handed to a newcomer this turn) */
+				client_read(ctl, &clients[idx[k]], body);
 			}
 		}
 	}

@@ -363,6 +363,56 @@ static unsigned batch_want(dp_shard_t *s, uint64_t now_ns)
 	return want < 2 ? 1 : (unsigned)DP_MIN(want, DP_BATCH_MAX);
 }
 
+/* Kernels since 6.15 count a task sleeping in io_uring_enter as iowait
+ * while it has requests in flight (an idle shard always has: its multishot
+ * receives and accepts), unless the wait asks not to be. liburing 2.3
+ * predates both flags. */
+#ifndef IORING_FEAT_NO_IOWAIT
+#define IORING_FEAT_NO_IOWAIT (1U << 17)
+#endif
+#ifndef IORING_ENTER_NO_IOWAIT
+#define IORING_ENTER_NO_IOWAIT (1U << 7)
+#endif
+
+/* Hand the SQEs prepared since the last call to the kernel's SQ ring, as
+ * liburing's (static) __io_uring_flush_sq does; returns how many are
+ * pending. No SQPOLL here, but a release store is right either way. */
+static unsigned ring_flush_sq(struct io_uring *r)
+{
+	struct io_uring_sq *sq = &r->sq;
+	unsigned tail = sq->sqe_tail;
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		io_uring_smp_store_release(sq->ktail, tail);
+	}
+	return tail - IO_URING_READ_ONCE(*sq->khead);
+}
+
+/* io_uring_submit_and_wait_timeout() with IORING_ENTER_NO_IOWAIT: liburing
+ * 2.3 has no way to pass an enter flag to its wait helpers, so the one
+ * io_uring_enter of the loop turn is made here: submit what is queued, wait
+ * for want completions or ts. Returns what the kernel returned (-ETIME when
+ * the time ran out); only called when the kernel has the feature. */
+static int ring_submit_wait(dp_shard_t *s, unsigned want, struct __kernel_timespec *ts)
+{
+	struct io_uring *r = &s->ring;
+	unsigned submit = ring_flush_sq(r);
+	if (submit == 0 && io_uring_cq_ready(r) >= want)
+		return 0;
+	struct io_uring_getevents_arg arg = {
+		.sigmask = 0,
+		.sigmask_sz = _NSIG / 8,
+		.ts = (uint64_t)(uintptr_t)ts,
+	};
+	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | IORING_ENTER_NO_IOWAIT;
+	int fd = r->ring_fd;
+	if (s->ring_fd_registered) {
+		flags |= IORING_ENTER_REGISTERED_RING;
+		fd = r->enter_ring_fd;
+	}
+	return io_uring_enter2((unsigned)fd, submit, want, flags, (sigset_t *)&arg, sizeof(arg));
+}
+
 static void run_loop(dp_shard_t *s)
 {
 	s->now_ms = dp_now_ms();
@@ -387,7 +437,8 @@ static void run_loop(dp_shard_t *s)
 			ts.tv_nsec = (long long)s->cfg->batch_us * 1000;
 		}
 		struct io_uring_cqe *cqe;
-		int rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, want, &ts, NULL);
+		int rc = s->ring_no_iowait ? ring_submit_wait(s, want, &ts)
+					   : io_uring_submit_and_wait_timeout(&s->ring, &cqe, want, &ts, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
 			dp_error("io_uring wait failed", "shard=%d err=\"%s\"", s->id,
 				 dp_strerror(rc));
@@ -451,7 +502,11 @@ static int ring_setup(dp_shard_t *s)
 	if (rc < 0)
 		return rc;
 	s->ring_ok = true;
-	io_uring_register_ring_fd(&s->ring); /* optional: saves an fd lookup per enter */
+	/* optional: saves an fd lookup per enter (returns 1 when done) */
+	s->ring_fd_registered = io_uring_register_ring_fd(&s->ring) == 1;
+	s->ring_no_iowait = (s->ring.features & IORING_FEAT_NO_IOWAIT) != 0;
+	dp_debug("ring features", "shard=%d features=0x%x no_iowait=%d registered_fd=%d", s->id,
+		 s->ring.features, s->ring_no_iowait, s->ring_fd_registered);
 	return 0;
 }
 

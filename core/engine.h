@@ -131,6 +131,7 @@ typedef struct dp_upconn {
 	/* ciphertext being sent: immutable while send_inflight */
 	uint8_t *sendbuf;
 	uint32_t send_len, send_off, send_cap;
+	uint64_t send_since_ms; /* the send in flight was issued or took bytes */
 	/* ciphertext made since, waiting for the next send (BIO writes here) */
 	uint8_t *pend;
 	uint32_t pend_len, pend_cap;
@@ -198,6 +199,8 @@ typedef struct dp_shard {
 	pthread_t thread;
 	struct io_uring ring;
 	bool ring_ok;
+	bool ring_fd_registered; /* enter through the registered ring index */
+	bool ring_no_iowait; /* the kernel lets our waits opt out of iowait */
 	volatile int stop;
 	int wake_fd;
 	uint64_t wake_buf;

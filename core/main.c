@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int online_cpus(void)
@@ -49,6 +52,50 @@ static int drop_privileges(const dp_config_t *cfg, char *err, size_t errlen)
 	}
 	dp_info("dropped privileges", "user=%s uid=%u gid=%u", cfg->user, (unsigned)pw->pw_uid,
 		(unsigned)pw->pw_gid);
+	return 0;
+}
+
+static bool caps_empty(const struct __user_cap_data_struct d[2])
+{
+	for (int i = 0; i < 2; i++)
+		if (d[i].effective || d[i].permitted || d[i].inheritable)
+			return false;
+	return true;
+}
+
+/* After binding (and after becoming cfg->user): give up every capability,
+ * whoever granted it (systemd's AmbientCapabilities, a file capability,
+ * root with --allow-root). Nothing later needs one: a reload never binds
+ * (listen addresses and the metrics address need a restart), and threads
+ * inherit this thread's sets, so this runs before any shard starts.
+ * Clears the bounding set where allowed (CAP_SETPCAP, i.e. root), then the
+ * ambient, inheritable, permitted and effective sets. Returns 0, or -1 with
+ * a message in err when a capability could not be dropped. */
+static int drop_capabilities(char *err, size_t errlen)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct d[2];
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capget, &h, d) != 0) {
+		snprintf(err, errlen, "cannot read capabilities: %s", strerror(errno));
+		return -1;
+	}
+	int bounding = 0;
+	if (d[0].effective & (1u << CAP_SETPCAP)) {
+		for (int c = 0; c < 64 && prctl(PR_CAPBSET_READ, c, 0, 0, 0) >= 0; c++)
+			if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) == 0)
+				bounding++;
+	}
+	if (caps_empty(d))
+		return 0; /* nothing to drop: no capset needed (a filter may forbid it) */
+	/* Lowering permitted and inheritable empties the ambient set too. */
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capset, &h, d) != 0 || syscall(SYS_capget, &h, d) != 0 || !caps_empty(d)) {
+		snprintf(err, errlen, "cannot drop capabilities after binding: %s (capset must be allowed)",
+			 strerror(errno));
+		return -1;
+	}
+	dp_info("dropped capabilities", "bounding_dropped=%d", bounding);
 	return 0;
 }
 
@@ -136,7 +183,7 @@ int main(int argc, char **argv)
 		shards[i].ssl_ctx = ctx;
 	}
 	SSL_CTX_free(ctx);
-	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
+	if (drop_privileges(cfg, err, sizeof(err)) < 0 || drop_capabilities(err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
 		goto out;
 	}

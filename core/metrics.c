@@ -129,11 +129,8 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 	buf[0] = 0;
 	dp_stats_t st;
 	memset(&st, 0, sizeof(st));
-	for (int i = 0; i < n; i++) {
-#define DP_SUM(f) st.f += ld(&shards[i].stats.f);
-		DP_STATS_FIELDS(DP_SUM)
-#undef DP_SUM
-	}
+	for (int i = 0; i < n; i++)
+		dp_stats_add(&st, &shards[i].stats);
 
 	put(&o, "# HELP dotproxy_queries_total Client queries received, by transport and query type.\n");
 	put(&o, "# TYPE dotproxy_queries_total counter\n");
@@ -155,12 +152,23 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 		    (unsigned long long)v);
 	}
 
-	/* Every plain counter, under its own name. */
+	/* Every plain counter as an event; every gauge and peak under its own
+	 * name (stats.h says which is which). */
 	put(&o, "# HELP dotproxy_events_total Internal counters (see docs/ARCHITECTURE.md).\n");
 	put(&o, "# TYPE dotproxy_events_total counter\n");
 #define DP_PUT(f) put(&o, "dotproxy_events_total{event=\"%s\"} %llu\n", #f, (unsigned long long)st.f);
-	DP_STATS_FIELDS(DP_PUT)
+	DP_STATS_COUNTERS(DP_PUT)
 #undef DP_PUT
+#define DP_PUT_GAUGE(f, help)                                                         \
+	put(&o, "# HELP dotproxy_%s %s\n# TYPE dotproxy_%s gauge\ndotproxy_%s %llu\n", #f, help, \
+	    #f, #f, (unsigned long long)st.f);
+#define DP_PUT_SUMMED(f) DP_PUT_GAUGE(f, "Internal gauge, summed over shards.")
+#define DP_PUT_PEAK(f) DP_PUT_GAUGE(f, "Internal peak, the highest of the shards.")
+	DP_STATS_GAUGES(DP_PUT_SUMMED)
+	DP_STATS_PEAKS(DP_PUT_PEAK)
+#undef DP_PUT_PEAK
+#undef DP_PUT_SUMMED
+#undef DP_PUT_GAUGE
 	put(&o, "# HELP dotproxy_cache_hits_total Answers served from the cache.\n");
 	put(&o, "# TYPE dotproxy_cache_hits_total counter\n");
 	put(&o, "dotproxy_cache_hits_total %llu\n", (unsigned long long)st.cache_hits);

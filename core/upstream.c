@@ -14,6 +14,13 @@
  * every complete message into the plaintext buffer, where the framed answers
  * are matched by ID (the ID map) and question, then answered in place.
  *
+ * Bounds: a connection holds at most WBUF_MAX octets the upstream has not
+ * taken yet (queries framed in the batch and ciphertext behind the send in
+ * flight); a full connection takes no query, which goes to another
+ * connection or upstream, or is answered SERVFAIL. An upstream that takes
+ * no byte of a send for a while (stall_ms) is failed like one that stopped
+ * answering.
+ *
  * Failure: a connection that fails or is closed re-sends its queries once,
  * on another connection (another upstream when this one failed its health);
  * the slot is reused only after every operation on its socket completed.
@@ -48,6 +55,10 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 30000
 #define OPEN_MORE_AT 64 /* in flight per ready connection before another opens */
+/* Octets a connection may hold that its upstream has not taken: about 4,000
+ * queries of 250 octets, far more than an upstream reading at all lets
+ * build up; an upstream that stops reading costs at most this. */
+#define WBUF_MAX (1024u * 1024u)
 
 static void conn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
 		      const char *reason);
@@ -122,12 +133,30 @@ static void mark_dirty(dp_shard_t *s, uint32_t ci)
 	}
 }
 
+/* Whether a query of len octets still fits in what c may hold unsent (the
+ * TLS overhead of the batch is not counted: it is bounded by the batch). */
+static bool has_room(const dp_upconn_t *c, uint32_t len)
+{
+	return (uint64_t)c->batch_len + c->pend_len + len + 2u <= WBUF_MAX;
+}
+
+/* How long a send may take no byte before its upstream counts as not
+ * reading: the query timeout, within 1 to 5 s. */
+static uint64_t stall_ms(const dp_shard_t *s)
+{
+	return DP_MIN(DP_MAX(s->cfg->timeout_ms, 1000u), 5000u);
+}
+
 /* Frame query qi into connection ci's batch under upstream ID id (the
- * primary copy, or a hedge). */
+ * primary copy, or a hedge). -ENOBUFS when the connection is full. */
 static int batch_append(dp_shard_t *s, uint32_t ci, uint32_t qi, uint16_t id, bool hedge)
 {
 	dp_upconn_t *c = &s->conns[ci];
 	dp_query_t *q = &s->q[qi];
+	if (!has_room(c, q->len)) {
+		STAT_INC(s, upstream_wbuf_full);
+		return -ENOBUFS;
+	}
 	if (!dp_buf_grow(&c->batch, &c->batch_cap, (size_t)c->batch_len + q->len + 2, 4096))
 		return -ENOMEM;
 	uint8_t *p = c->batch + c->batch_len;
@@ -225,6 +254,7 @@ static void out_pump(dp_shard_t *s, uint32_t ci)
 	io_uring_prep_send(sqe, c->fd, c->sendbuf, c->send_len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, c->gen));
 	c->send_inflight = true;
+	c->send_since_ms = s->now_ms;
 	c->ops++;
 	STAT_INC(s, up_sends);
 }
@@ -314,19 +344,27 @@ static uint32_t pick_upstream(dp_shard_t *s, uint32_t skip)
 	return DP_NONE;
 }
 
-/* The connection of upstream u that should take the next query: the least
- * loaded ready one; a new one when those are busy; a connecting one; and as
- * a last resort a closing one, which reconnects once it has closed. */
-static uint32_t pick_conn(dp_shard_t *s, uint32_t u)
+/* The connection of upstream u that should take the next query (len
+ * octets): the least loaded ready one with room for it; a new one when
+ * those are busy or full; a connecting one; and as a last resort a closing
+ * one, which reconnects once it has closed. */
+static uint32_t pick_conn(dp_shard_t *s, uint32_t u, uint32_t len)
 {
 	uint32_t best = DP_NONE, best_score = UINT32_MAX;
+	bool full = false;
 	uint32_t first = s->up[u].first_conn;
 	for (uint32_t k = 0; k < s->cfg->upstream_conns; k++) {
 		uint32_t ci = first + k;
 		dp_upconn_t *c = &s->conns[ci];
 		uint32_t score;
 		switch (c->state) {
-		case C_READY: score = c->queries.count; break;
+		case C_READY:
+			if (!has_room(c, len)) {
+				full = true;
+				continue;
+			}
+			score = c->queries.count;
+			break;
 		case C_DOWN: score = OPEN_MORE_AT; break;
 		case C_CONNECTING:
 		case C_HANDSHAKE: score = OPEN_MORE_AT + 1 + c->queries.count; break;
@@ -337,6 +375,8 @@ static uint32_t pick_conn(dp_shard_t *s, uint32_t u)
 			best = ci;
 		}
 	}
+	if (best == DP_NONE && full)
+		STAT_INC(s, upstream_wbuf_full);
 	if (best != DP_NONE && s->conns[best].state == C_DOWN) {
 		int rc = conn_start(s, best);
 		if (rc < 0) {
@@ -356,6 +396,10 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 {
 	dp_upconn_t *c = &s->conns[ci];
 	dp_query_t *q = &s->q[qi];
+	if (c->state == C_READY && !has_room(c, q->len)) {
+		STAT_INC(s, upstream_wbuf_full);
+		return -ENOBUFS;
+	}
 	int id = dp_idmap_take(&c->ids, qi);
 	if (id < 0)
 		return id;
@@ -411,9 +455,9 @@ int dp_upstream_send(dp_shard_t *s, uint32_t qi, int exclude)
 		uint32_t u = pick_upstream(s, skip);
 		if (u == DP_NONE)
 			return -EHOSTUNREACH;
-		uint32_t ci = pick_conn(s, u);
+		uint32_t ci = pick_conn(s, u, s->q[qi].len);
 		if (ci == DP_NONE)
-			continue; /* that upstream is down now; try another */
+			continue; /* that upstream is down or full now; try another */
 		return assign(s, qi, ci);
 	}
 	return -EHOSTUNREACH;
@@ -564,13 +608,20 @@ static void do_handshake(dp_shard_t *s, uint32_t ci)
 		dp_debug("upstream ready", "shard=%d upstream=%s version=%s resumed=%d queued=%u",
 			 s->id, up_name(s, c), SSL_get_version(c->ssl), SSL_session_reused(c->ssl),
 			 c->queries.count);
-		for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = s->q[qi].clink.next)
+		/* What queued while connecting; what does not fit is answered
+		 * SERVFAIL (a hedge copy is dropped: its primary lives on). */
+		uint32_t next;
+		for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = next) {
+			next = s->q[qi].clink.next;
 			if (s->q[qi].state == Q_PENDING &&
 			    batch_append(s, ci, qi, s->q[qi].up_id, false) < 0)
-				break;
-		for (uint32_t qi = c->hedges.head; qi != DP_NONE; qi = s->q[qi].c2link.next)
+				dp_query_fail(s, qi);
+		}
+		for (uint32_t qi = c->hedges.head; qi != DP_NONE; qi = next) {
+			next = s->q[qi].c2link.next;
 			if (batch_append(s, ci, qi, s->q[qi].up_id2, true) < 0)
-				break;
+				hedge_detach(s, qi);
+		}
 		return;
 	}
 	int e = SSL_get_error(c->ssl, r);
@@ -731,6 +782,7 @@ void dp_upstream_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, 
 			return;
 		}
 		c->send_off += (uint32_t)res;
+		c->send_since_ms = s->now_ms;
 		if (c->send_off < c->send_len) {
 			struct io_uring_sqe *sqe = dp_sqe(s);
 			io_uring_prep_send(sqe, c->fd, c->sendbuf + c->send_off,
@@ -777,6 +829,12 @@ void dp_upstream_expire(dp_shard_t *s)
 {
 	for (uint32_t ci = 0; ci < s->nconns; ci++) {
 		dp_upconn_t *c = &s->conns[ci];
+		if (c->state == C_READY && c->send_inflight &&
+		    s->now_ms - c->send_since_ms >= stall_ms(s)) {
+			STAT_INC(s, upstream_write_stalled);
+			conn_fail(s, ci, true, "upstream not reading", "a send took no byte in time");
+			continue;
+		}
 		if (c->state != C_READY || c->queries.count || c->hedges.count)
 			continue;
 		/* Idle: act just before the upstream's own idle timeout would
@@ -856,7 +914,7 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 	uint32_t u = pick_upstream(s, q->servfailed | 1u << s->conns[q->conn].upstream);
 	if (u == DP_NONE)
 		return;
-	uint32_t ci = pick_conn(s, u);
+	uint32_t ci = pick_conn(s, u, q->len);
 	if (ci == DP_NONE)
 		return;
 	dp_upconn_t *c = &s->conns[ci];
@@ -869,10 +927,12 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 	q->up_id2 = (uint16_t)id;
 	dp_list_push_tail(&c->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
 	STAT_INC(s, hedges_sent);
-	if (c->state == C_READY)
-		batch_append(s, ci, qi, q->up_id2, true);
-	else
+	if (c->state == C_READY) {
+		if (batch_append(s, ci, qi, q->up_id2, true) < 0)
+			hedge_detach(s, qi); /* full (pick_conn checked): keep the books right */
+	} else {
 		q->hedge_start_ns = dp_now_ns(); /* sent once the handshake is done */
+	}
 }
 
 void dp_upstream_publish(dp_shard_t *s)

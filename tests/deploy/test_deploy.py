@@ -9,10 +9,13 @@ Static checks (always run; need python3-yaml):
   debian:12-slim with runtime libraries only, a non-root USER, the file
   capability, EXPOSE, HEALTHCHECK on /healthz, COPY sources that exist;
 - deploy/systemd/dotproxy.service: the hardening keys, one coherent
-  privilege model (DynamicUser + ambient CAP_NET_BIND_SERVICE, no --user);
+  privilege model (DynamicUser + ambient CAP_NET_BIND_SERVICE, no --user;
+  the daemon holds no capability once bound);
 - deploy/k8s/*.yaml: kinds, apiVersions, images, probes on /healthz at the
   metrics port the config serves, prometheus annotations, resources,
-  securityContext, the config volume and the link-local address agreeing;
+  securityContext, the config volume and the link-local address agreeing,
+  the metrics allow list admitting the node's address (the kubelet's
+  probes) from the downward API;
 - deploy/seccomp/dotproxy.json: a valid profile that allows io_uring.
 
 Checks that run tools (each skips loudly when its tool is missing):
@@ -160,6 +163,11 @@ def _cidr(v):
     ipaddress.ip_network(v, strict=True)  # no host bits, like dp_acl_add
 
 
+def _cidr_list(v):
+    for one in v.split(","):
+        ipaddress.ip_network(one, strict=True)
+
+
 def _hedge(v):
     if v not in ("auto", "off"):
         _duration(v)
@@ -181,10 +189,10 @@ CONFIG_VALUED = {
     "cache-max-ttl": _uint(0, 604800), "stale-ttl": _uint(0, 604800),
     "tls-min-version": _one_of("1.2", "1.3"), "upstream-policy": _one_of("fastest", "round-robin"),
     "hedge-after": _hedge, "upstream-idle-timeout": _duration,
-    "metrics": _addr_port, "user": _text, "drain-timeout": _duration,
+    "metrics": _addr_port, "metrics-allow": _cidr_list, "user": _text, "drain-timeout": _duration,
 }
 CONFIG_FLAGS = {"no-cache", "allow-root"}
-CONFIG_REPEATABLE = {"listen", "upstream", "allow"}
+CONFIG_REPEATABLE = {"listen", "upstream", "allow", "metrics-allow"}
 
 
 class ConfigError(Exception):
@@ -714,6 +722,53 @@ def test_k8s_probes_on_healthz_at_the_metrics_port():
     assert live["periodSeconds"] * live["failureThreshold"] >= 120
 
 
+NODE_IP_EXAMPLE = "192.0.2.77"
+
+
+def k8s_metrics_allow():
+    """The DaemonSet's --metrics-allow argument with $(VAR) expanded as the
+    kubelet does, NODE_IP being NODE_IP_EXAMPLE: (text, [networks])."""
+    c = main_container()
+    args = c["args"]
+    assert "--metrics-allow" in args, "no --metrics-allow: the endpoint would admit only loopback"
+    env = {e["name"]: e for e in c.get("env", [])}
+    node = env.get("NODE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    assert node == "status.hostIP", "NODE_IP must come from the downward API's status.hostIP"
+    text = args[args.index("--metrics-allow") + 1].replace("$(NODE_IP)", NODE_IP_EXAMPLE)
+    assert "$(" not in text, "unexpanded variable in --metrics-allow: %s" % text
+    _cidr_list(text)
+    return text, [ipaddress.ip_network(a) for a in text.split(",")]
+
+
+def test_k8s_metrics_allow_admits_the_kubelet():
+    """The kubelet probes a hostNetwork pod from the node's own address: the
+    metrics allow list must admit it; and it must not admit everyone (the
+    endpoint listens on every address of the node)."""
+    _, nets = k8s_metrics_allow()
+    node = ipaddress.ip_address(NODE_IP_EXAMPLE)
+    assert any(node in n for n in nets), "the node's address (the kubelet's probes) is not admitted"
+    assert not any(n.prefixlen == 0 for n in nets), "--metrics-allow admits everyone"
+    assert "metrics-allow" not in k8s_config(), \
+        "metrics-allow in the ConfigMap is replaced by the DaemonSet's argument: keep it in one place"
+    host = k8s_config()["metrics"][0].rsplit(":", 1)[0].strip("[]")
+    assert ipaddress.ip_address(host).is_unspecified, "metrics must listen where the kubelet probes (the node IP)"
+
+
+def test_k8s_metrics_allow_accepted_by_the_daemon(tmp_path):
+    """The ConfigMap plus the DaemonSet's arguments, as the kubelet expands
+    them, are accepted by the daemon (--version stops before binding)."""
+    need_ops_flags()
+    if "--metrics-allow" not in daemon_help():
+        skip_loudly("this dotproxy build lacks --metrics-allow")
+    text, _ = k8s_metrics_allow()
+    path = tmp_path / "k8s.conf"
+    path.write_text(k8s("ConfigMap")["data"]["dotproxy.conf"])
+    r = subprocess.run([str(DOTPROXY), "--config", str(path), "--metrics-allow", text, "--version"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("dotproxy "), "rc=%d\n%s%s" % (
+        r.returncode, r.stdout, r.stderr)
+
+
 def test_k8s_prometheus_annotations():
     ann = k8s("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     mport = k8s_config()["metrics"][0].rsplit(":", 1)[1]
@@ -1043,12 +1098,18 @@ def run_deployed(tmp_path, upstream, argv_prefix, expect_nnp, expect_uid):
             assert p.poll() is None, "dotproxy exited with %s:\n%s" % (p.returncode, log_path.read_text())
             assert time.time() < deadline, "dotproxy did not start:\n%s" % log_path.read_text()
             time.sleep(0.05)
-        # Who is it: the deployed identity, one capability.
+        # Who is it: the deployed identity; the one capability it was given
+        # (CAP_NET_BIND_SERVICE) is gone once the sockets are bound, from
+        # every thread.
         status = Path("/proc/%d/status" % p.pid).read_text()
         uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
-        cap_eff = int(re.search(r"^CapEff:\s+([0-9a-f]+)", status, re.M).group(1), 16)
         nnp = int(re.search(r"^NoNewPrivs:\s+(\d)", status, re.M).group(1))
-        assert uid == expect_uid and cap_eff == 1 << 10 and nnp == expect_nnp, status
+        assert uid == expect_uid and nnp == expect_nnp, status
+        for tid in os.listdir("/proc/%d/task" % p.pid):
+            tstatus = Path("/proc/%d/task/%s/status" % (p.pid, tid)).read_text()
+            for key in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
+                v = int(re.search(r"^%s:\s+([0-9a-f]+)" % key, tstatus, re.M).group(1), 16)
+                assert v == 0, "thread %s still holds %s=%x:\n%s" % (tid, key, v, tstatus)
 
         for i in range(3):
             udp_ask(host, port, 0x100 + i)

@@ -431,6 +431,48 @@ static void parse_is_repeatable(void **state)
 	assert_int_equal(cfg.threads, 3);
 }
 
+static bool acl_allows_text(const dp_acl_t *a, const char *ip)
+{
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	if (strchr(ip, ':')) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		s6->sin6_family = AF_INET6;
+		assert_int_equal(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+		s4->sin_family = AF_INET;
+		assert_int_equal(inet_pton(AF_INET, ip, &s4->sin_addr), 1);
+	}
+	return dp_acl_allows(a, (const struct sockaddr *)&ss);
+}
+
+static void metrics_allow(void **state)
+{
+	/* default: the loopback address alone */
+	assert_int_equal(parse(NULL), 0);
+	assert_true(acl_allows_text(&cfg.metrics_acl, "127.0.0.1"));
+	assert_true(acl_allows_text(&cfg.metrics_acl, "::1"));
+	assert_false(acl_allows_text(&cfg.metrics_acl, "127.0.0.2"));
+	assert_false(acl_allows_text(&cfg.metrics_acl, "10.1.2.3"));
+	/* the first one replaces the default; comma lists and repeats add */
+	assert_int_equal(parse("--metrics-allow", "10.0.0.0/8,192.0.2.7", "--metrics-allow", "fd00::/8",
+			       NULL), 0);
+	assert_int_equal(cfg.metrics_acl.n, 3);
+	assert_false(acl_allows_text(&cfg.metrics_acl, "127.0.0.1"));
+	assert_true(acl_allows_text(&cfg.metrics_acl, "10.9.8.7"));
+	assert_true(acl_allows_text(&cfg.metrics_acl, "192.0.2.7"));
+	assert_false(acl_allows_text(&cfg.metrics_acl, "192.0.2.8"));
+	assert_true(acl_allows_text(&cfg.metrics_acl, "fd12::1"));
+	/* the DNS allow list is a separate list */
+	assert_true(acl_allows_text(&cfg.acl, "127.0.0.1"));
+	assert_int_equal(parse("--metrics-allow", "10.0.0.1/8", NULL), DP_E_CONFIG);
+	assert_non_null(strstr(err, "--metrics-allow"));
+	assert_int_equal(parse("--metrics-allow", "10.0.0.0/8,", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--metrics-allow", ",10.0.0.0/8", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--metrics-allow", "bogus", NULL), DP_E_CONFIG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -450,6 +492,7 @@ int main(void)
 		cmocka_unit_test(other_numbers),
 		cmocka_unit_test(errors_and_exits),
 		cmocka_unit_test(parse_is_repeatable),
+		cmocka_unit_test(metrics_allow),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
