@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "home.h"
 #include "siphash.h"
 
 /* The SipHash paper (Aumasson, Bernstein 2012), appendix A: key 00..0f,
@@ -65,12 +66,37 @@ static void test_key_changes_hash(void **state)
 	dp_hash_key = old;
 }
 
+/* A name's home is its case-folded wire form's SipHash: the steering program
+ * computes the same, so it is pinned to the one-call form here. */
+static void test_home_hash_folds_case(void **state)
+{
+	(void)state;
+	dp_sipkey_t old = dp_hash_key;
+	dp_hash_key = (dp_sipkey_t){ 0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull };
+	const uint8_t upper[] = "\3WwW\7ExAmPlE\3COM";
+	const uint8_t lower[] = "\3www\7example\3com";
+	size_t n = sizeof(lower); /* the root's zero octet included */
+	assert_true(dp_home_hash(upper, n) == dp_home_hash(lower, n));
+	assert_true(dp_home_hash(lower, n) == dp_siphash(&dp_hash_key, lower, n));
+	const uint8_t other[] = "\3www\7example\3net";
+	assert_true(dp_home_hash(other, n) != dp_home_hash(lower, n));
+	uint32_t seen[8] = { 0 };
+	for (uint64_t h = 0; h < 4096; h++)
+		seen[dp_home_shard(dp_hash2(h, 0), 8)]++;
+	for (int i = 0; i < 8; i++)
+		assert_true(seen[i] > 400 && seen[i] < 640);
+	assert_int_equal(dp_home_shard(UINT64_MAX, 3), 2);
+	assert_int_equal(dp_home_shard(0, 3), 0);
+	dp_hash_key = old;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_paper_vectors),
 		cmocka_unit_test(test_streaming_matches),
 		cmocka_unit_test(test_key_changes_hash),
+		cmocka_unit_test(test_home_hash_folds_case),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
