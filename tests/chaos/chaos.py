@@ -154,6 +154,8 @@ def parse_response(data):
         if rcode not in (0, 2, 5):
             return qid, qname, qtype, rcode, "rcode %d to a valid query" % rcode
         if rcode == 0:
+            if an < 1 and flags & 0x0200:
+                return qid, qname, qtype, rcode, None  # truncated: the client would retry over TCP
             if an < 1:
                 return qid, qname, qtype, rcode, "NOERROR without an answer"
             owner, off = read_name(data, off)
@@ -195,6 +197,7 @@ class Responder:
         self.kind, self.flags = RESPONDERS[idx]
         self.port = 0
         self.proc = None
+        self.old = None  # the process being restarted
         self.starts = 0
 
     def start(self):
@@ -221,14 +224,15 @@ class Responder:
         return False
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
+        for p in (self.proc, self.old):
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=5)
+        self.proc = self.old = None
 
     def upstream_arg(self):
         return "127.0.0.1:%d#%s" % (self.port, UPSTREAM_NAME)
@@ -272,6 +276,7 @@ class TcpClient:
         self.sock.setblocking(False)
         try:
             self.sock.bind((src, 0))
+            self.lport = self.sock.getsockname()[1]
             self.sock.connect_ex(("127.0.0.1", run.dp_port))
         except OSError as e:
             self.sock.close()
@@ -705,9 +710,13 @@ class Run:
         self.cur_upstreams = ups
         lines = ["# written by tests/chaos/chaos.py seed=%d" % self.seed]
         lines += ["upstream %s" % self.responders[i].upstream_arg() for i in ups]
+        timeout = r.choice(["300ms", "700ms", "1s", "1500ms", "2s"])
+        idle = r.choice(["2s", "3s", "5s", "10s"])
+        self.note("config: upstreams %s timeout %s tcp-idle-timeout %s"
+                  % ([RESPONDERS[i][0] for i in ups], timeout, idle))
         lines += ["ca-file %s" % (self.dir / "ca.pem"),
-                  "timeout %s" % r.choice(["300ms", "700ms", "1s", "1500ms", "2s"]),
-                  "tcp-idle-timeout %s" % r.choice(["2s", "3s", "5s", "10s"]),
+                  "timeout %s" % timeout,
+                  "tcp-idle-timeout %s" % idle,
                   "upstream-policy %s" % r.choice(["fastest", "round-robin"]),
                   "hedge-after %s" % r.choice(["auto", "off", "100ms", "400ms"])]
         tmp = self.conf.with_name(".dotproxy.conf.tmp")
@@ -721,17 +730,34 @@ class Run:
         self.write_config()
         os.kill(self.proc.pid, signal.SIGHUP)
         self.stats["reloads"] += 1
-        self.note("SIGHUP: upstreams %s" % [RESPONDERS[i][0] for i in self.cur_upstreams])
+        self.note("SIGHUP")
 
     def restart_responder(self, i, down_s):
         resp = self.responders[i]
-        resp.stop()
+        if resp.proc is None or resp.old is not None:
+            return  # still restarting
+        resp.old = resp.proc
+        resp.old.terminate()  # not waited for here: the loop goes on
+        resp.proc = None
         self.stats["upstream_restarts"] += 1
         self.note("responder %s down for %.1f s" % (resp.kind, down_s))
         self.at(time.monotonic() + down_s, self.responder_up, i, 0)
 
     def responder_up(self, i, tries):
-        if not self.responders[i].start() and tries < 20:
+        resp = self.responders[i]
+        if resp.old is not None:
+            if resp.old.poll() is None and tries < 50:
+                self.at(time.monotonic() + 0.1, self.responder_up, i, tries + 1)
+                return
+            if resp.old.poll() is None:
+                resp.old.kill()
+                resp.old.wait(5)
+                self.fail("responder", "dot-responder %s did not exit within 5 s of SIGTERM" % resp.kind)
+            elif resp.old.returncode != 0:
+                self.fail("responder", "dot-responder %s exited with %s after SIGTERM"
+                          % (resp.kind, resp.old.returncode))
+            resp.old = None
+        if not resp.start() and tries < 70:
             self.at(time.monotonic() + 0.5, self.responder_up, i, tries + 1)
 
     def sample(self):
@@ -806,9 +832,13 @@ class Run:
                 self.at(t, self.restart_responder, rr.randrange(len(RESPONDERS)), rr.uniform(0.1, 2.0))
                 t += r.expovariate(1 / 6.0)
         if "burst" not in self.disabled:
-            t = t0 + r.expovariate(1 / 15.0)
+            # the first storm early and at full size: it sets the memory
+            # high-water mark the RSS growth check compares against
+            t = t0 + r.uniform(0.1, 0.2) * T
+            self.at(t, self.storm, 400, t + r.uniform(1.5, 3.0))
+            t += r.expovariate(1 / 15.0)
             while t < end - 3:
-                self.at(t, self.storm, r.randrange(50, 300), t + r.uniform(1.5, 3.0))
+                self.at(t, self.storm, r.randrange(50, 400), t + r.uniform(1.5, 3.0))
                 t += r.expovariate(1 / 15.0)
             if self.term_at and r.random() < 0.7:
                 # SIGTERM mid-burst
@@ -904,6 +934,12 @@ class Run:
                       % (rc, self.exit_s, "" if san else "\n" + tail(self.stderr_path, 30)))
         elif self.exit_s > DRAIN_S + 5:
             self.fail("exit", "exit %.1f s after SIGTERM, drain timeout %d s" % (self.exit_s, DRAIN_S))
+        for resp in self.responders:
+            for log in sorted(self.dir.glob("responder-%d-*.log" % resp.idx)):
+                text = log.read_text(errors="replace")
+                hit = [l for l in text.splitlines() if any(p in l for p in SAN_PATTERNS)]
+                if hit:
+                    self.fail("responder-sanitizer", "%s: %s\n%s" % (log.name, hit[0], text[:4000]))
         for line in err.splitlines():
             if "reload rejected" in line:
                 self.fail("reload", line)
@@ -931,19 +967,24 @@ class Run:
                              lost[:5]))
         # TCP: clients that read everything lose nothing unless closed for
         # a documented reason
-        documented = stats.get("tcp_closed_memory", 0) + stats.get("tcp_evicted", 0)
+        documented = sum(stats.get(k, 0) for k in ("tcp_closed_memory", "tcp_evicted", "tcp_refused"))
         tl = []
         for c in self.tcp:
             if c.kind not in ("good", "split"):
                 continue
             pend = [q for q in c.outstanding.values() if q.before_term]
             if pend and c.closed_by != "us":
-                tl.append((c.marker, c.kind, c.closed_by, len(pend), pend[0].key))
+                oldest = min(q.t_sent for q in pend)
+                tl.append("%s (%s, port %d) closed by %s at +%.2f s (SIGTERM at +%.2f s) with %d of %d unanswered, "
+                          "the oldest sent %.2f s before the close: %s"
+                          % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
+                             self.term_t - self.t0, len(pend), len(pend) + len(c.done),
+                             c.t_closed - oldest, pend[0].key))
         if tl:
             msg = ("%d reading TCP clients closed by the daemon with queries sent before SIGTERM unanswered, "
-                   "e.g. %s" % (len(tl), tl[:5]))
+                   "e.g.\n  %s" % (len(tl), "\n  ".join(tl[:5])))
             if documented:
-                self.note(msg + " (documented closes: tcp_closed_memory+tcp_evicted=%d)" % documented)
+                self.note(msg + " (documented closes: tcp_closed_memory+tcp_evicted+tcp_refused=%d)" % documented)
             else:
                 self.fail("tcp-unanswered", msg)
         # RSS
@@ -953,13 +994,17 @@ class Run:
             if mx > RSS_LIMIT_MB:
                 self.fail("rss", "VmRSS reached %.0f MB (limit %d)" % (mx, RSS_LIMIT_MB))
             run_end = (self.term_t - self.t0)
-            q = [[m for t, m in self.rss if k * run_end / 4 <= t < (k + 1) * run_end / 4] for k in range(4)]
-            if q[1] and q[3]:
-                q2, q4 = max(q[1]), max(q[3])
-                self.stats["rss_q2_mb"], self.stats["rss_q4_mb"] = int(q2), int(q4)
-                if q4 > q2 * 1.10 + 32:
-                    self.fail("rss-growth", "VmRSS grew over the second half: max %.0f MB in the second quarter, "
-                              "%.0f MB in the last" % (q2, q4))
+            # growth: the peak of the second half against the peak of the
+            # first (which holds the first storm, the biggest): a leak
+            # keeps climbing, a high-water mark does not
+            h1 = [m for t, m in self.rss if t < run_end / 2]
+            h2 = [m for t, m in self.rss if run_end / 2 <= t <= run_end]
+            if h1 and h2:
+                p1, p2 = max(h1), max(h2)
+                self.stats["rss_h1_mb"], self.stats["rss_h2_mb"] = int(p1), int(p2)
+                if p2 > p1 * 1.10 + 32:
+                    self.fail("rss-growth", "VmRSS grew over the second half: peak %.0f MB in the first half, "
+                              "%.0f MB in the second" % (p1, p2))
 
     def cleanup(self):
         for r in self.responders:
@@ -1141,10 +1186,10 @@ def main():
         print("note:", n)
     summary = ("seed=%d seconds=%g tcp_clients=%d tcp_queries=%d tcp_answered=%d udp_queries=%d udp_answered=%d "
                "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d "
-               "rss_max_mb=%d rss_q2_mb=%d rss_q4_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d"
+               "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d"
                % (seed, args.seconds, run.cid, s["tcp_sent"], s["tcp_answered"], s["udp_sent"],
                   s["udp_answered"], s["udp_sent_after_term"], s["udp_garbage"], s["storms"], s["reloads"],
-                  s["upstream_restarts"], s["rcode2"], s["rss_max_mb"], s["rss_q2_mb"], s["rss_q4_mb"],
+                  s["upstream_restarts"], s["rcode2"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
                   getattr(run, "exit_s", -1), getattr(run, "dp_stats", {}).get("tcp_closed_slow", 0),
                   getattr(run, "dp_stats", {}).get("cache_hits", 0)))
     if run.fail_counts:
