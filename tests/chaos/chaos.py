@@ -272,6 +272,7 @@ class TcpClient:
         self.waiting = None         # deadline of a "wait" step
         self.nq = 0
         self.next_id = rng.randrange(65536)
+        self.bodies = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         try:
@@ -298,12 +299,17 @@ class TcpClient:
         """Wire bytes of one query per name and [(end offset, Query)]."""
         out = bytearray()
         ends = []
+        rnd = self.rng.random
         for nm in names:
             qid = self.next_id
             self.next_id = (self.next_id + 1) & 0xFFFF
-            qtype = QT_AAAA if self.rng.random() < 0.2 else QT_A
-            msg = build_query(qid, nm, qtype, self.rng.random() < 0.3)
-            out += struct.pack("!H", len(msg)) + msg
+            qtype = QT_AAAA if rnd() < 0.2 else QT_A
+            edns = rnd() < 0.3
+            body = self.bodies.get((nm, qtype, edns))
+            if body is None:  # the query after its ID (names repeat: built once)
+                body = self.bodies[(nm, qtype, edns)] = build_query(0, nm, qtype, edns)[2:]
+            out += struct.pack("!HH", len(body) + 2, qid)
+            out += body
             q = Query((qid, nm.lower(), qtype))
             self.unsent[q.key] = q
             ends.append((len(out), q))
@@ -335,6 +341,10 @@ class TcpClient:
             elif op == "sleep":
                 self.run.at(time.monotonic() + step[1], self.kick)
                 return
+            elif op == "until":
+                if time.monotonic() < step[1]:
+                    self.run.at(step[1], self.kick)
+                    return
             elif op == "wait":
                 self.waiting = time.monotonic() + step[1]
                 self.run.at(self.waiting + 0.01, self.kick)
@@ -773,7 +783,7 @@ class Run:
 
     # ---------------------------------------------------------- the mix
 
-    def new_tcp(self, kind, rng=None, at_burst=None):
+    def new_tcp(self, kind, rng=None, at_burst=None, big=False):
         if self.term_t is not None or self.tcp_live >= self.args.max_conns:
             return None
         self.cid += 1
@@ -786,14 +796,14 @@ class Run:
         self.tcp.append(c)
         self.tcp_live += 1
         self.stats["tcp_" + kind] += 1
-        script_for(c, rng, self, at_burst)
+        script_for(c, rng, self, at_burst, big)
         return c
 
-    def storm(self, n, burst_at):
+    def storm(self, n, burst_at, big=False):
         self.stats["storms"] += 1
         self.note("storm: %d burst clients, burst at +%.2f s" % (n, burst_at - time.monotonic()))
         for _ in range(n):
-            self.new_tcp("burst", at_burst=burst_at)
+            self.new_tcp("burst", at_burst=burst_at, big=big)
 
     def schedule(self):
         """Top-level events, drawn from the seed up front (what happens and
@@ -840,10 +850,12 @@ class Run:
             while t < end - 3:
                 self.at(t, self.storm, r.randrange(50, 400), t + r.uniform(1.5, 3.0))
                 t += r.expovariate(1 / 15.0)
-            if self.term_at and r.random() < 0.7:
+            if self.term_at:
                 # SIGTERM mid-burst
+                # (bursts of 1000..4000 cache hits, the last of them sent
+                # while the daemon still reads, just after the SIGTERM)
                 self.at(self.term_at - r.uniform(1.5, 3.0), self.storm, r.randrange(150, 400),
-                        self.term_at - r.uniform(0.0, 0.3))
+                        self.term_at + r.uniform(-0.2, 0.05), True)
         if self.term_at:
             self.at(self.term_at, self.sigterm)
 
@@ -1025,7 +1037,7 @@ class SetupError(Exception):
 
 # ================================================================ client scripts
 
-def script_for(c, rng, run, at_burst):
+def script_for(c, rng, run, at_burst, big=False):
     """Fill c.steps according to c.kind."""
     S = c.steps
     wait = ANSWER_WAIT_S
@@ -1076,8 +1088,11 @@ def script_for(c, rng, run, at_burst):
         S.append(("send", data, ends))
         S.append(("wait", 3.0))
         if at_burst is not None:
-            S.append(("sleep", max(0.0, at_burst - time.monotonic() - 0.05)))
-        n = rng.choice([50, 200, 500, 1500]) if rng.random() < 0.9 else 4000
+            S.append(("until", at_burst))
+        if big:
+            n = rng.choice([1000, 2000, 4000])
+        else:
+            n = rng.choice([50, 200, 500, 1500]) if rng.random() < 0.9 else 4000
         data, ends = c.frames([c.name(hot=rng.choice(hot)) for _ in range(n)])
         tail_data, _ = c.frames([c.name(hot=hot[0])])
         # the tail frame is never completed here: unsent keeps it out of the books
@@ -1185,11 +1200,11 @@ def main():
     for n in run.notes[-10:] if not args.verbose else []:
         print("note:", n)
     summary = ("seed=%d seconds=%g tcp_clients=%d tcp_queries=%d tcp_answered=%d udp_queries=%d udp_answered=%d "
-               "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d "
+               "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d refused=%d "
                "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d"
                % (seed, args.seconds, run.cid, s["tcp_sent"], s["tcp_answered"], s["udp_sent"],
                   s["udp_answered"], s["udp_sent_after_term"], s["udp_garbage"], s["storms"], s["reloads"],
-                  s["upstream_restarts"], s["rcode2"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
+                  s["upstream_restarts"], s["rcode2"], s["rcode5"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
                   getattr(run, "exit_s", -1), getattr(run, "dp_stats", {}).get("tcp_closed_slow", 0),
                   getattr(run, "dp_stats", {}).get("cache_hits", 0)))
     if run.fail_counts:
