@@ -1098,7 +1098,9 @@ def script_for(c, rng, run, at_burst, big=False):
         # the tail frame is never completed here: unsent keeps it out of the books
         half = rng.randrange(1, len(tail_data))
         S.append(("send", data + tail_data[:half], ends))
-        if rng.random() < 0.6:
+        # most stop reading; in the storm at the SIGTERM most read on, so
+        # that the daemon's sends complete and nothing holds the connection
+        if rng.random() < (0.3 if big else 0.6):
             S.append(("read", False))
         S.append(("sleep", rng.uniform(0.5, 8)))
         r = rng.random()
