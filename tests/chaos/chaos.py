@@ -562,7 +562,8 @@ class Run:
         self.fail_counts = collections.Counter()
         self.notes = []
         self.stats = collections.Counter()
-        self.tcp = []
+        self.tcp = set()  # open clients
+        self.tcp_lost = []
         self.tcp_live = 0
         self.udp = []
         self.term_t = None
@@ -643,8 +644,22 @@ class Run:
             self.stats["udp_answered"] += 1
 
     def tcp_closed(self, c):
+        """Book a closed client, then drop what it holds (a long run has
+        hundreds of thousands of them)."""
         self.tcp_live -= 1
         self.stats["tcp_closed_" + c.closed_by] += 1
+        pend = [q for q in c.outstanding.values() if q.before_term]
+        if c.kind in ("good", "split") and pend and c.closed_by != "us":
+            oldest = min(q.t_sent for q in pend)
+            self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
+                                 "the oldest sent %.2f s before the close: %s"
+                                 % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
+                                    "before the SIGTERM" if self.term_t is None else
+                                    "SIGTERM at +%.2f s" % (self.term_t - self.t0),
+                                    len(pend), len(pend) + len(c.done), c.t_closed - oldest, pend[0].key))
+        c.outstanding = c.unsent = c.bodies = None
+        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = None
+        self.tcp.discard(c)
 
     # ---------------------------------------------------------- the daemon
 
@@ -793,7 +808,7 @@ class Run:
         if c.state == "closed":
             self.stats["tcp_connect_failed"] += 1
             return None
-        self.tcp.append(c)
+        self.tcp.add(c)
         self.tcp_live += 1
         self.stats["tcp_" + kind] += 1
         script_for(c, rng, self, at_burst, big)
@@ -923,14 +938,14 @@ class Run:
             self.proc.wait(10)
         self.exit_s = time.monotonic() - self.term_t
         # the daemon is gone: read what is left in every socket
-        for c in self.tcp:
+        for c in list(self.tcp):
             if c.state == "open":
                 c.reading = True
                 c.update_events()
         self.loop_until(lambda: all(c.state != "open" for c in self.tcp), time.monotonic() + 3)
         for u in self.udp:
             u.on_event(0)
-        for c in self.tcp:
+        for c in list(self.tcp):
             if c.state == "open":
                 c.finish("us")
 
@@ -980,18 +995,7 @@ class Run:
         # TCP: clients that read everything lose nothing unless closed for
         # a documented reason
         documented = sum(stats.get(k, 0) for k in ("tcp_closed_memory", "tcp_evicted", "tcp_refused"))
-        tl = []
-        for c in self.tcp:
-            if c.kind not in ("good", "split"):
-                continue
-            pend = [q for q in c.outstanding.values() if q.before_term]
-            if pend and c.closed_by != "us":
-                oldest = min(q.t_sent for q in pend)
-                tl.append("%s (%s, port %d) closed by %s at +%.2f s (SIGTERM at +%.2f s) with %d of %d unanswered, "
-                          "the oldest sent %.2f s before the close: %s"
-                          % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
-                             self.term_t - self.t0, len(pend), len(pend) + len(c.done),
-                             c.t_closed - oldest, pend[0].key))
+        tl = self.tcp_lost
         if tl:
             msg = ("%d reading TCP clients closed by the daemon with queries sent before SIGTERM unanswered, "
                    "e.g.\n  %s" % (len(tl), "\n  ".join(tl[:5])))
@@ -1024,7 +1028,7 @@ class Run:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        for c in self.tcp:
+        for c in list(self.tcp):
             if c.state == "open":
                 c.sock.close()
         for u in self.udp:
