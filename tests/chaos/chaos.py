@@ -627,9 +627,6 @@ class Run:
         q = self.check_answer("TCP client %s (%s)" % (c.marker, c.kind), c.marker, c.outstanding, c.done, data)
         if q is not None:
             self.stats["tcp_answered"] += 1
-        elif data and len(data) >= 12:
-            # an answer to a query still being written is impossible
-            pass
 
     def udp_answer(self, u, data):
         if u.garbage:
@@ -979,7 +976,7 @@ class Run:
         lost = []
         for u in self.udp:
             lost += [(u.marker, q.key) for q in u.outstanding.values() if q.before_term]
-        our_drops = sum(udp_socket_drops_local(u.port) or 0 for u in self.udp)
+        our_drops = sum(udp_socket_drops(u.port) or 0 for u in self.udp)
         allowance = self.udp_drops_daemon + our_drops + stats.get("udp_send_errors", 0)
         self.stats["udp_unanswered_after_term"] = sum(1 for u in self.udp for q in u.outstanding.values()
                                                        if not q.before_term)
@@ -1158,8 +1155,6 @@ def udp_socket_drops(port):
     rows = [d for a, d in _udp_rows() if a.endswith(want)]
     return sum(rows) if rows else None
 
-
-udp_socket_drops_local = udp_socket_drops
 
 
 def parse_seed(s):
