@@ -190,6 +190,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	q->tlink.next = s->q_free;
 	s->q_free = qi;
 	s->q_used--;
+	s->q_freed++;
 	STAT_SET(s, queries_inflight, s->q_used);
 }
 

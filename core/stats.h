@@ -24,6 +24,7 @@
 	X(udp_io_calls) \
 	X(bufring_empty) \
 	X(inflight_full) \
+	X(tcp_paused) \
 	X(timeouts) \
 	X(upstream_sent) \
 	X(upstream_resent) \

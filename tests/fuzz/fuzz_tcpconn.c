@@ -7,13 +7,15 @@
  * completion) and the next bytes its arguments. Clients send well-formed
  * frames (sometimes malformed ones) whose content tells the query layer
  * what to do: answer at once from inside the frame loop (a cache hit, small
- * or large enough to overflow the write queue), answer later, or not at all.
+ * or large enough to overflow the write queue), answer later, or not at
+ * all. A connection is paused at 3 queries in flight. The end of a loop
+ * turn resumes what is queued, then flushes, as the shard does.
  *
  * Checked, besides ASan/UBSan: the fake's rules (no slot finalized with an
- * operation in flight, no frame for a connection gone or closing), every
- * frame reaches the query layer under the connection of the client that
- * sent it, every answer a client receives is its own, and the lists and
- * counters of the table stay consistent.
+ * operation in flight, no frame for a connection gone, closing or paused),
+ * every frame reaches the query layer under the connection of the client
+ * that sent it, every answer a client receives is its own, and the lists
+ * and counters of the table stay consistent.
  *
  * Seeds (corpus/tcpconn/) are a few short hand-written programs: one
  * client, pipelining and drain, a frame split over the receive's end, a
@@ -120,7 +122,7 @@ static void answer(world_t *w, uint32_t idx, uint32_t gen, uint16_t id, uint32_t
 }
 
 /* The query layer: the frame must be from the client on that slot. */
-static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
+static int on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
 {
 	world_t *w = f->user;
 	CHECK(len >= 12);
@@ -146,6 +148,7 @@ static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t
 	default: /* dropped (rate limited) */
 		break;
 	}
+	return 0;
 }
 
 /* What client k received are whole answers of its own, in frames. */
@@ -164,10 +167,15 @@ static void check_rx(world_t *w, client_t *c)
 	}
 }
 
+static fake_fd_t *fd_of(dp_tcpconns_t *t, const dp_tcpc_t *c)
+{
+	return &((fake_t *)t->ctx)->fd[c->fd];
+}
+
 /* Lists and counters agree with the slots. */
 static void check_table(dp_tcpconns_t *t)
 {
-	uint32_t open = 0, closing = 0, quiet = 0;
+	uint32_t open = 0, closing = 0, quiet = 0, share = 0, resume = 0;
 	bool reading = false, output = false;
 	for (uint32_t i = 0; i < t->hiwater; i++) {
 		dp_tcpc_t *c = &t->c[i];
@@ -177,18 +185,26 @@ static void check_table(dp_tcpconns_t *t)
 		if (c->closing) {
 			closing++;
 			CHECK(c->ops > 0 || c->dirty);
+			CHECK(c->wait == DP_TCPC_W_NONE);
 			continue;
 		}
 		open++;
-		reading |= c->recv_armed;
+		reading |= c->recv_armed || c->paused;
 		output |= c->send_inflight || c->pend_len || c->dirty;
-		bool q = c->inflight == 0 && !c->send_inflight && c->pend_len == 0;
+		bool q = c->inflight == 0 && !c->send_inflight && c->pend_len == 0 && !c->paused;
 		CHECK(q == c->quiet);
+		CHECK(c->wait == DP_TCPC_W_NONE || c->paused);
+		share += c->wait == DP_TCPC_W_SHARE;
+		resume += c->wait == DP_TCPC_W_RESUME;
+		/* Paused, its receive is not re-armed, and one still running was
+		 * asked to stop. */
+		CHECK(!c->paused || !c->recv_armed || fd_of(t, c)->recv_cancel);
 		quiet += q;
 		CHECK(c->ops == (uint32_t)c->recv_armed + (uint32_t)c->send_inflight);
 	}
 	CHECK(t->used == open + closing && t->closing == closing);
 	CHECK(t->idle.count == open && t->quiet.count == quiet);
+	CHECK(t->share_wait.count == share && t->resume.count == resume);
 	CHECK(open <= t->cap);
 	CHECK(dp_tcpconn_reads_done(t) == !reading);
 	CHECK(dp_tcpconn_idle_output(t) == !output);
@@ -198,6 +214,12 @@ static void check_table(dp_tcpconns_t *t)
 	n = 0;
 	for (uint32_t i = t->dirty; i != DP_NONE; i = t->c[i].dirty_next, n++)
 		CHECK(n < t->hiwater && t->c[i].dirty);
+	n = 0;
+	for (uint32_t i = t->share_wait.head; i != DP_NONE; i = t->c[i].wlink.next, n++)
+		CHECK(n < share && t->c[i].wait == DP_TCPC_W_SHARE);
+	n = 0;
+	for (uint32_t i = t->resume.head; i != DP_NONE; i = t->c[i].wlink.next, n++)
+		CHECK(n < resume && t->c[i].wait == DP_TCPC_W_RESUME);
 }
 
 static client_t *pick(world_t *w)
@@ -259,7 +281,10 @@ static void step(world_t *w, uint8_t op)
 		if ((c = pick(w)))
 			dp_tcpconn_close(&f->t, f->fd[c->fd].idx);
 		break;
-	case 10: /* end of a loop turn */
+	case 10: /* end of a loop turn: resumptions, then sends */
+		dp_tcpconn_resume_pending(&f->t);
+		CHECK(f->t.resume.count == 0);
+		CHECK(f->freed == 0 || f->t.share_wait.count == 0);
 		dp_tcpconn_flush(&f->t);
 		break;
 	case 11: { /* cancellations complete */
@@ -332,6 +357,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fake_init(&w.f, 4, 2);
 	w.f.t.wq_max = 4096;
 	w.f.t.buf_max = 48 * 1024;
+	w.f.t.inflight_max = 3;
 	w.f.user = &w;
 	w.f.on_frame = on_frame;
 	while (w.n) {
