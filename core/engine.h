@@ -14,6 +14,7 @@
 #define DP_ENGINE_H
 
 #include "cache.h"
+#include "clientshare.h"
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
@@ -228,6 +229,7 @@ typedef struct dp_shard {
 	dp_query_t *q;
 	uint32_t q_cap, q_hiwater, q_free, q_used;
 	uint32_t q_freed; /* slots freed since the TCP frontend last asked (fair share) */
+	dp_cshare_t share; /* in-flight queries per client address (fair share) */
 	dp_tw_t timers; /* query deadlines and hedge times, in ms */
 
 	dp_upconn_t *conns;
@@ -241,6 +243,7 @@ typedef struct dp_shard {
 	SSL_CTX *ssl_ctx;
 
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
+	dp_cshare_key_t *tcp_peer; /* per connection slot: its client address (fair share) */
 
 	dp_ratelimit_t rl;
 	dp_metrics_t metrics;
@@ -357,9 +360,13 @@ void dp_tcp_reconfigure(dp_shard_t *s);
 /* ---- query.c ------------------------------------------------------------ */
 /* Handle one client query (msg is the receive buffer: read in place, copied
  * only into the query slot). For UDP, from/li say where to answer; for TCP,
- * tcp_idx/tcp_gen. Hot path. */
-void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
-			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
+ * tcp_idx/tcp_gen. Returns 0 when the query was taken (answered, dropped,
+ * or in the table), DP_E_FULL when a TCP query was not taken because its
+ * client address is at its fair share of a contended table: the caller
+ * keeps it and offers it again later (a UDP one is answered SERVFAIL
+ * instead). Hot path. */
+int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
 /* An upstream answer for the query in slot qi (already matched), from
  * upstream index upstream. Answers the client and frees the slot; but a
  * SERVFAIL first sends the query to an upstream that has not failed it. */
