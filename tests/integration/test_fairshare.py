@@ -279,3 +279,33 @@ def test_hole3_single_client_not_throttled(dotproxy, responder, certs):  # noqa:
     assert summary(got.values()) == {"ok": n}, (
         "one client alone, %d queries in flight on a %d-slot table: %s (want all answered)"
         % (n, TABLE, summary(got.values())))
+
+
+@pytest.mark.timeout_s(60)
+def test_drain_answers_paused_connection(dotproxy, responder, certs):  # noqa: F811
+    """SIGTERM while a connection is paused at --max-inflight-per-conn with
+    most of its pipelined queries held back (received, not yet dispatched)
+    or still in its socket: the drain goes on dispatching them as its
+    queries are answered, every one is answered for real, and dotproxy exits
+    0 within --drain-timeout. (A new flag: not a hole test.)"""
+    import os
+    import signal
+    cap, n, delay, drain_s = 32, 200, 0.3, 8
+    dp = start(dotproxy, responder, certs, delay_s=delay,
+               extra=["--max-inflight-per-conn", str(cap), "--drain-timeout", "%ds" % drain_s])
+    with tcp_connect("127.0.0.2", dp) as a:
+        tcp_pipeline(a, names("drain", n))
+        time.sleep(delay / 2)
+        t_term = time.monotonic()
+        os.kill(dp.pid, signal.SIGTERM)
+        dp.expect_exited = True
+        got = tcp_collect([a], n, drain_s + 5)
+        rc = dp.proc.wait(timeout=drain_s + 5)
+        exit_s = time.monotonic() - t_term
+    assert summary(got.values()) == {"ok": n}, (
+        "a connection paused at its cap when SIGTERM came: %s of %d (want every one answered)"
+        % (summary(got.values()), n))
+    assert rc == 0, dp.tail()
+    assert exit_s <= drain_s + 1.0, "exit %.2f s after SIGTERM, drain timeout %d s" % (exit_s, drain_s)
+    stats = [H.parse_logline(l) for l in dp.log_lines() if 'msg="stats"' in l]
+    assert stats and int(stats[-1]["tcp_paused"]) >= 1, "the connection was never paused: %s" % stats[-1:]
