@@ -19,6 +19,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->tcp_idle_ms = 10000;
 	c->max_tcp_clients = 15000;
 	c->max_inflight = 16384;
+	c->max_inflight_per_conn = 256;
 	c->upstream_conns = 1;
 	c->max_udp_size = 1232;
 	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
@@ -279,7 +280,10 @@ static void usage(const dp_config_t *d)
 	       "                            (default %s)\n"
 	       "  --max-tcp-clients N       open client TCP connections (default %u)\n"
 	       "  --tcp-idle-timeout DUR    close idle client TCP connections (default %.1fs)\n"
-	       "  --max-inflight N          queries upstream per shard (default %u)\n"
+	       "  --max-inflight N          queries upstream per shard (default %u); under\n"
+	       "                            contention each client address gets a fair share\n"
+	       "  --max-inflight-per-conn N  queries in flight per client TCP connection;\n"
+	       "                            at it the connection is not read (default %u)\n"
 	       "  --upstream-conns N        TLS connections per upstream per shard (default %u)\n"
 	       "  --max-udp-size N          largest UDP answer sent, 512..4096 (default %u)\n"
 "  --allow CIDR              clients allowed, repeatable (default loopback,\n"
@@ -322,9 +326,9 @@ static void usage(const dp_config_t *d)
 	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config;\n"
 	       "SIGUSR1 logs the counters.\n",
 	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
-	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->upstream_conns, d->max_udp_size,
-	       d->cache_mb, d->cache_min_ttl, d->cache_max_ttl, d->stale_ttl, d->servfail_ttl,
-	       d->batch_us);
+	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->max_inflight_per_conn,
+	       d->upstream_conns, d->max_udp_size, d->cache_mb, d->cache_min_ttl, d->cache_max_ttl,
+	       d->stale_ttl, d->servfail_ttl, d->batch_us);
 }
 
 enum {
@@ -333,7 +337,7 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW,
+	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW, OPT_INFLIGHT_CONN,
 };
 
 static const struct option opts[] = {
@@ -347,6 +351,7 @@ static const struct option opts[] = {
 	{ "max-tcp-clients", required_argument, NULL, OPT_MAXTCP },
 	{ "tcp-idle-timeout", required_argument, NULL, OPT_TCPIDLE },
 	{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
+	{ "max-inflight-per-conn", required_argument, NULL, OPT_INFLIGHT_CONN },
 	{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
 	{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
 	{ "allow", required_argument, NULL, OPT_ALLOW },
@@ -490,6 +495,13 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 			return DP_E_CONFIG;
 		}
 		c->max_inflight = (uint32_t)n;
+		break;
+	case OPT_INFLIGHT_CONN:
+		if (parse_uint(arg, 1, 65535, &n) < 0) {
+			snprintf(err, errlen, "--max-inflight-per-conn %s: expected 1..65535", arg);
+			return DP_E_CONFIG;
+		}
+		c->max_inflight_per_conn = (uint32_t)n;
 		break;
 	case OPT_UPCONNS:
 		if (parse_uint(arg, 1, 64, &n) < 0) {

@@ -41,6 +41,7 @@ typedef struct dp_config {
 	uint32_t tcp_idle_ms; /* client TCP idle timeout */
 	uint32_t max_tcp_clients; /* whole process */
 	uint32_t max_inflight; /* per shard */
+	uint32_t max_inflight_per_conn; /* per client TCP connection; over it, not read */
 	uint32_t upstream_conns; /* per shard per upstream */
 	uint16_t max_udp_size;
 	char ca_file[4096];

@@ -286,6 +286,7 @@ static void control(dp_shard_t *s)
 			dp_rl_init(&s->rl, 1u << 16, nc->rate_limit, nc->rate_limit);
 		}
 		dp_upstream_reconfigure(s, old);
+		dp_tcp_reconfigure(s);
 		__atomic_store_n(&s->cfg_gen, s->pending_gen, __ATOMIC_RELEASE);
 	}
 	if (__atomic_load_n(&s->drain, __ATOMIC_ACQUIRE) && !s->draining)
@@ -421,6 +422,7 @@ static void run_loop(dp_shard_t *s)
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		if (s->udp_more)
 			dp_udp_pump(s);
+		dp_tcp_resume_pending(s); /* before the flushes: it makes queries and answers */
 		dp_upstream_flush(s);
 		dp_tcp_flush(s);
 		dp_udp_flush(s);

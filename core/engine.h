@@ -14,6 +14,7 @@
 #define DP_ENGINE_H
 
 #include "cache.h"
+#include "clientshare.h"
 #include "config.h"
 #include "dns.h"
 #include "idmap.h"
@@ -230,6 +231,8 @@ typedef struct dp_shard {
 
 	dp_query_t *q;
 	uint32_t q_cap, q_hiwater, q_free, q_used;
+	uint32_t q_freed; /* slots freed since the TCP frontend last asked (fair share) */
+	dp_cshare_t share; /* in-flight queries per client address (fair share) */
 	dp_tw_t timers; /* query deadlines and hedge times, in ms */
 
 	dp_upconn_t *conns;
@@ -243,6 +246,7 @@ typedef struct dp_shard {
 	SSL_CTX *ssl_ctx;
 
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
+	dp_cshare_key_t *tcp_peer; /* per connection slot: its client address (fair share) */
 
 	dp_ratelimit_t rl;
 	dp_metrics_t metrics;
@@ -333,7 +337,8 @@ void dp_tcp_expire(dp_shard_t *s);
 void dp_tcp_flush(dp_shard_t *s);
 /* Drain: stop reading from every client connection (answers still go). */
 void dp_tcp_stop_reading(dp_shard_t *s);
-/* True when no client connection has a receive in the kernel. */
+/* True when no client connection has a receive in the kernel, nor is
+ * paused with frames or its socket still to read. */
 bool dp_tcp_reads_done(dp_shard_t *s);
 /* True when no client connection has answers waiting or being sent. */
 bool dp_tcp_idle_output(dp_shard_t *s);
@@ -347,16 +352,24 @@ int dp_tcp_init(dp_shard_t *s);
 /* A query of client connection idx/gen is in flight / finished. Hot path. */
 void dp_tcp_query_begin(dp_shard_t *s, uint32_t idx, uint32_t gen);
 void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen);
-/* Backpressure: stop reading client connection idx/gen / read it again. */
-void dp_tcp_pause(dp_shard_t *s, uint32_t idx, uint32_t gen);
-void dp_tcp_resume(dp_shard_t *s, uint32_t idx, uint32_t gen);
+/* Once per loop turn, before the flushes (no frame, answer or query end on
+ * the stack): resume the client connections paused by backpressure whose
+ * turn has come (a query of theirs ended, or a slot freed for those refused
+ * their fair share). Dispatches held frames: makes queries and answers. */
+void dp_tcp_resume_pending(dp_shard_t *s);
+/* After a reload: adopt --max-inflight-per-conn. */
+void dp_tcp_reconfigure(dp_shard_t *s);
 
 /* ---- query.c ------------------------------------------------------------ */
 /* Handle one client query (msg is the receive buffer: read in place, copied
  * only into the query slot). For UDP, from/li say where to answer; for TCP,
- * tcp_idx/tcp_gen. Hot path. */
-void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
-			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
+ * tcp_idx/tcp_gen. Returns 0 when the query was taken (answered, dropped,
+ * or in the table), DP_E_FULL when a TCP query was not taken because its
+ * client address is at its fair share of a contended table: the caller
+ * keeps it and offers it again later (a UDP one is answered SERVFAIL
+ * instead). Hot path. */
+int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
 /* An upstream answer for the query in slot qi (already matched), from
  * upstream index upstream. Answers the client and frees the slot; but a
  * SERVFAIL first sends the query to an upstream that has not failed it. */

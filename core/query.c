@@ -19,6 +19,12 @@
  * cache and the in-flight table can share it. Per-client parts (ID,
  * spelling, RD, AD, EDNS) are fitted to each client on the way out.
  *
+ * Fair share (clientshare.h): a client address may fill the table while no
+ * one else needs it; when it is nearly full, an address at its share is
+ * refused a slot (UDP: SERVFAIL; TCP: the query is handed back, and the
+ * connection waits: tcpconn.h), and one under it takes the oldest query of
+ * the address furthest over its share when no slot is free.
+ *
  * SERVFAIL from an upstream: the query goes to an upstream that has not
  * failed it yet; when none is left, the SERVFAIL is cached for
  * --servfail-ttl (RFC 9520) and the clients get a stale answer instead when
@@ -35,6 +41,9 @@
 
 #define QOFF_C offsetof(dp_query_t, clink)
 #define SCRATCH_SIZE 65536
+/* Reclaiming for the fair share skips queries other clients wait on
+ * (coalesced behind them): it looks at this many of the victim's oldest. */
+#define RECLAIM_TRIES 4
 
 _Static_assert(DP_MAX_UPSTREAMS <= 16, "dp_query_t.servfailed has a bit per upstream");
 
@@ -55,7 +64,7 @@ int dp_query_table_init(dp_shard_t *s)
 		fl <<= 1;
 	s->flight = malloc(sizeof(uint32_t) * fl);
 	s->scratch = malloc(SCRATCH_SIZE);
-	if (!s->flight || !s->scratch)
+	if (!s->flight || !s->scratch || dp_cshare_init(&s->share, s->q_cap) < 0)
 		return -ENOMEM;
 	memset(s->flight, 0xff, sizeof(uint32_t) * fl);
 	s->flight_mask = fl - 1;
@@ -68,6 +77,7 @@ int dp_query_table_init(dp_shard_t *s)
 void dp_query_table_free(dp_shard_t *s)
 {
 	dp_cache_destroy(&s->cache);
+	dp_cshare_free(&s->share);
 	free(s->flight);
 	free(s->scratch);
 	s->flight = NULL;
@@ -180,6 +190,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 		flight_del(s, qi);
 	dp_tw_cancel(&s->timers, &q->deadline_t);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
+	dp_cshare_del(&s->share, qi);
 	if (q->transport == T_TCP)
 		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
 	if (q->wire != q->inline_wire)
@@ -190,6 +201,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	q->tlink.next = s->q_free;
 	s->q_free = qi;
 	s->q_used--;
+	s->q_freed++;
 	STAT_SET(s, queries_inflight, s->q_used);
 }
 
@@ -350,8 +362,36 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 		query_free(s, qi); /* no client to tell */
 }
 
-void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
-			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
+static void count_qtype(dp_shard_t *s, int transport, const dp_dns_view_t *v)
+{
+	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v->qtype)]);
+}
+
+/* Fair share (clientshare.h): whether client address k may take a slot now.
+ * When the table is full and k is under its share, the oldest query of the
+ * address furthest over its share is answered (SERVFAIL, or stale) to make
+ * room; one that other clients' queries are coalesced behind is skipped. */
+static bool admit(dp_shard_t *s, const dp_cshare_key_t *k)
+{
+	int d = dp_cshare_admit(&s->share, k, s->q_used);
+	if (likely(d == DP_CSHARE_ADMIT))
+		return true;
+	if (d == DP_CSHARE_REFUSE)
+		return false;
+	uint32_t qi = dp_cshare_victim(&s->share);
+	for (int i = 0; i < RECLAIM_TRIES && qi != DP_NONE; i++) {
+		if (s->q[qi].waiters.count == 0) {
+			STAT_INC(s, fair_reclaimed);
+			dp_query_fail(s, qi);
+			return true;
+		}
+		qi = dp_cshare_next(&s->share, qi);
+	}
+	return false;
+}
+
+int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
 {
 #ifdef DP_BENCH_DELAY_US
 	bench_delay();
@@ -365,13 +405,13 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			if (rc != DP_E_MALFORMED && rc != DP_E_RESPONSE)
 				reply_error(s, transport, li, from, 0, 0, msg, &v,
 					    DP_DNS_RCODE_REFUSED);
-			return;
+			return 0;
 		}
 		if (s->rl.rate && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
 			int r = dp_rl_check(&s->rl, sa, s->now_ms);
 			if (r == DP_RL_DROP) {
 				STAT_INC(s, ratelimited);
-				return;
+				return 0;
 			}
 			if (r == DP_RL_SLIP) {
 				/* Header and question with TC=1: never larger
@@ -385,7 +425,7 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 					out[2] |= DP_DNS_F_TC >> 8;
 					dp_udp_send(s, li, from, out, (size_t)n);
 				}
-				return;
+				return 0;
 			}
 		}
 	}
@@ -395,33 +435,33 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			STAT_INC(s, formerr);
 			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 				    DP_DNS_RCODE_FORMERR);
-			return;
+			return 0;
 		case DP_E_NOTIMP:
 			STAT_INC(s, notimp);
 			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 				    DP_DNS_RCODE_NOTIMP);
-			return;
+			return 0;
 		case DP_E_BADVERS:
 			STAT_INC(s, badvers);
 			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 				    DP_DNS_RCODE_BADVERS);
-			return;
+			return 0;
 		default: /* unreadable, or a response: drop */
 			STAT_INC(s, dropped);
-			return;
+			return 0;
 		}
 	}
-	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v.qtype)]);
 	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
 	uint8_t ecs[DP_EDNS_ECS_MAX];
 	int ecs_len = 0;
 	if (v.opt_ecs && s->cfg->forward_ecs) {
 		ecs_len = dp_edns_ecs_read(msg, &v, ecs);
 		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
+			count_qtype(s, transport, &v);
 			STAT_INC(s, formerr);
 			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 				    DP_DNS_RCODE_FORMERR);
-			return;
+			return 0;
 		}
 	}
 	dp_cache_key_t key;
@@ -433,6 +473,7 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
+			count_qtype(s, transport, &v);
 			STAT_INC(s, cache_hits);
 			/* answered within this loop turn: counted in the lowest bucket */
 			dp_hist_observe(&s->metrics.client_lat, 0);
@@ -440,25 +481,51 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
 				prefetch(s, msg, &v, &key);
-			return;
+			return 0;
 		}
-		STAT_INC(s, cache_misses);
 	}
+	/* Counted only once taken: a TCP query held back by the fair share
+	 * comes here again. */
+	dp_cshare_key_t ck;
+	if (transport == T_TCP)
+		ck = s->tcp_peer[tcp_idx];
+	else
+		dp_cshare_key_of((const struct sockaddr *)from, &ck);
+	if (unlikely(!admit(s, &ck))) {
+		if (transport == T_TCP) {
+			STAT_INC(s, fair_refused);
+			return DP_E_FULL;
+		}
+		count_qtype(s, transport, &v);
+		bool alone = s->share.active == (dp_cshare_count(&s->share, &ck) > 0);
+		if (alone && s->q_used >= s->q_cap)
+			STAT_INC(s, inflight_full); /* no one else: the table is simply full */
+		else
+			STAT_INC(s, fair_refused);
+		STAT_INC(s, servfail);
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+			    DP_DNS_RCODE_SERVFAIL);
+		return 0;
+	}
+	count_qtype(s, transport, &v);
+	if (s->cache_on)
+		STAT_INC(s, cache_misses);
 	uint32_t qi = query_alloc(s);
 	if (unlikely(qi == DP_NONE)) {
 		STAT_INC(s, inflight_full);
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 			    DP_DNS_RCODE_SERVFAIL);
-		return;
+		return 0;
 	}
 	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
 			(size_t)ecs_len) < 0) {
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
 			    DP_DNS_RCODE_SERVFAIL);
-		return;
+		return 0;
 	}
+	dp_cshare_add(&s->share, &ck, qi);
 	if (s->cache_on) {
 		uint32_t lead = flight_find(s, &s->q[qi]);
 		if (lead != DP_NONE) {
@@ -468,12 +535,13 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			q->leader = lead;
 			dp_list_push_tail(&s->q[lead].waiters, s->q, sizeof(dp_query_t), QOFF_C, qi);
 			STAT_INC(s, cache_coalesced);
-			return;
+			return 0;
 		}
 		flight_add(s, qi);
 	}
 	if (dp_upstream_send(s, qi, -1) < 0)
 		dp_query_fail(s, qi);
+	return 0;
 }
 
 /* Answer query fq with the upstream answer raw (view rv): a copy of it with

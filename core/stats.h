@@ -29,6 +29,9 @@
 	X(udp_io_calls) \
 	X(bufring_empty) \
 	X(inflight_full) \
+	X(fair_refused) \
+	X(fair_reclaimed) \
+	X(tcp_paused) \
 	X(timeouts) \
 	X(upstream_sent) \
 	X(upstream_resent) \

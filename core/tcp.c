@@ -5,6 +5,13 @@
  * file turns its requests into SQEs and its completions back into calls,
  * and hands complete queries to the query layer.
  *
+ * Backpressure is tcpconn's (tcpconn.h): this file gives it the
+ * per-connection cap (--max-inflight-per-conn), the query layer's refusals
+ * (DP_E_FULL: the client address is at its fair share, clientshare.h) and
+ * the count of query slots freed, and runs its resumptions once per loop
+ * turn (dp_tcp_resume_pending). It also keeps each connection's client
+ * address as the fair share counts it (s->tcp_peer).
+ *
  * Completions carry op | slot | generation in user_data (engine.h): a late
  * completion for a reused slot is recognised and dropped by tcpconn.
  */
@@ -70,9 +77,17 @@ static void io_close(void *ctx, int fd)
 		close(fd);
 }
 
-static void up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg, size_t len)
+static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg, size_t len)
 {
-	dp_query_from_client(ctx, T_TCP, msg, len, li, NULL, idx, gen);
+	return dp_query_from_client(ctx, T_TCP, msg, len, li, NULL, idx, gen);
+}
+
+static uint32_t up_freed(void *ctx)
+{
+	dp_shard_t *s = ctx;
+	uint32_t n = s->q_freed;
+	s->q_freed = 0;
+	return n;
 }
 
 static void up_stat(void *ctx, int which, uint64_t v)
@@ -89,6 +104,7 @@ static void up_stat(void *ctx, int which, uint64_t v)
 	case DP_TCPC_CLOSED_MEMORY: STAT_INC(s, tcp_closed_memory); break;
 	case DP_TCPC_ANSWER_DROPPED: STAT_INC(s, tcp_answers_dropped); break;
 	case DP_TCPC_NOBUFS: STAT_INC(s, bufring_empty); break;
+	case DP_TCPC_PAUSED: STAT_INC(s, tcp_paused); break;
 	case DP_TCPC_OPEN: STAT_SET(s, tcp_open, v); break;
 	default: break;
 	}
@@ -102,6 +118,7 @@ static const dp_tcpconn_io_t tcp_io = {
 	.read_now = io_read_now,
 	.close = io_close,
 	.frame = up_frame,
+	.freed = up_freed,
 	.stat = up_stat,
 };
 
@@ -116,7 +133,18 @@ int dp_tcp_init(dp_shard_t *s)
 		cap = 1;
 	/* Evicted connections hold their slot until their cancellations
 	 * complete (the next turn): a reserve lets a burst of newcomers in. */
-	return dp_tcpconn_init(&s->tcp, cap, cap / 4 + 64, &tcp_io, s, &s->now_ms);
+	uint32_t reserve = cap / 4 + 64;
+	s->tcp_peer = calloc((size_t)cap + reserve, sizeof(*s->tcp_peer));
+	if (!s->tcp_peer)
+		return -ENOMEM;
+	int rc = dp_tcpconn_init(&s->tcp, cap, reserve, &tcp_io, s, &s->now_ms);
+	s->tcp.inflight_max = cfg->max_inflight_per_conn;
+	return rc;
+}
+
+void dp_tcp_reconfigure(dp_shard_t *s)
+{
+	s->tcp.inflight_max = s->cfg->max_inflight_per_conn;
 }
 
 void dp_tcp_arm_accept(dp_shard_t *s, int li)
@@ -158,8 +186,13 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (dp_tcpconn_accept(&s->tcp, fd, (uint8_t)li) < 0)
+	/* The address is set before the first receive can complete. */
+	int idx = dp_tcpconn_accept(&s->tcp, fd, (uint8_t)li);
+	if (idx < 0) {
 		close(fd);
+		return;
+	}
+	dp_cshare_key_of((const struct sockaddr *)&peer, &s->tcp_peer[idx]);
 }
 
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)
@@ -195,14 +228,9 @@ void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen)
 	dp_tcpconn_query_end(&s->tcp, idx, gen);
 }
 
-void dp_tcp_pause(dp_shard_t *s, uint32_t idx, uint32_t gen)
+void dp_tcp_resume_pending(dp_shard_t *s)
 {
-	dp_tcpconn_pause(&s->tcp, idx, gen);
-}
-
-void dp_tcp_resume(dp_shard_t *s, uint32_t idx, uint32_t gen)
-{
-	dp_tcpconn_resume(&s->tcp, idx, gen);
+	dp_tcpconn_resume_pending(&s->tcp);
 }
 
 void dp_tcp_flush(dp_shard_t *s)
@@ -243,4 +271,6 @@ void dp_tcp_close_all(dp_shard_t *s)
 void dp_tcp_free(dp_shard_t *s)
 {
 	dp_tcpconn_free(&s->tcp);
+	free(s->tcp_peer);
+	s->tcp_peer = NULL;
 }

@@ -1,6 +1,6 @@
 /* tcpconn.c - the TCP frontend's state machine (see tcpconn.h): framing,
- * buffers, answer queue, idle timeout, eviction, EOF, drain, and when a
- * slot may be reused. No I/O: everything goes through t->io.
+ * buffers, answer queue, idle timeout, eviction, EOF, drain, backpressure,
+ * and when a slot may be reused. No I/O: everything goes through t->io.
  */
 #include "tcpconn.h"
 #include "tcpframe.h"
@@ -10,6 +10,7 @@
 
 #define IOFF offsetof(dp_tcpc_t, ilink)
 #define QOFF offsetof(dp_tcpc_t, qlink)
+#define WOFF offsetof(dp_tcpc_t, wlink)
 #define DNS_HDR_LEN 12
 #define DRAIN_READS 1024 /* reads of 4 KiB per connection when draining */
 
@@ -45,13 +46,14 @@ static void drop_buf(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap)
 }
 
 /* A connection is quiet (may be evicted for a newcomer) when it is open,
- * waits for no answer and has nothing to send. The quiet list holds exactly
- * those, in the order they became quiet or last sent a query. */
+ * waits for no answer, has nothing to send and holds no frame back (not
+ * paused). The quiet list holds exactly those, in the order they became
+ * quiet or last sent a query. */
 static void update_quiet(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
 	bool q = c->used && !c->closing && c->inflight == 0 && !c->send_inflight &&
-		 c->pend_len == 0;
+		 c->pend_len == 0 && !c->paused;
 	if (q == c->quiet)
 		return;
 	if (q)
@@ -74,6 +76,29 @@ static void touch(dp_tcpconns_t *t, uint32_t idx)
 		dp_list_remove(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
 		dp_list_push_tail(&t->quiet, t->c, sizeof(dp_tcpc_t), QOFF, idx);
 	}
+}
+
+/* Take a paused connection off the list it waits on, if any. */
+static void unwait(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (c->wait == DP_TCPC_W_SHARE)
+		dp_list_remove(&t->share_wait, t->c, sizeof(dp_tcpc_t), WOFF, idx);
+	else if (c->wait == DP_TCPC_W_RESUME)
+		dp_list_remove(&t->resume, t->c, sizeof(dp_tcpc_t), WOFF, idx);
+	c->wait = DP_TCPC_W_NONE;
+}
+
+/* Queue paused connection idx for dp_tcpconn_resume_pending (leaving the
+ * share-wait list: it gets its try now). */
+static void queue_resume(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (c->wait == DP_TCPC_W_RESUME)
+		return;
+	unwait(t, idx);
+	dp_list_push_tail(&t->resume, t->c, sizeof(dp_tcpc_t), WOFF, idx);
+	c->wait = DP_TCPC_W_RESUME;
 }
 
 static void finalize(dp_tcpconns_t *t, uint32_t idx)
@@ -117,6 +142,7 @@ void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx)
 	c->closing = true;
 	t->closing++;
 	dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
+	unwait(t, idx); /* its held frames go with it */
 	update_quiet(t, idx);
 	t->io->shutdown(t->ctx, c->fd, c->ops > 0);
 	try_finalize(t, idx);
@@ -147,6 +173,8 @@ int dp_tcpconn_init(dp_tcpconns_t *t, uint32_t cap, uint32_t reserve, const dp_t
 	t->dirty = DP_NONE;
 	t->idle = DP_LIST_EMPTY;
 	t->quiet = DP_LIST_EMPTY;
+	t->share_wait = DP_LIST_EMPTY;
+	t->resume = DP_LIST_EMPTY;
 	t->buf_max = DP_TCPCONN_BUF_MAX;
 	t->wq_max = DP_TCPCONN_WQ_MAX;
 	return 0;
@@ -206,7 +234,7 @@ int dp_tcpconn_accept(dp_tcpconns_t *t, int fd, uint8_t li)
 	c->listen_idx = li;
 	c->last_active_ms = c->last_progress_ms = *t->now_ms;
 	c->dirty_next = DP_NONE;
-	c->ilink = c->qlink = (dp_link_t){ DP_NONE, DP_NONE };
+	c->ilink = c->qlink = c->wlink = (dp_link_t){ DP_NONE, DP_NONE };
 	t->used++;
 	count(t, DP_TCPC_ACCEPTED);
 	t->io->stat(t->ctx, DP_TCPC_OPEN, t->used);
@@ -217,14 +245,36 @@ int dp_tcpconn_accept(dp_tcpconns_t *t, int fd, uint8_t li)
 	return (int)idx;
 }
 
+/* Stop reading connection idx (see tcpconn.h, backpressure). share: the
+ * query layer refused its frame, so it also waits for a slot to free. */
+static void pause_conn(dp_tcpconns_t *t, uint32_t idx, bool share)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	if (share && c->wait == DP_TCPC_W_NONE) {
+		dp_list_push_tail(&t->share_wait, t->c, sizeof(dp_tcpc_t), WOFF, idx);
+		c->wait = DP_TCPC_W_SHARE;
+	}
+	if (c->paused)
+		return;
+	c->paused = true;
+	count(t, DP_TCPC_PAUSED);
+	update_quiet(t, idx);
+	/* A multishot receive would go on filling rbuf. What it delivers
+	 * before the cancel lands is held like the rest. */
+	if (c->recv_armed)
+		t->io->recv_cancel(t->ctx, idx, c->gen, c->fd);
+}
+
 struct frame_ctx {
 	dp_tcpconns_t *t;
 	uint32_t idx;
 	uint32_t frames;
+	uint8_t *held; /* paused: the frame (its length octets) it stopped at */
 };
 
 /* One complete frame: hand it upward, unless the connection started
- * closing (then stop the split: nothing more of it is read). */
+ * closing (then stop the split: nothing more of it is read), or is paused
+ * or pauses now (then stop the split: this frame and the rest are held). */
 static int on_frame(void *ctx, uint8_t *msg, size_t len)
 {
 	struct frame_ctx *f = ctx;
@@ -232,15 +282,56 @@ static int on_frame(void *ctx, uint8_t *msg, size_t len)
 	dp_tcpc_t *c = &t->c[f->idx];
 	if (c->closing)
 		return DP_E_MALFORMED;
+	if (c->paused || (t->inflight_max && c->inflight >= t->inflight_max)) {
+		pause_conn(t, f->idx, false);
+		f->held = msg - 2;
+		return DP_E_FULL;
+	}
 	if (len < DNS_HDR_LEN) {
 		count(t, DP_TCPC_DROPPED);
 		return DP_E_MALFORMED; /* nothing to answer to: close */
 	}
-	count(t, DP_TCPC_QUERY);
 	if (f->frames++ == 0)
 		touch(t, f->idx);
-	t->io->frame(t->ctx, f->idx, c->gen, c->listen_idx, msg, len);
+	if (t->io->frame(t->ctx, f->idx, c->gen, c->listen_idx, msg, len) == DP_E_FULL &&
+	    !c->closing) {
+		pause_conn(t, f->idx, true);
+		f->held = msg - 2;
+		return DP_E_FULL;
+	}
+	count(t, DP_TCPC_QUERY);
 	return c->closing ? DP_E_MALFORMED : 0;
+}
+
+/* Hand the complete frames in buf[0..n) upward. Returns the octets done
+ * with: every complete frame, or, when the connection paused, those before
+ * the frame it stopped at; negative: the stream is malformed. */
+static long split(struct frame_ctx *f, uint8_t *buf, size_t n)
+{
+	long used = dp_tcpframe_split(buf, n, on_frame, f);
+	return used == DP_E_FULL ? (long)(f->held - buf) : used;
+}
+
+/* Hand upward the frames rbuf holds (a split tail completed, or frames
+ * held by a pause); keep the rest. The caller holds the connection. */
+static void split_rbuf(dp_tcpconns_t *t, uint32_t idx, struct frame_ctx *f)
+{
+	dp_tcpc_t *c = &t->c[idx];
+	long used = split(f, c->rbuf, c->rlen);
+	if (c->closing)
+		return;
+	if (used < 0) {
+		dp_tcpconn_close(t, idx);
+		return;
+	}
+	if (used) {
+		memmove(c->rbuf, c->rbuf + used, c->rlen - (size_t)used);
+		c->rlen -= (uint32_t)used;
+	}
+	if (c->rlen == 0 && c->rcap > 4096) {
+		/* Do not keep a 64 KB buffer for a connection that goes idle. */
+		drop_buf(t, &c->rbuf, &c->rcap);
+	}
 }
 
 /* n octets received. The caller holds the connection: a frame's answer
@@ -248,11 +339,12 @@ static int on_frame(void *ctx, uint8_t *msg, size_t len)
 static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	struct frame_ctx f = { t, idx, 0 };
+	struct frame_ctx f = { t, idx, 0, NULL };
 	if (c->rlen == 0) {
 		/* Common case: whole frames in the received buffer; read them
-		 * where they landed and keep only a split tail. */
-		long used = dp_tcpframe_split(data, n, on_frame, &f);
+		 * where they landed and keep only a split tail (or, paused, all
+		 * from the frame it stopped at). */
+		long used = split(&f, data, n);
 		if (c->closing)
 			return;
 		if (used < 0) {
@@ -276,44 +368,34 @@ static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 	}
 	memcpy(c->rbuf + c->rlen, data, n);
 	c->rlen += (uint32_t)n;
-	long used = dp_tcpframe_split(c->rbuf, c->rlen, on_frame, &f);
-	if (c->closing)
-		return;
-	if (used < 0) {
-		dp_tcpconn_close(t, idx);
-		return;
-	}
-	if (used) {
-		memmove(c->rbuf, c->rbuf + used, c->rlen - (size_t)used);
-		c->rlen -= (uint32_t)used;
-	}
-	if (c->rlen == 0 && c->rcap > 4096) {
-		/* Do not keep a 64 KB buffer for a connection that goes idle. */
-		drop_buf(t, &c->rbuf, &c->rcap);
-	}
+	split_rbuf(t, idx, &f);
 }
 
+/* A connection whose client shut its side closes once it has its answers,
+ * unless it still holds frames back (paused: they are answered first). */
 static void maybe_close_after_eof(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	if (c->eof && !c->closing && c->inflight == 0 && !c->send_inflight && c->pend_len == 0)
+	if (c->eof && !c->closing && !c->paused && c->inflight == 0 && !c->send_inflight &&
+	    c->pend_len == 0)
 		dp_tcpconn_close(t, idx);
 }
 
 /* Reading has ended for good (drain): take what the client sent before we
- * stopped and still sits in the socket, then answer it and close. The
- * caller holds the connection. */
+ * stopped and still sits in the socket, then answer it and close. Paused
+ * (now or by a frame read here), the socket is left for its resumption,
+ * which comes back here. The caller holds the connection. */
 static void end_reading(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
 	uint8_t buf[4096];
-	for (int i = 0; i < DRAIN_READS && !c->closing; i++) {
+	for (int i = 0; i < DRAIN_READS && !c->closing && !c->paused; i++) {
 		long n = t->io->read_now(t->ctx, c->fd, buf, sizeof(buf));
 		if (n <= 0)
 			break;
 		on_data(t, idx, buf, (size_t)n);
 	}
-	if (c->closing)
+	if (c->closing || c->paused)
 		return;
 	c->eof = true;
 	maybe_close_after_eof(t, idx);
@@ -462,6 +544,10 @@ void dp_tcpconn_query_end(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
 		return;
 	c->inflight--;
 	update_quiet(t, idx);
+	/* Under its cap again (or a slot freed): its turn, but not from
+	 * here, deep inside the query layer. */
+	if (c->paused && !c->closing)
+		queue_resume(t, idx);
 	maybe_close_after_eof(t, idx);
 }
 
@@ -496,7 +582,7 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 			dp_tcpconn_close(t, idx);
 			continue;
 		}
-		if (c->inflight || sending) {
+		if (c->inflight || sending || c->paused) {
 			/* Busy, not idle: look again later. */
 			c->last_active_ms = now;
 			dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
@@ -511,28 +597,63 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 void dp_tcpconn_pause(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
 {
 	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
-	if (!c || c->closing || c->paused)
-		return;
-	c->paused = true;
-	if (c->recv_armed)
-		t->io->recv_cancel(t->ctx, idx, gen, c->fd);
+	if (c && !c->closing)
+		pause_conn(t, idx, false);
 }
 
 void dp_tcpconn_resume(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
 {
 	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
-	if (!c || c->closing || !c->paused)
-		return;
+	if (c && !c->closing && c->paused)
+		queue_resume(t, idx);
+}
+
+/* Look at paused connection idx again: hand its held frames upward (it may
+ * pause again, or close), then read on. */
+static void resume_conn(dp_tcpconns_t *t, uint32_t idx)
+{
+	dp_tcpc_t *c = &t->c[idx];
 	c->paused = false;
-	if (c->recv_armed || c->eof)
-		return; /* the cancelled receive re-arms as it ends */
-	if (!t->reads_stopped) {
-		arm_recv(t, idx);
-		return;
-	}
+	update_quiet(t, idx);
+	/* Held: an answer given inside the split may close the connection, and
+	 * a paused one often has no operation that would keep it from being
+	 * finalized under us. */
 	c->hold++;
-	end_reading(t, idx);
+	if (c->rlen) {
+		struct frame_ctx f = { t, idx, 0, NULL };
+		split_rbuf(t, idx, &f);
+	}
+	if (c->closing || c->paused) {
+		/* closed, or paused again */
+	} else if (c->recv_armed) {
+		/* its cancelled receive has not ended yet: it re-arms as it ends */
+	} else if (c->eof) {
+		maybe_close_after_eof(t, idx);
+	} else if (t->reads_stopped) {
+		end_reading(t, idx);
+	} else {
+		arm_recv(t, idx);
+	}
 	release(t, idx);
+}
+
+void dp_tcpconn_resume_pending(dp_tcpconns_t *t)
+{
+	for (;;) {
+		if (t->resume.head == DP_NONE) {
+			/* Slots freed while no one waited are no credit: the
+			 * count restarts either way. */
+			uint32_t n = t->io->freed(t->ctx);
+			n = DP_MIN(n, t->share_wait.count);
+			if (n == 0)
+				return;
+			while (n--)
+				queue_resume(t, t->share_wait.head);
+		}
+		uint32_t idx = t->resume.head;
+		unwait(t, idx);
+		resume_conn(t, idx);
+	}
 }
 
 void dp_tcpconn_stop_reading(dp_tcpconns_t *t)
@@ -549,7 +670,7 @@ bool dp_tcpconn_reads_done(const dp_tcpconns_t *t)
 {
 	for (uint32_t i = 0; i < t->hiwater; i++) {
 		const dp_tcpc_t *c = &t->c[i];
-		if (c->used && !c->closing && c->recv_armed)
+		if (c->used && !c->closing && (c->recv_armed || c->paused))
 			return false;
 	}
 	return true;

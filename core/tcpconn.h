@@ -22,6 +22,24 @@
  * frame loop and the drain read, in which an answer given synchronously may
  * close the connection), and not on the flush list (dirty). Once closing,
  * no further frame of the connection is handed upward.
+ *
+ * Backpressure. A connection is paused when it has inflight_max queries in
+ * flight and sends another, or when the query layer refuses one of its
+ * frames (DP_E_FULL from io->frame: its client address is at its fair share
+ * of the query table). Pausing cancels its receive; the frame it stopped at
+ * and every octet after it stay in rbuf, in order: nothing is dropped. It
+ * is looked at again when one of its queries ends (dp_tcpconn_query_end),
+ * and, refused its share, when its turn comes on the share-wait list: first
+ * come, first served, one connection gets one try per query slot freed
+ * (io->freed). Both only queue it; dp_tcpconn_resume_pending(), which the
+ * owner calls at a safe point of its loop (never from inside a query's
+ * completion or an answer), dispatches the held frames with the connection
+ * held and reads again unless it paused once more. A paused connection is
+ * busy: never idle-expired, never evicted. At drain a paused connection is
+ * not read until resumed; then its held frames and what still sits in its
+ * socket are answered as any other connection's, and the table is not
+ * drained (dp_tcpconn_reads_done) while one is paused: what it still holds
+ * at the owner's drain deadline goes with it.
  */
 #ifndef DP_TCPCONN_H
 #define DP_TCPCONN_H
@@ -41,8 +59,12 @@ enum dp_tcpconn_stat {
 	DP_TCPC_CLOSED_MEMORY, /* the table's buffer budget is spent */
 	DP_TCPC_ANSWER_DROPPED, /* answer for a connection gone or closing */
 	DP_TCPC_NOBUFS, /* receive found no provided buffer */
+	DP_TCPC_PAUSED, /* a connection stopped being read (backpressure) */
 	DP_TCPC_OPEN, /* gauge: value is the number of open connections */
 };
+
+/* Where a paused connection waits (dp_tcpc_t.wait). */
+enum { DP_TCPC_W_NONE = 0, DP_TCPC_W_SHARE, DP_TCPC_W_RESUME };
 
 /* The transport below and the query layer above, one context for both.
  * Every function is called from the shard's thread. */
@@ -69,9 +91,16 @@ typedef struct dp_tcpconn_io {
 	/* Upward: one complete query from connection idx/gen, received on
 	 * listener li. msg is valid during the call only. The callee may
 	 * answer (dp_tcpconn_answer) and so close the connection before it
-	 * returns. Hot path. */
-	void (*frame)(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg,
-		      size_t len);
+	 * returns. Returns 0 when it took the query (answered, in flight or
+	 * dropped), DP_E_FULL when it refuses it for now (fair share): the
+	 * connection keeps that frame and the rest, pauses, and offers the
+	 * frame again when its turn comes after a slot is freed. Hot path. */
+	int (*frame)(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg,
+		     size_t len);
+	/* Upward: query slots freed since the last call (the count starts
+	 * again at 0). Each gives the first connection on the share-wait list
+	 * one more try. */
+	uint32_t (*freed)(void *ctx);
 	/* Upward: count event which (enum dp_tcpconn_stat) by 1, or for
 	 * DP_TCPC_OPEN set the gauge to v. */
 	void (*stat)(void *ctx, int which, uint64_t v);
@@ -85,8 +114,9 @@ typedef struct dp_tcpc {
 	bool send_inflight;
 	bool eof; /* the client shut its side: answer what it asked, then close */
 	bool dirty; /* on the table's flush list */
-	bool paused; /* not read until resumed (backpressure) */
+	bool paused; /* not read until resumed (backpressure); frames held in rbuf */
 	bool quiet; /* on the quiet list */
+	uint8_t wait; /* paused: on no list, the share-wait or the resume list */
 	uint8_t listen_idx;
 	uint16_t hold; /* frames of this module on the stack */
 	int fd;
@@ -95,6 +125,7 @@ typedef struct dp_tcpc {
 	uint32_t dirty_next;
 	dp_link_t ilink; /* idle list */
 	dp_link_t qlink; /* quiet list */
+	dp_link_t wlink; /* share-wait or resume list */
 	uint64_t last_active_ms;
 	uint64_t last_progress_ms; /* last send issued or completed */
 	uint8_t *rbuf; /* partial frame carried between receives */
@@ -119,6 +150,9 @@ typedef struct dp_tcpconns {
 	size_t buf_bytes; /* receive and answer buffers of all connections */
 	size_t buf_max; /* budget for buf_bytes */
 	uint32_t wq_max; /* queued answer octets per connection before closing it */
+	uint32_t inflight_max; /* queries in flight per connection; at it, paused (0: no cap) */
+	dp_list_t share_wait; /* paused, refused their fair share: oldest first */
+	dp_list_t resume; /* paused, to be looked at again by dp_tcpconn_resume_pending */
 	bool reads_stopped; /* draining: no receive is started any more */
 } dp_tcpconns_t;
 
@@ -169,14 +203,28 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t idle_ms);
  * it. No-op on a free or closing slot. */
 void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx);
 
-/* Backpressure: stop reading connection idx/gen / read it again. */
+/* Backpressure from the owner: stop reading connection idx/gen now, as at
+ * its cap (it is looked at again when one of its queries ends, or after
+ * dp_tcpconn_resume). */
 void dp_tcpconn_pause(dp_tcpconns_t *t, uint32_t idx, uint32_t gen);
+/* Queue paused connection idx/gen to be resumed at the next
+ * dp_tcpconn_resume_pending. Safe anywhere, also inside a frame or an
+ * answer. */
 void dp_tcpconn_resume(dp_tcpconns_t *t, uint32_t idx, uint32_t gen);
+/* At a safe point of the owner's loop (no frame, answer or query end on
+ * the stack), before dp_tcpconn_flush: give the first connections of the
+ * share-wait list one try per slot freed (io->freed), and resume every
+ * queued connection: dispatch its held frames (it may pause again), then
+ * read it again. Dispatching may free slots and end queries, which queue
+ * more: it runs until nothing is queued; bounded, as every try either
+ * consumes a frame already received or waits for a slot. */
+void dp_tcpconn_resume_pending(dp_tcpconns_t *t);
 
 /* Drain: stop reading from every connection; each, as its receive ends,
  * reads what is already in its socket, answers it, then closes. */
 void dp_tcpconn_stop_reading(dp_tcpconns_t *t);
-/* True when no connection has a receive in the transport. */
+/* True when no connection has a receive in the transport or is paused
+ * (a paused one still has frames, or its socket, to read). */
 bool dp_tcpconn_reads_done(const dp_tcpconns_t *t);
 /* True when no connection has answers waiting or being sent. */
 bool dp_tcpconn_idle_output(const dp_tcpconns_t *t);

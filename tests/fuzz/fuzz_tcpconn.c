@@ -4,20 +4,26 @@
  * with or without MORE, with EOF or an error; a send completes fully,
  * partly or with an error; the server closes one; cancellations complete;
  * an answer comes back; time passes; drain; pause/resume; a stale
- * completion) and the next bytes its arguments. Clients send well-formed
- * frames (sometimes malformed ones) whose content tells the query layer
- * what to do: answer at once from inside the frame loop (a cache hit, small
- * or large enough to overflow the write queue), answer later, or not at all.
+ * completion; the query table becomes contended or not; slots free; a
+ * reload changes the per-connection cap) and the next bytes its arguments.
+ * Clients send well-formed frames (sometimes malformed ones) whose content
+ * tells the query layer what to do: answer at once from inside the frame
+ * loop (a cache hit, small or large enough to overflow the write queue),
+ * answer later, or not at all; while the table is contended, a query that
+ * needs a slot is refused (DP_E_FULL, the fair share) and must come back.
+ * The end of a loop turn resumes what is queued, then flushes, as the
+ * shard does.
  *
  * Checked, besides ASan/UBSan: the fake's rules (no slot finalized with an
- * operation in flight, no frame for a connection gone or closing), every
- * frame reaches the query layer under the connection of the client that
- * sent it, every answer a client receives is its own, and the lists and
+ * operation in flight, no frame for a connection gone, closing or paused),
+ * every frame reaches the query layer under the connection of the client
+ * that sent it, in the order sent, none skipped (a refused one comes back
+ * next), every answer a client receives is its own, and the lists and
  * counters of the table stay consistent.
  *
  * Seeds (corpus/tcpconn/) are a few short hand-written programs: one
  * client, pipelining and drain, a frame split over the receive's end, a
- * burst of accepts over the cap.
+ * burst of accepts over the cap, backpressure (refusals, the cap, resume).
  */
 #include "../unit/fake_tcp.h"
 
@@ -30,6 +36,7 @@ typedef struct client {
 	uint16_t seq;
 	uint8_t out[2 + 12 + 255]; /* the frame being sent */
 	size_t out_len, out_off;
+	uint16_t expect; /* seq of the next frame the query layer must see */
 	size_t rx_seen; /* octets of f->fd[fd].rx checked */
 } client_t;
 
@@ -46,6 +53,7 @@ typedef struct world {
 	client_t cl[CLIENTS];
 	pending_t pend[PENDING];
 	int npend;
+	bool contended; /* queries that need a slot are refused (DP_E_FULL) */
 	uint8_t answer[16 * 1024];
 } world_t;
 
@@ -119,8 +127,17 @@ static void answer(world_t *w, uint32_t idx, uint32_t gen, uint16_t id, uint32_t
 	dp_tcpconn_answer(&w->f.t, idx, gen, w->answer, len);
 }
 
-/* The query layer: the frame must be from the client on that slot. */
-static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
+static client_t *client_of(world_t *w, uint32_t uid)
+{
+	for (int k = 0; k < CLIENTS; k++)
+		if (w->cl[k].fd == (int)uid)
+			return &w->cl[k];
+	return NULL;
+}
+
+/* The query layer: the frame must be from the client on that slot, and the
+ * next one it sent. */
+static int on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
 {
 	world_t *w = f->user;
 	CHECK(len >= 12);
@@ -129,6 +146,11 @@ static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t
 	CHECK(uid == (uint32_t)f->t.c[idx].fd);
 	CHECK(f->fd[uid].idx == idx);
 	uint16_t id = dp_rd16(msg);
+	client_t *c = client_of(w, uid);
+	CHECK(c && id == c->expect);
+	if ((msg[2] & 3) == 0 && w->contended)
+		return DP_E_FULL; /* at its fair share: offered again later */
+	c->expect++;
 	switch (msg[2] & 3) {
 	case 0: /* a miss: answered later */
 		if (w->npend < PENDING) {
@@ -146,6 +168,7 @@ static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t
 	default: /* dropped (rate limited) */
 		break;
 	}
+	return 0;
 }
 
 /* What client k received are whole answers of its own, in frames. */
@@ -164,10 +187,15 @@ static void check_rx(world_t *w, client_t *c)
 	}
 }
 
+static fake_fd_t *fd_of(dp_tcpconns_t *t, const dp_tcpc_t *c)
+{
+	return &((fake_t *)t->ctx)->fd[c->fd];
+}
+
 /* Lists and counters agree with the slots. */
 static void check_table(dp_tcpconns_t *t)
 {
-	uint32_t open = 0, closing = 0, quiet = 0;
+	uint32_t open = 0, closing = 0, quiet = 0, share = 0, resume = 0;
 	bool reading = false, output = false;
 	for (uint32_t i = 0; i < t->hiwater; i++) {
 		dp_tcpc_t *c = &t->c[i];
@@ -177,18 +205,26 @@ static void check_table(dp_tcpconns_t *t)
 		if (c->closing) {
 			closing++;
 			CHECK(c->ops > 0 || c->dirty);
+			CHECK(c->wait == DP_TCPC_W_NONE);
 			continue;
 		}
 		open++;
-		reading |= c->recv_armed;
+		reading |= c->recv_armed || c->paused;
 		output |= c->send_inflight || c->pend_len || c->dirty;
-		bool q = c->inflight == 0 && !c->send_inflight && c->pend_len == 0;
+		bool q = c->inflight == 0 && !c->send_inflight && c->pend_len == 0 && !c->paused;
 		CHECK(q == c->quiet);
+		CHECK(c->wait == DP_TCPC_W_NONE || c->paused);
+		share += c->wait == DP_TCPC_W_SHARE;
+		resume += c->wait == DP_TCPC_W_RESUME;
+		/* Paused, its receive is not re-armed, and one still running was
+		 * asked to stop. */
+		CHECK(!c->paused || !c->recv_armed || fd_of(t, c)->recv_cancel);
 		quiet += q;
 		CHECK(c->ops == (uint32_t)c->recv_armed + (uint32_t)c->send_inflight);
 	}
 	CHECK(t->used == open + closing && t->closing == closing);
 	CHECK(t->idle.count == open && t->quiet.count == quiet);
+	CHECK(t->share_wait.count == share && t->resume.count == resume);
 	CHECK(open <= t->cap);
 	CHECK(dp_tcpconn_reads_done(t) == !reading);
 	CHECK(dp_tcpconn_idle_output(t) == !output);
@@ -198,6 +234,12 @@ static void check_table(dp_tcpconns_t *t)
 	n = 0;
 	for (uint32_t i = t->dirty; i != DP_NONE; i = t->c[i].dirty_next, n++)
 		CHECK(n < t->hiwater && t->c[i].dirty);
+	n = 0;
+	for (uint32_t i = t->share_wait.head; i != DP_NONE; i = t->c[i].wlink.next, n++)
+		CHECK(n < share && t->c[i].wait == DP_TCPC_W_SHARE);
+	n = 0;
+	for (uint32_t i = t->resume.head; i != DP_NONE; i = t->c[i].wlink.next, n++)
+		CHECK(n < resume && t->c[i].wait == DP_TCPC_W_RESUME);
 }
 
 static client_t *pick(world_t *w)
@@ -211,7 +253,7 @@ static void step(world_t *w, uint8_t op)
 	fake_t *f = &w->f;
 	static uint8_t buf[8192];
 	client_t *c;
-	switch (op % 17) {
+	switch (op % 20) {
 	case 0: { /* a client connects (in a free or dead client place) */
 		c = &w->cl[next(w) % CLIENTS];
 		if (c->fd && fake_conn(f, c->fd))
@@ -225,9 +267,9 @@ static void step(world_t *w, uint8_t op)
 	case 2: /* data, the receive ends */
 	case 3: /* a large chunk */
 		if ((c = pick(w)) && f->fd[c->fd].recv) {
-			size_t len = op % 17 == 3 ? 256 + (size_t)next(w) * 30 : 1 + next(w);
+			size_t len = op % 20 == 3 ? 256 + (size_t)next(w) * 30 : 1 + next(w);
 			sent(w, c, buf, len);
-			fake_recv_done(f, c->fd, (int)len, op % 17 != 2, buf);
+			fake_recv_done(f, c->fd, (int)len, op % 20 != 2, buf);
 		}
 		break;
 	case 4: /* EOF */
@@ -259,7 +301,10 @@ static void step(world_t *w, uint8_t op)
 		if ((c = pick(w)))
 			dp_tcpconn_close(&f->t, f->fd[c->fd].idx);
 		break;
-	case 10: /* end of a loop turn */
+	case 10: /* end of a loop turn: resumptions, then sends */
+		dp_tcpconn_resume_pending(&f->t);
+		CHECK(f->t.resume.count == 0);
+		CHECK(f->freed == 0 || f->t.share_wait.count == 0);
 		dp_tcpconn_flush(&f->t);
 		break;
 	case 11: { /* cancellations complete */
@@ -275,6 +320,7 @@ static void step(world_t *w, uint8_t op)
 			w->pend[i] = w->pend[--w->npend];
 			answer(w, p.idx, p.gen, p.id, p.uid, 12 + next(w));
 			dp_tcpconn_query_end(&f->t, p.idx, p.gen);
+			f->freed++;
 		}
 		break;
 	case 13: /* time passes */
@@ -316,6 +362,15 @@ static void step(world_t *w, uint8_t op)
 		}
 		break;
 	}
+	case 17: /* the query table becomes contended, or no longer is */
+		w->contended = !w->contended;
+		break;
+	case 18: /* other clients' queries leave the table */
+		f->freed += next(w) % 4;
+		break;
+	case 19: /* a reload changes the per-connection cap (0: none) */
+		f->t.inflight_max = next(w) % 5;
+		break;
 	}
 }
 
@@ -332,6 +387,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fake_init(&w.f, 4, 2);
 	w.f.t.wq_max = 4096;
 	w.f.t.buf_max = 48 * 1024;
+	w.f.t.inflight_max = 3;
 	w.f.user = &w;
 	w.f.on_frame = on_frame;
 	while (w.n) {

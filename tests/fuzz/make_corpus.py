@@ -123,6 +123,11 @@ def tcpconn_programs():
                                  10, 6, 0, 14, 40, 40, 11, 0, 11, 1, 10, 6, 0, 6, 1]),
         # partial frame, then the receive ends with the rest
         "split_end": bytes([0, 0, 1, 0, 9, 1, 30, 2, 2, 2, 0, 120, 10, 6, 0, 9, 0, 11, 0]),
+        # backpressure: misses refused while contended, then at the cap of 3,
+        # resumed as slots free and queries are answered
+        "backpressure": bytes([0, 0, 17, 1, 0, 69] + [0, 0, 0] * 5
+                              + [11, 0, 18, 2, 10, 17, 18, 1, 10, 12, 0, 0, 10, 12, 0, 0, 12, 0, 0, 10,
+                                 19, 1, 12, 0, 0, 10, 6, 0, 4, 0]),
         # burst of accepts over the cap, idle expiry
         "accepts": bytes([0, 0, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 13, 255, 13, 255, 0, 0, 0, 1,
                           11, 0, 11, 1, 11, 2, 11, 3]),

@@ -38,7 +38,9 @@ typedef struct fake_fd {
 } fake_fd_t;
 
 typedef struct fake fake_t;
-typedef void (*fake_frame_fn)(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len);
+/* The query layer: 0 when it takes the frame, DP_E_FULL to refuse it for
+ * now (fair share). */
+typedef int (*fake_frame_fn)(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len);
 
 struct fake {
 	dp_tcpconns_t t;
@@ -49,6 +51,7 @@ struct fake {
 	fake_frame_fn on_frame;
 	void *user;
 	uint32_t frames;
+	uint32_t freed; /* query slots freed, for io->freed (the test sets it) */
 };
 
 #define FAKE_CHECK(cond, what)                                                        \
@@ -131,16 +134,24 @@ static void fake_io_close(void *ctx, int fd)
 	d->open = false;
 }
 
-static void fake_io_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg,
-			  size_t len)
+static int fake_io_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg,
+			 size_t len)
 {
 	fake_t *f = ctx;
 	dp_tcpc_t *c = dp_tcpconn_get(&f->t, idx, gen);
 	FAKE_CHECK(c, "frame for a connection that is gone");
 	FAKE_CHECK(!c->closing, "frame for a connection that is closing");
+	FAKE_CHECK(!c->paused, "frame for a connection that is paused");
 	f->frames++;
-	if (f->on_frame)
-		f->on_frame(f, idx, gen, msg, len);
+	return f->on_frame ? f->on_frame(f, idx, gen, msg, len) : 0;
+}
+
+static uint32_t fake_io_freed(void *ctx)
+{
+	fake_t *f = ctx;
+	uint32_t n = f->freed;
+	f->freed = 0;
+	return n;
 }
 
 static void fake_io_stat(void *ctx, int which, uint64_t v)
@@ -158,6 +169,7 @@ static const dp_tcpconn_io_t fake_io = {
 	.read_now = fake_io_read_now,
 	.close = fake_io_close,
 	.frame = fake_io_frame,
+	.freed = fake_io_freed,
 	.stat = fake_io_stat,
 };
 

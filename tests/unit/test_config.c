@@ -95,6 +95,8 @@ static void defaults(void **state)
 	assert_int_equal(cfg.threads, 0);
 	assert_int_equal(cfg.timeout_ms, 2000);
 	assert_int_equal(cfg.max_udp_size, 1232);
+	assert_int_equal(cfg.max_inflight, 16384);
+	assert_int_equal(cfg.max_inflight_per_conn, 256);
 	assert_int_equal(cfg.log_level, DP_LOG_INFO);
 }
 
@@ -392,6 +394,12 @@ static void other_numbers(void **state)
 	assert_int_equal(parse("--max-udp-size", "4097", NULL), DP_E_CONFIG);
 	assert_int_equal(parse("--upstream-conns", "65", NULL), DP_E_CONFIG);
 	assert_int_equal(parse("--max-inflight", "0", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--max-inflight-per-conn", "1", NULL), 0);
+	assert_int_equal(cfg.max_inflight_per_conn, 1);
+	assert_int_equal(parse("--max-inflight-per-conn", "65535", NULL), 0);
+	assert_int_equal(cfg.max_inflight_per_conn, 65535);
+	assert_int_equal(parse("--max-inflight-per-conn", "0", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--max-inflight-per-conn", "65536", NULL), DP_E_CONFIG);
 	assert_int_equal(parse("--log-level", "debug", NULL), 0);
 	assert_int_equal(cfg.log_level, DP_LOG_DEBUG);
 	assert_int_equal(parse("--log-level", "verbose", NULL), DP_E_CONFIG);

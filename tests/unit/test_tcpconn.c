@@ -1,7 +1,9 @@
 /* test_tcpconn.c - the TCP frontend's state machine over a fake transport:
  * framing across receives, pipelining, answers given inside the frame loop
  * (cache hits) that close the connection, slot reuse, stale completions,
- * EOF, the write queue bound, drain, eviction and pause. */
+ * EOF, the write queue bound, drain, eviction, and backpressure (hole 3:
+ * pause at the per-connection cap or on a fair-share refusal, frames held
+ * and dispatched on resume, close, EOF and drain while paused). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +21,8 @@ enum { M_NONE, M_ECHO, M_ASYNC, M_BIG };
 
 typedef struct upper {
 	int mode;
+	bool refuse; /* refuse every frame (DP_E_FULL: the fair share) */
+	int refused; /* frames refused */
 	size_t big; /* M_BIG: answer length */
 	uint8_t seen[32][64]; /* first octets of each frame */
 	size_t seen_len[32];
@@ -26,9 +30,14 @@ typedef struct upper {
 	int n;
 } upper_t;
 
-static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
+/* Records the frames it takes (seen), in the order taken. */
+static int on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t len)
 {
 	upper_t *u = f->user;
+	if (u->refuse) {
+		u->refused++;
+		return DP_E_FULL;
+	}
 	if (u->n < 32) {
 		memcpy(u->seen[u->n], msg, DP_MIN(len, 64));
 		u->seen_len[u->n] = len;
@@ -52,6 +61,7 @@ static void on_frame(fake_t *f, uint32_t idx, uint32_t gen, uint8_t *msg, size_t
 	default:
 		break;
 	}
+	return 0;
 }
 
 static fake_t *setup_fake(uint32_t cap, int mode)
@@ -411,11 +421,282 @@ static void pause_and_resume(void **state)
 	assert_false(f->fd[fd].recv);
 	assert_non_null(fake_conn(f, fd)); /* paused, not closed */
 	dp_tcpconn_resume(&f->t, f->fd[fd].idx, c->gen);
+	assert_false(f->fd[fd].recv); /* not from here: at the loop's safe point */
+	dp_tcpconn_resume_pending(&f->t);
 	assert_true(f->fd[fd].recv);
 	uint8_t buf[64];
 	size_t n = frame(buf, 7, 20);
 	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
 	assert_int_equal(u->n, 1);
+	teardown_fake(f);
+}
+
+/* ---- hole 3: backpressure ------------------------------------------------- */
+
+/* n frames, ids first..first+n-1, of 20 octets each, into buf. */
+static size_t frames(uint8_t *buf, uint16_t first, int n)
+{
+	size_t len = 0;
+	for (int i = 0; i < n; i++)
+		len += frame(buf + len, (uint16_t)(first + i), 20);
+	return len;
+}
+
+/* The query layer finishes the i-th frame it took (answer, then end). */
+static void finish(fake_t *f, int i)
+{
+	upper_t *u = f->user;
+	dp_tcpconn_answer(&f->t, u->seen_idx[i], u->seen_gen[i], u->seen[i], 20);
+	dp_tcpconn_query_end(&f->t, u->seen_idx[i], u->seen_gen[i]);
+}
+
+/* At --max-inflight-per-conn the connection is no longer read: its receive
+ * is cancelled and the frames it sent already wait, in order, none dropped;
+ * as its queries end, they are dispatched (at the loop's safe point, not
+ * from inside the query's end), and reading starts again once they are
+ * all out. */
+static void hole3_pause_at_cap_holds_frames_until_queries_end(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	f->t.inflight_max = 2;
+	int fd = fake_accept(f);
+	uint8_t buf[256];
+	size_t n = frames(buf, 0, 5);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_int_equal(u->n, 2);
+	assert_true(c->paused);
+	assert_false(c->quiet);
+	assert_int_equal(f->stat[DP_TCPC_PAUSED], 1);
+	assert_int_equal(f->stat[DP_TCPC_QUERY], 2);
+	assert_true(f->fd[fd].recv_cancel);
+	assert_int_equal(c->rlen, 3 * 22); /* three frames held */
+	fake_cancels_done(f, fd);
+	assert_false(f->fd[fd].recv); /* not re-armed while paused */
+
+	finish(f, 0);
+	assert_int_equal(u->n, 2); /* queued, not dispatched from the query's end */
+	dp_tcpconn_resume_pending(&f->t);
+	assert_int_equal(u->n, 3); /* one frame: at the cap again */
+	assert_true(c->paused);
+	assert_false(f->fd[fd].recv);
+	finish(f, 1);
+	finish(f, 2);
+	dp_tcpconn_resume_pending(&f->t);
+	assert_int_equal(u->n, 5);
+	assert_false(c->paused);
+	assert_int_equal(c->rlen, 0);
+	assert_true(f->fd[fd].recv); /* every held frame out: read again */
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(dp_rd16(u->seen[i]), i);
+	finish(f, 3);
+	finish(f, 4);
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n); /* every query answered */
+	teardown_fake(f);
+}
+
+/* A frame the query layer refuses (DP_E_FULL: the client's fair share) is
+ * kept with the rest and offered again when a slot frees: first come,
+ * first served, one try per slot freed; one refused again goes to the
+ * back of the line. Slots freed while no one waits are no credit. */
+static void hole3_refused_frame_waits_for_freed_slot(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	int a = fake_accept(f), b = fake_accept(f);
+	uint8_t buf[256];
+	size_t na = frames(buf, 0x10, 2);
+	u->refuse = true;
+	assert_true(fake_recv_done(f, a, (int)na, true, buf));
+	size_t nb = frames(buf + na, 0x20, 1);
+	assert_true(fake_recv_done(f, b, (int)nb, true, buf + na));
+	assert_int_equal(u->refused, 2);
+	assert_int_equal(u->n, 0);
+	assert_int_equal(f->t.share_wait.count, 2);
+	assert_int_equal(f->t.share_wait.head, f->fd[a].idx);
+	assert_int_equal(fake_conn(f, a)->rlen, na);
+	assert_int_equal(f->stat[DP_TCPC_QUERY], 0);
+	fake_cancels_done(f, a);
+	fake_cancels_done(f, b);
+
+	dp_tcpconn_resume_pending(&f->t); /* nothing freed: nothing tried */
+	assert_int_equal(u->refused, 2);
+	f->freed = 1;
+	dp_tcpconn_resume_pending(&f->t); /* a's try: refused again */
+	assert_int_equal(u->refused, 3);
+	assert_int_equal(f->t.share_wait.head, f->fd[b].idx);
+	assert_int_equal(f->freed, 0);
+	u->refuse = false;
+	f->freed = 1;
+	dp_tcpconn_resume_pending(&f->t); /* b's try */
+	assert_int_equal(u->n, 1);
+	assert_int_equal(dp_rd16(u->seen[0]), 0x20);
+	assert_false(fake_conn(f, b)->paused);
+	assert_true(f->fd[b].recv);
+	assert_true(fake_conn(f, a)->paused);
+	f->freed = 1;
+	dp_tcpconn_resume_pending(&f->t); /* a's turn again: both its frames */
+	assert_int_equal(u->n, 3);
+	assert_int_equal(dp_rd16(u->seen[1]), 0x10);
+	assert_int_equal(dp_rd16(u->seen[2]), 0x11);
+	assert_int_equal(f->t.share_wait.count, 0);
+	assert_true(f->fd[a].recv);
+	assert_int_equal(f->stat[DP_TCPC_QUERY], 3);
+	teardown_fake(f);
+}
+
+/* Held frames are dispatched with the connection held: an answer given
+ * inside the dispatch (a cache hit) that overflows the write queue closes
+ * the connection, which has no operation in flight, but it is finalized
+ * only after the dispatch is done with its buffer, and no frame after the
+ * close is handed upward. */
+static void hole3_answer_closing_inside_resume(void **state)
+{
+	fake_t *f = setup_fake(4, M_BIG);
+	upper_t *u = f->user;
+	u->big = 40000;
+	f->t.wq_max = 100000;
+	int fd = fake_accept(f);
+	uint8_t buf[512];
+	size_t n = frames(buf, 0, 8);
+	u->refuse = true;
+	assert_true(fake_recv_done(f, fd, (int)n, false, buf)); /* the receive ends */
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_true(c->paused);
+	assert_int_equal(c->ops, 0);
+	u->refuse = false;
+	f->freed = 1;
+	dp_tcpconn_resume_pending(&f->t);
+	assert_int_equal(u->n, 3); /* the third answer overflows */
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_SLOW], 1);
+	assert_true(f->fd[fd].shut);
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[fd].open);
+	assert_int_equal(f->t.used, 0);
+	assert_int_equal(f->t.buf_bytes, 0);
+	teardown_fake(f);
+}
+
+/* Closed while paused: it leaves the wait lists, its held frames go with
+ * it, and nothing of it is dispatched afterwards. */
+static void hole3_close_while_paused(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	f->t.inflight_max = 1;
+	int a = fake_accept(f), b = fake_accept(f);
+	uint8_t buf[256];
+	size_t n = frames(buf, 0, 3);
+	assert_true(fake_recv_done(f, a, (int)n, true, buf)); /* 1 taken, 2 held */
+	u->refuse = true;
+	assert_true(fake_recv_done(f, b, (int)n, true, buf)); /* refused, held */
+	u->refuse = false;
+	finish(f, 0); /* a is queued for resumption */
+	assert_int_equal(f->t.resume.count, 1);
+	assert_int_equal(f->t.share_wait.count, 1);
+	dp_tcpconn_close(&f->t, f->fd[a].idx);
+	dp_tcpconn_close(&f->t, f->fd[b].idx);
+	assert_int_equal(f->t.resume.count, 0);
+	assert_int_equal(f->t.share_wait.count, 0);
+	fake_cancels_done(f, a);
+	fake_cancels_done(f, b);
+	dp_tcpconn_flush(&f->t);
+	assert_false(f->fd[a].open);
+	assert_false(f->fd[b].open);
+	f->freed = 4;
+	dp_tcpconn_resume_pending(&f->t);
+	assert_int_equal(u->n, 1);
+	assert_int_equal(f->t.used, 0);
+	assert_int_equal(f->t.buf_bytes, 0);
+	teardown_fake(f);
+}
+
+/* A paused connection is busy: it holds queries not yet read. It is not
+ * closed as idle, nor evicted for a newcomer (which is refused instead). */
+static void hole3_paused_connection_is_busy(void **state)
+{
+	fake_t *f = setup_fake(1, M_ASYNC);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frames(buf, 0, 1);
+	u->refuse = true;
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_true(c->paused);
+	assert_int_equal(c->inflight, 0);
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 1000);
+	assert_false(c->closing);
+	assert_int_equal(fake_accept(f), -1);
+	assert_int_equal(f->stat[DP_TCPC_REFUSED], 1);
+	assert_int_equal(f->stat[DP_TCPC_EVICTED], 0);
+	assert_non_null(fake_conn(f, fd));
+	teardown_fake(f);
+}
+
+/* The client shuts its side while paused: its held frames are still
+ * answered, then the connection closes. */
+static void hole3_eof_while_paused_answers_held_frames(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	f->t.inflight_max = 1;
+	int fd = fake_accept(f);
+	uint8_t buf[256];
+	size_t n = frames(buf, 0, 3);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	assert_true(fake_recv_done(f, fd, 0, false, NULL)); /* EOF */
+	for (int i = 0; i < 3; i++) {
+		assert_non_null(fake_conn(f, fd));
+		finish(f, i);
+		dp_tcpconn_resume_pending(&f->t);
+	}
+	assert_int_equal(u->n, 3);
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_false(f->fd[fd].open);
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	teardown_fake(f);
+}
+
+/* Drain (SIGTERM) with a connection paused at its cap: the table is not
+ * drained while it is paused; as its queries end its held frames are
+ * dispatched, then what sits in its socket is read (pausing again at the
+ * cap as needed), every query is answered, and it closes. */
+static void hole3_drain_answers_paused_connection(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	upper_t *u = f->user;
+	f->t.inflight_max = 2;
+	int fd = fake_accept(f);
+	uint8_t buf[512];
+	size_t n = frames(buf, 0, 8);
+	assert_true(fake_recv_done(f, fd, 4 * 22, true, buf)); /* 2 taken, 2 held */
+	fake_cancels_done(f, fd);
+	dp_tcpconn_stop_reading(&f->t);
+	fake_sock_put(f, fd, buf + 4 * 22, n - 4 * 22); /* 4 more in the socket */
+	assert_false(dp_tcpconn_reads_done(&f->t));
+	for (int i = 0; i < 8 && u->n > i; i++) {
+		if (u->n < 8) /* frames held, or in the socket */
+			assert_false(dp_tcpconn_reads_done(&f->t));
+		finish(f, i);
+		dp_tcpconn_resume_pending(&f->t);
+	}
+	assert_int_equal(u->n, 8);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(dp_rd16(u->seen[i]), i);
+	assert_true(dp_tcpconn_reads_done(&f->t));
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_false(f->fd[fd].open);
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
 	teardown_fake(f);
 }
 
@@ -450,6 +731,13 @@ int main(void)
 		cmocka_unit_test(drain_answer_overflow_closes_safely),
 		cmocka_unit_test(eviction_finds_any_quiet_connection),
 		cmocka_unit_test(pause_and_resume),
+		cmocka_unit_test(hole3_pause_at_cap_holds_frames_until_queries_end),
+		cmocka_unit_test(hole3_refused_frame_waits_for_freed_slot),
+		cmocka_unit_test(hole3_answer_closing_inside_resume),
+		cmocka_unit_test(hole3_close_while_paused),
+		cmocka_unit_test(hole3_paused_connection_is_busy),
+		cmocka_unit_test(hole3_eof_while_paused_answers_held_frames),
+		cmocka_unit_test(hole3_drain_answers_paused_connection),
 		cmocka_unit_test(malformed_frames_close),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
