@@ -67,7 +67,7 @@ void dp_log(int level, const char *msg, const char *fmt, ...)
 		if (drop)
 			return;
 	}
-	char line[1024];
+	char line[6144]; /* the SIGUSR1 stats line (up to 4 KB of values) fits whole */
 	struct timeval tv;
 	struct tm tm;
 	gettimeofday(&tv, NULL);
