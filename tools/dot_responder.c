@@ -300,11 +300,13 @@ enum { ANS_DROP = -1, ANS_CLOSE = -2 };
  * the name does not exist. Only with --name-ttl, so not the default path. */
 static bool name_rule(const uint8_t *q, const dp_dns_view_t *v, uint32_t *ttl)
 {
+	if (!v->has_question)
+		return false;
 	const uint8_t *l = q + v->qname_off;
 	size_t len = l[0], i = 2;
 	uint64_t n = 0;
 	/* a name with a parent (the SOA's owner), first label "t" digits "-" */
-	if (!v->has_question || len < 3 || l[1 + len] == 0 || (l[1] | 0x20) != 't')
+	if (len < 3 || l[1 + len] == 0 || (l[1] | 0x20) != 't')
 		return false;
 	for (; i <= len && l[i] >= '0' && l[i] <= '9' && n <= INT32_MAX; i++)
 		n = n * 10 + (uint64_t)(l[i] - '0');
