@@ -21,8 +21,10 @@ The whole run holds an exclusive flock on /tmp/dp-bench.lock so that two
 benchmarks on this machine never overlap.
 """
 import argparse
+import array
 import fcntl
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -68,8 +70,12 @@ def is_dotproxy(name):
     return name == "dotproxy" or name in VARIANTS
 # scenario -> (dnsperf transport, name set)
 THROUGHPUT = {"udp-miss": ("udp", "miss"), "udp-hit": ("udp", "hit"), "tcp-miss": ("tcp", "miss")}
-SCENARIOS = tuple(THROUGHPUT) + ("latency",)
+SCENARIOS = tuple(THROUGHPUT) + ("latency", "zipf")
+DEFAULT_SCENARIOS = tuple(THROUGHPUT) + ("latency",)
 HIT_NAMES = 1000
+# the zipf scenario: (TTL seconds, percent of names); names carry their TTL
+# ("t300-z17.example.com"), which tools/dot-responder --name-ttl answers with
+ZIPF_TTLS = ((5, 10), (30, 15), (60, 15), (300, 25), (900, 10), (3600, 15), (86400, 10))
 # dotproxy asks for an 8 MB UDP receive buffer; every peer gets as much, so
 # that dnsperf's opening burst of -q queries is not dropped by some only
 UDP_RCVBUF = 8 << 20
@@ -78,6 +84,10 @@ RCVBUF_HOW = {"dnsdist": "setUDPSocketBufferSizes (8 MB, capped at net.core.rmem
               "stubby": "net.core.rmem_default raised to 8 MB while it starts (no option of its own)",
               "kresd": "net.core.rmem_default raised to 8 MB while it starts (no option of its own)"}
 MAX_NAMES = 4_000_000
+# dnsdist sizes its packet cache in entries: about this many bytes each
+# (dnsdist 1.7: the cached packet and the qname on the heap, the entry
+# itself, its hash-map node) turn --cache-mb into a count
+DNSDIST_ENTRY_BYTES = 300
 # the smoke gate's default threshold (percent); bench/README.md says why
 SMOKE_THRESHOLD = 75.0
 PACKAGES = {"dnsperf": "dnsperf", "dnsdist": "dnsdist", "unbound": "unbound",
@@ -91,7 +101,11 @@ VERSION_CMDS = {"dnsperf": (["dnsperf", "-h"], r"Version (\S+)"),
 RUN_KEYS = ("qps", "sent", "completed", "lost", "lost_pct", "errors", "lat_avg_ms", "lat_p50_ms",
             "lat_p90_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms", "cpu_s", "cpu_us_per_query",
             "upstream_cpu_us_per_query", "cpu_ratio", "upstream_queries_per_query",
-            "rss_peak_kb", "loadgen_cpu_s", "other_cpu_s", "other_cpus", "run_time_s")
+            "rss_peak_kb", "loadgen_cpu_s", "other_cpu_s", "other_cpus", "run_time_s",
+            "machine_cpu_us_per_query",
+            # zipf only
+            "hit_ratio", "hit_ratio_raw", "ideal_hit_ratio", "upstream_per_distinct",
+            "upstream_per_ideal", "prefetches", "hedges", "misses")
 
 T0 = time.monotonic()
 
@@ -315,6 +329,7 @@ class Bench:
         self.cadir = os.path.join(self.tmp, "ca")
         self.upstream = []  # Daemons
         self.uport = None
+        self.zipf = None  # the ZipfStream, made once for every system
 
     # -- upstream ---------------------------------------------------------
 
@@ -335,7 +350,8 @@ class Bench:
                 raise BenchError("%s not built (cmake --build build, or --upstream unbound)" % a.responder)
             self.upstream = [Daemon("dot-responder", [
                 a.responder, "--listen", "127.0.0.1:%d" % self.uport, "--cert", self.cert,
-                "--key", self.key, "--threads", str(a.upstream_threads)],
+                "--key", self.key, "--threads", str(a.upstream_threads)]
+                + (["--name-ttl"] if "zipf" in a.scenarios else []),
                 os.path.join(self.logs, "upstream.log"), cpu=a.pin_upstream)]
         else:
             d = os.path.join(self.tmp, "upstream-unbound")
@@ -393,13 +409,25 @@ class Bench:
                                 for i in range(start, min(count, start + 100000))))
         return path
 
+    def zipf_stream(self):
+        """The zipf scenario's stream, written on first use and then the
+        same file for every system of the run."""
+        a = self.args
+        if self.zipf is None:
+            t0 = time.monotonic()
+            self.zipf = ZipfStream(os.path.join(self.tmp, "names-zipf.txt"), a.zipf_names, a.zipf_exponent,
+                                   a.zipf_nx_pct, a.zipf_rate, a.zipf_seconds, a.zipf_seed)
+            say("zipf stream: %d queries, %d distinct names, a perfect cache would fetch %d (%.1fs to make)" % (
+                self.zipf.count, self.zipf.distinct[-1], self.zipf.ideal[-1], time.monotonic() - t0))
+        return self.zipf
+
     # -- dnsperf ----------------------------------------------------------
 
-    def dnsperf(self, port, mode, datafile, duration, loops=None, qps=None):
+    def dnsperf(self, port, mode, datafile, duration, loops=None, qps=None, clients=None):
         """Run dnsperf once; returns the parsed result (see parse_dnsperf)."""
         a = self.args
         argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", mode, "-d", datafile,
-                "-c", str(a.clients), "-q", str(a.outstanding), "-l", "%g" % duration,
+                "-c", str(clients or a.clients), "-q", str(a.outstanding), "-l", "%g" % duration,
                 "-t", str(a.query_timeout), "-v"]
         if loops:
             argv += ["-n", str(loops)]
@@ -428,7 +456,7 @@ class Bench:
         return r
 
     def measure(self, pids, port, mode, datafile, duration, loops=None, qps=None,
-                forwarded=False, check=None):
+                forwarded=False, check=None, clients=None):
         """One dnsperf run against PIDS (the system's processes) with CPU
         time, peak RSS and the upstream's share recorded around it. When
         FORWARDED, every answered query also cost one upstream query and
@@ -442,7 +470,7 @@ class Bench:
         w0 = time.monotonic()
         c0 = sum(cpu_seconds(p) for p in pids)
         u0 = sum(cpu_seconds(p) for p in upids)
-        r = self.dnsperf(port, mode, datafile, duration, loops, qps)
+        r = self.dnsperf(port, mode, datafile, duration, loops, qps, clients)
         c1 = sum(cpu_seconds(p) for p in pids)
         u1 = sum(cpu_seconds(p) for p in upids)
         r["udp_rcvbuf_errors"] = udp_rcvbuf_errors() - e0
@@ -460,6 +488,11 @@ class Bench:
         n = r["completed"]
         r["cpu_s"] = round(c1 - c0, 4)
         r["cpu_us_per_query"] = (c1 - c0) / n * 1e6 if n else None
+        # the whole machine (every process, kernel threads, interrupts),
+        # dnsperf and the upstream included: counts work a system moves
+        # into the kernel (softirq) too; tick-based
+        r["machine_cpu_s"] = round((m1[0] - m0[0]) + (m1[1] - m0[1]), 2)
+        r["machine_cpu_us_per_query"] = r["machine_cpu_s"] / n * 1e6 if n else None
         r["rss_peak_kb"] = sum(peak_rss_kb(p) for p in pids)
         if upids:
             r["upstream_cpu_s"] = round(u1 - u0, 4)
@@ -472,6 +505,56 @@ class Bench:
         if qps:
             r["target_qps"] = qps
         return r
+
+
+class ZipfStream:
+    """The zipf scenario's queries: COUNT = RATE x SECONDS lines drawn from
+    NAMES names with Zipf popularity (the name of rank r is asked with
+    probability proportional to 1 / r^EXPONENT), from a fixed SEED so every
+    system and every run gets the same file. Each name has a TTL from
+    ZIPF_TTLS and NX_PCT percent of the names do not exist, independent of
+    popularity; the name says both to tools/dot-responder --name-ttl:
+    "t300-z17.example.com" (TTL 300), "t30-nx5.example.com" (NXDOMAIN, SOA
+    TTL and MINIMUM 30).
+
+    ideal[i] and distinct[i] are, over the first i + 1 queries, the upstream
+    fetches of a perfect cache (one per machine, unlimited memory, every
+    answer kept exactly its TTL, query i sent at i / RATE as dnsperf -Q
+    paces them) and the distinct names asked."""
+
+    def __init__(self, path, names, exponent, nx_pct, rate, seconds, seed):
+        rng = random.Random(seed)
+        self.path, self.count = path, int(rate * seconds)
+        ttl = rng.choices([t for t, _ in ZIPF_TTLS], weights=[w for _, w in ZIPF_TTLS], k=names)
+        nx = [rng.random() * 100 < nx_pct for _ in range(names)]
+        cum = list(itertools.accumulate(r ** -exponent for r in range(1, names + 1)))
+        ranks = rng.choices(range(names), cum_weights=cum, k=self.count)
+        with open(path, "w") as f:
+            for start in range(0, self.count, 100000):
+                f.write("".join("t%d-%s%d.%s A\n" % (ttl[r], "nx" if nx[r] else "z", r, ZONE)
+                                for r in ranks[start:start + 100000]))
+        self.ideal, self.distinct = array.array("I"), array.array("I")
+        expires = {}
+        fetches = 0
+        for i, r in enumerate(ranks):
+            t = i / rate
+            e = expires.get(r)
+            if e is None or t >= e:
+                fetches += 1
+                expires[r] = t + ttl[r]
+            self.ideal.append(fetches)
+            self.distinct.append(len(expires))
+        self.nx_query_pct = 100.0 * sum(1 for r in ranks if nx[r]) / self.count
+        self.info = {"queries": self.count, "names": names, "exponent": exponent, "nx_names_pct": nx_pct,
+                     "nx_queries_pct": round(self.nx_query_pct, 2), "rate": rate, "seconds": seconds,
+                     "seed": seed, "ttls": [list(t) for t in ZIPF_TTLS], "distinct_names": self.distinct[-1],
+                     "ideal_fetches": self.ideal[-1], "ideal_hit_ratio": 1 - self.ideal[-1] / self.count,
+                     "example": "t%d-%s%d.%s" % (ttl[ranks[0]], "nx" if nx[ranks[0]] else "z", ranks[0], ZONE)}
+
+    def prefix(self, sent):
+        """(distinct names, perfect-cache fetches) over the first SENT queries."""
+        i = max(0, min(sent, self.count) - 1)
+        return self.distinct[i], self.ideal[i]
 
 
 def parse_dnsperf(out):
@@ -546,14 +629,18 @@ def start_system(b, name, port, workdir, procs):
     of its configuration."""
     a = b.args
     log = os.path.join(b.logs, "%s.log" % name)
-    vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE)
+    vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE,
+                CACHE_MB=a.cache_mb, DNSDIST_ENTRIES=a.cache_mb * (1 << 20) // DNSDIST_ENTRY_BYTES,
+                # unbound's advice: the rrset cache twice the message cache
+                UNBOUND_MSG_MB=max(1, a.cache_mb // 3), UNBOUND_RRSET_MB=max(1, a.cache_mb - a.cache_mb // 3))
     if is_dotproxy(name):
         var = VARIANTS.get(name, {})
         threads = var.get("threads", a.threads)
         binary = getattr(a, var["binary"]) if "binary" in var else a.dotproxy
         argv = [binary, "--listen", "127.0.0.1:%d" % port,
                 "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
-                "--threads", str(threads), "--timeout", "2s", "--log-level", "info"] + var.get("args", [])
+                "--threads", str(threads), "--timeout", "2s", "--cache-size", str(a.cache_mb),
+                "--log-level", "info"] + var.get("args", [])
         procs.append(Daemon(name, argv, log))
         return {"argv": argv[1:], "threads": threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
     if name == "dnsdist":
@@ -572,6 +659,11 @@ def start_system(b, name, port, workdir, procs):
             os.makedirs(rundir)
             procs.append(Daemon("kresd%d" % i, ["kresd", "-n", "-c", conf, rundir], log))
             time.sleep(0.2)  # the first one creates the shared cache
+        if shutil.which("kres-cache-gc"):
+            # what the docs pair with every kresd: without it a full LMDB
+            # cache is wiped whole; its CPU and RSS count as kresd's
+            procs.append(Daemon("kres-cache-gc", ["kres-cache-gc", "-c", os.path.join(workdir, "kresd-cache"),
+                                                  "-d", "1000"], log))
     else:
         raise BenchError("unknown system %s" % name)
     shutil.copy(conf, os.path.join(b.logs, os.path.basename(conf)))
@@ -652,8 +744,12 @@ def run_system(b, name, ceiling_qps):
                     raise BenchError("%s died (status %s):\n%s" % (d.name, d.p.returncode, d.tail()))
 
         hit_prefix = "h%08x-" % random.getrandbits(32)
-        for scen in a.scenarios:
-            if scen == "latency":
+        # zipf first: its hit ratio needs a cache that holds nothing else yet
+        for scen in sorted(a.scenarios, key=lambda sc: sc != "zipf"):
+            if scen == "zipf":
+                res["scenarios"]["zipf"] = run_zipf(b, name, pids, port, check,
+                                                    procs[0] if is_dotproxy(name) else None)
+            elif scen == "latency":
                 udp = res["scenarios"].get("udp-miss", {}).get("summary", {})
                 res["scenarios"]["latency"] = run_latency(b, name, pids, port, med(udp, "qps"), check)
             else:
@@ -698,6 +794,49 @@ def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mo
         q = med(res["summary"], "qps")
         res["summary"]["qps_ratio"] = {"median": q / ceiling_qps} if q else None
     return res
+
+
+def run_zipf(b, name, pids, port, check, dp=None):
+    """The zipf scenario: the whole stream once, at --zipf-rate, from
+    --zipf-clients source ports, into a cold cache; the hit ratio measured at
+    the upstream. DP is dotproxy's Daemon: its prefetches and hedges are
+    read from its counters and not counted as misses."""
+    a = b.args
+    z = b.zipf_stream()
+    before = dotproxy_stats(dp) if dp else None
+    r = b.measure(pids, port, "udp", z.path, a.zipf_seconds + 10, loops=1, qps=a.zipf_rate, check=check,
+                  clients=a.zipf_clients)
+    after = dotproxy_stats(dp) if dp else None
+    zipf_figures(r, z, before, after)
+    say("%s zipf: %s, hit ratio %s (perfect cache %.3f), upstream/perfect %s" % (
+        name, brief(r), fmt(r.get("hit_ratio"), "%.3f"), r["ideal_hit_ratio"],
+        fmt(r.get("upstream_per_ideal"), "%.3f")))
+    return {"transport": "udp", "names": "zipf", "stream": z.info, "runs": [r], "summary": summarize([r])}
+
+
+def zipf_figures(r, z, before, after):
+    """Add the zipf figures to run R: client queries are what dnsperf
+    sent; misses the upstream's queries less dotproxy's prefetches and hedges
+    (BEFORE and AFTER are its counters around the run, None for others)."""
+    sent = r["sent"]
+    distinct, ideal = z.prefix(sent)
+    r.update(client_queries=sent, distinct_names=distinct, ideal_fetches=ideal,
+             ideal_hit_ratio=1 - ideal / sent if sent else None, nxdomain=r["rcodes"].get("NXDOMAIN", 0))
+    if before and after:
+        gauges = ("cache_entries", "cache_bytes", "queries_inflight", "tcp_open")
+        delta = {k: after[k] - before.get(k, 0) for k in after if k not in gauges}
+        r["prefetches"] = delta.get("cache_prefetched")
+        r["hedges"] = delta.get("hedges_sent")
+        r["dotproxy_delta"] = delta
+        r["dotproxy_cache"] = {k: after[k] for k in gauges[:2] if k in after}
+    up = r.get("upstream_queries")
+    if up is None or not sent:
+        return
+    r["misses"] = up - (r.get("prefetches") or 0) - (r.get("hedges") or 0)
+    r["hit_ratio"] = 1 - r["misses"] / sent
+    r["hit_ratio_raw"] = 1 - up / sent
+    r["upstream_per_distinct"] = r["misses"] / distinct
+    r["upstream_per_ideal"] = r["misses"] / ideal
 
 
 def run_latency(b, name, pids, port, max_qps, check):
@@ -814,6 +953,11 @@ def metrics(results):
                 continue
             key = "%s.%s" % (sysname, scen)
             s = sc["summary"]
+            if scen == "zipf":
+                for k in ("hit_ratio", "hit_ratio_raw"):
+                    put(key, s, k, "higher")
+                for k in ("upstream_per_ideal", "upstream_per_distinct", "machine_cpu_us_per_query"):
+                    put(key, s, k, "lower")
             put(key, s, "qps", "higher")
             for k in ("cpu_us_per_query", "cpu_ratio", "lat_p50_ms", "lat_p99_ms", "lost_pct", "rss_peak_kb"):
                 put(key, s, k, "lower")
@@ -826,24 +970,27 @@ def fmt(v, f="%.2f"):
 
 
 def print_table(results, out=sys.stdout):
-    print("\nThroughput (dnsperf -c %d -q %d, %gs x %d runs; median [min-max])" % (
-        results["settings"]["clients"], results["settings"]["outstanding"],
-        results["settings"]["duration_s"], results["settings"]["reps"]), file=out)
-    row = "%-15s %-12s %22s %6s %5s %7s %7s %7s %7s %7s %6s %6s %5s %7s %5s"
-    print(row % ("system", "scenario", "QPS", "lost", "err", "avg", "p50", "p90", "p99", "p99.9", "us/q", "ratio",
-                 "up/q", "RSS MB", "bg"), file=out)
-    print(row % ("", "", "", "", "", "ms", "ms", "ms", "ms", "ms", "CPU", "", "", "peak", "CPUs"), file=out)
-    rows = []
+    rows, failed = [], []
     ceil = results.get("upstream", {}).get("ceiling")
     if ceil:
         rows.append(("upstream", "ceiling(dot)", ceil))
     for sysname, sres in results["systems"].items():
         if sres["status"] != "ok":
-            print("%-15s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]), file=out)
+            failed.append("%-15s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]))
             continue
         for scen, sc in sres["scenarios"].items():
-            if scen != "latency":
+            if scen not in ("latency", "zipf"):
                 rows.append((sysname, scen, sc))
+    for line in failed:
+        print(line, file=out)
+    row = "%-15s %-12s %22s %6s %5s %7s %7s %7s %7s %7s %6s %6s %5s %7s %5s"
+    if rows:
+        print("\nThroughput (dnsperf -c %d -q %d, %gs x %d runs; median [min-max])" % (
+            results["settings"]["clients"], results["settings"]["outstanding"],
+            results["settings"]["duration_s"], results["settings"]["reps"]), file=out)
+        print(row % ("system", "scenario", "QPS", "lost", "err", "avg", "p50", "p90", "p99", "p99.9", "us/q",
+                     "ratio", "up/q", "RSS MB", "bg"), file=out)
+        print(row % ("", "", "", "", "", "ms", "ms", "ms", "ms", "ms", "CPU", "", "", "peak", "CPUs"), file=out)
     for sysname, scen, sc in rows:
         s = sc["summary"]
         q = s.get("qps", {})
@@ -873,10 +1020,47 @@ def print_table(results, out=sys.stdout):
                     n, pt["rate"], g("qps"), fmt(g("lost"), "%.0f"), fmt(g("lat_avg_ms")), fmt(g("lat_p50_ms")),
                     fmt(g("lat_p90_ms")), fmt(g("lat_p99_ms")), fmt(g("lat_p999_ms")),
                     fmt(g("cpu_us_per_query"), "%.1f")), file=out)
+    print_zipf(results, out)
     print("\nus/q: CPU time of the system's processes per answered query; ratio: that divided by the\n"
           "upstream's CPU per query in the same runs (miss scenarios); up/q: upstream queries per\n"
           "answered query (1 = forwarded, 0 = answered from cache); err: answers other than NOERROR;\n"
           "bg: machine CPUs busy outside the measured processes (other programs, kernel threads).", file=out)
+
+
+def print_zipf(results, out):
+    """The zipf scenario's table, when it ran."""
+    zs = [(n, s["scenarios"]["zipf"]) for n, s in results["systems"].items()
+          if s["status"] == "ok" and "zipf" in s.get("scenarios", {})]
+    if not zs:
+        return
+    st = zs[0][1]["stream"]
+    print("\nZipf workload (UDP, dnsperf -c %d -Q %d, %gs, cold cache of %d MB each; %d queries over %d names, "
+          "exponent %g,\n%g%% of names NXDOMAIN (%.1f%% of queries), TTL 5 s - 1 day; %d distinct names asked; "
+          "a perfect cache: hit %.1f%%)" % (
+              results["settings"]["zipf"]["clients"], st["rate"], st["seconds"], results["settings"]["cache_mb"],
+              st["queries"], st["names"], st["exponent"], st["nx_names_pct"], st["nx_queries_pct"],
+              st["distinct_names"], 100 * st["ideal_hit_ratio"]), file=out)
+    row = "%-15s %8s %6s %6s %9s %8s %6s %6s %6s %8s %8s %6s %6s %7s %7s"
+    print(row % ("system", "QPS", "lost", "NX%", "upstream", "prefetch", "hedge", "hit%", "raw%", "up/name",
+                 "up/ideal", "us/q", "mach", "p99 ms", "RSS MB"), file=out)
+    def pct(v):
+        return fmt(100 * v if v is not None else None, "%.1f")
+
+    for n, sc in zs:
+        r = sc["runs"][0]
+        nx = r["nxdomain"] / r["completed"] if r["completed"] else None
+        rss = r["rss_peak_kb"] / 1024.0 if r.get("rss_peak_kb") else None
+        print(row % (n, fmt(r["qps"], "%.0f"), fmt(r["lost"], "%d"), pct(nx), fmt(r.get("upstream_queries"), "%d"),
+                     fmt(r.get("prefetches"), "%d"), fmt(r.get("hedges"), "%d"), pct(r.get("hit_ratio")),
+                     pct(r.get("hit_ratio_raw")), fmt(r.get("upstream_per_distinct"), "%.3f"),
+                     fmt(r.get("upstream_per_ideal"), "%.3f"), fmt(r.get("cpu_us_per_query"), "%.1f"),
+                     fmt(r.get("machine_cpu_us_per_query"), "%.0f"), fmt(r.get("lat_p99_ms")), fmt(rss, "%.1f")),
+              file=out)
+    print("hit%: 1 - (upstream queries - prefetches - hedges) / client queries, counted at the upstream;\n"
+          "raw%: 1 - upstream / client queries; up/name: (upstream - prefetch - hedge) per distinct name asked;\n"
+          "up/ideal: the same over a perfect machine-wide cache's fetches (1.0 = each name once per TTL);\n"
+          "prefetch and hedge: dotproxy's own counters (- : the system does not tell); mach: CPU us of the\n"
+          "whole machine per answered query (dnsperf and the upstream included).", file=out)
 
 
 def plot(results, path):
@@ -885,6 +1069,8 @@ def plot(results, path):
     if not shutil.which("gnuplot"):
         say("gnuplot not installed: no plot")
         return None
+    if not any(sc in THROUGHPUT for sc in results["settings"]["scenarios"]):
+        return None  # zipf alone: its table says it all
     d = tempfile.mkdtemp(prefix="dp-plot.")
     scen = [s for s in THROUGHPUT]
     systems = [(n, s) for n, s in results["systems"].items() if s["status"] == "ok"]
@@ -947,7 +1133,8 @@ def parse_args(argv):
                     help="dotproxy + synthetic responder only, udp-miss, 3 x 3 s, then the regression gate "
                          "against bench/baseline-smoke.json; under 60 s")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default %(default)s)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenarios (default %(default)s)")
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help="comma-separated scenarios (default %(default)s; also: zipf)")
     ap.add_argument("--reps", type=int, help="measured repetitions per scenario and load (default 3)")
     ap.add_argument("--duration", type=float, help="seconds per measured throughput run (default 5; smoke 3)")
     ap.add_argument("--warmup", type=float, help="seconds of the warm-up run before each scenario (default 2; smoke 1.5)")
@@ -965,6 +1152,20 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="threads (kresd: processes) of each system under test; stubby has one "
                          "(default: online CPUs, %(default)s)")
+    ap.add_argument("--cache-mb", type=int, default=64,
+                    help="cache memory of every system, MB: dotproxy --cache-size, unbound msg (1/3) and rrset "
+                         "(2/3) caches, kresd cache.size, dnsdist packet cache entries at %d bytes each "
+                         "(default %%(default)s)" % DNSDIST_ENTRY_BYTES)
+    ap.add_argument("--zipf-seconds", type=float, default=60,
+                    help="zipf: seconds of queries at --zipf-rate (default %(default)s; shorter for a smoke check)")
+    ap.add_argument("--zipf-rate", type=int, default=20000, help="zipf: dnsperf -Q (default %(default)s)")
+    ap.add_argument("--zipf-clients", type=int, default=200,
+                    help="zipf: dnsperf -c, one source port each (default %(default)s)")
+    ap.add_argument("--zipf-names", type=int, default=1000000, help="zipf: names to draw from (default %(default)s)")
+    ap.add_argument("--zipf-exponent", type=float, default=0.95, help="zipf: exponent (default %(default)s)")
+    ap.add_argument("--zipf-nx-pct", type=float, default=5, help="zipf: percent of names that do not exist "
+                    "(default %(default)s)")
+    ap.add_argument("--zipf-seed", type=int, default=13, help="zipf: seed of the stream (default %(default)s)")
     ap.add_argument("--upstream", choices=("responder", "unbound"), default="responder",
                     help="DoT upstream: tools/dot-responder, or unbound answering every name from a "
                          "redirect local-zone (default %(default)s)")
@@ -1014,6 +1215,12 @@ def parse_args(argv):
         if s not in SCENARIOS:
             ap.error("unknown scenario %s (known: %s)" % (s, ", ".join(SCENARIOS)))
     a.rates = [int(r) for r in a.rates.split(",") if r]
+    if "zipf" in a.scenarios and a.upstream != "responder":
+        ap.error("the zipf scenario needs --upstream responder (its names set TTLs and NXDOMAIN, and the "
+                 "responder counts the upstream queries)")
+    if "zipf" in a.scenarios and (a.zipf_seconds <= 0 or a.zipf_rate <= 0 or a.zipf_names < 1
+                                  or not 0 <= a.zipf_nx_pct <= 100):
+        ap.error("bad --zipf-* value")
     a.dotproxy = os.path.abspath(a.dotproxy or os.path.join(a.build_dir, "dotproxy"))
     a.responder = os.path.abspath(a.responder or os.path.join(a.build_dir, "tools", "dot-responder"))
     if not a.out:
@@ -1071,7 +1278,11 @@ def main(argv=None):
                             "warmup_s": a.warmup, "latency_duration_s": a.latency_duration, "reps": a.reps,
                             "rates": a.rates, "threads": a.threads, "upstream": a.upstream,
                             "upstream_threads": a.upstream_threads, "pin_upstream": a.pin_upstream,
-                            "query_timeout_s": a.query_timeout, "systems": a.systems, "scenarios": a.scenarios},
+                            "query_timeout_s": a.query_timeout, "systems": a.systems, "scenarios": a.scenarios,
+                            "cache_mb": a.cache_mb, "zipf": {
+                                "seconds": a.zipf_seconds, "rate": a.zipf_rate, "clients": a.zipf_clients,
+                                "names": a.zipf_names, "exponent": a.zipf_exponent, "nx_pct": a.zipf_nx_pct,
+                                "seed": a.zipf_seed}},
                "upstream": {}, "systems": {}}
     results["machine"]["other_cpus_at_start"] = quiet
     results["lock_wait_s"] = round(lock_wait, 1)

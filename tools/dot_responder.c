@@ -3,7 +3,9 @@
  *
  * Every A or AAAA query in class IN gets one fixed record; other types get
  * NOERROR with an empty answer. The question and ID are copied, and an OPT
- * (payload 1232, DO echoed) is added when the query carried one.
+ * (payload 1232, DO echoed) is added when the query carried one. With
+ * --name-ttl a name's first label sets its TTL ("t300-...") or makes it not
+ * exist ("t300-nx...": NXDOMAIN with an SOA), for workloads of many names.
  *
  * Shape: one shard per --threads, each a thread owning an io_uring, one
  * SO_REUSEPORT listener per --listen address, a provided-buffer ring for
@@ -99,6 +101,7 @@ typedef struct behave {
 	uint8_t aaaa[16];
 	uint32_t ttl;
 	uint16_t udp_size; /* advertised in the OPT we echo */
+	bool name_ttl; /* --name-ttl: the first label sets TTL and NXDOMAIN */
 	/* ---- faults ---- */
 	bool faulty; /* any per-answer fault below is on: on_message's slow path */
 	bool reorder; /* each SSL_write's answers in reverse order */
@@ -123,6 +126,7 @@ typedef struct behave {
 	X(queries) /* complete DNS messages received */                        \
 	X(answers) /* DNS messages sent back */                                \
 	X(errors_answered) /* of which FORMERR, NOTIMP or BADVERS */           \
+	X(nxdomain) /* of which NXDOMAIN (--name-ttl, "t<N>-nx...") */         \
 	X(dropped) /* messages not answered (QR=1) */                          \
 	X(malformed_closes) /* closed on an unreadable message */              \
 	X(tls_errors) /* connections closed on a TLS failure */                \
@@ -287,6 +291,55 @@ static int g_ready, g_failed;
 
 enum { ANS_DROP = -1, ANS_CLOSE = -2 };
 
+#define SOA_RDLEN 24 /* two compressed names, five 32-bit fields */
+#define SOA_RR_LEN (12 + SOA_RDLEN) /* with a compressed owner */
+
+/* --name-ttl: read the question's first label. "t<N>-..." (case ignored)
+ * sets the TTL to N seconds; "t<N>-nx..." makes the name not exist. Any
+ * other name keeps the command line's TTL and exists. Returns true when
+ * the name does not exist. Only with --name-ttl, so not the default path. */
+static bool name_rule(const uint8_t *q, const dp_dns_view_t *v, uint32_t *ttl)
+{
+	if (!v->has_question)
+		return false;
+	const uint8_t *l = q + v->qname_off;
+	size_t len = l[0], i = 2;
+	uint64_t n = 0;
+	/* a name with a parent (the SOA's owner), first label "t" digits "-" */
+	if (len < 3 || l[1 + len] == 0 || (l[1] | 0x20) != 't')
+		return false;
+	for (; i <= len && l[i] >= '0' && l[i] <= '9' && n <= INT32_MAX; i++)
+		n = n * 10 + (uint64_t)(l[i] - '0');
+	if (i == 2 || i > len || l[i] != '-' || n > INT32_MAX)
+		return false;
+	*ttl = (uint32_t)n;
+	return i + 2 <= len && (l[i + 1] | 0x20) == 'n' && (l[i + 2] | 0x20) == 'x';
+}
+
+/* The authority section of a --name-ttl NXDOMAIN: the SOA of the parent of
+ * the question name (owner, MNAME and RNAME all point into the question),
+ * TTL and MINIMUM both ttl, so a cache keeps the negative answer ttl
+ * seconds (RFC 2308 5). Writes SOA_RR_LEN bytes at p. */
+static void put_soa(uint8_t *p, const dp_dns_view_t *v, uint8_t label_len, uint32_t ttl)
+{
+	static const uint32_t timers[4] = { 1, 3600, 600, 86400 }; /* serial .. expire */
+	uint16_t zone = (uint16_t)(0xc000 | (v->qname_off + 1 + label_len));
+	dp_wr16(p, zone);
+	dp_wr16(p + 2, 6); /* SOA */
+	dp_wr16(p + 4, 1);
+	dp_wr16(p + 6, (uint16_t)(ttl >> 16));
+	dp_wr16(p + 8, (uint16_t)ttl);
+	dp_wr16(p + 10, SOA_RDLEN);
+	dp_wr16(p + 12, zone); /* MNAME */
+	dp_wr16(p + 14, zone); /* RNAME */
+	for (int i = 0; i < 4; i++) {
+		dp_wr16(p + 16 + 4 * i, (uint16_t)(timers[i] >> 16));
+		dp_wr16(p + 18 + 4 * i, (uint16_t)timers[i]);
+	}
+	dp_wr16(p + 32, (uint16_t)(ttl >> 16)); /* MINIMUM */
+	dp_wr16(p + 34, (uint16_t)ttl);
+}
+
 /* Build the answer to query q (len bytes) into out. Returns its length,
  * ANS_DROP (send nothing) or ANS_CLOSE (unreadable: close the connection).
  * Hot path, no allocation; out_cap >= ANSWER_MAX - 2 always suffices. */
@@ -314,9 +367,13 @@ static int answer_build(shard_t *s, const behave_t *bh, const uint8_t *q, size_t
 		goto error;
 	}
 
+	uint32_t ttl = bh->ttl;
+	bool nx = unlikely(bh->name_ttl) && name_rule(q, &v, &ttl);
 	const uint8_t *rdata = NULL;
 	size_t rdlen = 0;
-	if (v.qclass == 1 && v.qtype == 1) {
+	if (nx) {
+		/* no answer record: an SOA in the authority section */
+	} else if (v.qclass == 1 && v.qtype == 1) {
 		rdata = bh->a;
 		rdlen = sizeof(bh->a);
 	} else if (v.qclass == 1 && v.qtype == 28) {
@@ -324,17 +381,18 @@ static int answer_build(shard_t *s, const behave_t *bh, const uint8_t *q, size_t
 		rdlen = sizeof(bh->aaaa);
 	}
 	size_t qend = v.question_end;
-	size_t need = qend + (rdlen ? 12 + rdlen : 0) + (v.has_opt ? 11 : 0);
+	size_t need = qend + (rdlen ? 12 + rdlen : 0) + (nx ? SOA_RR_LEN : 0) + (v.has_opt ? 11 : 0);
 	if (need > out_cap)
 		return ANS_CLOSE;
 
 	uint16_t flags = (uint16_t)(DP_DNS_F_QR | DP_DNS_F_RA |
-				    (v.flags & (DP_DNS_F_RD | DP_DNS_F_CD)));
+				    (v.flags & (DP_DNS_F_RD | DP_DNS_F_CD)) |
+				    (nx ? DP_DNS_RCODE_NXDOMAIN : 0));
 	dp_wr16(out, v.id);
 	dp_wr16(out + 2, flags);
 	dp_wr16(out + 4, 1);
 	dp_wr16(out + 6, rdlen ? 1 : 0);
-	dp_wr16(out + 8, 0);
+	dp_wr16(out + 8, nx ? 1 : 0);
 	dp_wr16(out + 10, v.has_opt ? 1 : 0);
 	memcpy(out + DP_DNS_HDR_LEN, q + DP_DNS_HDR_LEN, qend - DP_DNS_HDR_LEN);
 	uint8_t *p = out + qend;
@@ -343,11 +401,16 @@ static int answer_build(shard_t *s, const behave_t *bh, const uint8_t *q, size_t
 		p[1] = DP_DNS_HDR_LEN;
 		dp_wr16(p + 2, v.qtype);
 		dp_wr16(p + 4, 1);
-		dp_wr16(p + 6, (uint16_t)(bh->ttl >> 16));
-		dp_wr16(p + 8, (uint16_t)bh->ttl);
+		dp_wr16(p + 6, (uint16_t)(ttl >> 16));
+		dp_wr16(p + 8, (uint16_t)ttl);
 		dp_wr16(p + 10, (uint16_t)rdlen);
 		memcpy(p + 12, rdata, rdlen);
 		p += 12 + rdlen;
+	}
+	if (nx) {
+		put_soa(p, &v, q[v.qname_off], ttl);
+		p += SOA_RR_LEN;
+		CNT_INC(s, nxdomain);
 	}
 	if (v.has_opt) {
 		p[0] = 0; /* root owner */
@@ -1380,6 +1443,9 @@ static void usage(FILE *f)
 		"  --answer-ip A.B.C.D  A record data (default 192.0.2.1)\n"
 		"  --answer-ip6 ADDR    AAAA record data (default 2001:db8::1)\n"
 		"  --ttl N              TTL of the record (default 300)\n"
+		"  --name-ttl           the first label decides: \"t<N>-...\" answers with\n"
+		"                       TTL N, \"t<N>-nx...\" is NXDOMAIN (SOA TTL and\n"
+		"                       MINIMUM N); other names as without it\n"
 		"  --tls-min 1.2|1.3    lowest TLS version (default 1.2)\n"
 		"  --tls-max 1.2|1.3    highest TLS version (default 1.3)\n"
 		"\n"
@@ -1492,7 +1558,7 @@ static int parse_args(int argc, char **argv)
 {
 	/* Same order as opts[]: the error message indexes it. */
 	enum { O_LISTEN = 256, O_CERT, O_KEY, O_THREADS, O_MAXCONNS, O_IP, O_IP6, O_TTL,
-	       O_TLSMIN, O_TLSMAX, O_DELAY, O_DELAYPCT, O_DROPPCT, O_REORDER, O_WRONGID,
+	       O_NAMETTL, O_TLSMIN, O_TLSMAX, O_DELAY, O_DELAYPCT, O_DROPPCT, O_REORDER, O_WRONGID,
 	       O_WRONGQ, O_CLOSEAFTER, O_IDLECLOSE, O_RESETMID, O_REFUSE, O_HSDELAY, O_SEED, O_HELP };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
@@ -1503,6 +1569,7 @@ static int parse_args(int argc, char **argv)
 		{ "answer-ip", required_argument, NULL, O_IP },
 		{ "answer-ip6", required_argument, NULL, O_IP6 },
 		{ "ttl", required_argument, NULL, O_TTL },
+		{ "name-ttl", no_argument, NULL, O_NAMETTL },
 		{ "tls-min", required_argument, NULL, O_TLSMIN },
 		{ "tls-max", required_argument, NULL, O_TLSMAX },
 		{ "delay-ms", required_argument, NULL, O_DELAY },
@@ -1564,6 +1631,9 @@ static int parse_args(int argc, char **argv)
 			if (parse_uint(optarg, 0, INT32_MAX, &v) < 0)
 				goto bad;
 			g.behave.ttl = (uint32_t)v;
+			break;
+		case O_NAMETTL:
+			g.behave.name_ttl = true;
 			break;
 		case O_TLSMIN:
 			if (parse_tls_version(optarg, &g.tls_min) < 0)

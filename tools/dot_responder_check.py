@@ -8,7 +8,8 @@ port of 127.0.0.1, and checks answers, framing, pipelining, malformed input,
 TLS 1.2 / 1.3, session resumption, half-close, close_notify and the
 counters; then starts it again with each fault flag (delay, drop, reorder,
 wrong ID, wrong question, close after N, idle close, torn record + reset,
-refused or stalled handshake) and checks the fault happens and its counter moves.
+refused or stalled handshake) and checks the fault happens and its counter moves,
+and once with --name-ttl (TTL and NXDOMAIN from the first label).
 Everything is bounded in time. Prints "N passed, N failed"; exits 0, 1 on
 a failure, 77 when openssl is missing.
 """
@@ -374,6 +375,47 @@ class Checks:
             self.ok(False, "%s: %r" % (name, e))
 
 
+def name_ttl_checks(c, binary, tmp, ca):
+    """--name-ttl: "t<N>-..." answers with TTL N, "t<N>-nx..." with
+    NXDOMAIN and the parent's SOA (TTL and MINIMUM N); other names as
+    without the flag."""
+    proc, port, errf = start_responder(binary, tmp, ["--name-ttl"], "name-ttl")
+    try:
+        if port is None:
+            c.ok(False, "name-ttl: responder did not start")
+            return
+
+        def body():
+            k = Conn(port, ca)
+
+            def ask(qid, name, qtype=1):
+                k.send(frame(query(qid, name, qtype)))
+                return k.read_msg()
+
+            a = ask(1, "T77-z1.example.com")
+            c.ok(a["rcode"] == 0 and a["an"] == 1 and struct.pack(">I", 77) + b"\x00\x04" in a["raw"],
+                 "name-ttl: t77-... answered with TTL 77")
+            a = ask(2, "t30-NX5.example.com")
+            rr = a["raw"][12 + len("t30-NX5.example.com") + 2 + 4:]
+            c.ok(a["rcode"] == 3 and a["an"] == 0 and a["ns"] == 1, "name-ttl: t30-nx... is NXDOMAIN, one NS record")
+            c.ok(len(rr) == 36 and rr[:2] == b"\xc0\x14" and rr[2:4] == b"\x00\x06"
+                 and rr[6:10] == struct.pack(">I", 30) and rr[-4:] == struct.pack(">I", 30),
+                 "name-ttl: SOA of example.com, TTL and MINIMUM 30")
+            a = ask(3, "t30-nx5.example.com", 28)
+            c.ok(a["rcode"] == 3, "name-ttl: NXDOMAIN for every type")
+            for qid, name in ((4, "plain.example.com"), (5, "t12.example.com"), (6, "t5-nx"),
+                              (7, "t99999999999-z.example.com")):
+                a = ask(qid, name)
+                c.ok(a["rcode"] == 0 and a["an"] == 1 and struct.pack(">I", 300) + b"\x00\x04" in a["raw"],
+                     "name-ttl: %s keeps --ttl and exists" % name)
+            k.close()
+        c.run("name_ttl", body)
+    finally:
+        rc, cnt = stop_responder(proc, errf)
+        c.ok(rc == 0, "name-ttl: clean exit")
+        c.ok(cnt.get("nxdomain") == 2, "name-ttl: counter nxdomain=%s (want 2)" % cnt.get("nxdomain"))
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__.strip(), file=sys.stderr)
@@ -567,6 +609,7 @@ def main():
         proc = None
         errf.close()
         fault_checks(c, binary, tmp, ca)
+        name_ttl_checks(c, binary, tmp, ca)
     finally:
         if proc:
             proc.kill()
