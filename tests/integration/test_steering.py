@@ -115,7 +115,7 @@ def distinct_names(seed, count):
     return out
 
 
-def ask_all(port, names, rdtype="A", rounds=3):
+def ask_all(port, names, rdtype="A", rounds=3, host="127.0.0.1"):
     """Ask every name once over UDP, each from a new socket (a new source
     port), BATCH in flight; unanswered ones are asked again (bounded).
     Returns {name: response}."""
@@ -128,10 +128,11 @@ def ask_all(port, names, rdtype="A", rounds=3):
             socks = {}
             try:
                 for n in chunk:
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                      socket.SOCK_DGRAM)
                     s.setblocking(False)
                     q = H.make_query(n, rdtype)
-                    s.sendto(q.to_wire(), ("127.0.0.1", port))
+                    s.sendto(q.to_wire(), (host, port))
                     socks[s] = (n, q)
                 deadline = time.monotonic() + 5
                 while socks and time.monotonic() < deadline:
@@ -180,6 +181,34 @@ def test_steering_every_udp_query_lands_home(dotproxy, unbound, certs, threads, 
     assert got >= NAMES, "the daemon read only %d queries" % got
     assert off == 0, ("%d of %d UDP queries arrived away from their home shard with steering on: "
                       "the program and home.h disagree" % (off, got))
+
+
+@pytest.mark.timeout_s(240)
+def test_steering_each_listen_address(dotproxy, unbound, certs):
+    """Several listen addresses are several reuseport groups, each with the
+    program attached and its own sockets in the array: queries to every
+    address land home (and on a socket of that address: they are answered)."""
+    v6 = H.have_ipv6_loopback()
+    listen = [("127.0.0.1", H.free_port()), ("127.0.0.1", H.free_port())]
+    if v6:
+        listen.append(("::1", H.free_port("::1")))
+    mport = H.free_port()
+    dp = dotproxy([unbound.upstream_arg()], certs["ca"], threads=4, listen=listen,
+                  extra=["--no-pin", "--metrics", "127.0.0.1:%d" % mport])
+    dp.mport = mport
+    line = require_steering_on(dp)
+    assert line["listen"] == len(listen), line
+    before = events(dp)
+    names = distinct_names(5300, 600 * len(listen))
+    for i, (host, port) in enumerate(listen):
+        part = names[i::len(listen)]
+        answers = ask_all(port, part, host=host)
+        assert len(answers) >= len(part) * 0.99, "%s:%d: %d of %d answered" % (host, port, len(answers), len(part))
+    after = events(dp)
+    got = after["udp_queries"] - before["udp_queries"]
+    off = after["udp_off_home"] - before["udp_off_home"]
+    print("listen=%r queries=%d off_home=%d" % (listen, got, off))
+    assert got >= len(names) and off == 0, "%d of %d away from home" % (off, got)
 
 
 @pytest.mark.timeout_s(240)
