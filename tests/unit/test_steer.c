@@ -109,7 +109,7 @@ static void test_hash_equals_home_h(void **state)
 		}
 	}
 	/* The hash depends on the key: the program reads it from the map. */
-	uint8_t name[] = "\7example\3com";
+	uint8_t name[DP_STEER_NAME_BUF] = "\7example\3com";
 	assert_true(dp_steer_hash(name, 13, p.k0, p.k1) != dp_steer_hash(name, 13, p.k0 ^ 1, p.k1));
 }
 
