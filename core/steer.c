@@ -19,9 +19,13 @@
 
 #define FALLBACK "UDP queries that land on another shard are handed to their home shard"
 
-static int say_off(const char *reason)
+/* The one line when the program is not attached. expected: a deployment
+ * choice (no privilege granted, a kernel or a build without BPF), said at
+ * info level; anything else is a warning. */
+static int say_off(const char *reason, bool expected)
 {
-	dp_warn("steering unavailable", "reason=\"%s\" fallback=\"" FALLBACK "\"", reason);
+	dp_log(expected ? DP_LOG_INFO : DP_LOG_WARN, "steering unavailable",
+	       "reason=\"%s\" fallback=\"" FALLBACK "\"", reason);
 	return 0;
 }
 
@@ -38,7 +42,8 @@ int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN
 		dp_info("steering off", "reason=\"one shard: every query is home\"");
 		return 0;
 	}
-	return say_off("built without it (cmake -DDP_STEERING=OFF, or no libbpf or clang -target bpf)");
+	return say_off("built without it (cmake -DDP_STEERING=OFF, or no libbpf or clang -target bpf)",
+		       true);
 }
 
 #else
@@ -88,28 +93,31 @@ static void verifier_reason(const char *log, char *out, size_t cap)
 	out[n] = 0;
 }
 
-/* Why the object did not load (err: negative errno), in words. */
-static void load_reason(int err, const char *log, char *out, size_t cap)
+/* Why the object did not load (err: negative errno), in words. Returns
+ * true when that is a deployment choice (no privilege granted, a kernel
+ * without BPF), false for a surprise. */
+static bool load_reason(int err, const char *log, char *out, size_t cap)
 {
 	char line[200];
 	switch (-err) {
 	case EPERM:
 		snprintf(out, cap, "no privilege to load BPF: needs CAP_BPF and CAP_NET_ADMIN, or root "
 				   "outside a restricted container");
-		return;
+		return true;
 	case ENOSYS:
 	case EOPNOTSUPP:
 		snprintf(out, cap, "the kernel has no BPF: %s", strerror(-err));
-		return;
+		return true;
 	case EINVAL:
 	case EACCES:
 	case E2BIG:
 		verifier_reason(log, line, sizeof(line));
 		snprintf(out, cap, "the kernel refused the program (old kernel or verifier): %s%s%s",
 			 strerror(-err), line[0] ? ": " : "", line);
-		return;
+		return false;
 	default:
 		snprintf(out, cap, "cannot load the program: %s", strerror(-err));
+		return false;
 	}
 }
 
@@ -170,6 +178,41 @@ static int attach(int prog, const dp_config_t *cfg, int (*udp)[DP_MAX_LISTEN], c
 	return 0;
 }
 
+/* Open the embedded object, size its maps for nsocks sockets and load it
+ * into the kernel (the verifier runs here). Returns the object (the
+ * caller closes it), or NULL with why filled and *expected set when the
+ * failure is a deployment choice. */
+static struct bpf_object *load(uint32_t nsocks, char *why, size_t cap, bool *expected)
+{
+	size_t log_cap = 64 * 1024;
+	char *log = calloc(1, log_cap); /* the verifier's log, read on failure */
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "dotproxy_steer",
+		    .kernel_log_buf = log, .kernel_log_size = log ? log_cap : 0);
+	struct bpf_object *obj = bpf_object__open_mem(dp_steer_obj, dp_steer_obj_len, &opts);
+	if (!obj) {
+		snprintf(why, cap, "cannot read the embedded program: %s", strerror(errno));
+		goto fail;
+	}
+	struct bpf_map *socks = bpf_object__find_map_by_name(obj, "dp_steer_socks");
+	struct bpf_map *listen = bpf_object__find_map_by_name(obj, "dp_steer_listen");
+	if (!socks || !listen || bpf_map__set_max_entries(socks, nsocks) < 0 ||
+	    bpf_map__set_max_entries(listen, nsocks) < 0) {
+		snprintf(why, cap, "the embedded program lacks its maps");
+		goto fail;
+	}
+	int err = bpf_object__load(obj);
+	if (err < 0) {
+		*expected = load_reason(err, log ? log : "", why, cap);
+		goto fail;
+	}
+	free(log);
+	return obj;
+fail:
+	bpf_object__close(obj);
+	free(log);
+	return NULL;
+}
+
 int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
 {
 	if (cfg->steering == DP_STEER_OFF) {
@@ -181,56 +224,34 @@ int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN
 		return 0;
 	}
 	char why[300] = "";
-	int on = 0, err;
-	size_t log_cap = 64 * 1024;
-	char *log = calloc(1, log_cap);
+	bool expected = false;
 	uint64_t t0 = dp_now_ns();
 	libbpf_print_fn_t old_print = libbpf_set_print(libbpf_print);
-	LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "dotproxy_steer",
-		    .kernel_log_buf = log, .kernel_log_size = log ? log_cap : 0);
-	struct bpf_object *obj = bpf_object__open_mem(dp_steer_obj, dp_steer_obj_len, &opts);
-	if (!obj) {
-		snprintf(why, sizeof(why), "cannot read the embedded program: %s", strerror(errno));
-		goto out;
-	}
-	uint32_t nsocks = (uint32_t)(nshards * cfg->nlisten);
-	struct bpf_map *socks = bpf_object__find_map_by_name(obj, "dp_steer_socks");
-	struct bpf_map *listen = bpf_object__find_map_by_name(obj, "dp_steer_listen");
-	if (!socks || !listen || bpf_map__set_max_entries(socks, nsocks) < 0 ||
-	    bpf_map__set_max_entries(listen, nsocks) < 0) {
-		snprintf(why, sizeof(why), "the embedded program lacks its maps");
-		goto out;
-	}
-	err = bpf_object__load(obj);
-	if (err < 0) {
-		load_reason(err, log ? log : "", why, sizeof(why));
-		goto out;
-	}
-	struct bpf_program *prog = bpf_object__find_program_by_name(obj, "dp_steer");
+	struct bpf_object *obj = load((uint32_t)(nshards * cfg->nlisten), why, sizeof(why), &expected);
+	struct bpf_program *prog = obj ? bpf_object__find_program_by_name(obj, "dp_steer") : NULL;
 	int prog_fd = prog ? bpf_program__fd(prog) : -1;
-	if (prog_fd < 0) {
+	int on = 0;
+	if (obj && prog_fd < 0)
 		snprintf(why, sizeof(why), "the embedded program lacks dp_steer");
-		goto out;
+	else if (obj && fill_maps(obj, cfg, nshards, udp, why, sizeof(why)) == 0 &&
+		 attach(prog_fd, cfg, udp, why, sizeof(why)) == 0)
+		on = 1;
+	if (on) {
+		struct bpf_prog_info info;
+		uint32_t info_len = sizeof(info);
+		memset(&info, 0, sizeof(info));
+		bpf_obj_get_info_by_fd(prog_fd, &info, &info_len);
+		dp_info("steering on",
+			"shards=%d listen=%d program=sk_reuseport verified_insns=%u xlated_insns=%u "
+			"jited_bytes=%u load_ms=%llu",
+			nshards, cfg->nlisten, info.verified_insns, info.xlated_prog_len / 8,
+			info.jited_prog_len, (unsigned long long)((dp_now_ns() - t0) / 1000000));
+	} else {
+		say_off(why, expected);
 	}
-	if (fill_maps(obj, cfg, nshards, udp, why, sizeof(why)) < 0 ||
-	    attach(prog_fd, cfg, udp, why, sizeof(why)) < 0)
-		goto out;
-	struct bpf_prog_info info;
-	uint32_t info_len = sizeof(info);
-	memset(&info, 0, sizeof(info));
-	bpf_obj_get_info_by_fd(prog_fd, &info, &info_len);
-	dp_info("steering on",
-		"shards=%d listen=%d program=sk_reuseport verified_insns=%u xlated_insns=%u "
-		"jited_bytes=%u load_ms=%llu",
-		nshards, cfg->nlisten, info.verified_insns, info.xlated_prog_len / 8,
-		info.jited_prog_len, (unsigned long long)((dp_now_ns() - t0) / 1000000));
-	on = 1;
-out:
+	/* Attached, the program and its maps live on in the reuseport groups. */
 	bpf_object__close(obj);
 	libbpf_set_print(old_print);
-	free(log);
-	if (!on)
-		say_off(why);
 	return on;
 }
 
