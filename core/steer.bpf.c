@@ -53,7 +53,7 @@ struct {
 } dp_steer_listen SEC(".maps");
 
 struct dp_steer_buf {
-	__u8 b[DP_STEER_NAME_BUF];
+	__u8 b[DP_STEER_NAME_BUF] __attribute__((aligned(8))); /* read a word at a time */
 };
 
 struct {

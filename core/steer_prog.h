@@ -76,14 +76,14 @@ static __always_inline __u32 dp_steer_name_len(const __u8 *buf, __u32 n)
 		v2 = DP_STEER_ROTL(v2, 32);    \
 	} while (0)
 
-/* Eight octets of buf from off, little-endian (as home.h assembles them). */
+/* The eight octets of buf at off (a multiple of 8; buf 8-octet aligned) as
+ * a little-endian word, as home.h assembles them: one load. */
 static __always_inline __u64 dp_steer_word(const __u8 *buf, __u32 off)
 {
-	__u64 w = 0;
-	/* Octet by octet: no unaligned access, no host byte order; clang
-	 * merges the loads where the target allows. */
-	for (int i = 0; i < 8; i++)
-		w |= (__u64)buf[(off + i) & (DP_STEER_NAME_BUF - 1)] << (8 * i);
+	__u64 w = *(const __u64 *)(const void *)(buf + (off & (DP_STEER_NAME_BUF - 8)));
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	w = __builtin_bswap64(w);
+#endif
 	return w;
 }
 
@@ -103,8 +103,9 @@ static __always_inline __u64 dp_steer_fold(__u64 w)
 }
 
 /* dp_home_hash() of the len-octet name (1..255) at the start of buf, under
- * key k0/k1: SipHash-1-3, case folded, exact length. Octets of buf past len
- * are read (buf holds DP_STEER_NAME_BUF) but masked out.
+ * key k0/k1: SipHash-1-3, case folded, exact length. buf is 8-octet aligned
+ * and holds DP_STEER_NAME_BUF octets; those past len are read but masked
+ * out.
  *
  * Shaped for the verifier: every address depends on the loop counter alone,
  * never on len, so len stays an imprecise scalar and the verifier checks

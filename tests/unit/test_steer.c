@@ -93,7 +93,7 @@ static void test_hash_equals_home_h(void **state)
 	assert_int_equal(dp_hash_key_init(), 0);
 	struct dp_steer_params p;
 	dp_steer_params_make(&p, 1, 1);
-	uint8_t buf[DP_STEER_NAME_BUF];
+	uint8_t buf[DP_STEER_NAME_BUF] __attribute__((aligned(8)));
 	for (unsigned len = 1; len <= 255; len++) {
 		if (len == 2) /* a label of one octet and the root is 3 */
 			continue;
@@ -109,7 +109,7 @@ static void test_hash_equals_home_h(void **state)
 		}
 	}
 	/* The hash depends on the key: the program reads it from the map. */
-	uint8_t name[DP_STEER_NAME_BUF] = "\7example\3com";
+	uint8_t name[DP_STEER_NAME_BUF] __attribute__((aligned(8))) = "\7example\3com";
 	assert_true(dp_steer_hash(name, 13, p.k0, p.k1) != dp_steer_hash(name, 13, p.k0 ^ 1, p.k1));
 }
 
@@ -117,7 +117,8 @@ static void test_hash_equals_home_h(void **state)
 static void test_case_folded(void **state)
 {
 	(void)state;
-	uint8_t a[DP_STEER_NAME_BUF] = "\7ExAmPlE\3COM", b[DP_STEER_NAME_BUF] = "\7example\3com";
+	uint8_t a[DP_STEER_NAME_BUF] __attribute__((aligned(8))) = "\7ExAmPlE\3COM";
+	uint8_t b[DP_STEER_NAME_BUF] __attribute__((aligned(8))) = "\7example\3com";
 	assert_true(dp_steer_hash(a, 13, 1, 2) == dp_steer_hash(b, 13, 1, 2));
 	/* 0xc5 is not 'E' */
 	a[1] = 0xc5;
