@@ -31,17 +31,9 @@ static int say_off(const char *reason, bool expected)
 
 #ifndef DP_HAVE_STEERING
 
-int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
+static int try_attach(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
 {
-	(void)udp;
-	if (cfg->steering == DP_STEER_OFF) {
-		dp_info("steering off", "reason=\"--steering off\" fallback=\"" FALLBACK "\"");
-		return 0;
-	}
-	if (nshards < 2) {
-		dp_info("steering off", "reason=\"one shard: every query is home\"");
-		return 0;
-	}
+	(void)cfg, (void)nshards, (void)udp;
 	return say_off("built without it (cmake -DDP_STEERING=OFF, or no libbpf or clang -target bpf)",
 		       true);
 }
@@ -213,16 +205,9 @@ fail:
 	return NULL;
 }
 
-int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
+/* Load, fill and attach; one line either way. Returns 1 when attached. */
+static int try_attach(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
 {
-	if (cfg->steering == DP_STEER_OFF) {
-		dp_info("steering off", "reason=\"--steering off\" fallback=\"" FALLBACK "\"");
-		return 0;
-	}
-	if (nshards < 2) {
-		dp_info("steering off", "reason=\"one shard: every query is home\"");
-		return 0;
-	}
 	char why[300] = "";
 	bool expected = false;
 	uint64_t t0 = dp_now_ns();
@@ -256,3 +241,16 @@ int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN
 }
 
 #endif
+
+int dp_steer_start(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN])
+{
+	if (cfg->steering == DP_STEER_OFF) {
+		dp_info("steering off", "reason=\"--steering off\" fallback=\"" FALLBACK "\"");
+		return 0;
+	}
+	if (nshards < 2) {
+		dp_info("steering off", "reason=\"one shard: every query is home\"");
+		return 0;
+	}
+	return try_attach(cfg, nshards, udp);
+}
