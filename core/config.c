@@ -42,6 +42,7 @@ void dp_config_defaults(dp_config_t *c)
 	c->upstream_idle_ms = 10000;
 	c->drain_ms = 5000;
 	c->pin = true;
+	c->steering = DP_STEER_AUTO;
 	c->batch_us = 200;
 	snprintf(c->user, sizeof(c->user), "nobody");
 }
@@ -316,6 +317,10 @@ static void usage(const dp_config_t *d)
 	       "                            (default: shard i pinned to the i-th CPU)\n"
 	       "  --udp-io MODE             uring (default: multishot recvmsg, sendmsg SQEs)\n"
 	       "                            or mmsg (recvmmsg/sendmmsg batches)\n"
+	       "  --steering MODE           auto (default: a SO_REUSEPORT eBPF program sends\n"
+	       "                            each UDP query to its home shard, when the kernel\n"
+	       "                            and privileges allow) or off (queries are handed\n"
+	       "                            to their home shard); read at start only\n"
 	       "  --batch-us N              under load, let completions gather up to N us\n"
 	       "                            before waking (default %u; 0 = wake for each)\n"
 	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
@@ -337,7 +342,8 @@ enum {
 	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
 	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
 	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW, OPT_INFLIGHT_CONN,
+	OPT_UDPIO, OPT_STEERING, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW,
+	OPT_INFLIGHT_CONN,
 };
 
 static const struct option opts[] = {
@@ -375,6 +381,7 @@ static const struct option opts[] = {
 	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
 	{ "no-pin", no_argument, NULL, OPT_NOPIN },
 	{ "udp-io", required_argument, NULL, OPT_UDPIO },
+	{ "steering", required_argument, NULL, OPT_STEERING },
 	{ "batch-us", required_argument, NULL, OPT_BATCHUS },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ "version", no_argument, NULL, OPT_VERSION },
@@ -647,6 +654,16 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 			c->udp_io = DP_UDP_IO_MMSG;
 		} else {
 			snprintf(err, errlen, "--udp-io %s: expected uring or mmsg", arg);
+			return DP_E_CONFIG;
+		}
+		break;
+	case OPT_STEERING:
+		if (strcmp(arg, "auto") == 0) {
+			c->steering = DP_STEER_AUTO;
+		} else if (strcmp(arg, "off") == 0) {
+			c->steering = DP_STEER_OFF;
+		} else {
+			snprintf(err, errlen, "--steering %s: expected auto or off", arg);
 			return DP_E_CONFIG;
 		}
 		break;

@@ -196,6 +196,7 @@ typedef struct dp_mmsg {
 
 typedef struct dp_shard {
 	int id;
+	int nshards; /* shards in the process: a question's home is one of them */
 	const dp_config_t *cfg;
 	pthread_t thread;
 	struct io_uring ring;

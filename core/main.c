@@ -5,6 +5,7 @@
 #include "engine.h"
 #include "log.h"
 #include "siphash.h"
+#include "steer.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -183,6 +184,10 @@ int main(int argc, char **argv)
 		shards[i].ssl_ctx = ctx;
 	}
 	SSL_CTX_free(ctx);
+	/* Steering needs CAP_BPF and CAP_NET_ADMIN: after binding (it takes
+	 * every shard's UDP socket), before they go. Logs one line; without
+	 * it queries are handed to their home shard. */
+	dp_steer_start(cfg, n, udp);
 	if (drop_privileges(cfg, err, sizeof(err)) < 0 || drop_capabilities(err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
 		goto out;
@@ -191,6 +196,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++) {
 		dp_shard_t *s = &shards[i];
 		s->id = i;
+		s->nshards = n;
 		s->cfg = cfg;
 		s->nlisten = cfg->nlisten;
 		memcpy(s->udp_fd, udp[i], sizeof(s->udp_fd));

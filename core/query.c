@@ -32,6 +32,7 @@
  */
 #include "edns.h"
 #include "engine.h"
+#include "home.h"
 #include "log.h"
 
 #include <errno.h>
@@ -451,6 +452,13 @@ int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len,
 			return 0;
 		}
 	}
+	/* A UDP query read here although its question's home is another shard:
+	 * the steering program (steer.bpf.c) was not attached or did not agree
+	 * with home.h. Zero while steering is on. */
+	if (transport == T_UDP && s->nshards > 1 && v.has_question &&
+	    dp_home_shard(dp_home_hash(msg + v.qname_off, v.qname_len), (uint32_t)s->nshards) !=
+		    (uint32_t)s->id)
+		STAT_INC(s, udp_off_home);
 	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
 	uint8_t ecs[DP_EDNS_ECS_MAX];
 	int ecs_len = 0;

@@ -13,6 +13,7 @@
  * "counter". */
 #define DP_STATS_COUNTERS(X) \
 	X(udp_queries) \
+	X(udp_off_home) \
 	X(tcp_queries) \
 	X(answers) \
 	X(servfail) \

@@ -302,6 +302,34 @@ static void udp_io_modes(void **state)
 	}
 }
 
+static void steering_modes(void **state)
+{
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(cfg.steering, DP_STEER_AUTO);
+	assert_int_equal(parse("--steering", "off", NULL), 0);
+	assert_int_equal(cfg.steering, DP_STEER_OFF);
+	assert_int_equal(parse("--steering", "auto", NULL), 0);
+	assert_int_equal(cfg.steering, DP_STEER_AUTO);
+	static const char *bad[] = { "", "on", "OFF", "bpf", "auto2" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--steering", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--steering"));
+		assert_non_null(strstr(err, "auto or off"));
+	}
+	/* The config file knows it too. */
+	char path[] = "/tmp/dp-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static const char text[] = "steering off\n";
+	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+	close(fd);
+	dp_config_defaults(&cfg);
+	int rc = dp_config_parse_file(&cfg, path, err, sizeof(err));
+	unlink(path);
+	assert_int_equal(rc, 0);
+	assert_int_equal(cfg.steering, DP_STEER_OFF);
+}
+
 static void batch_us_bounds(void **state)
 {
 	assert_int_equal(parse(NULL), 0);
@@ -494,6 +522,7 @@ int main(void)
 		cmocka_unit_test(upstream_pins),
 		cmocka_unit_test(threads_bounds),
 		cmocka_unit_test(udp_io_modes),
+		cmocka_unit_test(steering_modes),
 		cmocka_unit_test(batch_us_bounds),
 		cmocka_unit_test(ecs_and_servfail_ttl),
 		cmocka_unit_test(timeout_forms),
