@@ -582,7 +582,14 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 			dp_tcpconn_close(t, idx);
 			continue;
 		}
-		if (c->inflight || sending || c->paused) {
+		/* Octets in its socket that no receive has handed us: the client
+		 * sent a query and it is we who are behind. Under a flood of
+		 * pipelining clients its receive can wait in the kernel for
+		 * seconds (a wake-up queued behind theirs, or completed with
+		 * -ENOBUFS and armed again, the ring drained); closing now would
+		 * reset it with its queries unread. last_active_ms counts only
+		 * the frames we have read, so it cannot tell. */
+		if (c->inflight || sending || c->paused || t->io->pending(t->ctx, c->fd) > 0) {
 			/* Busy, not idle: look again later. */
 			c->last_active_ms = now;
 			dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);

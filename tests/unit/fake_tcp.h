@@ -126,6 +126,14 @@ static long fake_io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 	return (long)n;
 }
 
+/* What sits in the socket is what a drain read would find there. */
+static long fake_io_pending(void *ctx, int fd)
+{
+	fake_fd_t *d = fake_at(ctx, fd);
+	FAKE_CHECK(d->open, "pending of a closed fd");
+	return (long)(d->sock_len - d->sock_off);
+}
+
 static void fake_io_close(void *ctx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
@@ -167,6 +175,7 @@ static const dp_tcpconn_io_t fake_io = {
 	.send = fake_io_send,
 	.shutdown = fake_io_shutdown,
 	.read_now = fake_io_read_now,
+	.pending = fake_io_pending,
 	.close = fake_io_close,
 	.frame = fake_io_frame,
 	.freed = fake_io_freed,

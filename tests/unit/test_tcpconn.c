@@ -639,6 +639,46 @@ static void hole3_paused_connection_is_busy(void **state)
 	teardown_fake(f);
 }
 
+/* Chaos seed 1203: under a storm of pipelining clients, a client's receive
+ * waited in the kernel for seconds (woken behind the flood, or ended with
+ * -ENOBUFS and armed again) while its queries sat in its socket; idle
+ * expiry, which counts only the frames we have read, reset it with all of
+ * them unanswered. Octets waiting in the socket make a connection busy;
+ * once they are read and answered, the idle timeout applies again. */
+static void idle_expiry_spares_unread_socket(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[128];
+	size_t n = frame(buf, 1, 20);
+	n += frame(buf + n, 2, 30);
+	/* A split client: its first octets were read, the rest is in the
+	 * socket, and the receive (armed) has not completed. */
+	assert_true(fake_recv_done(f, fd, 7, true, buf));
+	fake_sock_put(f, fd, buf + 7, n - 7);
+	dp_tcpc_t *c = fake_conn(f, fd);
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 0);
+	assert_true(f->fd[fd].recv);
+	/* The receive completes at last: both queries are answered. */
+	f->fd[fd].sock_off = f->fd[fd].sock_len;
+	assert_true(fake_recv_done(f, fd, (int)(n - 7), true, buf + 7));
+	assert_int_equal(u->n, 2);
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	/* Nothing left anywhere: idle again, and closed as such. */
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_true(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	teardown_fake(f);
+}
+
 /* The client shuts its side while paused: its held frames are still
  * answered, then the connection closes. */
 static void hole3_eof_while_paused_answers_held_frames(void **state)
@@ -739,6 +779,7 @@ int main(void)
 		cmocka_unit_test(hole3_eof_while_paused_answers_held_frames),
 		cmocka_unit_test(hole3_drain_answers_paused_connection),
 		cmocka_unit_test(malformed_frames_close),
+		cmocka_unit_test(idle_expiry_spares_unread_socket),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
