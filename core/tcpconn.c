@@ -63,9 +63,10 @@ static void update_quiet(dp_tcpconns_t *t, uint32_t idx)
 	c->quiet = q;
 }
 
-/* Only a complete query counts as activity: a client that trickles a frame
- * byte by byte, or announces 65,535 octets and stalls, still reaches the
- * idle timeout and is closed. */
+/* Only a complete query counts as activity, and the end of the answers to
+ * the queries before it (the connection was busy until then): a client
+ * that trickles a frame byte by byte, or announces 65,535 octets and
+ * stalls, still reaches the idle timeout and is closed. */
 static void touch(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
@@ -491,6 +492,11 @@ void dp_tcpconn_on_send(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res)
 			c->out_off = c->out_len = 0;
 			if (c->out_cap > 16384)
 				drop_buf(t, &c->out, &c->out_cap);
+			/* Its last answer is out: idle from now, not from its
+			 * last query (one answered after 1.9 s of a 2 s idle
+			 * timeout would leave the client 0.1 s to ask again). */
+			if (c->inflight == 0 && c->pend_len == 0)
+				touch(t, idx);
 		}
 		start_send(t, idx);
 		update_quiet(t, idx);

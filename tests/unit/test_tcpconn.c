@@ -679,6 +679,37 @@ static void idle_expiry_spares_unread_socket(void **state)
 	teardown_fake(f);
 }
 
+/* Chaos seed 1203, after the fix above: a reading client whose query was
+ * answered 1.5 s after it came (an upstream timeout) was closed as idle
+ * 0.5 s after the answer with a 2 s idle timeout, its next query (sent
+ * after a short pause) lost. The idle period starts when the connection
+ * stops being busy: its last answer sent. */
+static void idle_timeout_counts_from_last_answer(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	int fd = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 7, 20);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_int_equal(c->inflight, 1);
+	f->now += 1500; /* answered at its deadline */
+	dp_tcpconn_answer(&f->t, f->fd[fd].idx, c->gen, buf + 2, n - 2);
+	dp_tcpconn_query_end(&f->t, f->fd[fd].idx, c->gen);
+	dp_tcpconn_flush(&f->t);
+	f->now += 10;
+	assert_true(fake_send_done(f, fd, -1));
+	f->now += 600; /* 2.1 s after the query, 0.6 s after the answer */
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 0);
+	f->now += 1400; /* a full idle period after the answer */
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_true(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	teardown_fake(f);
+}
+
 /* The client shuts its side while paused: its held frames are still
  * answered, then the connection closes. */
 static void hole3_eof_while_paused_answers_held_frames(void **state)
@@ -780,6 +811,7 @@ int main(void)
 		cmocka_unit_test(hole3_drain_answers_paused_connection),
 		cmocka_unit_test(malformed_frames_close),
 		cmocka_unit_test(idle_expiry_spares_unread_socket),
+		cmocka_unit_test(idle_timeout_counts_from_last_answer),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
