@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -78,6 +79,12 @@ static long io_pending(void *ctx, int fd)
 	return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
 }
 
+static long io_unsent(void *ctx, int fd)
+{
+	int n = 0;
+	return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0;
+}
+
 static void io_close(void *ctx, int fd)
 {
 	if (fd >= 0)
@@ -124,6 +131,7 @@ static const dp_tcpconn_io_t tcp_io = {
 	.shutdown = io_shutdown,
 	.read_now = io_read_now,
 	.pending = io_pending,
+	.unsent = io_unsent,
 	.close = io_close,
 	.frame = up_frame,
 	.freed = up_freed,

@@ -581,9 +581,13 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 		if (now - c->last_active_ms < limit)
 			break;
 		bool sending = c->send_inflight || c->pend_len;
-		if (sending && now - c->last_progress_ms >= limit) {
-			/* Its answers have not moved for a whole idle period: the
-			 * client does not read. */
+		if (sending && now - c->last_progress_ms >= limit &&
+		    t->io->unsent(t->ctx, c->fd) > 0) {
+			/* Its answers have not moved for a whole idle period and
+			 * sit in its socket: the client does not read. (With its
+			 * socket empty, the client has read them and only our
+			 * send's completion is late, as receives are under a
+			 * flood: busy, below.) */
 			count(t, DP_TCPC_CLOSED_SLOW);
 			dp_tcpconn_close(t, idx);
 			continue;

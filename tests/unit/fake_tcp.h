@@ -35,6 +35,7 @@ typedef struct fake_fd {
 	uint8_t *rx; /* what the client received (sends completed) */
 	size_t rx_len, rx_cap;
 	uint32_t idx; /* its slot, from accept */
+	bool taken; /* the client took what the send in flight carries */
 } fake_fd_t;
 
 typedef struct fake fake_t;
@@ -134,6 +135,14 @@ static long fake_io_pending(void *ctx, int fd)
 	return (long)(d->sock_len - d->sock_off);
 }
 
+/* A send in flight sits in the socket until the client takes it. */
+static long fake_io_unsent(void *ctx, int fd)
+{
+	fake_fd_t *d = fake_at(ctx, fd);
+	FAKE_CHECK(d->open, "unsent of a closed fd");
+	return d->send && !d->taken ? (long)d->send_len : 0;
+}
+
 static void fake_io_close(void *ctx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
@@ -176,6 +185,7 @@ static const dp_tcpconn_io_t fake_io = {
 	.shutdown = fake_io_shutdown,
 	.read_now = fake_io_read_now,
 	.pending = fake_io_pending,
+	.unsent = fake_io_unsent,
 	.close = fake_io_close,
 	.frame = fake_io_frame,
 	.freed = fake_io_freed,

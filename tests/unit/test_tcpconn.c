@@ -710,6 +710,35 @@ static void idle_timeout_counts_from_last_answer(void **state)
 	teardown_fake(f);
 }
 
+/* Chaos seed 10, after the fixes above: a reading client was reset as
+ * "slow" (answers not moving for an idle period) while it had read them:
+ * the completion of our send waited in the kernel behind the flood. Slow
+ * is a client that leaves our octets in its socket; one that took them is
+ * busy. */
+static void slow_close_needs_unread_answers(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	uint8_t buf[64];
+	size_t n = frame(buf, 3, 20);
+	int fds[2];
+	for (int i = 0; i < 2; i++) {
+		fds[i] = fake_accept(f);
+		assert_true(fake_recv_done(f, fds[i], (int)n, true, buf));
+	}
+	dp_tcpconn_flush(&f->t);
+	assert_true(f->fd[fds[0]].send && f->fd[fds[1]].send);
+	f->fd[fds[0]].taken = true; /* read by its client; completion late */
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(fake_conn(f, fds[0])->closing);
+	assert_true(fake_conn(f, fds[1])->closing); /* its client does not read */
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_SLOW], 1);
+	assert_true(fake_send_done(f, fds[0], -1));
+	assert_int_equal(f->fd[fds[0]].rx_len, n);
+	assert_true(fake_send_done(f, fds[1], -1));
+	teardown_fake(f);
+}
+
 /* The client shuts its side while paused: its held frames are still
  * answered, then the connection closes. */
 static void hole3_eof_while_paused_answers_held_frames(void **state)
@@ -812,6 +841,7 @@ int main(void)
 		cmocka_unit_test(malformed_frames_close),
 		cmocka_unit_test(idle_expiry_spares_unread_socket),
 		cmocka_unit_test(idle_timeout_counts_from_last_answer),
+		cmocka_unit_test(slow_close_needs_unread_answers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
