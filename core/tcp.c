@@ -21,6 +21,8 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -71,6 +73,18 @@ static long io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 	return n < 0 ? -errno : (long)n;
 }
 
+static long io_pending(void *ctx, int fd)
+{
+	int n = 0;
+	return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
+}
+
+static long io_unsent(void *ctx, int fd)
+{
+	int n = 0;
+	return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0;
+}
+
 static void io_close(void *ctx, int fd)
 {
 	if (fd >= 0)
@@ -116,6 +130,8 @@ static const dp_tcpconn_io_t tcp_io = {
 	.send = io_send,
 	.shutdown = io_shutdown,
 	.read_now = io_read_now,
+	.pending = io_pending,
+	.unsent = io_unsent,
 	.close = io_close,
 	.frame = up_frame,
 	.freed = up_freed,

@@ -63,9 +63,10 @@ static void update_quiet(dp_tcpconns_t *t, uint32_t idx)
 	c->quiet = q;
 }
 
-/* Only a complete query counts as activity: a client that trickles a frame
- * byte by byte, or announces 65,535 octets and stalls, still reaches the
- * idle timeout and is closed. */
+/* Only a complete query counts as activity, and the end of the answers to
+ * the queries before it (the connection was busy until then): a client
+ * that trickles a frame byte by byte, or announces 65,535 octets and
+ * stalls, still reaches the idle timeout and is closed. */
 static void touch(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
@@ -491,6 +492,11 @@ void dp_tcpconn_on_send(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res)
 			c->out_off = c->out_len = 0;
 			if (c->out_cap > 16384)
 				drop_buf(t, &c->out, &c->out_cap);
+			/* Its last answer is out: idle from now, not from its
+			 * last query (one answered after 1.9 s of a 2 s idle
+			 * timeout would leave the client 0.1 s to ask again). */
+			if (c->inflight == 0 && c->pend_len == 0)
+				touch(t, idx);
 		}
 		start_send(t, idx);
 		update_quiet(t, idx);
@@ -575,14 +581,25 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 		if (now - c->last_active_ms < limit)
 			break;
 		bool sending = c->send_inflight || c->pend_len;
-		if (sending && now - c->last_progress_ms >= limit) {
-			/* Its answers have not moved for a whole idle period: the
-			 * client does not read. */
+		if (sending && now - c->last_progress_ms >= limit &&
+		    t->io->unsent(t->ctx, c->fd) > 0) {
+			/* Its answers have not moved for a whole idle period and
+			 * sit in its socket: the client does not read. (With its
+			 * socket empty, the client has read them and only our
+			 * send's completion is late, as receives are under a
+			 * flood: busy, below.) */
 			count(t, DP_TCPC_CLOSED_SLOW);
 			dp_tcpconn_close(t, idx);
 			continue;
 		}
-		if (c->inflight || sending || c->paused) {
+		/* Octets in its socket that no receive has handed us: the client
+		 * sent a query and it is we who are behind. Under a flood of
+		 * pipelining clients its receive can wait in the kernel for
+		 * seconds (a wake-up queued behind theirs, or completed with
+		 * -ENOBUFS and armed again, the ring drained); closing now would
+		 * reset it with its queries unread. last_active_ms counts only
+		 * the frames we have read, so it cannot tell. */
+		if (c->inflight || sending || c->paused || t->io->pending(t->ctx, c->fd) > 0) {
 			/* Busy, not idle: look again later. */
 			c->last_active_ms = now;
 			dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);

@@ -86,6 +86,13 @@ typedef struct dp_tcpconn_io {
 	/* Read what already sits in the socket, without waiting (drain).
 	 * Returns the octets read, 0 at EOF, or a negative errno. */
 	long (*read_now)(void *ctx, int fd, uint8_t *buf, size_t cap);
+	/* Octets the kernel holds in fd's socket that no receive has handed
+	 * us yet (0 when none, or on error). Asked only by idle expiry. */
+	long (*pending)(void *ctx, int fd);
+	/* Octets sent on fd that the client has not taken yet (still in the
+	 * socket's send queue; 0 when none, or on error). Asked only by idle
+	 * expiry, of a connection whose answers seem not to move. */
+	long (*unsent)(void *ctx, int fd);
 	/* The slot is done with fd: close it. */
 	void (*close)(void *ctx, int fd);
 	/* Upward: one complete query from connection idx/gen, received on
@@ -197,7 +204,9 @@ void dp_tcpconn_query_end(dp_tcpconns_t *t, uint32_t idx, uint32_t gen);
 /* End of a loop turn: one send per connection with queued answers. */
 void dp_tcpconn_flush(dp_tcpconns_t *t);
 /* Close connections idle for idle_ms, and those whose answers have not
- * moved for as long. */
+ * moved for as long while the client leaves them in its socket
+ * (io->unsent). A connection with octets waiting in its socket
+ * (io->pending) is not idle: its client has sent, we have not read yet. */
 void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t idle_ms);
 /* Close connection idx (any gen); it is finalized once nothing refers to
  * it. No-op on a free or closing slot. */

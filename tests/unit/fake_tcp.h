@@ -35,6 +35,7 @@ typedef struct fake_fd {
 	uint8_t *rx; /* what the client received (sends completed) */
 	size_t rx_len, rx_cap;
 	uint32_t idx; /* its slot, from accept */
+	bool taken; /* the client took what the send in flight carries */
 } fake_fd_t;
 
 typedef struct fake fake_t;
@@ -126,6 +127,22 @@ static long fake_io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 	return (long)n;
 }
 
+/* What sits in the socket is what a drain read would find there. */
+static long fake_io_pending(void *ctx, int fd)
+{
+	fake_fd_t *d = fake_at(ctx, fd);
+	FAKE_CHECK(d->open, "pending of a closed fd");
+	return (long)(d->sock_len - d->sock_off);
+}
+
+/* A send in flight sits in the socket until the client takes it. */
+static long fake_io_unsent(void *ctx, int fd)
+{
+	fake_fd_t *d = fake_at(ctx, fd);
+	FAKE_CHECK(d->open, "unsent of a closed fd");
+	return d->send && !d->taken ? (long)d->send_len : 0;
+}
+
 static void fake_io_close(void *ctx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
@@ -167,6 +184,8 @@ static const dp_tcpconn_io_t fake_io = {
 	.send = fake_io_send,
 	.shutdown = fake_io_shutdown,
 	.read_now = fake_io_read_now,
+	.pending = fake_io_pending,
+	.unsent = fake_io_unsent,
 	.close = fake_io_close,
 	.frame = fake_io_frame,
 	.freed = fake_io_freed,

@@ -639,6 +639,106 @@ static void hole3_paused_connection_is_busy(void **state)
 	teardown_fake(f);
 }
 
+/* Chaos seed 1203: under a storm of pipelining clients, a client's receive
+ * waited in the kernel for seconds (woken behind the flood, or ended with
+ * -ENOBUFS and armed again) while its queries sat in its socket; idle
+ * expiry, which counts only the frames we have read, reset it with all of
+ * them unanswered. Octets waiting in the socket make a connection busy;
+ * once they are read and answered, the idle timeout applies again. */
+static void idle_expiry_spares_unread_socket(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	upper_t *u = f->user;
+	int fd = fake_accept(f);
+	uint8_t buf[128];
+	size_t n = frame(buf, 1, 20);
+	n += frame(buf + n, 2, 30);
+	/* A split client: its first octets were read, the rest is in the
+	 * socket, and the receive (armed) has not completed. */
+	assert_true(fake_recv_done(f, fd, 7, true, buf));
+	fake_sock_put(f, fd, buf + 7, n - 7);
+	dp_tcpc_t *c = fake_conn(f, fd);
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 0);
+	assert_true(f->fd[fd].recv);
+	/* The receive completes at last: both queries are answered. */
+	f->fd[fd].sock_off = f->fd[fd].sock_len;
+	assert_true(fake_recv_done(f, fd, (int)(n - 7), true, buf + 7));
+	assert_int_equal(u->n, 2);
+	dp_tcpconn_flush(&f->t);
+	assert_true(fake_send_done(f, fd, -1));
+	assert_int_equal(f->fd[fd].rx_len, n);
+	assert_memory_equal(f->fd[fd].rx, buf, n);
+	/* Nothing left anywhere: idle again, and closed as such. */
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_true(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	teardown_fake(f);
+}
+
+/* Chaos seed 1203, after the fix above: a reading client whose query was
+ * answered 1.5 s after it came (an upstream timeout) was closed as idle
+ * 0.5 s after the answer with a 2 s idle timeout, its next query (sent
+ * after a short pause) lost. The idle period starts when the connection
+ * stops being busy: its last answer sent. */
+static void idle_timeout_counts_from_last_answer(void **state)
+{
+	fake_t *f = setup_fake(4, M_ASYNC);
+	int fd = fake_accept(f);
+	uint8_t buf[64];
+	size_t n = frame(buf, 7, 20);
+	assert_true(fake_recv_done(f, fd, (int)n, true, buf));
+	dp_tcpc_t *c = fake_conn(f, fd);
+	assert_int_equal(c->inflight, 1);
+	f->now += 1500; /* answered at its deadline */
+	dp_tcpconn_answer(&f->t, f->fd[fd].idx, c->gen, buf + 2, n - 2);
+	dp_tcpconn_query_end(&f->t, f->fd[fd].idx, c->gen);
+	dp_tcpconn_flush(&f->t);
+	f->now += 10;
+	assert_true(fake_send_done(f, fd, -1));
+	f->now += 600; /* 2.1 s after the query, 0.6 s after the answer */
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 0);
+	f->now += 1400; /* a full idle period after the answer */
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_true(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	teardown_fake(f);
+}
+
+/* Chaos seed 10, after the fixes above: a reading client was reset as
+ * "slow" (answers not moving for an idle period) while it had read them:
+ * the completion of our send waited in the kernel behind the flood. Slow
+ * is a client that leaves our octets in its socket; one that took them is
+ * busy. */
+static void slow_close_needs_unread_answers(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	uint8_t buf[64];
+	size_t n = frame(buf, 3, 20);
+	int fds[2];
+	for (int i = 0; i < 2; i++) {
+		fds[i] = fake_accept(f);
+		assert_true(fake_recv_done(f, fds[i], (int)n, true, buf));
+	}
+	dp_tcpconn_flush(&f->t);
+	assert_true(f->fd[fds[0]].send && f->fd[fds[1]].send);
+	f->fd[fds[0]].taken = true; /* read by its client; completion late */
+	f->now += 60000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(fake_conn(f, fds[0])->closing);
+	assert_true(fake_conn(f, fds[1])->closing); /* its client does not read */
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_SLOW], 1);
+	assert_true(fake_send_done(f, fds[0], -1));
+	assert_int_equal(f->fd[fds[0]].rx_len, n);
+	assert_true(fake_send_done(f, fds[1], -1));
+	teardown_fake(f);
+}
+
 /* The client shuts its side while paused: its held frames are still
  * answered, then the connection closes. */
 static void hole3_eof_while_paused_answers_held_frames(void **state)
@@ -739,6 +839,9 @@ int main(void)
 		cmocka_unit_test(hole3_eof_while_paused_answers_held_frames),
 		cmocka_unit_test(hole3_drain_answers_paused_connection),
 		cmocka_unit_test(malformed_frames_close),
+		cmocka_unit_test(idle_expiry_spares_unread_socket),
+		cmocka_unit_test(idle_timeout_counts_from_last_answer),
+		cmocka_unit_test(slow_close_needs_unread_answers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
