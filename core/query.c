@@ -8,9 +8,12 @@
  * through exactly one of dp_query_answer() and dp_query_fail(), so every
  * query gets exactly one answer.
  *
- * Path of a query: validate -> ACL, rate limit -> cache hit? answer from the
- * cache -> same question already upstream? wait for it (coalesced) ->
- * otherwise pad it and hand it to an upstream connection.
+ * Path of a query: validate -> ACL, rate limit -> its home is another
+ * shard? hand it over (handoff.c) -> cache hit? answer from the cache ->
+ * same question already upstream? wait for it (coalesced) -> otherwise pad
+ * it and hand it to an upstream connection. Each shard caches and
+ * coalesces only the questions it is home for, so the shards' caches and
+ * in-flight tables together are one per machine.
  *
  * What makes a question: name, type, class, DO, CD, and with --forward-ecs
  * the client's subnet; the query sent upstream carries nothing else of the
@@ -26,6 +29,7 @@
  */
 #include "edns.h"
 #include "engine.h"
+#include "home.h"
 #include "log.h"
 
 #include <errno.h>
@@ -180,7 +184,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 		flight_del(s, qi);
 	dp_tw_cancel(&s->timers, &q->deadline_t);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
-	if (q->transport == T_TCP)
+	if (q->transport == T_TCP && !(q->client.tcp.idx & DP_XS_REMOTE))
 		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
 	if (q->wire != q->inline_wire)
 		free(q->wire);
@@ -215,7 +219,10 @@ static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in
 		}
 		dp_udp_send(s, li, udp, msg, len);
 	} else if (transport == T_TCP) {
-		dp_tcp_answer(s, tidx, tgen, msg, len);
+		if (tidx & DP_XS_REMOTE)
+			dp_handoff_answer(s, tidx, tgen, msg, len);
+		else
+			dp_tcp_answer(s, tidx, tgen, msg, len);
 	}
 }
 
@@ -234,6 +241,8 @@ static void reply_error(dp_shard_t *s, int transport, int li, const struct socka
 	int n = dp_dns_build_error(q, v, rcode, s->cfg->max_udp_size, out, sizeof(out));
 	if (n > 0)
 		reply(s, transport, li, udp, tidx, tgen, 65535, out, (size_t)n, NULL);
+	else if (transport == T_TCP && (tidx & DP_XS_REMOTE))
+		dp_handoff_answer(s, tidx, tgen, NULL, 0); /* its origin ends it */
 }
 
 /* Answer query q from the cache entry e (fresh, or stale: TTL 30). */
@@ -266,7 +275,8 @@ static void bench_delay(void)
  * negative code when the query cannot be stored (the slot is then free). */
 static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
 		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len)
+		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len,
+		       uint64_t arrive_ns)
 {
 	dp_query_t *q = &s->q[qi];
 	q->transport = (uint8_t)transport;
@@ -316,13 +326,14 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	 * it first. */
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
 	q->start_ns = 0;
-	q->arrive_ns = transport == T_NONE ? 0 : dp_now_ns();
+	q->arrive_ns = transport == T_NONE ? 0 : arrive_ns ? arrive_ns : dp_now_ns();
 	if (transport == T_UDP) {
 		q->client.udp = *from;
 	} else if (transport == T_TCP) {
 		q->client.tcp.idx = tcp_idx;
 		q->client.tcp.gen = tcp_gen;
-		dp_tcp_query_begin(s, tcp_idx, tcp_gen);
+		if (!(tcp_idx & DP_XS_REMOTE)) /* else counted on its origin */
+			dp_tcp_query_begin(s, tcp_idx, tcp_gen);
 	}
 	dp_tw_add(&s->timers, &q->deadline_t, q->deadline_ms);
 	return 0;
@@ -338,7 +349,7 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 	if (qi == DP_NONE)
 		return;
 	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key->hash, key->ecs,
-			key->ecs_len) < 0)
+			key->ecs_len, 0) < 0)
 		return;
 	if (flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
@@ -349,6 +360,10 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 	if (dp_upstream_send(s, qi, -1) < 0)
 		query_free(s, qi); /* no client to tell */
 }
+
+static void resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
+		    const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+		    uint64_t arrive_ns);
 
 void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
 			  const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
@@ -367,8 +382,8 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 					    DP_DNS_RCODE_REFUSED);
 			return;
 		}
-		if (s->rl.rate && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
-			int r = dp_rl_check(&s->rl, sa, s->now_ms);
+		if (s->rl && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
+			int r = dp_rl_check(s->rl, sa, s->now_ms);
 			if (r == DP_RL_DROP) {
 				STAT_INC(s, ratelimited);
 				return;
@@ -411,15 +426,46 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			return;
 		}
 	}
-	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v.qtype)]);
-	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
+	if (s->nshards > 1) {
+		/* The one extra cost of a query at home: a SipHash of its name. */
+		uint32_t home = dp_home_shard(dp_home_hash(msg + DP_DNS_HDR_LEN, v.qname_len),
+					      s->nshards);
+		if (home != (uint32_t)s->id &&
+		    dp_handoff_query(s, home, transport, msg, len, li, from, tcp_idx, tcp_gen) == 0)
+			return;
+	}
+	resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, 0);
+}
+
+void dp_query_from_shard(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+			 uint64_t arrive_ns)
+{
+	dp_dns_view_t v;
+	if (unlikely(dp_dns_parse_query(msg, len, &v) < 0)) {
+		/* It passed on the shard that read it: cannot happen. */
+		STAT_INC(s, dropped);
+		if (transport == T_TCP)
+			dp_handoff_answer(s, tcp_idx, tcp_gen, NULL, 0);
+		return;
+	}
+	resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, arrive_ns);
+}
+
+/* The home shard's part: cache, coalescing, upstream. */
+static void resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
+		    const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+		    uint64_t arrive_ns)
+{
+	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v->qtype)]);
+	uint16_t udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 	uint8_t ecs[DP_EDNS_ECS_MAX];
 	int ecs_len = 0;
-	if (v.opt_ecs && s->cfg->forward_ecs) {
-		ecs_len = dp_edns_ecs_read(msg, &v, ecs);
+	if (v->opt_ecs && s->cfg->forward_ecs) {
+		ecs_len = dp_edns_ecs_read(msg, v, ecs);
 		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
 			STAT_INC(s, formerr);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 				    DP_DNS_RCODE_FORMERR);
 			return;
 		}
@@ -428,7 +474,7 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 	key.hash = 0;
 	if (s->cache_on) {
 		bool stale;
-		dp_cache_key(msg, &v, &key);
+		dp_cache_key(msg, v, &key);
 		if (ecs_len)
 			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
@@ -436,10 +482,10 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			STAT_INC(s, cache_hits);
 			/* answered within this loop turn: counted in the lowest bucket */
 			dp_hist_observe(&s->metrics.client_lat, 0);
-			reply_cached(s, msg, &v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
+			reply_cached(s, msg, v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
-				prefetch(s, msg, &v, &key);
+				prefetch(s, msg, v, &key);
 			return;
 		}
 		STAT_INC(s, cache_misses);
@@ -448,14 +494,14 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 	if (unlikely(qi == DP_NONE)) {
 		STAT_INC(s, inflight_full);
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
-	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
-			(size_t)ecs_len) < 0) {
+	if (query_setup(s, qi, msg, v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
+			(size_t)ecs_len, arrive_ns) < 0) {
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
@@ -645,7 +691,7 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return DP_E_FULL;
-	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0);
+	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0, 0);
 	if (rc < 0)
 		return rc;
 	rc = dp_upstream_send_on(s, qi, ci);
