@@ -48,7 +48,7 @@
 
 enum { DP_RL_PASS = 0, DP_RL_DROP = 1, DP_RL_SLIP = 2 };
 
-#define DP_RL_WAYS 4 /* buckets per set: 96 octets, two cache lines at most */
+#define DP_RL_WAYS 4 /* buckets per set: 128 octets, two cache lines */
 
 typedef struct dp_rl_bucket {
 	uint64_t key; /* IPv4 address or IPv6 /64 ... */
