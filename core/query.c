@@ -426,8 +426,9 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 			return;
 		}
 	}
-	if (s->nshards > 1) {
-		/* The one extra cost of a query at home: a SipHash of its name. */
+	if (s->nshards > 1 && s->cache_on) {
+		/* The one extra cost of a query at home: a SipHash of its name.
+		 * (Without a cache there is nothing to share: no hand-off.) */
 		uint32_t home = dp_home_shard(dp_home_hash(msg + DP_DNS_HDR_LEN, v.qname_len),
 					      s->nshards);
 		if (home != (uint32_t)s->id &&
