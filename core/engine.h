@@ -279,7 +279,6 @@ typedef struct dp_shard {
 	uint64_t xs_in[DP_XS_MAX_SHARDS / 64]; /* shards whose queues to read */
 	uint32_t xs_out_tcp_total;
 	uint16_t xs_out_tcp[DP_XS_MAX_SHARDS]; /* our TCP queries at each home */
-	uint16_t xs_owed_tcp[DP_XS_MAX_SHARDS]; /* answers we owe each origin */
 	int init_err;
 	char init_msg[256];
 } dp_shard_t;

@@ -52,6 +52,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -139,6 +140,26 @@ static size_t servfail_from(const uint8_t *msg, size_t len, uint8_t *out, size_t
 	return qend;
 }
 
+/* Queue answer msg for the origin of m: inline, or (large) as a pointer
+ * to a copy. Returns 0, or -ENOSPC when it must not take the room kept for
+ * SERVFAILs (or no copy could be made). */
+static int push_answer(dp_spsc_t *q, dp_xmsg_t *m, const uint8_t *msg, size_t len)
+{
+	if (len <= DP_XS_ANSWER_INLINE) {
+		m->kind = DP_XMSG_ANSWER;
+		return dp_xs_push(q, m, msg, len, DP_XS_ANSWER_KEEP);
+	}
+	dp_xs_bigans_t b = { malloc(len), (uint32_t)len };
+	if (!b.p)
+		return -ENOMEM;
+	memcpy(b.p, msg, len);
+	m->kind = DP_XMSG_ANSWER_PTR;
+	if (dp_xs_push(q, m, (const uint8_t *)&b, sizeof(b), DP_XS_ANSWER_KEEP) == 0)
+		return 0;
+	free(b.p);
+	return -ENOSPC;
+}
+
 void dp_handoff_answer(dp_shard_t *s, uint32_t tidx, uint32_t tgen, const uint8_t *msg,
 		       size_t len)
 {
@@ -146,24 +167,19 @@ void dp_handoff_answer(dp_shard_t *s, uint32_t tidx, uint32_t tgen, const uint8_
 	dp_xlink_t *l = dp_xshard_link(s->xs, (uint32_t)s->id, origin);
 	dp_xmsg_t m;
 	memset(&m, 0, sizeof(m));
-	m.kind = DP_XMSG_ANSWER;
 	m.origin = (uint8_t)s->id;
 	m.tcp_idx = DP_XS_SLOT(tidx);
 	m.tcp_gen = tgen;
-	uint32_t owed = s->xs_owed_tcp[origin];
-	owed = owed ? owed - 1 : 0; /* the others, after this one */
-	if (len > UINT16_MAX ||
-	    dp_xs_push(&l->a, &m, msg, len, dp_xs_answer_keep(owed)) < 0) {
-		/* No room for this answer beside what we still owe: a
-		 * SERVFAIL, for which room is always kept (xshard.h). */
-		uint8_t sf[512];
+	if (len > UINT16_MAX || push_answer(&l->a, &m, msg, len) < 0) {
+		/* No room for it beside the room kept: a SERVFAIL, which
+		 * always fits (xshard.h). */
+		uint8_t sf[DP_XS_SF_MAX];
 		size_t n = len <= UINT16_MAX ? servfail_from(msg, len, sf, sizeof(sf)) : 0;
 		STAT_INC(s, handoff_full);
+		m.kind = DP_XMSG_ANSWER;
 		if (dp_xs_push(&l->a, &m, sf, n, 0) < 0)
 			dp_warn("hand-off answer lost", "shard=%d origin=%u", s->id, origin);
 	}
-	if (s->xs_owed_tcp[origin])
-		s->xs_owed_tcp[origin]--;
 	bit_set(s->xs_wake, origin);
 }
 
@@ -176,7 +192,6 @@ static void take_query(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 				    m->arrive_ns);
 		return;
 	}
-	s->xs_owed_tcp[src]++;
 	dp_query_from_shard(s, T_TCP, dp_xmsg_data(m), m->len, m->li, NULL,
 			    DP_XS_REMOTE_IDX(src, m->tcp_idx), m->tcp_gen, m->arrive_ns);
 }
@@ -184,8 +199,14 @@ static void take_query(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 /* One answer for one of our TCP clients, from home src. */
 static void take_answer(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 {
-	if (m->len)
+	if (m->kind == DP_XMSG_ANSWER_PTR) {
+		dp_xs_bigans_t b;
+		memcpy(&b, dp_xmsg_data(m), sizeof(b));
+		dp_tcp_answer(s, m->tcp_idx, m->tcp_gen, b.p, b.len);
+		free(b.p);
+	} else if (m->len) {
 		dp_tcp_answer(s, m->tcp_idx, m->tcp_gen, dp_xmsg_data(m), m->len);
+	}
 	dp_tcp_query_end(s, m->tcp_idx, m->tcp_gen);
 	if (s->xs_out_tcp[src]) {
 		s->xs_out_tcp[src]--;

@@ -67,7 +67,7 @@ void dp_log(int level, const char *msg, const char *fmt, ...)
 		if (drop)
 			return;
 	}
-	char line[1024];
+	char line[4096]; /* the SIGUSR1 stats line carries every counter */
 	struct timeval tv;
 	struct tm tm;
 	gettimeofday(&tv, NULL);

@@ -15,11 +15,16 @@
 #include "xshard.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-_Static_assert(DP_XS_ANSWER_RING >= DP_XS_TCP_CREDIT * 2 * DP_XS_SMALL_REC,
-	       "an answer ring holds a SERVFAIL for every TCP query an origin may owe");
+_Static_assert(DP_XS_ANSWER_RING >= DP_XS_TCP_CREDIT * 2 * DP_XS_SMALL_REC +
+				     2 * (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) +
+								   DP_XS_ANSWER_INLINE)),
+	       "an answer ring holds a SERVFAIL for every TCP query an origin may owe, "
+	       "and beside them the largest inline answer wherever the tail is");
+_Static_assert(sizeof(dp_xs_bigans_t) <= DP_XS_SF_MAX, "a pointer record is a small record");
 _Static_assert(DP_XS_QUERY_RING >= 2 * (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) +
 								     DP_XS_QUERY_MAX)),
 	       "a query ring takes the largest query handed off");
@@ -136,6 +141,19 @@ int dp_xshard_init(dp_xshard_t *x, uint32_t n, uint32_t qcap, uint32_t acap)
 
 void dp_xshard_free(dp_xshard_t *x)
 {
+	for (uint32_t f = 0; x->mem && f < x->n; f++)
+		for (uint32_t t = 0; t < x->n; t++) {
+			dp_xlink_t *l = dp_xshard_link(x, f, t);
+			dp_xmsg_t *m;
+			while (f != t && (m = dp_xs_peek(&l->a)) != NULL) {
+				if (m->kind == DP_XMSG_ANSWER_PTR) {
+					dp_xs_bigans_t b;
+					memcpy(&b, dp_xmsg_data(m), sizeof(b));
+					free(b.p);
+				}
+				dp_xs_pop(&l->a);
+			}
+		}
 	if (x->mem)
 		munmap(x->mem, x->mem_len);
 	x->mem = NULL;

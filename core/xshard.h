@@ -22,9 +22,16 @@
  * Exactly one answer per TCP hand-off, even when the answer queue is
  * crowded: an origin keeps at most DP_XS_TCP_CREDIT TCP queries outstanding
  * at one home (more are resolved locally), and the home only queues an
- * answer when the room left still holds a SERVFAIL for each other query it
- * owes that origin (dp_xs_answer_keep). A SERVFAIL record therefore always
- * fits: an answer that does not is replaced by one.
+ * answer when the room left afterwards is at least DP_XS_ANSWER_KEEP, a
+ * SERVFAIL record (with the worst wrap-around waste) for each of the
+ * credit. An answer refused by that rule is replaced by a SERVFAIL of at
+ * most DP_XS_SMALL_REC, which always fits: since the last answer that went
+ * in under the rule, only such SERVFAILs were added, each for a query of
+ * the credit not yet answered, so fewer than DP_XS_TCP_CREDIT of them are
+ * still in the queue when another is needed. Answers above
+ * DP_XS_ANSWER_INLINE (large TCP answers, rare) travel as a pointer to a
+ * copy (DP_XMSG_ANSWER_PTR, malloc'd by the home, freed by the origin),
+ * so that any answer up to 65535 octets goes back whole.
  *
  * Lifecycle (drain, stop): see handoff.c, which runs these queues inside the
  * shards' loops. This module is pure: no io_uring, no shard.
@@ -43,6 +50,8 @@
 #define DP_XS_ANSWER_RING (128u << 10) /* octets, power of two */
 #define DP_XS_QUERY_MAX 4096 /* larger queries are resolved where they arrive */
 #define DP_XS_TCP_CREDIT 64 /* TCP queries one origin may have at one home */
+#define DP_XS_ANSWER_INLINE 8192 /* larger answers go as a pointer to a copy */
+#define DP_XS_SF_MAX 272 /* a SERVFAIL made from an answer: header, question */
 
 /* A record: a size word, then the message. Sizes are multiples of 8. */
 #define DP_XS_REC_HDR 8
@@ -53,7 +62,14 @@ enum {
 	DP_XMSG_TCP, /* a TCP query of connection tcp_idx/tcp_gen on origin */
 	DP_XMSG_ANSWER, /* an answer (len > 0) for tcp_idx/tcp_gen; len 0: the
 			 * query ended without one (the origin only ends it) */
+	DP_XMSG_ANSWER_PTR, /* the same, data is a dp_xs_bigans_t */
 };
+
+/* A large answer: the home's malloc'd copy, which the origin frees. */
+typedef struct dp_xs_bigans {
+	uint8_t *p;
+	uint32_t len;
+} dp_xs_bigans_t;
 
 typedef struct dp_xmsg {
 	uint64_t arrive_ns; /* when the origin read the query */
@@ -65,9 +81,8 @@ typedef struct dp_xmsg {
 	uint8_t li; /* listen index it came in on */
 } dp_xmsg_t;
 
-/* The largest record a SERVFAIL answer takes (dp_dns_build_error writes at
- * most 512 octets). */
-#define DP_XS_SMALL_REC (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) + 512))
+/* The largest record a SERVFAIL made by the hand-off takes. */
+#define DP_XS_SMALL_REC (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) + DP_XS_SF_MAX))
 
 typedef struct dp_spsc {
 	alignas(64) uint64_t tail; /* producer writes (release) */
@@ -96,7 +111,8 @@ typedef struct dp_xshard {
  * two, at least 2 * the largest record pushed). Allocates (one mapping,
  * touched only as queues fill). Returns 0, -EINVAL or -ENOMEM. */
 int dp_xshard_init(dp_xshard_t *x, uint32_t n, uint32_t qcap, uint32_t acap);
-/* Frees what dp_xshard_init made; safe on a zeroed or freed x. */
+/* Frees what dp_xshard_init made, and the large answers still queued
+ * (once no shard runs); safe on a zeroed or freed x. */
 void dp_xshard_free(dp_xshard_t *x);
 
 static inline dp_xlink_t *dp_xshard_link(dp_xshard_t *x, uint32_t from, uint32_t to)
@@ -136,12 +152,13 @@ static inline size_t dp_xs_rec_size(size_t len)
 	return DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) + len);
 }
 
-/* The room an answer queue must keep after an answer when the home still
- * owes `owed` other answers to that origin: a SERVFAIL for each, with the
- * worst wrap-around waste (less than one record) before it. */
-static inline size_t dp_xs_answer_keep(uint32_t owed)
+/* The room an answer queue keeps after an answer, for an origin with
+ * `credit` TCP queries at most outstanding at the home: a SERVFAIL for each,
+ * with the worst wrap-around waste (less than one record) before it. */
+static inline size_t dp_xs_answer_keep(uint32_t credit)
 {
-	return (size_t)owed * 2 * DP_XS_SMALL_REC;
+	return (size_t)credit * 2 * DP_XS_SMALL_REC;
 }
+#define DP_XS_ANSWER_KEEP dp_xs_answer_keep(DP_XS_TCP_CREDIT)
 
 #endif
