@@ -16,17 +16,20 @@ spraying source ports gets N times its rate limit.
 import re
 import selectors
 import socket
+import ssl
 import struct
 import time
 import urllib.request
 
 import dns.flags
+import dns.rdatatype
+import dns.rrset
 import dns.message
 import dns.rcode
 import pytest
 
 import dphelpers as H
-from test_cache import ANSWER_IP, counting_upstream  # noqa: F401 (fixture)
+from test_cache import ANSWER_IP, CountingUpstream, counting_upstream  # noqa: F401 (fixture)
 
 SHARDS = [2, 8]
 
@@ -328,3 +331,90 @@ def test_one_cache_survives_reload(dotproxy, certs, counting_upstream):  # noqa:
     _check_answers(ask_all(dp, names), names)
     again = [n for n in names if up.count(n) != 1]
     assert not again, "after SIGHUP %d names went upstream again" % len(again)
+
+
+class BigTxtUpstream(CountingUpstream):
+    """CountingUpstream that answers TXT queries for big<K>.* with K kB of TXT
+    records (TCP-sized answers), sent with a blocking write (the base class's
+    20 ms socket timeout cuts a large write short and drops the
+    connection)."""
+
+    def _serve(self, raw):
+        raw.settimeout(5)
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        self.conns.append(conn)
+        buf = b""
+        try:
+            while not self.stopping.is_set():
+                conn.settimeout(0.05)
+                try:
+                    data = conn.recv(65536)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+                    (n,) = struct.unpack("!H", buf[:2])
+                    ans = self._answer(buf[2:2 + n])
+                    buf = buf[2 + n:]
+                    conn.settimeout(5)
+                    conn.sendall(struct.pack("!H", len(ans)) + ans)
+        except (OSError, ssl.SSLError, ValueError):
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _answer(self, wire):
+        q = dns.message.from_wire(wire)
+        qn = q.question[0]
+        label = qn.name.labels[0].decode()
+        if qn.rdtype != dns.rdatatype.TXT or not label.startswith("big"):
+            return super()._answer(wire)
+        r = dns.message.make_response(q)
+        r.flags |= dns.flags.RA
+        kb = int(label[3:].split("-")[0])
+        rrs = [" ".join('"%s"' % (("%04d%d" % (n, i)) * 50)[:250] for i in range(4))
+               for n in range(kb)]
+        r.answer.append(dns.rrset.from_text_list(qn.name, 60, "IN", "TXT", rrs))
+        with self.lock:
+            key = qn.name.to_text().lower()
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return r.to_wire(max_size=65535)
+
+
+@pytest.mark.timeout_s(60)
+@pytest.mark.parametrize("threads", SHARDS)
+def test_one_cache_tcp_large_answers_come_back_whole(dotproxy, certs, threads):
+    """TCP answers of 4 to 60 kB for names homed on other shards travel back
+    to the connection's shard whole (above 8 kB as a pointer to a copy)."""
+    up = BigTxtUpstream(certs)
+    try:
+        dp, mport = start(dotproxy, certs, up, threads)
+        sizes = [1, 12, 30, 60]  # x ~1 kB of TXT
+        for rnd in range(2):
+            for k in sizes:
+                for j in range(6):
+                    name = "big%d-%d.one.test." % (k, j)
+                    q = H.make_query(name, "TXT", use_edns=0, payload=1232)
+                    with socket.create_connection((dp.host, dp.port), timeout=5) as s:
+                        w = q.to_wire()
+                        s.sendall(struct.pack("!H", len(w)) + w)
+                        raw = H.tcp_read_msg(s)
+                    r = dns.message.from_wire(raw)
+                    assert r.id == q.id and r.rcode() == dns.rcode.NOERROR, (name, r.rcode())
+                    assert not (r.flags & dns.flags.TC)
+                    txt = [rd for rs in r.answer for rd in rs]
+                    assert len(txt) == k, "%s: %d TXT records of %d (%d octets)" % (
+                        name, len(txt), k, len(raw))
+        m = metrics(mport)
+        assert m["handoff_sent"] > 0 and m["tcp_answers_dropped"] == 0
+    finally:
+        up.stop()
