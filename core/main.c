@@ -169,7 +169,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dotproxy: out of memory\n");
 		goto out;
 	}
-	if ((n > 1 && dp_xshard_init(&xs, (uint32_t)n, DP_XS_QUERY_RING, DP_XS_ANSWER_RING) < 0) ||
+	if ((n > 1 && dp_xshard_init(&xs, (uint32_t)n, dp_xshard_query_ring_size((uint32_t)n),
+					    DP_XS_ANSWER_RING) < 0) ||
 	    dp_rl_init_shared(&rlim, 1u << 16) < 0) {
 		fprintf(stderr, "dotproxy: out of memory\n");
 		goto out;

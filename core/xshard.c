@@ -25,7 +25,7 @@ _Static_assert(DP_XS_ANSWER_RING >= DP_XS_TCP_CREDIT * 2 * DP_XS_SMALL_REC +
 	       "an answer ring holds a SERVFAIL for every TCP query an origin may owe, "
 	       "and beside them the largest inline answer wherever the tail is");
 _Static_assert(sizeof(dp_xs_bigans_t) <= DP_XS_SF_MAX, "a pointer record is a small record");
-_Static_assert(DP_XS_QUERY_RING >= 2 * (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) +
+_Static_assert(DP_XS_QUERY_RING_MIN >= 2 * (DP_XS_REC_HDR + DP_XS_ALIGN(sizeof(dp_xmsg_t) +
 								     DP_XS_QUERY_MAX)),
 	       "a query ring takes the largest query handed off");
 
@@ -100,6 +100,15 @@ bool dp_xs_empty(dp_spsc_t *q)
 {
 	return __atomic_load_n(&q->head, __ATOMIC_RELAXED) ==
 	       __atomic_load_n(&q->tail, __ATOMIC_ACQUIRE);
+}
+
+uint32_t dp_xshard_query_ring_size(uint32_t n)
+{
+	uint64_t rings = n > 1 ? (uint64_t)n * (n - 1) : 1;
+	uint32_t cap = DP_XS_QUERY_RING;
+	while (cap > DP_XS_QUERY_RING_MIN && (uint64_t)cap * rings > DP_XS_QUERY_RINGS_TOTAL)
+		cap >>= 1;
+	return cap;
 }
 
 int dp_xshard_init(dp_xshard_t *x, uint32_t n, uint32_t qcap, uint32_t acap)

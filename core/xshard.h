@@ -46,7 +46,9 @@
 #include <stdint.h>
 
 #define DP_XS_MAX_SHARDS 256 /* --threads' limit */
-#define DP_XS_QUERY_RING (64u << 10) /* octets, power of two */
+#define DP_XS_QUERY_RING (64u << 10) /* octets, power of two: the most */
+#define DP_XS_QUERY_RING_MIN (16u << 10) /* ... and the least (many shards) */
+#define DP_XS_QUERY_RINGS_TOTAL (4u << 20) /* what all query rings may take */
 #define DP_XS_ANSWER_RING (128u << 10) /* octets, power of two */
 #define DP_XS_QUERY_MAX 4096 /* larger queries are resolved where they arrive */
 #define DP_XS_TCP_CREDIT 64 /* TCP queries one origin may have at one home */
@@ -111,6 +113,12 @@ typedef struct dp_xshard {
  * two, at least 2 * the largest record pushed). Allocates (one mapping,
  * touched only as queues fill). Returns 0, -EINVAL or -ENOMEM. */
 int dp_xshard_init(dp_xshard_t *x, uint32_t n, uint32_t qcap, uint32_t acap);
+/* The query ring size for n shards: DP_XS_QUERY_RINGS_TOTAL over the
+ * n * (n - 1) rings, as a power of two between DP_XS_QUERY_RING_MIN and
+ * DP_XS_QUERY_RING (64 KB up to 8 shards; 16 KB from 17). A ring's pages
+ * are touched only as its traffic goes round it. */
+uint32_t dp_xshard_query_ring_size(uint32_t n);
+
 /* Frees what dp_xshard_init made, and the large answers still queued
  * (once no shard runs); safe on a zeroed or freed x. */
 void dp_xshard_free(dp_xshard_t *x);

@@ -65,7 +65,17 @@ static void record_sizes(void **state)
 	/* the rings hold what the hand-off promises */
 	assert_true(DP_XS_ANSWER_RING >=
 		    DP_XS_ANSWER_KEEP + 2 * dp_xs_rec_size(DP_XS_ANSWER_INLINE));
-	assert_true(DP_XS_QUERY_RING >= 2 * dp_xs_rec_size(DP_XS_QUERY_MAX));
+	assert_true(DP_XS_QUERY_RING_MIN >= 2 * dp_xs_rec_size(DP_XS_QUERY_MAX));
+	/* query rings shrink with the number of pairs, within bounds */
+	assert_int_equal(dp_xshard_query_ring_size(2), DP_XS_QUERY_RING);
+	assert_int_equal(dp_xshard_query_ring_size(8), DP_XS_QUERY_RING);
+	assert_int_equal(dp_xshard_query_ring_size(16), 16u << 10);
+	assert_int_equal(dp_xshard_query_ring_size(256), DP_XS_QUERY_RING_MIN);
+	for (uint32_t n = 2; n <= 256; n++) {
+		uint32_t c = dp_xshard_query_ring_size(n);
+		assert_int_equal(c & (c - 1), 0);
+		assert_true(c >= DP_XS_QUERY_RING_MIN && c <= DP_XS_QUERY_RING);
+	}
 }
 
 static void fifo_and_empty(void **state)
