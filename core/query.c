@@ -382,7 +382,8 @@ void dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len
 					    DP_DNS_RCODE_REFUSED);
 			return;
 		}
-		if (s->rl && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
+		if (s->rl && __atomic_load_n(&s->rl->rate, __ATOMIC_RELAXED) &&
+		    rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
 			int r = dp_rl_check(s->rl, sa, s->now_ms);
 			if (r == DP_RL_DROP) {
 				STAT_INC(s, ratelimited);
