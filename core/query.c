@@ -482,8 +482,10 @@ static void resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_vie
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
 			STAT_INC(s, cache_hits);
-			/* answered within this loop turn: counted in the lowest bucket */
-			dp_hist_observe(&s->metrics.client_lat, 0);
+			/* answered within this loop turn: counted in the lowest
+			 * bucket, unless it came through a hand-off */
+			dp_hist_observe(&s->metrics.client_lat,
+					arrive_ns ? (dp_now_ns() - arrive_ns) / 1000 : 0);
 			reply_cached(s, msg, v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
