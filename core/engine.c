@@ -543,6 +543,8 @@ static void shard_teardown(dp_shard_t *s)
 {
 	dp_query_fail_all(s);
 	dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
+	if (s->ring_ok)
+		dp_handoff_wake(s); /* peers we queued answers for (submitted below) */
 	dp_tcp_close_all(s);
 	dp_upstream_close_all(s);
 	if (s->ring_ok) {

@@ -322,17 +322,19 @@ bool dp_handoff_quiet(dp_shard_t *s)
 		s->xs_quiet = true;
 		__atomic_add_fetch(&s->xs->quiet, 1, __ATOMIC_ACQ_REL);
 	}
-	if (__atomic_load_n(&s->xs->quiet, __ATOMIC_ACQUIRE) < s->nshards ||
-	    s->xs_out_tcp_total != 0)
-		return false;
+	/* Every queue towards us, whether or not a wake came for it (a peer
+	 * that exited right after queueing is still read). */
+	bool empty = true;
 	for (uint32_t src = 0; src < s->nshards; src++) {
 		if (src == (uint32_t)s->id)
 			continue;
 		dp_xlink_t *l = dp_xshard_link(s->xs, src, (uint32_t)s->id);
 		if (!dp_xs_empty(&l->q) || !dp_xs_empty(&l->a)) {
 			bit_set(s->xs_in, src); /* read it next turn */
-			return false;
+			s->xs_more = true;
+			empty = false;
 		}
 	}
-	return true;
+	return empty && s->xs_out_tcp_total == 0 &&
+	       __atomic_load_n(&s->xs->quiet, __ATOMIC_ACQUIRE) == s->nshards;
 }
