@@ -38,6 +38,9 @@
  *     answers it sends), and every TCP query it handed off has its answer
  *     back (nobody will queue an answer to it). A home owes answers only to
  *     origins that wait for them, so no message goes to an exited shard.
+ *     A shard may exit in the very turn it queued its last answers: its
+ *     teardown still sends those wakes, and a draining shard looks at every
+ *     queue towards it each tick, woken or not.
  *   - At the drain deadline, or on stop, a shard exits anyway (its unfinished
  *     queries get SERVFAIL, as before). A peer may still queue to it: the
  *     queue memory belongs to main and lives until every shard is joined, so
