@@ -263,6 +263,10 @@ static bool drained(dp_shard_t *s)
 			return false;
 	if (!dp_tcp_reads_done(s))
 		return false;
+	/* We hand off nothing more; the others may still hand to us, or owe
+	 * us TCP answers (handoff.c). */
+	if (!dp_handoff_quiet(s))
+		return false;
 	uint32_t client_queries = 0;
 	for (uint32_t i = 0; i < s->q_hiwater && client_queries == 0; i++)
 		if (s->q[i].state != Q_FREE && s->q[i].transport != T_NONE)
@@ -281,10 +285,8 @@ static void control(dp_shard_t *s)
 			SSL_CTX_free(s->ssl_ctx); /* sessions in use keep their reference */
 			s->ssl_ctx = ctx;
 		}
-		if (nc->rate_limit != old->rate_limit) {
-			dp_rl_free(&s->rl);
-			dp_rl_init(&s->rl, 1u << 16, nc->rate_limit, nc->rate_limit);
-		}
+		if (nc->rate_limit != old->rate_limit) /* the same store from every shard */
+			dp_rl_set_rate(s->rl, nc->rate_limit, nc->rate_limit);
 		dp_upstream_reconfigure(s, old);
 		dp_tcp_reconfigure(s);
 		__atomic_store_n(&s->cfg_gen, s->pending_gen, __ATOMIC_RELEASE);
@@ -323,6 +325,11 @@ static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 		if (!s->stop)
 			arm_wake(s);
 		control(s);
+		dp_handoff_on_cqe(s, cqe, op, idx);
+		break;
+	case OP_XSHARD:
+	case OP_XSHARD_SENT:
+		dp_handoff_on_cqe(s, cqe, op, idx);
 		break;
 	case OP_IGNORE:
 	default:
@@ -426,10 +433,11 @@ static void run_loop(dp_shard_t *s)
 		dp_upstream_flush(s);
 		dp_tcp_flush(s);
 		dp_udp_flush(s);
+		dp_handoff_wake(s);
 		uint64_t dl = next_deadline(s);
-		/* Datagrams left in a socket (mmsg): look for completions, do not
-		 * sleep. */
-		uint64_t wait_ms = dl > s->now_ms && !s->udp_more ? dl - s->now_ms : 0;
+		/* Datagrams left in a socket (mmsg), or messages in a hand-off
+		 * queue: look for completions, do not sleep. */
+		uint64_t wait_ms = dl > s->now_ms && !s->udp_more && !s->xs_more ? dl - s->now_ms : 0;
 		struct __kernel_timespec ts = {
 			.tv_sec = (long long)(wait_ms / 1000),
 			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
@@ -455,6 +463,8 @@ static void run_loop(dp_shard_t *s)
 			n++;
 		}
 		io_uring_cq_advance(&s->ring, n);
+		/* queries other shards handed us, TCP answers they sent back */
+		dp_handoff_drain(s);
 		want = s->cfg->batch_us ? batch_want(s, now_ns) : 1;
 		/* query deadlines (SERVFAIL) and hedges, in deadline order */
 		dp_tw_run(&s->timers, s->now_ms, s);
@@ -535,6 +545,8 @@ static void shard_teardown(dp_shard_t *s)
 {
 	dp_query_fail_all(s);
 	dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
+	if (s->ring_ok)
+		dp_handoff_wake(s); /* peers we queued answers for (submitted below) */
 	dp_tcp_close_all(s);
 	dp_upstream_close_all(s);
 	if (s->ring_ok) {
@@ -562,7 +574,6 @@ static void shard_teardown(dp_shard_t *s)
 	dp_upstream_free(s);
 	dp_query_table_free(s);
 	dp_tcp_free(s);
-	dp_rl_free(&s->rl);
 	dp_udp_free(s);
 	if (s->br_mem)
 		munmap(s->br_mem, (size_t)s->br_count * s->br_size);
@@ -600,13 +611,13 @@ static void *shard_main(void *arg)
 	if ((rc = dp_udp_init(s)) < 0)
 		goto fail;
 	dp_tw_init(&s->timers, dp_now_ms());
-	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0 ||
-	    (rc = dp_rl_init(&s->rl, 1u << 16, s->cfg->rate_limit, s->cfg->rate_limit)) < 0) {
+	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));
 		goto fail;
 	}
 	if ((rc = dp_tcp_init(s)) < 0)
 		goto fail;
+	dp_handoff_init(s);
 	for (int l = 0; l < s->nlisten; l++) {
 		dp_udp_arm(s, l);
 		dp_tcp_arm_accept(s, l);

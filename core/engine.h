@@ -4,7 +4,9 @@
  * SO_REUSEPORT UDP sockets and TCP listeners, its provided-buffer ring, its
  * query table, its client TCP connections and its upstream TLS connections.
  * Nothing here is shared with another shard except the counters, which other
- * threads read with relaxed loads, and the stop flag.
+ * threads read with relaxed loads, the stop flag, the hand-off queues
+ * (xshard.h: a query goes to its home shard, handoff.c) and the per-client
+ * rate limiter (ratelimit.h).
  *
  * Completions are told apart by user_data = op (8 bits) | index (24 bits) |
  * generation (32 bits): no object is allocated per operation, and a stale
@@ -24,6 +26,7 @@
 #include "stats.h"
 #include "timerwheel.h"
 #include "tcpconn.h"
+#include "xshard.h"
 
 #include <liburing.h>
 #include <netinet/in.h>
@@ -41,6 +44,8 @@ enum dp_op {
 	OP_UP_RECV,
 	OP_UP_SEND,
 	OP_WAKE,
+	OP_XSHARD, /* another shard queued messages for us (idx: that shard) */
+	OP_XSHARD_SENT, /* our wake of shard idx failed (MSG_RING refused) */
 };
 
 static inline uint64_t dp_ud(enum dp_op op, uint32_t idx, uint32_t gen)
@@ -196,7 +201,7 @@ typedef struct dp_mmsg {
 
 typedef struct dp_shard {
 	int id;
-	int nshards; /* shards in the process: a question's home is one of them */
+	uint32_t nshards; /* shards in the process: a question's home is one of them */
 	const dp_config_t *cfg;
 	pthread_t thread;
 	struct io_uring ring;
@@ -249,7 +254,7 @@ typedef struct dp_shard {
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
 	dp_cshare_key_t *tcp_peer; /* per connection slot: its client address (fair share) */
 
-	dp_ratelimit_t rl;
+	dp_ratelimit_t *rl; /* the machine's (main owns it) */
 	dp_metrics_t metrics;
 	/* control messages from the main thread (read after a wake) */
 	dp_config_t *new_cfg; /* reload: adopt this config (atomic exchange) */
@@ -268,6 +273,16 @@ typedef struct dp_shard {
 	uint32_t flight_mask;
 	uint8_t *scratch; /* one answer being built, 64 KiB */
 	dp_stats_t stats;
+	/* hand-off to home shards (handoff.c); xs NULL with one shard */
+	dp_xshard_t *xs;
+	struct dp_shard *all; /* every shard, [0, nshards) */
+	bool xs_msg_ring; /* wake with IORING_OP_MSG_RING, else the eventfd */
+	bool xs_quiet; /* counted in xs->quiet: hands off nothing more */
+	bool xs_more; /* a queue was left with messages: do not sleep */
+	uint64_t xs_wake[DP_XS_MAX_SHARDS / 64]; /* shards to wake this turn */
+	uint64_t xs_in[DP_XS_MAX_SHARDS / 64]; /* shards whose queues to read */
+	uint32_t xs_out_tcp_total;
+	uint16_t xs_out_tcp[DP_XS_MAX_SHARDS]; /* our TCP queries at each home */
 	int init_err;
 	char init_msg[256];
 } dp_shard_t;
@@ -386,6 +401,47 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci);
 void dp_query_publish_stats(dp_shard_t *s);
 int dp_query_table_init(dp_shard_t *s);
 void dp_query_table_free(dp_shard_t *s);
+
+/* Resolve a query another shard handed us (its home): as
+ * dp_query_from_client, without the ACL and rate limit the receiving shard
+ * applied. tcp_idx is DP_XS_REMOTE-marked for a TCP client of another
+ * shard, and peer is then that client's fair-share key (NULL for UDP: the
+ * key comes from from). Hot path. */
+void dp_query_from_shard(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+			 uint64_t arrive_ns, const dp_cshare_key_t *peer);
+
+/* ---- handoff.c ---------------------------------------------------------- */
+/* A TCP client of another shard, as the home's query path names it: the
+ * top bit set, the origin shard in bits 23-30, the slot in bits 0-22. */
+#define DP_XS_REMOTE (1u << 31)
+#define DP_XS_REMOTE_IDX(origin, idx) (DP_XS_REMOTE | ((uint32_t)(origin) << 23) | (idx))
+#define DP_XS_ORIGIN(tidx) (((tidx) >> 23) & 0xff)
+#define DP_XS_SLOT(tidx) ((tidx) & 0x7fffff)
+
+/* Hand a validated client query (msg, len) to shard home. Returns 0 when
+ * it went (home answers it), or a negative code: the caller resolves it
+ * here (queue full, too large, hand-offs not running). Copies; hot path. */
+int dp_handoff_query(dp_shard_t *s, uint32_t home, int transport, const uint8_t *msg,
+		     size_t len, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
+		     uint32_t tcp_gen);
+/* Home: the answer (len 0: none) for a remote TCP client tidx (marked)
+ * goes back to its origin shard. Exactly one per query handed to us.
+ * Copies; hot path. */
+void dp_handoff_answer(dp_shard_t *s, uint32_t tidx, uint32_t tgen, const uint8_t *msg,
+		       size_t len);
+/* Loop: read the queues of the shards that woke us (bounded per turn). */
+void dp_handoff_drain(dp_shard_t *s);
+/* Loop, before submitting: wake every shard we queued messages for. */
+void dp_handoff_wake(dp_shard_t *s);
+/* Completions of OP_XSHARD / OP_XSHARD_SENT, and OP_WAKE (the eventfd). */
+void dp_handoff_on_cqe(dp_shard_t *s, struct io_uring_cqe *cqe, enum dp_op op, uint32_t idx);
+/* Draining: this shard reads no more queries. True when no shard hands
+ * off anything any more, our incoming queues are empty and every TCP
+ * query we handed off has its answer back. */
+bool dp_handoff_quiet(dp_shard_t *s);
+/* Set-up (in the shard's thread, once its ring exists). */
+void dp_handoff_init(dp_shard_t *s);
 
 /* ---- upstream.c --------------------------------------------------------- */
 int dp_upstream_init(dp_shard_t *s);

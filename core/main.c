@@ -107,6 +107,12 @@ int main(int argc, char **argv)
 	int (*udp)[DP_MAX_LISTEN] = NULL, (*tcp)[DP_MAX_LISTEN] = NULL;
 	dp_shard_t *shards = NULL;
 	dp_control_t ctl = { .metrics_fd = -1 };
+	/* Shared by the shards, outlive them: the hand-off queues (a query
+	 * goes to its home shard) and the per-client rate limiter. */
+	dp_xshard_t xs;
+	dp_ratelimit_t rlim;
+	memset(&xs, 0, sizeof(xs));
+	memset(&rlim, 0, sizeof(rlim));
 	dp_config_t *cfg = malloc(sizeof(*cfg));
 	if (!cfg) {
 		fprintf(stderr, "dotproxy: out of memory\n");
@@ -164,6 +170,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dotproxy: out of memory\n");
 		goto out;
 	}
+	if ((n > 1 && dp_xshard_init(&xs, (uint32_t)n, dp_xshard_query_ring_size((uint32_t)n),
+					    DP_XS_ANSWER_RING) < 0) ||
+	    dp_rl_init_shared(&rlim, 1u << 16) < 0) {
+		fprintf(stderr, "dotproxy: out of memory\n");
+		goto out;
+	}
+	dp_rl_set_rate(&rlim, cfg->rate_limit, cfg->rate_limit);
 	ctl = (dp_control_t){ .shards = shards, .nshards = n, .cfg = cfg, .argc = argc, .argv = argv,
 			      .metrics_fd = -1 };
 	if (dp_engine_bind_all(cfg, n, udp, tcp, err, sizeof(err)) < 0 ||
@@ -196,9 +209,12 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++) {
 		dp_shard_t *s = &shards[i];
 		s->id = i;
-		s->nshards = n;
 		s->cfg = cfg;
 		s->nlisten = cfg->nlisten;
+		s->rl = &rlim;
+		s->xs = n > 1 ? &xs : NULL;
+		s->all = shards;
+		s->nshards = (uint32_t)n;
 		memcpy(s->udp_fd, udp[i], sizeof(s->udp_fd));
 		memcpy(s->tcp_fd, tcp[i], sizeof(s->tcp_fd));
 		for (int l = 0; l < DP_MAX_LISTEN; l++)
@@ -211,6 +227,8 @@ int main(int argc, char **argv)
 		}
 		started++;
 	}
+	/* Every ring exists: shards may hand queries to each other. */
+	__atomic_store_n(&xs.ready, 1, __ATOMIC_RELEASE);
 	for (int l = 0; l < cfg->nlisten; l++)
 		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
 	for (int u = 0; u < cfg->nupstream; u++)
@@ -249,6 +267,9 @@ out:
 		}
 	if (ctl.metrics_fd >= 0)
 		close(ctl.metrics_fd);
+	/* every shard is joined: nobody touches the queues any more */
+	dp_xshard_free(&xs);
+	dp_rl_free(&rlim);
 	free(shards);
 	free(udp);
 	free(tcp);

@@ -8,9 +8,12 @@
  * through exactly one of dp_query_answer() and dp_query_fail(), so every
  * query gets exactly one answer.
  *
- * Path of a query: validate -> ACL, rate limit -> cache hit? answer from the
- * cache -> same question already upstream? wait for it (coalesced) ->
- * otherwise pad it and hand it to an upstream connection.
+ * Path of a query: validate -> ACL, rate limit -> its home is another
+ * shard? hand it over (handoff.c) -> cache hit? answer from the cache ->
+ * same question already upstream? wait for it (coalesced) -> otherwise pad
+ * it and hand it to an upstream connection. Each shard caches and
+ * coalesces only the questions it is home for, so the shards' caches and
+ * in-flight tables together are one per machine.
  *
  * What makes a question: name, type, class, DO, CD, and with --forward-ecs
  * the client's subnet; the query sent upstream carries nothing else of the
@@ -192,7 +195,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 	dp_tw_cancel(&s->timers, &q->deadline_t);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
 	dp_cshare_del(&s->share, qi);
-	if (q->transport == T_TCP)
+	if (q->transport == T_TCP && !(q->client.tcp.idx & DP_XS_REMOTE))
 		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
 	if (q->wire != q->inline_wire)
 		free(q->wire);
@@ -228,7 +231,10 @@ static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in
 		}
 		dp_udp_send(s, li, udp, msg, len);
 	} else if (transport == T_TCP) {
-		dp_tcp_answer(s, tidx, tgen, msg, len);
+		if (tidx & DP_XS_REMOTE)
+			dp_handoff_answer(s, tidx, tgen, msg, len);
+		else
+			dp_tcp_answer(s, tidx, tgen, msg, len);
 	}
 }
 
@@ -247,6 +253,8 @@ static void reply_error(dp_shard_t *s, int transport, int li, const struct socka
 	int n = dp_dns_build_error(q, v, rcode, s->cfg->max_udp_size, out, sizeof(out));
 	if (n > 0)
 		reply(s, transport, li, udp, tidx, tgen, 65535, out, (size_t)n, NULL);
+	else if (transport == T_TCP && (tidx & DP_XS_REMOTE))
+		dp_handoff_answer(s, tidx, tgen, NULL, 0); /* its origin ends it */
 }
 
 /* Answer query q from the cache entry e (fresh, or stale: TTL 30). */
@@ -279,7 +287,8 @@ static void bench_delay(void)
  * negative code when the query cannot be stored (the slot is then free). */
 static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
 		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len)
+		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len,
+		       uint64_t arrive_ns)
 {
 	dp_query_t *q = &s->q[qi];
 	q->transport = (uint8_t)transport;
@@ -329,13 +338,14 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	 * it first. */
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
 	q->start_ns = 0;
-	q->arrive_ns = transport == T_NONE ? 0 : dp_now_ns();
+	q->arrive_ns = transport == T_NONE ? 0 : arrive_ns ? arrive_ns : dp_now_ns();
 	if (transport == T_UDP) {
 		q->client.udp = *from;
 	} else if (transport == T_TCP) {
 		q->client.tcp.idx = tcp_idx;
 		q->client.tcp.gen = tcp_gen;
-		dp_tcp_query_begin(s, tcp_idx, tcp_gen);
+		if (!(tcp_idx & DP_XS_REMOTE)) /* else counted on its origin */
+			dp_tcp_query_begin(s, tcp_idx, tcp_gen);
 	}
 	dp_tw_add(&s->timers, &q->deadline_t, q->deadline_ms);
 	return 0;
@@ -351,7 +361,7 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 	if (qi == DP_NONE)
 		return;
 	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key->hash, key->ecs,
-			key->ecs_len) < 0)
+			key->ecs_len, 0) < 0)
 		return;
 	if (flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
@@ -391,6 +401,10 @@ static bool admit(dp_shard_t *s, const dp_cshare_key_t *k)
 	return false;
 }
 
+static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
+		   const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+		   uint64_t arrive_ns, const dp_cshare_key_t *peer);
+
 int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
 			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
 {
@@ -408,8 +422,9 @@ int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len,
 					    DP_DNS_RCODE_REFUSED);
 			return 0;
 		}
-		if (s->rl.rate && rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
-			int r = dp_rl_check(&s->rl, sa, s->now_ms);
+		if (s->rl && __atomic_load_n(&s->rl->rate, __ATOMIC_RELAXED) &&
+		    rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
+			int r = dp_rl_check(s->rl, sa, s->now_ms);
 			if (r == DP_RL_DROP) {
 				STAT_INC(s, ratelimited);
 				return 0;
@@ -452,22 +467,60 @@ int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len,
 			return 0;
 		}
 	}
-	/* A UDP query read here although its question's home is another shard:
-	 * the steering program (steer.bpf.c) was not attached or did not agree
-	 * with home.h. Zero while steering is on. */
-	if (transport == T_UDP && s->nshards > 1 && v.has_question &&
-	    dp_home_shard(dp_home_hash(msg + v.qname_off, v.qname_len), (uint32_t)s->nshards) !=
-		    (uint32_t)s->id)
-		STAT_INC(s, udp_off_home);
-	uint16_t udp_limit = v.has_opt ? DP_MIN(v.udp_size, s->cfg->max_udp_size) : 512;
+	if (s->nshards > 1 && v.has_question) {
+		/* The one extra cost of a query at home: a SipHash of its name.
+		 * A UDP query read off its home means the steering program
+		 * (steer.bpf.c) is not attached or did not agree with home.h:
+		 * zero while steering is on. Without a cache there is nothing to
+		 * share: no hand-off. */
+		uint32_t home = dp_home_shard(dp_home_hash(msg + v.qname_off, v.qname_len),
+					      (uint32_t)s->nshards);
+		if (home != (uint32_t)s->id) {
+			if (transport == T_UDP)
+				STAT_INC(s, udp_off_home);
+			if (s->cache_on && dp_handoff_query(s, home, transport, msg, len, li, from,
+							    tcp_idx, tcp_gen) == 0)
+				return 0;
+		}
+	}
+	return resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, 0, NULL);
+}
+
+void dp_query_from_shard(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
+			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+			 uint64_t arrive_ns, const dp_cshare_key_t *peer)
+{
+	dp_dns_view_t v;
+	if (unlikely(dp_dns_parse_query(msg, len, &v) < 0)) {
+		/* It passed on the shard that read it: cannot happen. */
+		STAT_INC(s, dropped);
+		if (transport == T_TCP)
+			dp_handoff_answer(s, tcp_idx, tcp_gen, NULL, 0);
+		return;
+	}
+	/* A TCP query over its share here gets SERVFAIL: the connection lives
+	 * on the origin, which bounds what it hands over (DP_XS_TCP_CREDIT). */
+	(void)resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, arrive_ns, peer);
+}
+
+/* The home shard's part: cache, fair share, coalescing, upstream. peer: the
+ * client's share key when the query came from another shard's TCP client,
+ * else NULL (taken from from or the local connection). Returns 0, or
+ * DP_E_FULL for a local TCP query the fair share did not take (tcpconn holds
+ * the frame and pauses the connection). */
+static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
+		   const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
+		   uint64_t arrive_ns, const dp_cshare_key_t *peer)
+{
+	uint16_t udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 	uint8_t ecs[DP_EDNS_ECS_MAX];
 	int ecs_len = 0;
-	if (v.opt_ecs && s->cfg->forward_ecs) {
-		ecs_len = dp_edns_ecs_read(msg, &v, ecs);
+	if (v->opt_ecs && s->cfg->forward_ecs) {
+		ecs_len = dp_edns_ecs_read(msg, v, ecs);
 		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
-			count_qtype(s, transport, &v);
+			count_qtype(s, transport, v);
 			STAT_INC(s, formerr);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 				    DP_DNS_RCODE_FORMERR);
 			return 0;
 		}
@@ -476,60 +529,65 @@ int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len,
 	key.hash = 0;
 	if (s->cache_on) {
 		bool stale;
-		dp_cache_key(msg, &v, &key);
+		dp_cache_key(msg, v, &key);
 		if (ecs_len)
 			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
 		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
 		if (e) {
-			count_qtype(s, transport, &v);
+			count_qtype(s, transport, v);
 			STAT_INC(s, cache_hits);
-			/* answered within this loop turn: counted in the lowest bucket */
-			dp_hist_observe(&s->metrics.client_lat, 0);
-			reply_cached(s, msg, &v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
+			/* answered within this loop turn: counted in the lowest
+			 * bucket, unless it came through a hand-off */
+			dp_hist_observe(&s->metrics.client_lat,
+					arrive_ns ? (dp_now_ns() - arrive_ns) / 1000 : 0);
+			reply_cached(s, msg, v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
 				     false);
 			if (dp_cache_prefetch_due(e, s->now_ms))
-				prefetch(s, msg, &v, &key);
+				prefetch(s, msg, v, &key);
 			return 0;
 		}
 	}
 	/* Counted only once taken: a TCP query held back by the fair share
 	 * comes here again. */
+	bool remote = transport == T_TCP && (tcp_idx & DP_XS_REMOTE);
 	dp_cshare_key_t ck;
-	if (transport == T_TCP)
+	if (peer)
+		ck = *peer;
+	else if (transport == T_TCP)
 		ck = s->tcp_peer[tcp_idx];
 	else
 		dp_cshare_key_of((const struct sockaddr *)from, &ck);
 	if (unlikely(!admit(s, &ck))) {
-		if (transport == T_TCP) {
+		if (transport == T_TCP && !remote) {
 			STAT_INC(s, fair_refused);
 			return DP_E_FULL;
 		}
-		count_qtype(s, transport, &v);
+		count_qtype(s, transport, v);
 		bool alone = s->share.active == (dp_cshare_count(&s->share, &ck) > 0);
 		if (alone && s->q_used >= s->q_cap)
 			STAT_INC(s, inflight_full); /* no one else: the table is simply full */
 		else
 			STAT_INC(s, fair_refused);
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return 0;
 	}
-	count_qtype(s, transport, &v);
+	count_qtype(s, transport, v);
 	if (s->cache_on)
 		STAT_INC(s, cache_misses);
 	uint32_t qi = query_alloc(s);
 	if (unlikely(qi == DP_NONE)) {
 		STAT_INC(s, inflight_full);
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return 0;
 	}
-	if (query_setup(s, qi, msg, &v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
-			(size_t)ecs_len) < 0) {
+	if (query_setup(s, qi, msg, v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
+			(size_t)ecs_len, arrive_ns) < 0) {
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
+		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
 			    DP_DNS_RCODE_SERVFAIL);
 		return 0;
 	}
@@ -721,7 +779,7 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	uint32_t qi = query_alloc(s);
 	if (qi == DP_NONE)
 		return DP_E_FULL;
-	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0);
+	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0, 0);
 	if (rc < 0)
 		return rc;
 	rc = dp_upstream_send_on(s, qi, ci);

@@ -1,4 +1,5 @@
-/* ratelimit.c - token buckets per client address, in keyed 4-way sets. */
+/* ratelimit.c - token buckets per client address, in keyed 4-way sets,
+ * shared by the shards (GCRA, one compare-and-swap per charge). */
 #include "ratelimit.h"
 #include "siphash.h"
 
@@ -21,6 +22,21 @@ int dp_rl_init(dp_ratelimit_t *rl, uint32_t entries, uint32_t rate, uint32_t bur
 		return -ENOMEM;
 	rl->mask = entries - 1;
 	return 0;
+}
+
+int dp_rl_init_shared(dp_ratelimit_t *rl, uint32_t entries)
+{
+	int rc = dp_rl_init(rl, entries, 1, 1);
+	dp_rl_set_rate(rl, 0, 0);
+	return rc;
+}
+
+void dp_rl_set_rate(dp_ratelimit_t *rl, uint32_t rate, uint32_t burst)
+{
+	if (!rl->b)
+		rate = 0;
+	__atomic_store_n(&rl->burst, burst ? burst : rate, __ATOMIC_RELAXED);
+	__atomic_store_n(&rl->rate, rate, __ATOMIC_RELAXED);
 }
 
 void dp_rl_free(dp_ratelimit_t *rl)
@@ -56,25 +72,32 @@ uint32_t dp_rl_set(const dp_ratelimit_t *rl, const struct sockaddr *sa)
 	return set_base(rl, key, family) / DP_RL_WAYS;
 }
 
-/* Bring b's allowance up to now_ms (capped at the burst). */
-static void refill(const dp_ratelimit_t *rl, dp_rl_bucket_t *b, uint64_t now_ms)
+#define LD(p) __atomic_load_n(p, __ATOMIC_RELAXED)
+#define ST(p, v) __atomic_store_n(p, v, __ATOMIC_RELAXED)
+
+/* Charge one query to b at now_ns (GCRA): it passes when the bucket's
+ * theoretical arrival time, one interval on, lies no more than the burst
+ * ahead of now. A compare-and-swap, retried a few times when another shard
+ * charged the bucket meanwhile; a bucket fought over that hard counts as
+ * over the limit. */
+static bool charge(dp_rl_bucket_t *b, uint64_t now_ns, uint64_t interval, uint64_t tolerance)
 {
-	uint64_t cap = DP_MIN((uint64_t)rl->burst * 1000, (uint64_t)UINT32_MAX);
-	if (b->last_ms == 0) {
-		b->tokens = (uint32_t)cap; /* never used: a full allowance */
-	} else if (now_ms > b->last_ms) {
-		/* rate queries/s = rate thousandths per millisecond */
-		uint64_t t = b->tokens + (now_ms - b->last_ms) * (uint64_t)rl->rate;
-		b->tokens = (uint32_t)DP_MIN(t, cap);
-	} else {
-		return; /* same millisecond, or a clock that went back */
+	uint64_t tat = LD(&b->tat_ns);
+	for (int i = 0; i < 8; i++) {
+		uint64_t next = (tat > now_ns ? tat : now_ns) + interval;
+		if (next - now_ns > tolerance)
+			return false;
+		if (__atomic_compare_exchange_n(&b->tat_ns, &tat, next, false, __ATOMIC_RELAXED,
+						__ATOMIC_RELAXED))
+			return true;
 	}
-	b->last_ms = now_ms;
+	return false;
 }
 
 int dp_rl_check(dp_ratelimit_t *rl, const struct sockaddr *sa, uint64_t now_ms)
 {
-	if (!rl->rate)
+	uint32_t rate = LD(&rl->rate);
+	if (!rate)
 		return DP_RL_PASS;
 	if (now_ms == 0)
 		now_ms = 1; /* last_ms 0 marks a bucket never used */
@@ -83,27 +106,28 @@ int dp_rl_check(dp_ratelimit_t *rl, const struct sockaddr *sa, uint64_t now_ms)
 	dp_rl_bucket_t *set = &rl->b[set_base(rl, key, family)];
 	dp_rl_bucket_t *b = NULL, *lru = &set[0];
 	for (int i = 0; i < DP_RL_WAYS; i++) {
-		if (set[i].key == key && set[i].family == family && set[i].last_ms) {
+		if (LD(&set[i].key) == key && LD(&set[i].family) == family && LD(&set[i].last_ms)) {
 			b = &set[i];
 			break;
 		}
-		if (set[i].last_ms < lru->last_ms)
+		if (LD(&set[i].last_ms) < LD(&lru->last_ms))
 			lru = &set[i];
 	}
 	if (!b) {
 		/* Takeover of the least recently seen bucket: the newcomer
-		 * gets its allowance as it stands now, never a refilled one. */
+		 * inherits its allowance as it stands now (its arrival time
+		 * stays), never a refilled one. */
 		b = lru;
-		refill(rl, b, now_ms);
-		b->key = key;
-		b->family = family;
-		b->slip = 0;
-	} else {
-		refill(rl, b, now_ms);
+		ST(&b->key, key);
+		ST(&b->family, family);
+		ST(&b->slip, 0);
 	}
-	if (b->tokens >= 1000) {
-		b->tokens -= 1000;
+	ST(&b->last_ms, now_ms);
+	uint64_t interval = 1000000000ull / rate;
+	if (interval == 0)
+		interval = 1;
+	uint64_t burst = LD(&rl->burst);
+	if (charge(b, now_ms * 1000000ull, interval, (burst ? burst : 1) * interval))
 		return DP_RL_PASS;
-	}
-	return (++b->slip & 1) ? DP_RL_SLIP : DP_RL_DROP;
+	return (__atomic_add_fetch(&b->slip, 1, __ATOMIC_RELAXED) & 1) ? DP_RL_SLIP : DP_RL_DROP;
 }

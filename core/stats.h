@@ -68,7 +68,10 @@
 	X(cache_coalesced) \
 	X(cache_prefetched) \
 	X(cache_inserts) \
-	X(cache_evictions)
+	X(cache_evictions) \
+	X(handoff_sent) \
+	X(handoff_received) \
+	X(handoff_full)
 
 /* X(name): gauges, a shard's current value; summed over shards; Prometheus
  * "gauge". */

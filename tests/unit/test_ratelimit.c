@@ -5,6 +5,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -395,6 +396,56 @@ static void test_hole5_hash_is_keyed(void **state)
 	dp_hash_key = saved;
 }
 
+/* One table for every shard: threads charging the same client at the same
+ * moment never hand out more than the bucket holds (each charge is one
+ * compare-and-swap of the bucket's arrival time). */
+typedef struct {
+	dp_ratelimit_t *rl;
+	uint16_t port;
+	int pass;
+} charger_t;
+
+static void *charger(void *arg)
+{
+	charger_t *c = arg;
+	struct sockaddr_in a; /* sa_port's buffers are not for threads */
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	inet_pton(AF_INET, "192.0.2.9", &a.sin_addr);
+	for (int i = 0; i < 100000; i++) {
+		a.sin_port = htons((uint16_t)(c->port + i));
+		c->pass += dp_rl_check(c->rl, (const struct sockaddr *)&a, 7000) == DP_RL_PASS;
+	}
+	return NULL;
+}
+
+static void test_shared_table_threads_share_one_allowance(void **state)
+{
+	(void)state;
+	dp_ratelimit_t rl;
+	assert_int_equal(dp_rl_init_shared(&rl, ENTRIES), 0);
+	tally_t off = burst(&rl, "192.0.2.9", 5000, 100);
+	assert_int_equal(off.pass, 100); /* rate 0 until set */
+	dp_rl_set_rate(&rl, 1000, 1000);
+	charger_t c[4];
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++) {
+		c[i] = (charger_t){ &rl, (uint16_t)(1000 + i * 10000), 0 };
+		assert_int_equal(pthread_create(&t[i], NULL, charger, &c[i]), 0);
+	}
+	int pass = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		pass += c[i].pass;
+	}
+	/* the burst, once, across the four threads */
+	assert_int_equal(pass, 1000);
+	/* a reload turns it off and on again */
+	dp_rl_set_rate(&rl, 0, 0);
+	assert_int_equal(burst(&rl, "192.0.2.9", 7000, 10).pass, 10);
+	dp_rl_free(&rl);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -411,6 +462,7 @@ int main(void)
 		cmocka_unit_test(ipv6_64_and_ipv4_never_share_a_bucket),
 		cmocka_unit_test(test_hole5_takeover_does_not_refill),
 		cmocka_unit_test(test_hole5_hash_is_keyed),
+		cmocka_unit_test(test_shared_table_threads_share_one_allowance),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
