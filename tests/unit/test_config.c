@@ -59,6 +59,21 @@ static int parse(const char *first, ...)
 	return parse_argv(args, n);
 }
 
+/* Parses a config file holding text into cfg (from the defaults). */
+static int parse_text(const char *text)
+{
+	char path[] = "/tmp/dp-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	size_t len = strlen(text);
+	assert_int_equal(write(fd, text, len), (ssize_t)len);
+	close(fd);
+	dp_config_defaults(&cfg);
+	int rc = dp_config_parse_file(&cfg, path, err, sizeof(err));
+	unlink(path);
+	return rc;
+}
+
 static void assert_v4(const dp_sockaddr_t *a, const char *ip, unsigned port)
 {
 	const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->ss;
@@ -317,16 +332,7 @@ static void steering_modes(void **state)
 		assert_non_null(strstr(err, "auto or off"));
 	}
 	/* The config file knows it too. */
-	char path[] = "/tmp/dp-test-config-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	static const char text[] = "steering off\n";
-	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
-	close(fd);
-	dp_config_defaults(&cfg);
-	int rc = dp_config_parse_file(&cfg, path, err, sizeof(err));
-	unlink(path);
-	assert_int_equal(rc, 0);
+	assert_int_equal(parse_text("steering off\n"), 0);
 	assert_int_equal(cfg.steering, DP_STEER_OFF);
 }
 
@@ -366,16 +372,7 @@ static void ecs_and_servfail_ttl(void **state)
 	}
 	assert_int_equal(parse("--forward-ecs=yes", NULL), DP_E_CONFIG);
 	/* The config file knows them too. */
-	char path[] = "/tmp/dp-test-config-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	static const char text[] = "forward-ecs\nservfail-ttl 30\n";
-	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
-	close(fd);
-	dp_config_defaults(&cfg);
-	int rc = dp_config_parse_file(&cfg, path, err, sizeof(err));
-	unlink(path);
-	assert_int_equal(rc, 0);
+	assert_int_equal(parse_text("forward-ecs\nservfail-ttl 30\n"), 0);
 	assert_true(cfg.forward_ecs);
 	assert_int_equal(cfg.servfail_ttl, 30);
 }
