@@ -151,6 +151,9 @@ class CountingUpstream:
         return r.to_wire()
 
     def _serve(self, raw):
+        """One connection's thread: the TLS handshake (5 s at most), then
+        _talk until the peer or stop() ends it; the connection is closed
+        whatever happens."""
         raw.settimeout(5)
         try:
             conn = self.ctx.wrap_socket(raw, server_side=True)
@@ -158,30 +161,8 @@ class CountingUpstream:
             raw.close()
             return
         self.conns.append(conn)
-        conn.settimeout(0.02)
-        buf = b""
-        due = []  # heap of (time, seq, framed answer)
-        seq = itertools.count()
         try:
-            while not self.stopping.is_set():
-                now = time.monotonic()
-                while due and due[0][0] <= now:
-                    conn.sendall(heapq.heappop(due)[2])
-                try:
-                    data = conn.recv(65536)
-                except (socket.timeout, ssl.SSLWantReadError):
-                    continue
-                if not data:
-                    return
-                buf += data
-                while len(buf) >= 2:
-                    (n,) = struct.unpack("!H", buf[:2])
-                    if len(buf) < 2 + n:
-                        break
-                    ans = self._answer(buf[2:2 + n])
-                    buf = buf[2 + n:]
-                    heapq.heappush(due, (time.monotonic() + self.delay, next(seq),
-                                         struct.pack("!H", len(ans)) + ans))
+            self._talk(conn)
         except (OSError, ssl.SSLError, ValueError):
             return
         finally:
@@ -189,6 +170,42 @@ class CountingUpstream:
                 conn.close()
             except OSError:
                 pass
+
+    def _queries(self, conn, before_read):
+        """The queries that come on conn (2-octet length framing), one by
+        one, until the peer closes or stop(); before_read() runs before
+        each read, which waits as long as conn's timeout."""
+        buf = b""
+        while not self.stopping.is_set():
+            before_read()
+            try:
+                data = conn.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            if not data:
+                return
+            buf += data
+            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+                (n,) = struct.unpack("!H", buf[:2])
+                yield buf[2:2 + n]
+                buf = buf[2 + n:]
+
+    def _talk(self, conn):
+        """Answers the queries of one connection, each `delay` seconds after
+        it came."""
+        conn.settimeout(0.02)
+        due = []  # heap of (time, seq, framed answer)
+        seq = itertools.count()
+
+        def send_due():
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                conn.sendall(heapq.heappop(due)[2])
+
+        for q in self._queries(conn, send_due):
+            ans = self._answer(q)
+            heapq.heappush(due, (time.monotonic() + self.delay, next(seq),
+                                 struct.pack("!H", len(ans)) + ans))
 
     def stop(self):
         """Stops accepting and closes every connection (as a dead upstream

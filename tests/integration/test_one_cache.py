@@ -16,7 +16,6 @@ spraying source ports gets N times its rate limit.
 import re
 import selectors
 import socket
-import ssl
 import struct
 import time
 import urllib.request
@@ -356,38 +355,11 @@ class BigTxtUpstream(CountingUpstream):
     20 ms socket timeout cuts a large write short and drops the
     connection)."""
 
-    def _serve(self, raw):
-        raw.settimeout(5)
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        self.conns.append(conn)
-        buf = b""
-        try:
-            while not self.stopping.is_set():
-                conn.settimeout(0.05)
-                try:
-                    data = conn.recv(65536)
-                except (socket.timeout, ssl.SSLWantReadError):
-                    continue
-                if not data:
-                    return
-                buf += data
-                while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
-                    (n,) = struct.unpack("!H", buf[:2])
-                    ans = self._answer(buf[2:2 + n])
-                    buf = buf[2 + n:]
-                    conn.settimeout(5)
-                    conn.sendall(struct.pack("!H", len(ans)) + ans)
-        except (OSError, ssl.SSLError, ValueError):
-            return
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+    def _talk(self, conn):
+        for q in self._queries(conn, lambda: conn.settimeout(0.05)):
+            ans = self._answer(q)
+            conn.settimeout(5)
+            conn.sendall(struct.pack("!H", len(ans)) + ans)
 
     def _answer(self, wire):
         q = dns.message.from_wire(wire)
