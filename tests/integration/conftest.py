@@ -7,6 +7,8 @@ Objects owned here, all torn down even when a test fails:
 - dotproxy: a factory starting the daemon on free ports; teardown sends
   SIGTERM and requires exit code 0 within 5 s;
 - silent_upstream: a TCP server that accepts and never speaks TLS.
+- readable_dir: a 0755 directory under /tmp for config files and CAs the
+  daemon reads after it drops to nobody.
 
 A missing unbound/kdig/dig/dnsperf skips (loudly); a missing dotproxy binary
 fails, since the daemon is what is under test.
@@ -17,7 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -462,21 +464,13 @@ def dotproxy(request, tmp_path, dotproxy_bin):
 
 # ---------------------------------------------------------------- a silent upstream
 
-class SilentServer:
+class SilentServer(H.LoopbackServer):
     """Accepts TCP connections on 127.0.0.1 and never writes a byte (reads
     and discards what arrives). Runs in a thread; stop() closes everything."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        self.conns = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(backlog=128)
 
     def _run(self):
         import selectors
@@ -502,15 +496,17 @@ class SilentServer:
                         key.fileobj.close()
         sel.close()
 
-    def stop(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-        self.sock.close()
+
+@pytest.fixture
+def readable_dir():
+    """A 0755 directory under /tmp (files in it: 0644, see H.write_file and
+    H.copy_ca), readable by the daemon after it drops to nobody."""
+    d = Path(tempfile.mkdtemp(prefix="dp-test-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

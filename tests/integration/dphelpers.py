@@ -222,6 +222,23 @@ def wire_id(data):
     return struct.unpack("!H", data[:2])[0]
 
 
+def wait_answer(s, qid, timeout):
+    """Reads the UDP socket s (answers to other IDs are passed over) for the
+    answer with ID qid: (response, seconds waited), or (None, timeout)."""
+    t0 = time.monotonic()
+    end = t0 + timeout
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            data = s.recv(65535)
+        except socket.timeout:
+            break
+        r = dns.message.from_wire(data)
+        if r.id == qid:
+            return r, time.monotonic() - t0
+    return None, timeout
+
+
 def recv_exact(sock, n):
     buf = b""
     while len(buf) < n:
@@ -343,6 +360,15 @@ def parse_logline(line):
     return d
 
 
+def rss_kb(pid):
+    """VmRSS of process pid, in kB (0 when /proc does not say)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def wait_for(pred, timeout, interval=0.05):
     """Poll pred() until truthy or timeout; returns the last value."""
     deadline = time.monotonic() + timeout
@@ -356,3 +382,61 @@ def wait_for(pred, timeout, interval=0.05):
 def essence(d):
     """The parts of a normalised answer that must survive forwarding."""
     return {k: d[k] for k in ("rcode", "flags", "answer", "authority")}
+
+
+# ---------------------------------------------------------------- files the daemon reads
+
+def write_file(path, text):
+    """Write atomically (temp file + rename in the same directory), 0644:
+    a daemon that reloads it never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(".%s.%d.tmp" % (path.name, random.randrange(1 << 30)))
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def copy_ca(certs, d):
+    """certs["ca"] copied to d/ca.pem, 0644 (readable after the daemon drops
+    to nobody); its path."""
+    dst = Path(d) / "ca.pem"
+    shutil.copyfile(certs["ca"], dst)
+    os.chmod(dst, 0o644)
+    return dst
+
+# ---------------------------------------------------------------- threaded test servers
+
+class LoopbackServer:
+    """A TCP listener on 127.0.0.1 (a free port: self.port) whose accept loop,
+    the subclass's _run, runs in a daemon thread until stop() sets
+    self._stop; stop() then closes the connections kept in self.conns and
+    the listener. A subclass sets what _run needs before calling this
+    __init__, which starts the thread."""
+
+    def __init__(self, backlog, rcvbuf=None, timeout=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        raise NotImplementedError
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()

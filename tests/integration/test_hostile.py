@@ -83,14 +83,6 @@ def options_of(m):
     return [o.otype for o in (m.options or [])]
 
 
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 # ---------------------------------------------------------------- small clients
 
 class UdpClient:
@@ -234,7 +226,7 @@ class RssSampler(threading.Thread):
         end = time.monotonic() + self.max_s
         while not self.stop_ev.is_set() and time.monotonic() < end:
             try:
-                self.max_kb = max(self.max_kb, rss_kb(self.pid))
+                self.max_kb = max(self.max_kb, H.rss_kb(self.pid))
                 self.samples += 1
             except OSError:
                 return
@@ -558,7 +550,7 @@ def test_hostile_storm_good_client_unharmed(dotproxy, unbound, certs):
         time.sleep(0.5)
         st = dp.stats()
         report.append("after 600 x 64 KB partial frames: rss=%d kB tcp_open=%s closed_memory=%s"
-                      % (rss_kb(dp.pid), st["tcp_open"], st["tcp_closed_memory"]))
+                      % (H.rss_kb(dp.pid), st["tcp_open"], st["tcp_closed_memory"]))
         for c in big:
             c.close()
 
@@ -600,7 +592,7 @@ def test_hostile_storm_good_client_unharmed(dotproxy, unbound, certs):
         ok = H.wait_for(lambda: dp.stats()["tcp_closed_slow"] >= 4, 15, interval=0.5)
         st = dp.stats()
         report.append("non-readers: closed_slow=%s answers_dropped=%s rss=%d kB" % (
-            st["tcp_closed_slow"], st["tcp_answers_dropped"], rss_kb(dp.pid)))
+            st["tcp_closed_slow"], st["tcp_answers_dropped"], H.rss_kb(dp.pid)))
         for c in readers_not:
             if c:
                 c.close()
@@ -646,7 +638,7 @@ def test_tcp_buffer_budget_caps_partial_frames(dotproxy, unbound, certs):
             conns.append(c)
         ok = H.wait_for(lambda: dp.stats()["tcp_closed_memory"] > 0, 5, interval=0.3)
         st = dp.stats()
-        peak = rss_kb(dp.pid)
+        peak = H.rss_kb(dp.pid)
         print("1100 x 64 KB partial frames: rss=%d kB open=%s closed_memory=%s"
               % (peak, st["tcp_open"], st["tcp_closed_memory"]))
         assert ok, "no connection closed for memory: %s" % st
@@ -657,7 +649,7 @@ def test_tcp_buffer_budget_caps_partial_frames(dotproxy, unbound, certs):
         q = H.make_query("www.test.", "A")
         r = parse(tcp_exchange(dp, q.to_wire()))
         assert r.id == q.id and r.answer
-        after = rss_kb(dp.pid)
+        after = H.rss_kb(dp.pid)
     finally:
         for c in conns:
             c.close()

@@ -24,12 +24,10 @@ the only upstream is down (HealthzWrong).
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -103,31 +101,6 @@ def responders(tmp_path, bindir, certs):
         r.stop()
 
 
-@pytest.fixture
-def readable_dir():
-    """A 0755 directory under /tmp (files in it: 0644), readable by nobody."""
-    d = Path(tempfile.mkdtemp(prefix="dp-ops-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def write_file(path, text):
-    """Write atomically (temp file + rename in the same directory), 0644."""
-    path = Path(path)
-    tmp = path.with_name(".%s.%d.tmp" % (path.name, random.randrange(1 << 30)))
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def copy_ca(certs, d):
-    dst = Path(d) / "ca.pem"
-    shutil.copyfile(certs["ca"], dst)
-    os.chmod(dst, 0o644)
-    return dst
 
 
 class RawProcs:
@@ -679,21 +652,12 @@ class QueryLoad:
                 q = H.make_query(name, "A")
                 t0 = time.monotonic()
                 s.sendto(q.to_wire(), ("127.0.0.1", self.port))
+                r, _ = H.wait_answer(s, q.id, 3.0)
                 outcome = "TIMEOUT"
-                end = t0 + 3.0
-                while time.monotonic() < end:
-                    s.settimeout(max(0.01, end - time.monotonic()))
-                    try:
-                        data = s.recv(65535)
-                    except socket.timeout:
-                        break
-                    r = dns.message.from_wire(data)
-                    if r.id != q.id:
-                        continue
+                if r is not None:
                     addrs = a_addrs(r)
                     outcome = addrs[0] if (r.rcode() == dns.rcode.NOERROR and len(addrs) == 1) \
                         else dns.rcode.to_text(r.rcode())
-                    break
                 with self.lock:
                     self.results.append((t0, time.monotonic(), name, outcome))
         finally:
@@ -734,9 +698,9 @@ def test_sighup_reload_under_load(dotproxy, unbound, certs, responders, readable
         a_arg, a_addr, nthreads = unbound.upstream_arg(), H.PERF_ADDR, 6
     else:
         a_arg, a_addr, nthreads = responders(SLOW_A, ["--delay-ms", "300"]).upstream_arg(), SLOW_A, 24
-    ca = copy_ca(certs, readable_dir)
+    ca = H.copy_ca(certs, readable_dir)
     conf = readable_dir / "dotproxy.conf"
-    write_file(conf, _config_text(a_arg, ca))
+    H.write_file(conf, _config_text(a_arg, ca))
     mport = H.free_port()
     dp = dotproxy([], None, timeout="2s", extra=["--config", str(conf), "--metrics", "127.0.0.1:%d" % mport])
     r = udp_query(dp.port, "pre-%s.perf.test." % tag())
@@ -744,7 +708,7 @@ def test_sighup_reload_under_load(dotproxy, unbound, certs, responders, readable
 
     load = QueryLoad(dp.port, n=nthreads).start()
     time.sleep(1.0)
-    write_file(conf, _config_text(b.upstream_arg(), ca, ["# now upstream B: dot-responder"]))
+    H.write_file(conf, _config_text(b.upstream_arg(), ca, ["# now upstream B: dot-responder"]))
     n_reloaded = sum(1 for l in dp.log_lines() if 'msg="reloaded"' in l)
     t_hup = time.monotonic()
     os.kill(dp.pid, signal.SIGHUP)
@@ -784,7 +748,7 @@ def test_sighup_reload_under_load(dotproxy, unbound, certs, responders, readable
     assert dp.wait_log(lambda d: d.get("msg") == "reloaded" and d.get("upstreams") == 1)
 
     # an invalid file: rejected with FILE:LINE:, the running config (B) kept
-    write_file(conf, _config_text(unbound.upstream_arg(), ca, ["threads 1", "no-such-setting 42"]))
+    H.write_file(conf, _config_text(unbound.upstream_arg(), ca, ["threads 1", "no-such-setting 42"]))
     bad_line = 5  # comment, upstream, ca-file, threads, no-such-setting
     assert conf.read_text().splitlines()[bad_line - 1].startswith("no-such-setting")
     n_rej = sum(1 for l in dp.log_lines() if "reload rejected" in l)
@@ -802,7 +766,7 @@ def test_sighup_reload_under_load(dotproxy, unbound, certs, responders, readable
 
     if os.geteuid() == 0:
         # the reload reads the file as nobody: a 0700 root directory hides it
-        write_file(conf, _config_text(unbound.upstream_arg(), ca))
+        H.write_file(conf, _config_text(unbound.upstream_arg(), ca))
         os.chmod(readable_dir, 0o700)
         try:
             n_rej = sum(1 for l in dp.log_lines() if "reload rejected" in l)
@@ -1117,12 +1081,12 @@ def test_privilege_drop_to_nobody(dotproxy, unbound, certs, dotproxy_bin):
 @pytest.mark.timeout_s(60)
 def test_config_file(raw, unbound, certs, responders, readable_dir, dotproxy_bin):
     b = responders("192.0.2.55")
-    ca = copy_ca(certs, readable_dir)
+    ca = H.copy_ca(certs, readable_dir)
     port = H.free_port()
     conf = readable_dir / "ok.conf"
     # '#' comments: whole line, indented, after a value (space and tab),
     # and a '#' inside IP#NAME that is not one
-    write_file(conf, "\n".join([
+    H.write_file(conf, "\n".join([
         "# dotproxy test config",
         "",
         "   # indented comment",
@@ -1175,7 +1139,7 @@ def test_config_file(raw, unbound, certs, responders, readable_dir, dotproxy_bin
     ]
     for label, bad in bad_cases:
         f = readable_dir / "bad.conf"
-        write_file(f, "\n".join(["# bad: " + label] + good + [bad]) + "\n")
+        H.write_file(f, "\n".join(["# bad: " + label] + good + [bad]) + "\n")
         lineno = len(good) + 2
         rc, out, err = H.run_bounded([dotproxy_bin, "--config", f])
         print("%s: rc=%d %s" % (label, rc, err.strip()))

@@ -29,6 +29,7 @@ import dns.rcode
 import pytest
 
 import dphelpers as H
+from conftest import _stop
 
 NAMES = 2000
 BATCH = 100  # queries in flight at once, each from its own new source port
@@ -370,9 +371,4 @@ def test_steering_unavailable_without_privilege(tmp_path, unbound, certs, dotpro
         r = H.udp(H.make_query("www.test.", "A"), "127.0.0.1", port)
         assert r.rcode() == dns.rcode.NOERROR
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, grace=10)

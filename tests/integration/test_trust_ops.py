@@ -28,6 +28,7 @@ import dns.rcode
 import pytest
 
 import dphelpers as H
+from conftest import _stop
 from test_ops import free_low_port, scrape
 
 
@@ -440,13 +441,7 @@ def test_hole7_capabilities_dropped_after_bind(dotproxy, unbound, world_readable
         caps = _assert_no_caps(p.pid, "nobody with ambient CAP_NET_BIND_SERVICE")
         print("unit way, port %d: %s" % (port, caps))
     finally:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(p, grace=10)
     assert p.returncode == 0, "exit %s:\n%s" % (p.returncode, errpath.read_text())
 
     # 2. root, told to stay root
@@ -460,7 +455,7 @@ def test_hole7_capabilities_dropped_after_bind(dotproxy, unbound, world_readable
 
 # ================================================================ hole 7a
 
-class NeverReadingUpstream:
+class NeverReadingUpstream(H.LoopbackServer):
     """A DoT server on 127.0.0.1 that completes the TLS handshake and then
     never reads another byte (a small receive buffer, so that the backlog
     stays with the client). Threads; stop() closes everything."""
@@ -468,18 +463,8 @@ class NeverReadingUpstream:
     def __init__(self, certs):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(str(certs["server"]), str(certs["server_key"]))
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.handshakes = 0
-        self.conns = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(backlog=64, rcvbuf=4096, timeout=0.2)
 
     def _run(self):
         while not self._stop.is_set():
@@ -497,24 +482,6 @@ class NeverReadingUpstream:
 
     def upstream_arg(self):
         return "127.0.0.1:%d#%s" % (self.port, H.UPSTREAM_NAME)
-
-    def stop(self):
-        self._stop.set()
-        self.thread.join(timeout=5)
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-        self.sock.close()
-
-
-def _rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _sanitized(pid):
@@ -552,7 +519,7 @@ def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
                       extra=["--max-inflight", "100000", "--hedge-after", "off", "--no-cache"],
                       wait="log")
         time.sleep(0.5)
-        rss0 = _rss_kb(dp.pid)
+        rss0 = H.rss_kb(dp.pid)
         wire, at = _flood_template()
         n, sent, peak = 50000, 0, rss0
         socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
@@ -572,7 +539,7 @@ def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
                         time.sleep(0.0005)
                 if i % 500 == 0:
                     time.sleep(0.02)  # a pace the daemon's socket buffer keeps up with
-                    peak = max(peak, _rss_kb(dp.pid))
+                    peak = max(peak, H.rss_kb(dp.pid))
                     for s in socks:  # drop the SERVFAILs so nothing blocks
                         try:
                             while s.recv(65535):
@@ -586,7 +553,7 @@ def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
             for s in socks:
                 s.close()
         time.sleep(1.0)
-        peak = max(peak, _rss_kb(dp.pid))
+        peak = max(peak, H.rss_kb(dp.pid))
         t1 = time.monotonic()
         try:
             r = H.udp(H.make_query("late.perf.test.", "A"), "127.0.0.1", dp.port, timeout=10.0)

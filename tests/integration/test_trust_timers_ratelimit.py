@@ -19,12 +19,9 @@ The config file read again on SIGHUP lives in a 0755 directory under /tmp
 """
 
 import os
-import random
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -84,22 +81,8 @@ def responders(tmp_path, bindir, certs):
         _stop(r.proc)
 
 
-@pytest.fixture
-def conf_dir():
-    """A 0755 directory under /tmp: nobody can read the files in it."""
-    d = Path(tempfile.mkdtemp(prefix="dp-trust-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def write_conf(path, lines):
-    tmp = path.with_name(".%s.%d.tmp" % (path.name, random.randrange(1 << 30)))
-    tmp.write_text("# written by test_trust_timers_ratelimit.py\n" + "\n".join(lines) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    H.write_file(path, "# written by test_trust_timers_ratelimit.py\n" + "\n".join(lines) + "\n")
 
 
 def reload(dp, conf, lines):
@@ -116,22 +99,6 @@ def udp_socket(src="127.0.0.1"):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     s.bind((src, 0))
     return s
-
-
-def wait_answer(s, qid, timeout):
-    """(response, seconds waited) for the answer with ID qid, or (None, timeout)."""
-    t0 = time.monotonic()
-    end = t0 + timeout
-    while time.monotonic() < end:
-        s.settimeout(max(0.01, end - time.monotonic()))
-        try:
-            data = s.recv(65535)
-        except socket.timeout:
-            break
-        r = dns.message.from_wire(data)
-        if r.id == qid:
-            return r, time.monotonic() - t0
-    return None, timeout
 
 
 def collect(s, ids, timeout):
@@ -189,7 +156,7 @@ def test_hole5_rate_limit_not_bypassed_by_colliding_address(dotproxy, unbound, c
         # warm the cache from a third address: the queries below are hits
         s3 = udp_socket("127.0.0.3")
         send(s3, dp, "www.test.", 7)
-        r, _ = wait_answer(s3, 7, 3.0)
+        r, _ = H.wait_answer(s3, 7, 3.0)
         s3.close()
         assert r is not None and r.rcode() == dns.rcode.NOERROR and r.answer, r
         t0 = time.monotonic()
@@ -228,16 +195,14 @@ def test_hole5_rate_limit_not_bypassed_by_colliding_address(dotproxy, unbound, c
 # ---------------------------------------------------------------- hole 6
 
 @pytest.mark.timeout_s(60)
-def test_hole6_reload_shorter_timeout_applies_to_new_queries(dotproxy, responders, certs, conf_dir):
+def test_hole6_reload_shorter_timeout_applies_to_new_queries(dotproxy, responders, certs, readable_dir):
     """An upstream that never answers; timeout 10 s from the config file.
     Query A is sent, then SIGHUP sets timeout 1 s, then query B: B gets its
     SERVFAIL after about 1 s. On f108c5a B's deadline sat behind A's in a
     FIFO list and B waited until A's 10 s were up."""
     silent = responders(["--drop-pct", "100"])
-    ca = conf_dir / "ca.pem"
-    shutil.copyfile(certs["ca"], ca)
-    os.chmod(ca, 0o644)
-    conf = conf_dir / "dotproxy.conf"
+    ca = H.copy_ca(certs, readable_dir)
+    conf = readable_dir / "dotproxy.conf"
     write_conf(conf, ["timeout 10s"])
     dp = dotproxy([silent.upstream_arg()], ca, timeout=None, threads=1, wait="log",
                   extra=["--config", str(conf), "--drain-timeout", "1s"])
@@ -248,11 +213,11 @@ def test_hole6_reload_shorter_timeout_applies_to_new_queries(dotproxy, responder
         time.sleep(0.3)
         reload(dp, conf, ["timeout 1s"])
         send(sb, dp, "b.timeout.test.", 2)
-        rb, dt_b = wait_answer(sb, 2, 15.0)
+        rb, dt_b = H.wait_answer(sb, 2, 15.0)
         assert rb is not None, "no answer to B within 15 s"
         assert rb.rcode() == dns.rcode.SERVFAIL, rb
         # A keeps the deadline it was given: still waiting
-        ra, _ = wait_answer(sa, 1, 0.0)
+        ra, _ = H.wait_answer(sa, 1, 0.0)
         print("B (timeout 1 s after the reload): SERVFAIL after %.2f s; A (10 s) pending: %s"
               % (dt_b, ra is None))
         assert 0.5 <= dt_b <= 3.0, \
@@ -260,7 +225,7 @@ def test_hole6_reload_shorter_timeout_applies_to_new_queries(dotproxy, responder
             "still waiting)" % (dt_b, time.monotonic() - t_a - dt_b)
         assert ra is None, "A (timeout 10 s) answered before its deadline: %s" % ra
         # and A gets its SERVFAIL at its own deadline
-        ra, dt_a = wait_answer(sa, 1, 15.0)
+        ra, dt_a = H.wait_answer(sa, 1, 15.0)
         dt_a = time.monotonic() - t_a
         assert ra is not None and ra.rcode() == dns.rcode.SERVFAIL, ra
         assert 8.0 <= dt_a <= 13.0, "A answered after %.2f s, its timeout was 10 s" % dt_a
@@ -270,7 +235,7 @@ def test_hole6_reload_shorter_timeout_applies_to_new_queries(dotproxy, responder
 
 
 @pytest.mark.timeout_s(60)
-def test_hole6_hedge_fires_in_order(dotproxy, responders, certs, conf_dir):
+def test_hole6_hedge_fires_in_order(dotproxy, responders, certs, readable_dir):
     """Two upstreams, round robin: A never answers, B answers at once.
     hedge-after 5 s from the config file; X1, X2 sent (one waits on A, its
     hedge due in 5 s); SIGHUP sets hedge-after 100ms; Y1, Y2 sent: the one
@@ -278,10 +243,8 @@ def test_hole6_hedge_fires_in_order(dotproxy, responders, certs, conf_dir):
     behind X's in a FIFO list and went out only when X's 5 s were up."""
     a = responders(["--drop-pct", "100"])
     b = responders()
-    ca = conf_dir / "ca.pem"
-    shutil.copyfile(certs["ca"], ca)
-    os.chmod(ca, 0o644)
-    conf = conf_dir / "dotproxy.conf"
+    ca = H.copy_ca(certs, readable_dir)
+    conf = readable_dir / "dotproxy.conf"
     write_conf(conf, ["hedge-after 5s"])
     dp = dotproxy([a.upstream_arg(), b.upstream_arg()], ca, timeout="10s", threads=1, wait="log",
                   extra=["--config", str(conf), "--upstream-policy", "round-robin",
