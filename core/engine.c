@@ -593,8 +593,12 @@ static void *shard_main(void *arg)
 	if (s->cfg->pin)
 		pin_to_cpu(s);
 	if ((rc = ring_setup(s)) < 0) {
-		snprintf(s->init_msg, sizeof(s->init_msg), "io_uring setup failed: %s",
-			 dp_strerror(rc));
+		snprintf(s->init_msg, sizeof(s->init_msg), "io_uring setup failed: %s%s",
+			 dp_strerror(rc),
+			 rc == -ENOMEM ? " (the kernel counts about 0.8 MB of ring memory per "
+					 "shard against RLIMIT_MEMLOCK, shared by every process "
+					 "of the same user: raise it, or use fewer shards)"
+				       : "");
 		goto fail;
 	}
 	if ((rc = bufring_setup(s)) < 0) {

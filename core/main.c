@@ -155,6 +155,22 @@ int main(int argc, char **argv)
 		dp_warn("file descriptor limit below --max-tcp-clients", "nofile=%llu max_tcp_clients=%u",
 			(unsigned long long)rl.rlim_cur, cfg->max_tcp_clients);
 
+	/* The shards set their rings up after the user switch, and the kernel
+	 * counts io_uring's pinned memory per user against RLIMIT_MEMLOCK
+	 * (8 MB by default): every process of that user (several dotproxies as
+	 * nobody) shares it. Raise the limit while we still may; it outlives
+	 * the drop of privileges. Not fatal: the error says so if rings fail. */
+	rlim_t memlock = (rlim_t)cfg->threads * (16u << 20);
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < memlock) {
+		struct rlimit want = { memlock, rl.rlim_max == RLIM_INFINITY || rl.rlim_max > memlock
+							? rl.rlim_max : memlock };
+		if (setrlimit(RLIMIT_MEMLOCK, &want) != 0 && rl.rlim_max > rl.rlim_cur) {
+			want.rlim_cur = want.rlim_max = rl.rlim_max;
+			setrlimit(RLIMIT_MEMLOCK, &want);
+		}
+	}
+
 	/* Signals are taken by the control loop (signalfd); shards never see
 	 * them, so block them before any thread exists. */
 	sigset_t set;
