@@ -55,6 +55,9 @@ UPSTREAM_NAME = "upstream.test"
 RSS_LIMIT_MB = 512
 DRAIN_S = 6          # --drain-timeout; every --timeout the mix picks is below it
 ANSWER_WAIT_S = 12   # a reading TCP client waits this long for its answers
+RELOAD_MARGIN_S = 0.5  # a reload may take effect this long after its SIGHUP
+SO_TIMESTAMPNS = 35    # Linux: the kernel's receive time of what a recvmsg returns (evidence only)
+CMSG_TS = socket.CMSG_SPACE(16)
 QT_A, QT_AAAA = 1, 28
 
 SAN_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -269,6 +272,10 @@ class TcpClient:
         self.state = "connecting"
         self.closed_by = None       # "us", "peer", "reset"
         self.t_closed = None
+        self.t_connected = None     # by our clock: when the connect completed
+        self.t_last_answer = None   # by our clock: when we read its last good answer
+        self.t_rx_kernel = None     # when the kernel received what we read last (our clock; evidence only)
+        self.t_last_answer_k = None # ... for its last good answer
         self.waiting = None         # deadline of a "wait" step
         self.nq = 0
         self.next_id = rng.randrange(65536)
@@ -276,6 +283,7 @@ class TcpClient:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.sock.bind((src, 0))
             self.lport = self.sock.getsockname()[1]
             self.sock.connect_ex(("127.0.0.1", run.dp_port))
@@ -403,6 +411,7 @@ class TcpClient:
                 self.run.stats["tcp_connect_failed"] += 1
                 return
             self.state = "open"
+            self.t_connected = time.monotonic()
             self.run.stats["tcp_connected"] += 1
             self.update_events()
             self.kick()
@@ -415,7 +424,7 @@ class TcpClient:
     def read(self):
         for _ in range(16):
             try:
-                data = self.sock.recv(262144)
+                data = self.recv()
             except BlockingIOError:
                 return
             except OSError:
@@ -444,8 +453,32 @@ class TcpClient:
     def peer_closed(self, how):
         if self.state != "open":
             return
+        self.drain()
         self.parse()
         self.finish(how)
+
+    def drain(self):
+        """Take what the kernel still holds for us (bounded): answers that
+        came before the close are checked like any other, also when the
+        close showed up as a failed send or we had stopped reading."""
+        for _ in range(64):
+            try:
+                data = self.recv()
+            except OSError:
+                return
+            if not data:
+                return
+            self.inbuf += data
+
+    def recv(self):
+        """recv, noting when the kernel received the last of it (a harness
+        that reads late shows as a gap between that and our clock)."""
+        data, anc, _, _ = self.sock.recvmsg(262144, CMSG_TS)
+        for lvl, typ, d in anc:
+            if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(d) >= 16:
+                sec, ns = struct.unpack("qq", d[:16])
+                self.t_rx_kernel = sec + ns / 1e9 - (time.time() - time.monotonic())
+        return data
 
     def close_by_us(self, mode):
         if self.state != "open":
@@ -573,6 +606,8 @@ class Run:
         self.proc = None
         self.responders = []
         self.udp_drops_daemon = 0
+        self.idle_hist = []  # (time the config took effect at the earliest, its tcp-idle-timeout in s)
+        self.stalls = []     # (from, to): the loop was away that long (evidence for a lost client)
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -626,6 +661,8 @@ class Run:
     def tcp_answer(self, c, data):
         q = self.check_answer("TCP client %s (%s)" % (c.marker, c.kind), c.marker, c.outstanding, c.done, data)
         if q is not None:
+            c.t_last_answer = time.monotonic()
+            c.t_last_answer_k = c.t_rx_kernel
             self.stats["tcp_answered"] += 1
 
     def udp_answer(self, u, data):
@@ -647,16 +684,55 @@ class Run:
         self.stats["tcp_closed_" + c.closed_by] += 1
         pend = [q for q in c.outstanding.values() if q.before_term]
         if c.kind in ("good", "split") and pend and c.closed_by != "us":
-            oldest = min(q.t_sent for q in pend)
-            self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
-                                 "the oldest sent %.2f s before the close: %s"
-                                 % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
-                                    "before the SIGTERM" if self.term_t is None else
-                                    "SIGTERM at +%.2f s" % (self.term_t - self.t0),
-                                    len(pend), len(pend) + len(c.done), c.t_closed - oldest, pend[0].key))
+            first = min(pend, key=lambda q: q.t_sent)
+            idle = self.idle_close_excuse(c, first)
+            if idle:
+                self.stats["tcp_idle_forgiven"] += 1
+                self.note("%s (%s, port %d) closed by %s at +%.2f s with %d unanswered: an idle close, %s"
+                          % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0, len(pend), idle))
+            else:
+                start = c.t_last_answer if c.t_last_answer is not None else c.t_connected
+                self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
+                                     "the oldest sent %.2f s before the close, %.2f s after its %s "
+                                     "(idle timeout %g s)%s: %s"
+                                     % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
+                                        "before the SIGTERM" if self.term_t is None else
+                                        "SIGTERM at +%.2f s" % (self.term_t - self.t0),
+                                        len(pend), len(pend) + len(c.done), c.t_closed - first.t_sent,
+                                        first.t_sent - start,
+                                        "last answer" if c.t_last_answer is not None else "connect",
+                                        min_idle_timeout(self.idle_hist, start, first.t_sent),
+                                        ("" if c.t_last_answer is None or c.t_last_answer_k is None else
+                                         "; the kernel received that answer %.2f s before we read it"
+                                         % (c.t_last_answer - c.t_last_answer_k))
+                                        + self.stalled(start - 3, first.t_sent), first.key))
         c.outstanding = c.unsent = c.bodies = None
         c.done = c.steps = c.frame_ends = c.stream = c.inbuf = None
         self.tcp.discard(c)
+
+    def stalled(self, t1, t2):
+        """Evidence: how long the harness loop was away within [t1, t2]."""
+        away = sum(min(b, t2) - max(a, t1) for a, b in self.stalls if b > t1 and a < t2)
+        return "; the harness loop away %.2f s in the 3 s before the gap and in it" % away if away > 0 else ""
+
+    def idle_close_excuse(self, c, first):
+        """Why closing c with first (its oldest unanswered query) unanswered
+        was an idle close by the daemon's rules, or None. The daemon's idle
+        period starts with the connect or when its last answer is out, and
+        only a complete query ends it; by our clock the answer arrived no
+        earlier and the query left no later, so a gap of at least the
+        smallest --tcp-idle-timeout in force meanwhile means the daemon
+        was idle too. A smaller gap is no excuse: harness lag that does
+        not add up to a whole idle period is the daemon's to absorb."""
+        start = c.t_last_answer if c.t_last_answer is not None else c.t_connected
+        if start is None or first.t_sent is None:
+            return None
+        gap = first.t_sent - start
+        floor = min_idle_timeout(self.idle_hist, start, first.t_sent)
+        if gap < floor:
+            return None
+        return ("its first unanswered query fully sent %.2f s after its %s, idle timeout %g s"
+                % (gap, "last answer" if c.t_last_answer is not None else "connect", floor))
 
     # ---------------------------------------------------------- the daemon
 
@@ -687,6 +763,7 @@ class Run:
             self.responders.append(resp)
         self.conf = self.dir / "dotproxy.conf"
         self.write_config(first=True)
+        self.idle_hist.append((float("-inf"), self.cur_idle_s))
         self.dp_port = free_port()
         self.stderr_path = self.dir / "dotproxy.stderr"
         args = [str(self.dp_exe), "--config", str(self.conf), "--listen", "127.0.0.1:%d" % self.dp_port,
@@ -734,6 +811,7 @@ class Run:
         lines += ["upstream %s" % self.responders[i].upstream_arg() for i in ups]
         timeout = r.choice(["300ms", "700ms", "1s", "1500ms", "2s"])
         idle = r.choice(["2s", "3s", "5s", "10s"])
+        self.cur_idle_s = float(idle[:-1])
         self.note("config: upstreams %s timeout %s tcp-idle-timeout %s"
                   % ([RESPONDERS[i][0] for i in ups], timeout, idle))
         lines += ["ca-file %s" % (self.dir / "ca.pem"),
@@ -750,6 +828,7 @@ class Run:
         if self.term_t is not None or self.proc.poll() is not None:
             return
         self.write_config()
+        self.idle_hist.append((time.monotonic(), self.cur_idle_s))  # stamped before: never in force earlier
         os.kill(self.proc.pid, signal.SIGHUP)
         self.stats["reloads"] += 1
         self.note("SIGHUP")
@@ -890,8 +969,15 @@ class Run:
 
     def loop_until(self, pred, limit):
         next_sample = 0
+        prev = time.monotonic()
         while time.monotonic() < limit and not pred():
             now = time.monotonic()
+            if now - prev > self.stats["harness_max_stall_ms"] / 1000.0:
+                self.stats["harness_max_stall_ms"] = int((now - prev) * 1000)
+            if now - prev > 0.25:
+                self.stalls.append((prev, now))
+                self.note("harness: the loop came round %.2f s late, at +%.2f s" % (now - prev, now - self.t0))
+            prev = now
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn, a = heapq.heappop(self.timers)
                 fn(*a)
@@ -992,6 +1078,10 @@ class Run:
         # TCP: clients that read everything lose nothing unless closed for
         # a documented reason
         documented = sum(stats.get(k, 0) for k in ("tcp_closed_memory", "tcp_evicted", "tcp_refused"))
+        forgiven = self.stats["tcp_idle_forgiven"]
+        if forgiven > stats.get("tcp_closed_idle", 0):
+            self.fail("tcp-idle-forgiven", "%d reading TCP clients forgiven as idle closes, but the daemon "
+                      "counted %d idle closes" % (forgiven, stats.get("tcp_closed_idle", 0)))
         tl = self.tcp_lost
         if tl:
             msg = ("%d reading TCP clients closed by the daemon with queries sent before SIGTERM unanswered, "
@@ -1157,6 +1247,24 @@ def udp_socket_drops(port):
 
 
 
+def min_idle_timeout(hist, start, end, margin=RELOAD_MARGIN_S):
+    """The smallest --tcp-idle-timeout in force at some moment of
+    [start - margin, end]; hist is [(time of the SIGHUP, timeout)] in
+    order, the first entry the initial config (time -inf). The margin
+    takes in a reload that took effect late, and a config noted as sent
+    but not yet in force only makes the floor lower (stricter)."""
+    lo = start - margin
+    floor = None
+    for t, idle in hist:
+        if t <= lo:
+            floor = idle  # the last one before the window: in force at its start
+        elif t <= end:
+            floor = idle if floor is None else min(floor, idle)
+        else:
+            break
+    return floor
+
+
 def parse_seed(s):
     if s == "random":
         return random.SystemRandom().randrange(1, 1 << 31)
@@ -1202,12 +1310,14 @@ def main():
         print("note:", n)
     summary = ("seed=%d seconds=%g tcp_clients=%d tcp_queries=%d tcp_answered=%d udp_queries=%d udp_answered=%d "
                "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d refused=%d "
-               "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d"
+               "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d "
+               "tcp_idle_forgiven=%d dp_tcp_closed_idle=%d harness_max_stall_ms=%d"
                % (seed, args.seconds, run.cid, s["tcp_sent"], s["tcp_answered"], s["udp_sent"],
                   s["udp_answered"], s["udp_sent_after_term"], s["udp_garbage"], s["storms"], s["reloads"],
                   s["upstream_restarts"], s["rcode2"], s["rcode5"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
                   getattr(run, "exit_s", -1), getattr(run, "dp_stats", {}).get("tcp_closed_slow", 0),
-                  getattr(run, "dp_stats", {}).get("cache_hits", 0)))
+                  getattr(run, "dp_stats", {}).get("cache_hits", 0), s["tcp_idle_forgiven"],
+                  getattr(run, "dp_stats", {}).get("tcp_closed_idle", 0), s["harness_max_stall_ms"]))
     if run.fail_counts:
         print("chaos: FAIL %s %s" % (dict(run.fail_counts), summary), flush=True)
         print("chaos: logs in %s; replay: %s" % (run.dir, replay), flush=True)
