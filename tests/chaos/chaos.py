@@ -608,6 +608,7 @@ class Run:
         self.udp_drops_daemon = 0
         self.idle_hist = []  # (time the config took effect at the earliest, its tcp-idle-timeout in s)
         self.stalls = []     # (from, to): the loop was away that long (evidence for a lost client)
+        self.loop_t = 0.0    # when the loop's current turn began
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -703,7 +704,8 @@ class Run:
                                         "last answer" if c.t_last_answer is not None else "connect",
                                         min_idle_timeout(self.idle_hist, start, first.t_sent),
                                         ("" if c.t_last_answer is None or c.t_last_answer_k is None else
-                                         "; the kernel received that answer %.2f s before we read it"
+                                         "; the kernel's receive stamp of that read (its last answer, or a FIN "
+                                         "that came after it) %.2f s before we read it"
                                          % (c.t_last_answer - c.t_last_answer_k))
                                         + self.stalled(start - 3, first.t_sent), first.key))
         c.outstanding = c.unsent = c.bodies = None
@@ -712,7 +714,9 @@ class Run:
 
     def stalled(self, t1, t2):
         """Evidence: how long the harness loop was away within [t1, t2]."""
-        away = sum(min(b, t2) - max(a, t1) for a, b in self.stalls if b > t1 and a < t2)
+        now = time.monotonic()
+        spans = self.stalls + ([(self.loop_t, now)] if now - self.loop_t > 0.25 else [])  # this turn too
+        away = sum(min(b, t2) - max(a, t1) for a, b in spans if b > t1 and a < t2)
         return "; the harness loop away %.2f s in the 3 s before the gap and in it" % away if away > 0 else ""
 
     def idle_close_excuse(self, c, first):
@@ -977,7 +981,7 @@ class Run:
             if now - prev > 0.25:
                 self.stalls.append((prev, now))
                 self.note("harness: the loop came round %.2f s late, at +%.2f s" % (now - prev, now - self.t0))
-            prev = now
+            prev = self.loop_t = now
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn, a = heapq.heappop(self.timers)
                 fn(*a)
