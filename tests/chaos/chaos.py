@@ -37,6 +37,7 @@ import os
 import random
 import re
 import resource
+import select
 import selectors
 import shutil
 import signal
@@ -58,6 +59,14 @@ ANSWER_WAIT_S = 12   # a reading TCP client waits this long for its answers
 RELOAD_MARGIN_S = 0.5  # a reload may take effect this long after its SIGHUP
 SO_TIMESTAMPNS = 35    # Linux: the kernel's receive time of what a recvmsg returns (evidence only)
 CMSG_TS = socket.CMSG_SPACE(16)
+# Work one loop turn may do, so that a turn stays short and every client
+# reads on time (a harness that reads late sees closes the daemon made on
+# time): queries built per burst chunk, answers parsed per client per turn,
+# and both summed over all clients per turn.
+BURST_CHUNK = 128
+BUILD_PER_TURN = 2048
+PARSE_PER_CLIENT = 256
+PARSE_PER_TURN = 4096
 QT_A, QT_AAAA = 1, 28
 
 SAN_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -262,6 +271,7 @@ class TcpClient:
         self.marker = "c%d" % cid
         self.steps = collections.deque()
         self.stream = bytearray()   # bytes released, not yet written
+        self.gen = None             # burst frames still to build: yields (bytes, [(end, Query)])
         self.stream_base = 0        # absolute offset of stream[0]
         self.frame_ends = collections.deque()  # (absolute end offset, Query)
         self.outstanding = {}       # key -> Query, fully written, unanswered
@@ -303,11 +313,11 @@ class TcpClient:
             return "%s-h%d.%s.%s.chaos.test" % (self.marker, hot, self.run.pad(hot), self.run.tag)
         return "%s-q%d.%s.chaos.test" % (self.marker, self.nq, self.run.tag)
 
-    def frames(self, names):
+    def frames(self, names, rng=None):
         """Wire bytes of one query per name and [(end offset, Query)]."""
         out = bytearray()
         ends = []
-        rnd = self.rng.random
+        rnd = (rng or self.rng).random
         for nm in names:
             qid = self.next_id
             self.next_id = (self.next_id + 1) & 0xFFFF
@@ -340,11 +350,10 @@ class TcpClient:
             step = self.steps.popleft()
             op = step[0]
             if op == "send":
-                data, ends = step[1], step[2]
-                base = self.stream_base + len(self.stream)
-                for end, q in ends:
-                    self.frame_ends.append((base + end, q))
-                self.stream += data
+                self.release(step[1], step[2])
+                self.flush()
+            elif op == "sendgen":
+                self.gen = step[1]
                 self.flush()
             elif op == "sleep":
                 self.run.at(time.monotonic() + step[1], self.kick)
@@ -364,12 +373,40 @@ class TcpClient:
                 return
 
     def unsent_pending(self):
-        return bool(self.stream)
+        return bool(self.stream) or self.gen is not None
+
+    def release(self, data, ends):
+        """Queue data for writing; ends: [(end offset in data, Query)]."""
+        base = self.stream_base + len(self.stream)
+        for end, q in ends:
+            self.frame_ends.append((base + end, q))
+        self.stream += data
+
+    def build_more(self):
+        """Build the next chunk of a burst, within this turn's budget
+        (one chunk per client per turn: the rest waits for the next turn,
+        the socket stays registered for writing)."""
+        if self.gen is None or self.run.build_budget <= 0 or len(self.stream) >= 65536:
+            return
+        nxt = next(self.gen, None)
+        if nxt is None:
+            self.gen = None
+            return
+        self.run.build_budget -= BURST_CHUNK
+        self.release(*nxt)
+
+    def peer_gone(self):
+        """True when the daemon's FIN is already in our socket (whatever
+        data precedes it stays buffered for reading)."""
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLRDHUP)
+        return any(ev & select.POLLRDHUP for _, ev in p.poll(0))
 
     def update_events(self):
         if self.state != "open":
             return
-        ev = (selectors.EVENT_READ if self.reading else 0) | (selectors.EVENT_WRITE if self.stream else 0)
+        ev = ((selectors.EVENT_READ if self.reading else 0)
+              | (selectors.EVENT_WRITE if self.stream or self.gen is not None else 0))
         if ev != self.events:
             if ev == 0:
                 self.run.sel.unregister(self.sock)
@@ -380,7 +417,15 @@ class TcpClient:
             self.events = ev
 
     def flush(self):
+        self.build_more()
         while self.stream and self.state == "open":
+            # a query written into a connection the daemon already closed
+            # (FIN in our socket before we send) cannot be answered: book
+            # the close before the send, the queries sent before it stay
+            # in the books
+            if self.peer_gone():
+                self.peer_closed("peer_before_send")
+                return
             try:
                 n = self.sock.send(self.stream[:262144])
             except BlockingIOError:
@@ -398,6 +443,8 @@ class TcpClient:
                 q.before_term = self.run.term_t is None
                 self.outstanding[q.key] = q
                 self.run.stats["tcp_sent"] += 1
+            if not self.stream:
+                self.build_more()
         self.update_events()
 
     def on_event(self, mask):
@@ -422,11 +469,20 @@ class TcpClient:
             self.read()
 
     def read(self):
+        """Parse what is buffered, then read more, within this turn's
+        budget; a client with answers left over is continued next turn."""
+        cap = PARSE_PER_CLIENT
         for _ in range(16):
+            left, more = self.parse(cap)
+            if more or left <= 0:
+                if more:
+                    self.run.busy[self] = None
+                break
+            cap = left
             try:
                 data = self.recv()
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self.peer_closed("reset")
                 return
@@ -434,21 +490,31 @@ class TcpClient:
                 self.peer_closed("peer")
                 return
             self.inbuf += data
-            self.parse()
-            if self.waiting is not None and not self.outstanding:
-                self.kick()
+        if self.state == "open" and self.waiting is not None and not self.outstanding:
+            self.kick()
 
-    def parse(self):
+    def parse(self, cap=None):
+        """Check up to cap buffered answers (all when None) and the run's
+        turn budget; -> (cap left, whether a complete answer is left)."""
         off = 0
         buf = self.inbuf
+        run = self.run
+        n = 0
+        limit = None if cap is None else min(cap, run.parse_budget)
         while len(buf) - off >= 2:
             (ln,) = struct.unpack_from("!H", buf, off)
             if len(buf) - off - 2 < ln:
                 break
-            self.run.tcp_answer(self, bytes(buf[off + 2:off + 2 + ln]))
+            if limit is not None and n >= limit:
+                break
+            run.tcp_answer(self, bytes(buf[off + 2:off + 2 + ln]))
             off += 2 + ln
+            n += 1
         if off:
             del buf[:off]
+        run.parse_budget -= n
+        more = len(buf) >= 2 and len(buf) - 2 >= struct.unpack_from("!H", buf, 0)[0]
+        return (None if cap is None else min(cap - n, run.parse_budget)), more
 
     def peer_closed(self, how):
         if self.state != "open":
@@ -473,7 +539,7 @@ class TcpClient:
     def recv(self):
         """recv, noting when the kernel received the last of it (a harness
         that reads late shows as a gap between that and our clock)."""
-        data, anc, _, _ = self.sock.recvmsg(262144, CMSG_TS)
+        data, anc, _, _ = self.sock.recvmsg(65536, CMSG_TS)
         for lvl, typ, d in anc:
             if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(d) >= 16:
                 sec, ns = struct.unpack("qq", d[:16])
@@ -609,6 +675,8 @@ class Run:
         self.idle_hist = []  # (time the config took effect at the earliest, its tcp-idle-timeout in s)
         self.stalls = []     # (from, to): the loop was away that long (evidence for a lost client)
         self.loop_t = 0.0    # when the loop's current turn began
+        self.busy = {}       # clients with answers left to parse (in order: round robin)
+        self.build_budget = self.parse_budget = 0
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -683,6 +751,10 @@ class Run:
         hundreds of thousands of them)."""
         self.tcp_live -= 1
         self.stats["tcp_closed_" + c.closed_by] += 1
+        if c.closed_by == "peer_before_send" and c.kind in ("good", "split"):
+            self.stats["tcp_closed_before_send_checked"] += 1
+            self.note("%s (%s, port %d) closed by the daemon before it sent its next queries, at +%.2f s"
+                      % (c.marker, c.kind, c.lport, time.monotonic() - self.t0))
         pend = [q for q in c.outstanding.values() if q.before_term]
         if c.kind in ("good", "split") and pend and c.closed_by != "us":
             first = min(pend, key=lambda q: q.t_sent)
@@ -709,7 +781,8 @@ class Run:
                                          % (c.t_last_answer - c.t_last_answer_k))
                                         + self.stalled(start - 3, first.t_sent), first.key))
         c.outstanding = c.unsent = c.bodies = None
-        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = None
+        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = None
+        self.busy.pop(c, None)
         self.tcp.discard(c)
 
     def stalled(self, t1, t2):
@@ -982,6 +1055,12 @@ class Run:
                 self.stalls.append((prev, now))
                 self.note("harness: the loop came round %.2f s late, at +%.2f s" % (now - prev, now - self.t0))
             prev = self.loop_t = now
+            self.build_budget, self.parse_budget = BUILD_PER_TURN, PARSE_PER_TURN
+            if self.busy:
+                todo, self.busy = self.busy, {}
+                for c in todo:
+                    if c.state == "open":
+                        c.read()
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn, a = heapq.heappop(self.timers)
                 fn(*a)
@@ -991,6 +1070,8 @@ class Run:
             wait = 0.02
             if self.timers:
                 wait = max(0.0, min(wait, self.timers[0][0] - now))
+            if self.busy:
+                wait = 0.0
             for key, mask in self.sel.select(timeout=wait):
                 key.data.on_event(mask)
 
@@ -1188,11 +1269,10 @@ def script_for(c, rng, run, at_burst, big=False):
             n = rng.choice([1000, 2000, 4000])
         else:
             n = rng.choice([50, 200, 500, 1500]) if rng.random() < 0.9 else 4000
-        data, ends = c.frames([c.name(hot=rng.choice(hot)) for _ in range(n)])
-        tail_data, _ = c.frames([c.name(hot=hot[0])])
-        # the tail frame is never completed here: unsent keeps it out of the books
-        half = rng.randrange(1, len(tail_data))
-        S.append(("send", data + tail_data[:half], ends))
+        # built as it is written, BURST_CHUNK queries at a time, from its
+        # own generator seeded here (built up front, a storm's bursts took
+        # the harness seconds in one timer call)
+        S.append(("sendgen", burst_frames(c, random.Random(rng.getrandbits(64)), hot, n)))
         # most stop reading; in the storm at the SIGTERM most read on, so
         # that the daemon's sends complete and nothing holds the connection
         if rng.random() < (0.3 if big else 0.6):
@@ -1209,6 +1289,18 @@ def script_for(c, rng, run, at_burst, big=False):
             S.append(("read", True))
             S.append(("sleep", 600))
     c.run.at(time.monotonic(), c.kick)
+
+
+def burst_frames(c, rng, hot, n):
+    """A burst of n queries for names of hot, BURST_CHUNK at a time, then
+    half of one more frame (never completed here: unsent keeps it out of
+    the books)."""
+    while n > 0:
+        k = min(BURST_CHUNK, n)
+        n -= k
+        yield c.frames([c.name(hot=rng.choice(hot)) for _ in range(k)], rng)
+    tail_data, _ = c.frames([c.name(hot=hot[0])], rng)
+    yield tail_data[:rng.randrange(1, len(tail_data))], []
 
 
 # ================================================================ helpers
@@ -1315,12 +1407,13 @@ def main():
     summary = ("seed=%d seconds=%g tcp_clients=%d tcp_queries=%d tcp_answered=%d udp_queries=%d udp_answered=%d "
                "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d refused=%d "
                "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d "
-               "tcp_idle_forgiven=%d dp_tcp_closed_idle=%d harness_max_stall_ms=%d"
+               "tcp_idle_forgiven=%d tcp_closed_before_send=%d(good/split %d) dp_tcp_closed_idle=%d harness_max_stall_ms=%d"
                % (seed, args.seconds, run.cid, s["tcp_sent"], s["tcp_answered"], s["udp_sent"],
                   s["udp_answered"], s["udp_sent_after_term"], s["udp_garbage"], s["storms"], s["reloads"],
                   s["upstream_restarts"], s["rcode2"], s["rcode5"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
                   getattr(run, "exit_s", -1), getattr(run, "dp_stats", {}).get("tcp_closed_slow", 0),
                   getattr(run, "dp_stats", {}).get("cache_hits", 0), s["tcp_idle_forgiven"],
+                  s["tcp_closed_peer_before_send"], s["tcp_closed_before_send_checked"],
                   getattr(run, "dp_stats", {}).get("tcp_closed_idle", 0), s["harness_max_stall_ms"]))
     if run.fail_counts:
         print("chaos: FAIL %s %s" % (dict(run.fail_counts), summary), flush=True)
