@@ -64,7 +64,7 @@ CMSG_TS = socket.CMSG_SPACE(16)
 # time): queries built per burst chunk, answers parsed per client per turn,
 # and both summed over all clients per turn.
 BURST_CHUNK = 128
-BUILD_PER_TURN = 2048
+BUILD_PER_TURN = 8192
 PARSE_PER_CLIENT = 256
 PARSE_PER_TURN = 4096
 QT_A, QT_AAAA = 1, 28
@@ -383,9 +383,8 @@ class TcpClient:
         self.stream += data
 
     def build_more(self):
-        """Build the next chunk of a burst, within this turn's budget
-        (one chunk per client per turn: the rest waits for the next turn,
-        the socket stays registered for writing)."""
+        """Build the next chunk of a burst if this turn's budget allows
+        (else a later turn does: the socket stays registered for writing)."""
         if self.gen is None or self.run.build_budget <= 0 or len(self.stream) >= 65536:
             return
         nxt = next(self.gen, None)
