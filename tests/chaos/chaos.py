@@ -63,10 +63,11 @@ CMSG_TS = socket.CMSG_SPACE(16)
 # reads on time (a harness that reads late sees closes the daemon made on
 # time): queries built per burst chunk, answers parsed per client per turn,
 # and both summed over all clients per turn.
-BURST_CHUNK = 128
-BUILD_PER_TURN = 8192
+BURST_CHUNK = 512
+BUILD_PER_TURN = 32768
 PARSE_PER_CLIENT = 256
 PARSE_PER_TURN = 4096
+PREBUILD_PER_TURN = 16384  # burst queries built ahead, while the storm waits for its moment
 QT_A, QT_AAAA = 1, 28
 
 SAN_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -272,6 +273,8 @@ class TcpClient:
         self.steps = collections.deque()
         self.stream = bytearray()   # bytes released, not yet written
         self.gen = None             # burst frames still to build: yields (bytes, [(end, Query)])
+        self.pregen = None          # the same generator, built ahead into ready before the burst
+        self.ready = collections.deque()
         self.stream_base = 0        # absolute offset of stream[0]
         self.frame_ends = collections.deque()  # (absolute end offset, Query)
         self.outstanding = {}       # key -> Query, fully written, unanswered
@@ -385,7 +388,12 @@ class TcpClient:
     def build_more(self):
         """Build the next chunk of a burst if this turn's budget allows
         (else a later turn does: the socket stays registered for writing)."""
-        if self.gen is None or self.run.build_budget <= 0 or len(self.stream) >= 65536:
+        if self.gen is None or len(self.stream) >= 262144:
+            return
+        if self.ready:
+            self.release(*self.ready.popleft())
+            return
+        if self.run.build_budget <= 0:
             return
         nxt = next(self.gen, None)
         if nxt is None:
@@ -676,6 +684,7 @@ class Run:
         self.loop_t = 0.0    # when the loop's current turn began
         self.busy = {}       # clients with answers left to parse (in order: round robin)
         self.build_budget = self.parse_budget = 0
+        self.prebuild = collections.deque()  # burst clients whose frames are built ahead
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -780,7 +789,7 @@ class Run:
                                          % (c.t_last_answer - c.t_last_answer_k))
                                         + self.stalled(start - 3, first.t_sent), first.key))
         c.outstanding = c.unsent = c.bodies = None
-        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = None
+        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = c.pregen = c.ready = None
         self.busy.pop(c, None)
         self.tcp.discard(c)
 
@@ -1043,6 +1052,19 @@ class Run:
 
     # ---------------------------------------------------------- loop
 
+    def prebuild_step(self):
+        """Build burst chunks ahead (bounded per turn), so that at the
+        burst's moment the clients write at once, as a storm should."""
+        budget = PREBUILD_PER_TURN
+        while self.prebuild and budget > 0:
+            c = self.prebuild[0]
+            nxt = next(c.pregen, None) if c.pregen is not None and c.state != "closed" else None
+            if nxt is None:
+                self.prebuild.popleft()
+                continue
+            c.ready.append(nxt)
+            budget -= BURST_CHUNK
+
     def loop_until(self, pred, limit):
         next_sample = 0
         prev = time.monotonic()
@@ -1055,6 +1077,7 @@ class Run:
                 self.note("harness: the loop came round %.2f s late, at +%.2f s" % (now - prev, now - self.t0))
             prev = self.loop_t = now
             self.build_budget, self.parse_budget = BUILD_PER_TURN, PARSE_PER_TURN
+            self.prebuild_step()
             if self.busy:
                 todo, self.busy = self.busy, {}
                 for c in todo:
@@ -1271,7 +1294,9 @@ def script_for(c, rng, run, at_burst, big=False):
         # built as it is written, BURST_CHUNK queries at a time, from its
         # own generator seeded here (built up front, a storm's bursts took
         # the harness seconds in one timer call)
-        S.append(("sendgen", burst_frames(c, random.Random(rng.getrandbits(64)), hot, n)))
+        c.pregen = burst_frames(c, random.Random(rng.getrandbits(64)), hot, n)
+        run.prebuild.append(c)
+        S.append(("sendgen", c.pregen))
         # most stop reading; in the storm at the SIGTERM most read on, so
         # that the daemon's sends complete and nothing holds the connection
         if rng.random() < (0.3 if big else 0.6):
