@@ -37,6 +37,7 @@ import os
 import random
 import re
 import resource
+import select
 import selectors
 import shutil
 import signal
@@ -55,6 +56,18 @@ UPSTREAM_NAME = "upstream.test"
 RSS_LIMIT_MB = 512
 DRAIN_S = 6          # --drain-timeout; every --timeout the mix picks is below it
 ANSWER_WAIT_S = 12   # a reading TCP client waits this long for its answers
+RELOAD_MARGIN_S = 0.5  # a reload may take effect this long after its SIGHUP
+SO_TIMESTAMPNS = 35    # Linux: the kernel's receive time of what a recvmsg returns (evidence only)
+CMSG_TS = socket.CMSG_SPACE(16)
+# Work one loop turn may do, so that a turn stays short and every client
+# reads on time (a harness that reads late sees closes the daemon made on
+# time): queries built per burst chunk, answers parsed per client per turn,
+# and both summed over all clients per turn.
+BURST_CHUNK = 512
+BUILD_PER_TURN = 32768
+PARSE_PER_CLIENT = 256
+PARSE_PER_TURN = 4096
+PREBUILD_PER_TURN = 16384  # burst queries built ahead, while the storm waits for its moment
 QT_A, QT_AAAA = 1, 28
 
 SAN_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -259,6 +272,9 @@ class TcpClient:
         self.marker = "c%d" % cid
         self.steps = collections.deque()
         self.stream = bytearray()   # bytes released, not yet written
+        self.gen = None             # burst frames still to build: yields (bytes, [(end, Query)])
+        self.pregen = None          # the same generator, built ahead into ready before the burst
+        self.ready = collections.deque()
         self.stream_base = 0        # absolute offset of stream[0]
         self.frame_ends = collections.deque()  # (absolute end offset, Query)
         self.outstanding = {}       # key -> Query, fully written, unanswered
@@ -269,6 +285,10 @@ class TcpClient:
         self.state = "connecting"
         self.closed_by = None       # "us", "peer", "reset"
         self.t_closed = None
+        self.t_connected = None     # by our clock: when the connect completed
+        self.t_last_answer = None   # by our clock: when we read its last good answer
+        self.t_rx_kernel = None     # when the kernel received what we read last (our clock; evidence only)
+        self.t_last_answer_k = None # ... for its last good answer
         self.waiting = None         # deadline of a "wait" step
         self.nq = 0
         self.next_id = rng.randrange(65536)
@@ -276,6 +296,7 @@ class TcpClient:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.sock.bind((src, 0))
             self.lport = self.sock.getsockname()[1]
             self.sock.connect_ex(("127.0.0.1", run.dp_port))
@@ -295,11 +316,11 @@ class TcpClient:
             return "%s-h%d.%s.%s.chaos.test" % (self.marker, hot, self.run.pad(hot), self.run.tag)
         return "%s-q%d.%s.chaos.test" % (self.marker, self.nq, self.run.tag)
 
-    def frames(self, names):
+    def frames(self, names, rng=None):
         """Wire bytes of one query per name and [(end offset, Query)]."""
         out = bytearray()
         ends = []
-        rnd = self.rng.random
+        rnd = (rng or self.rng).random
         for nm in names:
             qid = self.next_id
             self.next_id = (self.next_id + 1) & 0xFFFF
@@ -332,11 +353,10 @@ class TcpClient:
             step = self.steps.popleft()
             op = step[0]
             if op == "send":
-                data, ends = step[1], step[2]
-                base = self.stream_base + len(self.stream)
-                for end, q in ends:
-                    self.frame_ends.append((base + end, q))
-                self.stream += data
+                self.release(step[1], step[2])
+                self.flush()
+            elif op == "sendgen":
+                self.gen = step[1]
                 self.flush()
             elif op == "sleep":
                 self.run.at(time.monotonic() + step[1], self.kick)
@@ -356,12 +376,44 @@ class TcpClient:
                 return
 
     def unsent_pending(self):
-        return bool(self.stream)
+        return bool(self.stream) or self.gen is not None
+
+    def release(self, data, ends):
+        """Queue data for writing; ends: [(end offset in data, Query)]."""
+        base = self.stream_base + len(self.stream)
+        for end, q in ends:
+            self.frame_ends.append((base + end, q))
+        self.stream += data
+
+    def build_more(self):
+        """Build the next chunk of a burst if this turn's budget allows
+        (else a later turn does: the socket stays registered for writing)."""
+        if self.gen is None or len(self.stream) >= 262144:
+            return
+        if self.ready:
+            self.release(*self.ready.popleft())
+            return
+        if self.run.build_budget <= 0:
+            return
+        nxt = next(self.gen, None)
+        if nxt is None:
+            self.gen = None
+            return
+        self.run.build_budget -= BURST_CHUNK
+        self.release(*nxt)
+
+    def peer_gone(self):
+        """True when the daemon's FIN is already in our socket (whatever
+        data precedes it stays buffered for reading)."""
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLRDHUP)
+        return any(ev & select.POLLRDHUP for _, ev in p.poll(0))
 
     def update_events(self):
         if self.state != "open":
             return
-        ev = (selectors.EVENT_READ if self.reading else 0) | (selectors.EVENT_WRITE if self.stream else 0)
+        ev = ((selectors.EVENT_READ if self.reading else 0)
+              | (selectors.EVENT_WRITE if self.stream or self.gen is not None else 0))
         if ev != self.events:
             if ev == 0:
                 self.run.sel.unregister(self.sock)
@@ -372,7 +424,15 @@ class TcpClient:
             self.events = ev
 
     def flush(self):
+        self.build_more()
         while self.stream and self.state == "open":
+            # a query written into a connection the daemon already closed
+            # (FIN in our socket before we send) cannot be answered: book
+            # the close before the send, the queries sent before it stay
+            # in the books
+            if self.peer_gone():
+                self.peer_closed("peer_before_send")
+                return
             try:
                 n = self.sock.send(self.stream[:262144])
             except BlockingIOError:
@@ -390,6 +450,8 @@ class TcpClient:
                 q.before_term = self.run.term_t is None
                 self.outstanding[q.key] = q
                 self.run.stats["tcp_sent"] += 1
+            if not self.stream:
+                self.build_more()
         self.update_events()
 
     def on_event(self, mask):
@@ -403,6 +465,7 @@ class TcpClient:
                 self.run.stats["tcp_connect_failed"] += 1
                 return
             self.state = "open"
+            self.t_connected = time.monotonic()
             self.run.stats["tcp_connected"] += 1
             self.update_events()
             self.kick()
@@ -413,11 +476,20 @@ class TcpClient:
             self.read()
 
     def read(self):
+        """Parse what is buffered, then read more, within this turn's
+        budget; a client with answers left over is continued next turn."""
+        cap = PARSE_PER_CLIENT
         for _ in range(16):
+            left, more = self.parse(cap)
+            if more or left <= 0:
+                if more:
+                    self.run.busy[self] = None
+                break
+            cap = left
             try:
-                data = self.sock.recv(262144)
+                data = self.recv()
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self.peer_closed("reset")
                 return
@@ -425,27 +497,61 @@ class TcpClient:
                 self.peer_closed("peer")
                 return
             self.inbuf += data
-            self.parse()
-            if self.waiting is not None and not self.outstanding:
-                self.kick()
+        if self.state == "open" and self.waiting is not None and not self.outstanding:
+            self.kick()
 
-    def parse(self):
+    def parse(self, cap=None):
+        """Check up to cap buffered answers (all when None) and the run's
+        turn budget; -> (cap left, whether a complete answer is left)."""
         off = 0
         buf = self.inbuf
+        run = self.run
+        n = 0
+        limit = None if cap is None else min(cap, run.parse_budget)
         while len(buf) - off >= 2:
             (ln,) = struct.unpack_from("!H", buf, off)
             if len(buf) - off - 2 < ln:
                 break
-            self.run.tcp_answer(self, bytes(buf[off + 2:off + 2 + ln]))
+            if limit is not None and n >= limit:
+                break
+            run.tcp_answer(self, bytes(buf[off + 2:off + 2 + ln]))
             off += 2 + ln
+            n += 1
         if off:
             del buf[:off]
+        run.parse_budget -= n
+        more = len(buf) >= 2 and len(buf) - 2 >= struct.unpack_from("!H", buf, 0)[0]
+        return (None if cap is None else min(cap - n, run.parse_budget)), more
 
     def peer_closed(self, how):
         if self.state != "open":
             return
+        self.drain()
         self.parse()
         self.finish(how)
+
+    def drain(self):
+        """Take what the kernel still holds for us (bounded): answers that
+        came before the close are checked like any other, also when the
+        close showed up as a failed send or we had stopped reading."""
+        for _ in range(64):
+            try:
+                data = self.recv()
+            except OSError:
+                return
+            if not data:
+                return
+            self.inbuf += data
+
+    def recv(self):
+        """recv, noting when the kernel received the last of it (a harness
+        that reads late shows as a gap between that and our clock)."""
+        data, anc, _, _ = self.sock.recvmsg(65536, CMSG_TS)
+        for lvl, typ, d in anc:
+            if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(d) >= 16:
+                sec, ns = struct.unpack("qq", d[:16])
+                self.t_rx_kernel = sec + ns / 1e9 - (time.time() - time.monotonic())
+        return data
 
     def close_by_us(self, mode):
         if self.state != "open":
@@ -573,6 +679,12 @@ class Run:
         self.proc = None
         self.responders = []
         self.udp_drops_daemon = 0
+        self.idle_hist = []  # (time the config took effect at the earliest, its tcp-idle-timeout in s)
+        self.stalls = []     # (from, to): the loop was away that long (evidence for a lost client)
+        self.loop_t = 0.0    # when the loop's current turn began
+        self.busy = {}       # clients with answers left to parse (in order: round robin)
+        self.build_budget = self.parse_budget = 0
+        self.prebuild = collections.deque()  # burst clients whose frames are built ahead
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -626,6 +738,8 @@ class Run:
     def tcp_answer(self, c, data):
         q = self.check_answer("TCP client %s (%s)" % (c.marker, c.kind), c.marker, c.outstanding, c.done, data)
         if q is not None:
+            c.t_last_answer = time.monotonic()
+            c.t_last_answer_k = c.t_rx_kernel
             self.stats["tcp_answered"] += 1
 
     def udp_answer(self, u, data):
@@ -645,18 +759,65 @@ class Run:
         hundreds of thousands of them)."""
         self.tcp_live -= 1
         self.stats["tcp_closed_" + c.closed_by] += 1
+        if c.closed_by == "peer_before_send" and c.kind in ("good", "split"):
+            self.stats["tcp_closed_before_send_checked"] += 1
+            self.note("%s (%s, port %d) closed by the daemon before it sent its next queries, at +%.2f s"
+                      % (c.marker, c.kind, c.lport, time.monotonic() - self.t0))
         pend = [q for q in c.outstanding.values() if q.before_term]
         if c.kind in ("good", "split") and pend and c.closed_by != "us":
-            oldest = min(q.t_sent for q in pend)
-            self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
-                                 "the oldest sent %.2f s before the close: %s"
-                                 % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
-                                    "before the SIGTERM" if self.term_t is None else
-                                    "SIGTERM at +%.2f s" % (self.term_t - self.t0),
-                                    len(pend), len(pend) + len(c.done), c.t_closed - oldest, pend[0].key))
+            first = min(pend, key=lambda q: q.t_sent)
+            idle = self.idle_close_excuse(c, first)
+            if idle:
+                self.stats["tcp_idle_forgiven"] += 1
+                self.note("%s (%s, port %d) closed by %s at +%.2f s with %d unanswered: an idle close, %s"
+                          % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0, len(pend), idle))
+            else:
+                start = c.t_last_answer if c.t_last_answer is not None else c.t_connected
+                self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
+                                     "the oldest sent %.2f s before the close, %.2f s after its %s "
+                                     "(idle timeout %g s)%s: %s"
+                                     % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
+                                        "before the SIGTERM" if self.term_t is None else
+                                        "SIGTERM at +%.2f s" % (self.term_t - self.t0),
+                                        len(pend), len(pend) + len(c.done), c.t_closed - first.t_sent,
+                                        first.t_sent - start,
+                                        "last answer" if c.t_last_answer is not None else "connect",
+                                        min_idle_timeout(self.idle_hist, start, first.t_sent),
+                                        ("" if c.t_last_answer is None or c.t_last_answer_k is None else
+                                         "; the kernel's receive stamp of that read (its last answer, or a FIN "
+                                         "that came after it) %.2f s before we read it"
+                                         % (c.t_last_answer - c.t_last_answer_k))
+                                        + self.stalled(start - 3, first.t_sent), first.key))
         c.outstanding = c.unsent = c.bodies = None
-        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = None
+        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = c.pregen = c.ready = None
+        self.busy.pop(c, None)
         self.tcp.discard(c)
+
+    def stalled(self, t1, t2):
+        """Evidence: how long the harness loop was away within [t1, t2]."""
+        now = time.monotonic()
+        spans = self.stalls + ([(self.loop_t, now)] if now - self.loop_t > 0.25 else [])  # this turn too
+        away = sum(min(b, t2) - max(a, t1) for a, b in spans if b > t1 and a < t2)
+        return "; the harness loop away %.2f s in the 3 s before the gap and in it" % away if away > 0 else ""
+
+    def idle_close_excuse(self, c, first):
+        """Why closing c with first (its oldest unanswered query) unanswered
+        was an idle close by the daemon's rules, or None. The daemon's idle
+        period starts with the connect or when its last answer is out, and
+        only a complete query ends it; by our clock the answer arrived no
+        earlier and the query left no later, so a gap of at least the
+        smallest --tcp-idle-timeout in force meanwhile means the daemon
+        was idle too. A smaller gap is no excuse: harness lag that does
+        not add up to a whole idle period is the daemon's to absorb."""
+        start = c.t_last_answer if c.t_last_answer is not None else c.t_connected
+        if start is None or first.t_sent is None:
+            return None
+        gap = first.t_sent - start
+        floor = min_idle_timeout(self.idle_hist, start, first.t_sent)
+        if gap < floor:
+            return None
+        return ("its first unanswered query fully sent %.2f s after its %s, idle timeout %g s"
+                % (gap, "last answer" if c.t_last_answer is not None else "connect", floor))
 
     # ---------------------------------------------------------- the daemon
 
@@ -687,6 +848,7 @@ class Run:
             self.responders.append(resp)
         self.conf = self.dir / "dotproxy.conf"
         self.write_config(first=True)
+        self.idle_hist.append((float("-inf"), self.cur_idle_s))
         self.dp_port = free_port()
         self.stderr_path = self.dir / "dotproxy.stderr"
         args = [str(self.dp_exe), "--config", str(self.conf), "--listen", "127.0.0.1:%d" % self.dp_port,
@@ -734,6 +896,7 @@ class Run:
         lines += ["upstream %s" % self.responders[i].upstream_arg() for i in ups]
         timeout = r.choice(["300ms", "700ms", "1s", "1500ms", "2s"])
         idle = r.choice(["2s", "3s", "5s", "10s"])
+        self.cur_idle_s = float(idle[:-1])
         self.note("config: upstreams %s timeout %s tcp-idle-timeout %s"
                   % ([RESPONDERS[i][0] for i in ups], timeout, idle))
         lines += ["ca-file %s" % (self.dir / "ca.pem"),
@@ -750,6 +913,7 @@ class Run:
         if self.term_t is not None or self.proc.poll() is not None:
             return
         self.write_config()
+        self.idle_hist.append((time.monotonic(), self.cur_idle_s))  # stamped before: never in force earlier
         os.kill(self.proc.pid, signal.SIGHUP)
         self.stats["reloads"] += 1
         self.note("SIGHUP")
@@ -888,10 +1052,37 @@ class Run:
 
     # ---------------------------------------------------------- loop
 
+    def prebuild_step(self):
+        """Build burst chunks ahead (bounded per turn), so that at the
+        burst's moment the clients write at once, as a storm should."""
+        budget = PREBUILD_PER_TURN
+        while self.prebuild and budget > 0:
+            c = self.prebuild[0]
+            nxt = next(c.pregen, None) if c.pregen is not None and c.state != "closed" else None
+            if nxt is None:
+                self.prebuild.popleft()
+                continue
+            c.ready.append(nxt)
+            budget -= BURST_CHUNK
+
     def loop_until(self, pred, limit):
         next_sample = 0
+        prev = time.monotonic()
         while time.monotonic() < limit and not pred():
             now = time.monotonic()
+            if now - prev > self.stats["harness_max_stall_ms"] / 1000.0:
+                self.stats["harness_max_stall_ms"] = int((now - prev) * 1000)
+            if now - prev > 0.25:
+                self.stalls.append((prev, now))
+                self.note("harness: the loop came round %.2f s late, at +%.2f s" % (now - prev, now - self.t0))
+            prev = self.loop_t = now
+            self.build_budget, self.parse_budget = BUILD_PER_TURN, PARSE_PER_TURN
+            self.prebuild_step()
+            if self.busy:
+                todo, self.busy = self.busy, {}
+                for c in todo:
+                    if c.state == "open":
+                        c.read()
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn, a = heapq.heappop(self.timers)
                 fn(*a)
@@ -901,6 +1092,8 @@ class Run:
             wait = 0.02
             if self.timers:
                 wait = max(0.0, min(wait, self.timers[0][0] - now))
+            if self.busy:
+                wait = 0.0
             for key, mask in self.sel.select(timeout=wait):
                 key.data.on_event(mask)
 
@@ -992,6 +1185,10 @@ class Run:
         # TCP: clients that read everything lose nothing unless closed for
         # a documented reason
         documented = sum(stats.get(k, 0) for k in ("tcp_closed_memory", "tcp_evicted", "tcp_refused"))
+        forgiven = self.stats["tcp_idle_forgiven"]
+        if forgiven > stats.get("tcp_closed_idle", 0):
+            self.fail("tcp-idle-forgiven", "%d reading TCP clients forgiven as idle closes, but the daemon "
+                      "counted %d idle closes" % (forgiven, stats.get("tcp_closed_idle", 0)))
         tl = self.tcp_lost
         if tl:
             msg = ("%d reading TCP clients closed by the daemon with queries sent before SIGTERM unanswered, "
@@ -1094,11 +1291,12 @@ def script_for(c, rng, run, at_burst, big=False):
             n = rng.choice([1000, 2000, 4000])
         else:
             n = rng.choice([50, 200, 500, 1500]) if rng.random() < 0.9 else 4000
-        data, ends = c.frames([c.name(hot=rng.choice(hot)) for _ in range(n)])
-        tail_data, _ = c.frames([c.name(hot=hot[0])])
-        # the tail frame is never completed here: unsent keeps it out of the books
-        half = rng.randrange(1, len(tail_data))
-        S.append(("send", data + tail_data[:half], ends))
+        # built as it is written, BURST_CHUNK queries at a time, from its
+        # own generator seeded here (built up front, a storm's bursts took
+        # the harness seconds in one timer call)
+        c.pregen = burst_frames(c, random.Random(rng.getrandbits(64)), hot, n)
+        run.prebuild.append(c)
+        S.append(("sendgen", c.pregen))
         # most stop reading; in the storm at the SIGTERM most read on, so
         # that the daemon's sends complete and nothing holds the connection
         if rng.random() < (0.3 if big else 0.6):
@@ -1115,6 +1313,18 @@ def script_for(c, rng, run, at_burst, big=False):
             S.append(("read", True))
             S.append(("sleep", 600))
     c.run.at(time.monotonic(), c.kick)
+
+
+def burst_frames(c, rng, hot, n):
+    """A burst of n queries for names of hot, BURST_CHUNK at a time, then
+    half of one more frame (never completed here: unsent keeps it out of
+    the books)."""
+    while n > 0:
+        k = min(BURST_CHUNK, n)
+        n -= k
+        yield c.frames([c.name(hot=rng.choice(hot)) for _ in range(k)], rng)
+    tail_data, _ = c.frames([c.name(hot=hot[0])], rng)
+    yield tail_data[:rng.randrange(1, len(tail_data))], []
 
 
 # ================================================================ helpers
@@ -1155,6 +1365,24 @@ def udp_socket_drops(port):
     rows = [d for a, d in _udp_rows() if a.endswith(want)]
     return sum(rows) if rows else None
 
+
+
+def min_idle_timeout(hist, start, end, margin=RELOAD_MARGIN_S):
+    """The smallest --tcp-idle-timeout in force at some moment of
+    [start - margin, end]; hist is [(time of the SIGHUP, timeout)] in
+    order, the first entry the initial config (time -inf). The margin
+    takes in a reload that took effect late, and a config noted as sent
+    but not yet in force only makes the floor lower (stricter)."""
+    lo = start - margin
+    floor = None
+    for t, idle in hist:
+        if t <= lo:
+            floor = idle  # the last one before the window: in force at its start
+        elif t <= end:
+            floor = idle if floor is None else min(floor, idle)
+        else:
+            break
+    return floor
 
 
 def parse_seed(s):
@@ -1202,12 +1430,15 @@ def main():
         print("note:", n)
     summary = ("seed=%d seconds=%g tcp_clients=%d tcp_queries=%d tcp_answered=%d udp_queries=%d udp_answered=%d "
                "udp_after_term=%d garbage=%d storms=%d reloads=%d upstream_restarts=%d servfail=%d refused=%d "
-               "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d"
+               "rss_max_mb=%d rss_h1_mb=%d rss_h2_mb=%d exit_s=%.1f dp_tcp_closed_slow=%d dp_cache_hits=%d "
+               "tcp_idle_forgiven=%d tcp_closed_before_send=%d(good/split %d) dp_tcp_closed_idle=%d harness_max_stall_ms=%d"
                % (seed, args.seconds, run.cid, s["tcp_sent"], s["tcp_answered"], s["udp_sent"],
                   s["udp_answered"], s["udp_sent_after_term"], s["udp_garbage"], s["storms"], s["reloads"],
                   s["upstream_restarts"], s["rcode2"], s["rcode5"], s["rss_max_mb"], s["rss_h1_mb"], s["rss_h2_mb"],
                   getattr(run, "exit_s", -1), getattr(run, "dp_stats", {}).get("tcp_closed_slow", 0),
-                  getattr(run, "dp_stats", {}).get("cache_hits", 0)))
+                  getattr(run, "dp_stats", {}).get("cache_hits", 0), s["tcp_idle_forgiven"],
+                  s["tcp_closed_peer_before_send"], s["tcp_closed_before_send_checked"],
+                  getattr(run, "dp_stats", {}).get("tcp_closed_idle", 0), s["harness_max_stall_ms"]))
     if run.fail_counts:
         print("chaos: FAIL %s %s" % (dict(run.fail_counts), summary), flush=True)
         print("chaos: logs in %s; replay: %s" % (run.dir, replay), flush=True)
