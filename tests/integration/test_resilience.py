@@ -399,12 +399,22 @@ class _Misbehaving:
     def __init__(self):
         import threading
         self.host = "127.0.0.1"
-        self.u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.u.bind((self.host, 0))
-        self.port = self.u.getsockname()[1]
-        self.t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.t.bind((self.host, self.port))
+        # One port for UDP and TCP: the TCP side of a port the kernel gave
+        # UDP may be taken (by any client's connection): try another.
+        for _ in range(100):
+            self.u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.u.bind((self.host, 0))
+            self.port = self.u.getsockname()[1]
+            self.t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.t.bind((self.host, self.port))
+                break
+            except OSError:
+                self.u.close()
+                self.t.close()
+        else:
+            raise OSError("no port free for both UDP and TCP")
         self.t.listen(8)
         self.stopping = False
         self.thread = threading.Thread(target=self._run, daemon=True)
