@@ -60,7 +60,7 @@ PEERS = ("dnsdist", "unbound", "stubby", "kresd")
 SYSTEMS = ("dotproxy",) + PEERS
 # dotproxy with other settings, measured beside the default in the same run
 # when named in --systems (never by default)
-VARIANTS = {"dotproxy-mmsg": {"args": ["--udp-io", "mmsg"]}, "dotproxy-1shard": {"threads": 1},
+VARIANTS = {"dotproxy-1shard": {"threads": 1},
             "dotproxy-nobatch": {"args": ["--batch-us", "0"]},
             # another build (--base-dotproxy): before/after a change, in one run
             "dotproxy-base": {"binary": "base_dotproxy"}}

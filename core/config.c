@@ -315,8 +315,8 @@ static void usage(const dp_config_t *d)
 	       "  --allow-root              keep running as root\n"
 	       "  --no-pin                  let the scheduler move shards between CPUs\n"
 	       "                            (default: shard i pinned to the i-th CPU)\n"
-	       "  --udp-io MODE             uring (default: multishot recvmsg, sendmsg SQEs)\n"
-	       "                            or mmsg (recvmmsg/sendmmsg batches)\n"
+	       "  --udp-io MODE             uring, the only mode (multishot recvmsg, send\n"
+	       "                            SQEs); kept so old configs still parse\n"
 	       "  --steering MODE           auto (default: a SO_REUSEPORT eBPF program sends\n"
 	       "                            each UDP query to its home shard, when the kernel\n"
 	       "                            and privileges allow) or off (queries are handed\n"
@@ -648,12 +648,9 @@ static int apply(dp_config_t *c, int o, const char *arg, const char *name, char 
 		c->pin = false;
 		break;
 	case OPT_UDPIO:
-		if (strcmp(arg, "uring") == 0) {
-			c->udp_io = DP_UDP_IO_URING;
-		} else if (strcmp(arg, "mmsg") == 0) {
-			c->udp_io = DP_UDP_IO_MMSG;
-		} else {
-			snprintf(err, errlen, "--udp-io %s: expected uring or mmsg", arg);
+		if (strcmp(arg, "uring") != 0) {
+			snprintf(err, errlen, "--udp-io %s: expected uring (mmsg was removed: it "
+				 "measured the same, bench/RESULTS.md)", arg);
 			return DP_E_CONFIG;
 		}
 		break;

@@ -11,9 +11,6 @@
 #define DP_MAX_UPSTREAMS 16
 
 enum { DP_POLICY_FASTEST = 0, DP_POLICY_RR = 1 };
-/* How UDP datagrams move: io_uring multishot recvmsg + sendmsg SQEs, or
- * readiness from io_uring and recvmmsg/sendmmsg batches. */
-enum { DP_UDP_IO_URING = 0, DP_UDP_IO_MMSG = 1 };
 /* --steering: auto loads the SO_REUSEPORT program that sends each UDP query
  * to its home shard (steer.h) where the kernel allows it; off never tries. */
 enum { DP_STEER_AUTO = 0, DP_STEER_OFF = 1 };
@@ -67,7 +64,6 @@ typedef struct dp_config {
 	bool allow_root;
 	uint32_t drain_ms;
 	bool pin; /* pin shard i to the i-th allowed CPU */
-	int udp_io; /* DP_UDP_IO_* */
 	int steering; /* DP_STEER_*; read at start only */
 	uint32_t batch_us; /* completion coalescing under load, 0 = off */
 	/* parsing: which layer (1 file, 2 command line) set each list last */

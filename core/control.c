@@ -138,7 +138,7 @@ static void keep_fixed(dp_config_t *nc, const dp_config_t *old)
 		memcmp(nc->listen, old->listen, sizeof(nc->listen[0]) * (size_t)old->nlisten) != 0;
 	warn |= nc->max_inflight != old->max_inflight || nc->cache_mb != old->cache_mb ||
 		nc->upstream_conns != old->upstream_conns || nc->max_tcp_clients != old->max_tcp_clients ||
-		nc->metrics_on != old->metrics_on || nc->udp_io != old->udp_io ||
+		nc->metrics_on != old->metrics_on ||
 		nc->steering != old->steering;
 	nc->threads = old->threads;
 	nc->nlisten = old->nlisten;
@@ -149,7 +149,6 @@ static void keep_fixed(dp_config_t *nc, const dp_config_t *old)
 	nc->upstream_conns = old->upstream_conns;
 	nc->max_tcp_clients = old->max_tcp_clients;
 	nc->metrics_on = old->metrics_on;
-	nc->udp_io = old->udp_io;
 	nc->steering = old->steering;
 	nc->metrics = old->metrics;
 	if (warn)

@@ -2,7 +2,7 @@
  *
  * One loop turn:
  *   1. flush upstream write batches (one SSL_write + one send per connection),
- *      client TCP answers and (--udp-io mmsg) the turn's UDP answers,
+ *      and client TCP answers,
  *   2. submit every SQE made since the last turn and wait for at least one
  *      completion (under heavy load: several, see batch_want) or the next
  *      deadline, in one io_uring_enter,
@@ -427,17 +427,14 @@ static void run_loop(dp_shard_t *s)
 	uint64_t last_tick = s->now_ms;
 	unsigned want = 1;
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
-		if (s->udp_more)
-			dp_udp_pump(s);
 		dp_tcp_resume_pending(s); /* before the flushes: it makes queries and answers */
 		dp_upstream_flush(s);
 		dp_tcp_flush(s);
-		dp_udp_flush(s);
 		dp_handoff_wake(s);
 		uint64_t dl = next_deadline(s);
-		/* Datagrams left in a socket (mmsg), or messages in a hand-off
-		 * queue: look for completions, do not sleep. */
-		uint64_t wait_ms = dl > s->now_ms && !s->udp_more && !s->xs_more ? dl - s->now_ms : 0;
+		/* Messages left in a hand-off queue: look for completions, do
+		 * not sleep. */
+		uint64_t wait_ms = dl > s->now_ms && !s->xs_more ? dl - s->now_ms : 0;
 		struct __kernel_timespec ts = {
 			.tv_sec = (long long)(wait_ms / 1000),
 			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
@@ -544,7 +541,6 @@ static void pin_to_cpu(dp_shard_t *s)
 static void shard_teardown(dp_shard_t *s)
 {
 	dp_query_fail_all(s);
-	dp_udp_flush(s); /* mmsg: the SERVFAILs just made */
 	if (s->ring_ok)
 		dp_handoff_wake(s); /* peers we queued answers for (submitted below) */
 	dp_tcp_close_all(s);

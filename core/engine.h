@@ -179,23 +179,6 @@ typedef struct dp_udp_send {
 	uint8_t data[4096];
 } dp_udp_send_t;
 
-/* --udp-io mmsg: readiness from a multishot poll, then recvmmsg batches in;
- * answers collected through the turn and sent with sendmmsg at its end. */
-#define DP_MMSG_BATCH 64
-#define DP_MMSG_ROUNDS 4 /* recvmmsg calls per wakeup before other work runs */
-
-typedef struct dp_mmsg {
-	struct mmsghdr rx[DP_MMSG_BATCH];
-	struct iovec rx_iov[DP_MMSG_BATCH];
-	struct sockaddr_in6 rx_addr[DP_MMSG_BATCH];
-	struct mmsghdr tx[DP_MMSG_BATCH];
-	struct iovec tx_iov[DP_MMSG_BATCH];
-	struct sockaddr_in6 tx_addr[DP_MMSG_BATCH];
-	uint8_t tx_li[DP_MMSG_BATCH];
-	uint32_t tx_n;
-	uint8_t rx_buf[DP_MMSG_BATCH][4096];
-	uint8_t tx_buf[DP_MMSG_BATCH][4096];
-} dp_mmsg_t;
 
 /* ---- the shard ---------------------------------------------------------- */
 
@@ -232,8 +215,6 @@ typedef struct dp_shard {
 	dp_udp_send_t *sends;
 	uint32_t send_cap, send_hiwater, send_free;
 	bool udp_sendmsg; /* uring: the kernel takes no address on a send */
-	dp_mmsg_t *mm; /* --udp-io mmsg only */
-	uint32_t udp_more; /* mmsg: bit li set when socket li may hold more */
 
 	dp_query_t *q;
 	uint32_t q_cap, q_hiwater, q_free, q_used;
@@ -329,10 +310,6 @@ void dp_bufring_recycle(dp_shard_t *s, uint16_t bid);
 void dp_udp_arm(dp_shard_t *s, int li);
 void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
 void dp_udp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t slot);
-/* mmsg: read sockets left with datagrams by the last turn (bounded). */
-void dp_udp_pump(dp_shard_t *s);
-/* mmsg: send the answers collected this turn (sendmmsg). */
-void dp_udp_flush(dp_shard_t *s);
 int dp_udp_init(dp_shard_t *s);
 void dp_udp_free(dp_shard_t *s);
 /* Send msg (len octets) to addr on listen socket li; copies msg. Hot path. */

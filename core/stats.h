@@ -27,7 +27,6 @@
 	X(udp_truncated) \
 	X(udp_send_errors) \
 	X(udp_send_sync) \
-	X(udp_io_calls) \
 	X(bufring_empty) \
 	X(inflight_full) \
 	X(fair_refused) \

@@ -1,32 +1,22 @@
-/* udp.c - the UDP frontend, in one of two modes (--udp-io):
- *
- *   uring (default): multishot recvmsg over the provided-buffer ring; each
- *     answer is a send SQE with the client's address (sendmsg on kernels
- *     before 6.1), batched with everything else in the loop turn.
- *   mmsg: a multishot poll says a socket is readable; recvmmsg takes up to
- *     DP_MMSG_BATCH datagrams per call; answers collect through the turn and
- *     leave with one sendmmsg at its end. Kept to measure the two against
- *     each other (bench/RESULTS.md).
+/* udp.c - the UDP frontend: multishot recvmsg over the provided-buffer
+ * ring; each answer is a send SQE with the client's address (sendmsg on
+ * kernels before 6.1), batched with everything else in the loop turn.
+ * (A recvmmsg/sendmmsg mode measured equal and was removed; its figures
+ * stay in bench/RESULTS.md.)
  *
  * Owns: the shard's UDP send slots (dp_udp_send_t), each holding one answer
- * until its send completes, and the mmsg batch arrays. When every slot is
- * busy the answer goes out with a plain sendto() instead of being dropped.
+ * until its send completes. When every slot is busy the answer goes out
+ * with a plain sendto() instead of being dropped.
  */
 #include "engine.h"
 #include "log.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 
 #define DP_BGID 1
-
-static bool mmsg_mode(const dp_shard_t *s)
-{
-	return s->mm != NULL;
-}
 
 int dp_udp_init(dp_shard_t *s)
 {
@@ -38,23 +28,6 @@ int dp_udp_init(dp_shard_t *s)
 		return -ENOMEM;
 	}
 	s->send_free = DP_NONE;
-	if (s->cfg->udp_io != DP_UDP_IO_MMSG)
-		return 0;
-	dp_mmsg_t *m = mmap(NULL, sizeof(*m), PROT_READ | PROT_WRITE,
-			    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (m == MAP_FAILED)
-		return -ENOMEM;
-	for (int i = 0; i < DP_MMSG_BATCH; i++) {
-		m->rx_iov[i] = (struct iovec){ m->rx_buf[i], sizeof(m->rx_buf[i]) };
-		m->rx[i].msg_hdr.msg_iov = &m->rx_iov[i];
-		m->rx[i].msg_hdr.msg_iovlen = 1;
-		m->rx[i].msg_hdr.msg_name = &m->rx_addr[i];
-		m->tx_iov[i].iov_base = m->tx_buf[i];
-		m->tx[i].msg_hdr.msg_iov = &m->tx_iov[i];
-		m->tx[i].msg_hdr.msg_iovlen = 1;
-		m->tx[i].msg_hdr.msg_name = &m->tx_addr[i];
-	}
-	s->mm = m;
 	return 0;
 }
 
@@ -63,9 +36,6 @@ void dp_udp_free(dp_shard_t *s)
 	if (s->sends)
 		munmap(s->sends, sizeof(dp_udp_send_t) * s->send_cap);
 	s->sends = NULL;
-	if (s->mm)
-		munmap(s->mm, sizeof(*s->mm));
-	s->mm = NULL;
 }
 
 void dp_udp_arm(dp_shard_t *s, int li)
@@ -73,15 +43,11 @@ void dp_udp_arm(dp_shard_t *s, int li)
 	if (s->udp_fd[li] < 0)
 		return;
 	struct io_uring_sqe *sqe = dp_sqe(s);
-	if (mmsg_mode(s)) {
-		io_uring_prep_poll_multishot(sqe, s->udp_fd[li], POLLIN);
-	} else {
-		s->udp_recv_mh.msg_namelen = sizeof(struct sockaddr_in6);
-		s->udp_recv_mh.msg_controllen = 0;
-		io_uring_prep_recvmsg_multishot(sqe, s->udp_fd[li], &s->udp_recv_mh, 0);
-		sqe->flags |= IOSQE_BUFFER_SELECT;
-		sqe->buf_group = DP_BGID;
-	}
+	s->udp_recv_mh.msg_namelen = sizeof(struct sockaddr_in6);
+	s->udp_recv_mh.msg_controllen = 0;
+	io_uring_prep_recvmsg_multishot(sqe, s->udp_fd[li], &s->udp_recv_mh, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = DP_BGID;
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UDP_RECV, (uint32_t)li, 0));
 	s->udp_armed[li] = true;
 	s->udp_live[li] = true;
@@ -99,46 +65,6 @@ static void datagram(dp_shard_t *s, int li, uint8_t *payload, size_t plen, bool 
 	if (truncated)
 		plen = DP_MIN(plen, (size_t)DP_DNS_HDR_LEN);
 	dp_query_from_client(s, T_UDP, payload, plen, li, &from, 0, 0);
-}
-
-/* mmsg: up to DP_MMSG_ROUNDS recvmmsg calls on socket li; leaves bit li of
- * udp_more set when the last one came back full (more may be waiting: the
- * poll only fires again on a new arrival). */
-static void mmsg_read(dp_shard_t *s, int li)
-{
-	dp_mmsg_t *m = s->mm;
-	s->udp_more &= ~(1u << li);
-	for (int round = 0; round < DP_MMSG_ROUNDS; round++) {
-		for (int i = 0; i < DP_MMSG_BATCH; i++)
-			m->rx[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
-		int n = recvmmsg(s->udp_fd[li], m->rx, DP_MMSG_BATCH, MSG_DONTWAIT, NULL);
-		STAT_INC(s, udp_io_calls);
-		if (n < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-				dp_warn("udp receive failed", "shard=%d err=\"%s\"", s->id,
-					dp_strerror(-errno));
-			return;
-		}
-		for (int i = 0; i < n; i++) {
-			struct msghdr *h = &m->rx[i].msg_hdr;
-			datagram(s, li, m->rx_buf[i], m->rx[i].msg_len,
-				 (h->msg_flags & MSG_TRUNC) != 0, h->msg_name, h->msg_namelen);
-		}
-		if (n < DP_MMSG_BATCH)
-			return;
-	}
-	s->udp_more |= 1u << li;
-}
-
-void dp_udp_pump(dp_shard_t *s)
-{
-	for (int li = 0; li < s->nlisten; li++)
-		if (s->udp_more & (1u << li)) {
-			if (s->reads_stopped)
-				s->udp_more &= ~(1u << li);
-			else
-				mmsg_read(s, li);
-		}
 }
 
 /* Stopped reading to drain: datagrams that arrived before still sit in the
@@ -173,10 +99,7 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 			dp_warn("udp receive failed", "shard=%d err=\"%s\"", s->id,
 				dp_strerror(cqe->res));
 	}
-	if (mmsg_mode(s)) {
-		if (cqe->res > 0 && !s->reads_stopped)
-			mmsg_read(s, li);
-	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
+	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
 		uint8_t *buf = s->br_mem + (size_t)bid * s->br_size;
 		struct io_uring_recvmsg_out *out =
@@ -200,46 +123,6 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	}
 }
 
-/* mmsg: send tx[from..to) on socket li; a full socket buffer gets a short
- * wait (bounded), anything else costs the one answer it refused. */
-static void mmsg_send_run(dp_shard_t *s, int li, uint32_t from, uint32_t to)
-{
-	dp_mmsg_t *m = s->mm;
-	int waits = 0;
-	while (from < to) {
-		int n = sendmmsg(s->udp_fd[li], &m->tx[from], to - from, MSG_DONTWAIT);
-		STAT_INC(s, udp_io_calls);
-		if (n > 0) {
-			from += (uint32_t)n;
-			continue;
-		}
-		if ((errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) && waits < 3) {
-			struct pollfd p = { .fd = s->udp_fd[li], .events = POLLOUT };
-			poll(&p, 1, 10);
-			waits++;
-			continue;
-		}
-		if (errno != EINTR) {
-			STAT_INC(s, udp_send_errors);
-			from++;
-		}
-	}
-}
-
-void dp_udp_flush(dp_shard_t *s)
-{
-	dp_mmsg_t *m = s->mm;
-	if (!m || m->tx_n == 0)
-		return;
-	uint32_t start = 0;
-	for (uint32_t i = 1; i <= m->tx_n; i++)
-		if (i == m->tx_n || m->tx_li[i] != m->tx_li[start]) {
-			mmsg_send_run(s, m->tx_li[start], start, i);
-			start = i;
-		}
-	m->tx_n = 0;
-}
-
 static void send_sync(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, socklen_t alen,
 		      const uint8_t *msg, size_t len)
 {
@@ -253,22 +136,6 @@ void dp_udp_send(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, const u
 {
 	socklen_t alen = addr->sin6_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 						       : sizeof(struct sockaddr_in);
-	if (mmsg_mode(s)) {
-		dp_mmsg_t *m = s->mm;
-		if (len > sizeof(m->tx_buf[0])) {
-			send_sync(s, li, addr, alen, msg, len);
-			return;
-		}
-		if (m->tx_n == DP_MMSG_BATCH)
-			dp_udp_flush(s);
-		uint32_t i = m->tx_n++;
-		memcpy(m->tx_buf[i], msg, len);
-		memcpy(&m->tx_addr[i], addr, alen);
-		m->tx_iov[i].iov_len = len;
-		m->tx[i].msg_hdr.msg_namelen = alen;
-		m->tx_li[i] = (uint8_t)li;
-		return;
-	}
 	uint32_t slot = DP_NONE;
 	if (s->send_free != DP_NONE) {
 		slot = s->send_free;

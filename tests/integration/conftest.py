@@ -401,11 +401,6 @@ def dotproxy(request, tmp_path, dotproxy_bin):
         if log_level is not None:
             args += ["--log-level", log_level]
         args += list(extra)
-        # DOTPROXY_TEST_UDP_IO=mmsg runs the same tests over the other UDP
-        # path (ctest integration_mmsg)
-        udp_io = os.environ.get("DOTPROXY_TEST_UDP_IO")
-        if udp_io and "--udp-io" not in args:
-            args += ["--udp-io", udp_io]
         counter[0] += 1
         errpath = tmp_path / ("dotproxy-%d.stderr" % counter[0])
         errf = open(errpath, "wb")

@@ -56,12 +56,6 @@ def test_dnsperf_200k_unique_names(dotproxy, unbound, certs, tmp_path):
     assert st.get("servfail", 0) == 0, st
     writes, wq = st.get("ssl_writes", 0), st.get("ssl_write_queries", 0)
     assert writes > 0 and wq / writes > 1.5, "little batching under load: %d queries in %d SSL_write" % (wq, writes)
-    if os.environ.get("DOTPROXY_TEST_UDP_IO") == "mmsg":
-        # 200k queries in, 200k answers out: recvmmsg/sendmmsg must have
-        # carried several datagrams per call
-        calls = st.get("udp_io_calls", 0)
-        assert 0 < calls < NAMES, "little batching: %d recvmmsg/sendmmsg calls for %d datagrams" % (
-            calls, 2 * NAMES)
 
 
 @pytest.mark.timeout_s(60)

@@ -196,13 +196,6 @@ def test_one_cache_tcp_second_ask_is_a_hit(dotproxy, certs, counting_upstream, t
     assert m["tcp_answers_dropped"] == 0
 
 
-@pytest.mark.timeout_s(120)
-def test_one_cache_udp_mmsg_second_ask_is_a_hit(dotproxy, certs, counting_upstream):  # noqa: F811
-    """--udp-io mmsg: the home shard's answers leave through its sendmmsg batch."""
-    _every_second_ask_is_a_hit(dotproxy, certs, counting_upstream, 2, tcp=False,
-                               extra=["--udp-io", "mmsg"])
-
-
 def _herd(dotproxy, certs, counting_upstream, threads, tcp):  # noqa: F811
     up = counting_upstream(delay=0.8)
     dp, mport = start(dotproxy, certs, up, threads)
