@@ -14,6 +14,8 @@
  */
 #include "control.h"
 #include "http.h"
+#include "prometheus.h"
+#include "tls.h"
 #include "log.h"
 
 #include <errno.h>

@@ -21,6 +21,8 @@
 #define DP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define DP_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DP_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* The element of type T whose member m is at p. */
+#define DP_CONTAINER_OF(p, T, m) ((T *)(void *)((char *)(p) - offsetof(T, m)))
 
 enum {
 	DP_E_BASE = -10000,

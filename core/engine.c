@@ -15,6 +15,13 @@
  * and its earliest deadline bounds the loop's wait.
  */
 #include "engine.h"
+#include "handoff.h"
+#include "query.h"
+#include "ring.h"
+#include "tcp.h"
+#include "tls.h"
+#include "udp.h"
+#include "upstream.h"
 #include "log.h"
 
 #include <errno.h>
@@ -28,7 +35,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define DP_BGID 1
 #define DP_RING_ENTRIES 4096
 #define DP_CQ_ENTRIES 16384
 #define DP_BUF_COUNT 512 /* power of two */
@@ -36,23 +42,6 @@
 #define DP_TICK_MS 100
 
 /* ---- SQEs and buffers ------------------------------------------------------ */
-
-struct io_uring_sqe *dp_sqe(dp_shard_t *s)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-	while (unlikely(!sqe)) {
-		io_uring_submit(&s->ring);
-		sqe = io_uring_get_sqe(&s->ring);
-	}
-	return sqe;
-}
-
-void dp_bufring_recycle(dp_shard_t *s, uint16_t bid)
-{
-	io_uring_buf_ring_add(s->br, s->br_mem + (size_t)bid * s->br_size, s->br_size, bid,
-			      io_uring_buf_ring_mask(s->br_count), 0);
-	io_uring_buf_ring_advance(s->br, 1);
-}
 
 static int bufring_setup(dp_shard_t *s)
 {

@@ -50,7 +50,10 @@
  *     stay; each shard adopts the new settings at its own pace, and a query
  *     is resolved under the home's settings.
  */
-#include "engine.h"
+#include "handoff.h"
+#include "query.h"
+#include "ring.h"
+#include "tcp.h"
 #include "home.h"
 #include "log.h"
 

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "siphash.h"
 #include "steer.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <grp.h>

@@ -1,9 +1,7 @@
-/* metrics.h - per-shard metrics beyond the plain counters (stats.h), and
- * their Prometheus text exposition.
+/* metrics.h - per-shard metrics beyond the plain counters (stats.h).
  *
  * Shards write their own dp_metrics_t with relaxed stores (M_INC etc.);
- * dp_metrics_render() runs on the control thread, sums the shards with
- * relaxed loads and writes the Prometheus text format (version 0.0.4).
+ * prometheus.h renders them for the control thread.
  */
 #ifndef DP_METRICS_H
 #define DP_METRICS_H
@@ -44,14 +42,5 @@ int dp_metrics_qtype_class(uint16_t qtype);
 
 /* Record a latency in microseconds into h (writer: its shard). */
 void dp_hist_observe(dp_hist_t *h, uint64_t us);
-
-struct dp_shard;
-/* Render every metric, summed over n shards, into buf. Returns the length
- * (truncated output is still valid text, cut at a line). */
-size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
-			 size_t cap);
-
-/* True while at least one upstream is healthy in at least one shard. */
-bool dp_metrics_healthy(struct dp_shard *shards, int n, const dp_config_t *cfg);
 
 #endif

@@ -34,7 +34,11 @@
  * the cache has one (RFC 8767).
  */
 #include "edns.h"
-#include "engine.h"
+#include "query.h"
+#include "handoff.h"
+#include "tcp.h"
+#include "udp.h"
+#include "upstream.h"
 #include "home.h"
 #include "log.h"
 

@@ -15,7 +15,9 @@
  * Completions carry op | slot | generation in user_data (engine.h): a late
  * completion for a reused slot is recognised and dropped by tcpconn.
  */
-#include "engine.h"
+#include "tcp.h"
+#include "query.h"
+#include "ring.h"
 #include "log.h"
 
 #include <errno.h>
@@ -26,7 +28,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define DP_BGID 1
 
 /* ---- the transport below tcpconn ------------------------------------------ */
 
@@ -217,7 +218,7 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 	uint16_t bid = 0;
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-		data = s->br_mem + (size_t)bid * s->br_size;
+		data = dp_bufring_data(s, bid);
 	}
 	dp_tcpconn_on_recv(&s->tcp, idx, gen, cqe->res, cqe->flags & IORING_CQE_F_MORE, data);
 	if (data)

@@ -4,7 +4,7 @@
  * never touches a socket. The context verifies the chain against the CA
  * bundle; each session checks the upstream's name (or IP) and sends SNI.
  */
-#include "engine.h"
+#include "tls.h"
 #include "log.h"
 
 #include <arpa/inet.h>

@@ -8,7 +8,9 @@
  * until its send completes. When every slot is busy the answer goes out
  * with a plain sendto() instead of being dropped.
  */
-#include "engine.h"
+#include "udp.h"
+#include "query.h"
+#include "ring.h"
 #include "log.h"
 
 #include <errno.h>
@@ -16,7 +18,6 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
-#define DP_BGID 1
 
 int dp_udp_init(dp_shard_t *s)
 {
@@ -101,7 +102,7 @@ void dp_udp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	}
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-		uint8_t *buf = s->br_mem + (size_t)bid * s->br_size;
+		uint8_t *buf = dp_bufring_data(s, bid);
 		struct io_uring_recvmsg_out *out =
 			cqe->res > 0 ? io_uring_recvmsg_validate(buf, cqe->res, &s->udp_recv_mh) : NULL;
 		if (out && out->namelen <= sizeof(struct sockaddr_in6))

@@ -25,7 +25,10 @@
  * on another connection (another upstream when this one failed its health);
  * the slot is reused only after every operation on its socket completed.
  */
-#include "engine.h"
+#include "upstream.h"
+#include "query.h"
+#include "ring.h"
+#include "tls.h"
 #include "log.h"
 #include "tcpframe.h"
 

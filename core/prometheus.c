@@ -1,0 +1,225 @@
+/* prometheus.c - Prometheus text exposition of the shards' counters and
+ * metrics, summed over shards with relaxed loads (control thread). */
+#include "prometheus.h"
+#include "shard-t.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const qtype_names[DP_QTYPE_CLASSES] = {
+	"A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "HTTPS", "SVCB", "other",
+};
+static const char *const rcode_names[DP_RCODES] = {
+	"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+};
+/* Histogram bucket bounds as Prometheus writes them (metrics.c: in us). */
+static const char *const bound_s[DP_HIST_BUCKETS] = {
+	"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+	"0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+};
+
+static inline uint64_t ld(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+typedef struct out {
+	char *buf;
+	size_t cap, len;
+	bool full;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...)
+{
+	if (o->full)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= o->cap - o->len) {
+		o->full = true;
+		/* cut back to the last complete line */
+		while (o->len > 0 && o->buf[o->len - 1] != '\n')
+			o->len--;
+		o->buf[o->len] = 0;
+		return;
+	}
+	o->len += (size_t)n;
+}
+
+static void hist_sum(dp_hist_t *acc, const dp_hist_t *h)
+{
+	for (int i = 0; i <= DP_HIST_BUCKETS; i++)
+		acc->b[i] += ld(&h->b[i]);
+	acc->sum_us += ld(&h->sum_us);
+	acc->count += ld(&h->count);
+}
+
+static void hist_put(out_t *o, const char *name, const char *labels, const dp_hist_t *h)
+{
+	uint64_t cum = 0;
+	const char *sep = labels[0] ? "," : "";
+	for (int i = 0; i < DP_HIST_BUCKETS; i++) {
+		cum += h->b[i];
+		put(o, "%s_bucket{%s%sle=\"%s\"} %llu\n", name, labels, sep, bound_s[i],
+		    (unsigned long long)cum);
+	}
+	cum += h->b[DP_HIST_BUCKETS];
+	put(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
+	const char *lb = labels[0] ? "{" : "", *rb = labels[0] ? "}" : "";
+	put(o, "%s_sum%s%s%s %.6f\n", name, lb, labels, rb, h->sum_us / 1e6);
+	/* The count is the buckets' total, read in the same pass: the writer
+	 * may have counted one more observation since (relaxed reads), and
+	 * Prometheus wants +Inf == _count. */
+	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)cum);
+}
+
+/* An upstream is healthy when some shard reaches it; failing when a shard
+ * failed and none reaches it; healthy while no shard has tried it yet. */
+static bool upstream_healthy(struct dp_shard *shards, int n, int u)
+{
+	bool failing = false;
+	for (int i = 0; i < n; i++) {
+		uint64_t h = ld(&shards[i].metrics.up[u].healthy);
+		if (h == 1)
+			return true;
+		if (h == 2)
+			failing = true;
+	}
+	return !failing;
+}
+
+size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
+			 size_t cap)
+{
+	out_t o = { buf, cap, 0, false };
+	buf[0] = 0;
+	dp_stats_t st;
+	memset(&st, 0, sizeof(st));
+	for (int i = 0; i < n; i++)
+		dp_stats_add(&st, &shards[i].stats);
+
+	put(&o, "# HELP dotproxy_queries_total Client queries received, by transport and query type.\n");
+	put(&o, "# TYPE dotproxy_queries_total counter\n");
+	for (int t = 0; t < 2; t++)
+		for (int c = 0; c < DP_QTYPE_CLASSES; c++) {
+			uint64_t v = 0;
+			for (int i = 0; i < n; i++)
+				v += ld(&shards[i].metrics.qtype[t][c]);
+			put(&o, "dotproxy_queries_total{transport=\"%s\",qtype=\"%s\"} %llu\n",
+			    t ? "tcp" : "udp", qtype_names[c], (unsigned long long)v);
+		}
+	put(&o, "# HELP dotproxy_answers_total Answers sent to clients, by rcode.\n");
+	put(&o, "# TYPE dotproxy_answers_total counter\n");
+	for (int r = 0; r < DP_RCODES; r++) {
+		uint64_t v = 0;
+		for (int i = 0; i < n; i++)
+			v += ld(&shards[i].metrics.rcode[r]);
+		put(&o, "dotproxy_answers_total{rcode=\"%s\"} %llu\n", rcode_names[r],
+		    (unsigned long long)v);
+	}
+
+	/* Every plain counter as an event; every gauge and peak under its own
+	 * name (stats.h says which is which). */
+	put(&o, "# HELP dotproxy_events_total Internal counters (see docs/ARCHITECTURE.md).\n");
+	put(&o, "# TYPE dotproxy_events_total counter\n");
+#define DP_PUT(f) put(&o, "dotproxy_events_total{event=\"%s\"} %llu\n", #f, (unsigned long long)st.f);
+	DP_STATS_COUNTERS(DP_PUT)
+#undef DP_PUT
+#define DP_PUT_GAUGE(f, help)                                                         \
+	put(&o, "# HELP dotproxy_%s %s\n# TYPE dotproxy_%s gauge\ndotproxy_%s %llu\n", #f, help, \
+	    #f, #f, (unsigned long long)st.f);
+#define DP_PUT_SUMMED(f) DP_PUT_GAUGE(f, "Internal gauge, summed over shards.")
+#define DP_PUT_PEAK(f) DP_PUT_GAUGE(f, "Internal peak, the highest of the shards.")
+	DP_STATS_GAUGES(DP_PUT_SUMMED)
+	DP_STATS_PEAKS(DP_PUT_PEAK)
+#undef DP_PUT_PEAK
+#undef DP_PUT_SUMMED
+#undef DP_PUT_GAUGE
+	put(&o, "# HELP dotproxy_cache_hits_total Answers served from the cache.\n");
+	put(&o, "# TYPE dotproxy_cache_hits_total counter\n");
+	put(&o, "dotproxy_cache_hits_total %llu\n", (unsigned long long)st.cache_hits);
+	put(&o, "# HELP dotproxy_cache_misses_total Cache look-ups that missed.\n");
+	put(&o, "# TYPE dotproxy_cache_misses_total counter\n");
+	put(&o, "dotproxy_cache_misses_total %llu\n", (unsigned long long)st.cache_misses);
+	put(&o, "# HELP dotproxy_tcp_connections Open client TCP connections.\n");
+	put(&o, "# TYPE dotproxy_tcp_connections gauge\n");
+	put(&o, "dotproxy_tcp_connections %llu\n", (unsigned long long)st.tcp_open);
+	put(&o, "# HELP dotproxy_dropped_total Client messages dropped (unreadable, responses, rate limit).\n");
+	put(&o, "# TYPE dotproxy_dropped_total counter\n");
+	put(&o, "dotproxy_dropped_total %llu\n", (unsigned long long)(st.dropped + st.ratelimited));
+	put(&o, "# HELP dotproxy_malformed_total Malformed client queries answered FORMERR.\n");
+	put(&o, "# TYPE dotproxy_malformed_total counter\n");
+	put(&o, "dotproxy_malformed_total %llu\n", (unsigned long long)st.formerr);
+	put(&o, "# HELP dotproxy_bufring_empty_total Receives that found the provided-buffer ring empty.\n");
+	put(&o, "# TYPE dotproxy_bufring_empty_total counter\n");
+	put(&o, "dotproxy_bufring_empty_total %llu\n", (unsigned long long)st.bufring_empty);
+
+	dp_hist_t h;
+	memset(&h, 0, sizeof(h));
+	for (int i = 0; i < n; i++)
+		hist_sum(&h, &shards[i].metrics.client_lat);
+	put(&o, "# HELP dotproxy_query_duration_seconds Client-seen latency of queries sent upstream (arrival to answer).\n");
+	put(&o, "# TYPE dotproxy_query_duration_seconds histogram\n");
+	hist_put(&o, "dotproxy_query_duration_seconds", "", &h);
+
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} upc[] = {
+		{ "queries", "Queries written to the upstream (hedges included).", offsetof(dp_upmetrics_t, sent) },
+		{ "answers", "Answers accepted from the upstream.", offsetof(dp_upmetrics_t, answers) },
+		{ "errors", "Connections to the upstream that failed.", offsetof(dp_upmetrics_t, errors) },
+		{ "timeouts", "Queries that timed out waiting for the upstream.", offsetof(dp_upmetrics_t, timeouts) },
+		{ "reconnects", "Connections opened to the upstream.", offsetof(dp_upmetrics_t, connects) },
+		{ "handshakes", "TLS handshakes completed.", offsetof(dp_upmetrics_t, handshakes) },
+		{ "resumed_handshakes", "TLS handshakes that resumed a session.", offsetof(dp_upmetrics_t, resumed) },
+	};
+	for (size_t k = 0; k < DP_ARRAY_LEN(upc); k++) {
+		put(&o, "# HELP dotproxy_upstream_%s_total %s\n", upc[k].name, upc[k].help);
+		put(&o, "# TYPE dotproxy_upstream_%s_total counter\n", upc[k].name);
+		for (int u = 0; u < cfg->nupstream; u++) {
+			uint64_t v = 0;
+			for (int i = 0; i < n; i++)
+				v += ld((const uint64_t *)((const uint8_t *)&shards[i].metrics.up[u] + upc[k].off));
+			put(&o, "dotproxy_upstream_%s_total{upstream=\"%s\"} %llu\n", upc[k].name,
+			    cfg->upstream[u].text, (unsigned long long)v);
+		}
+	}
+	put(&o, "# HELP dotproxy_upstream_inflight Queries waiting for the upstream.\n");
+	put(&o, "# TYPE dotproxy_upstream_inflight gauge\n");
+	for (int u = 0; u < cfg->nupstream; u++) {
+		uint64_t v = 0;
+		for (int i = 0; i < n; i++)
+			v += ld(&shards[i].metrics.up[u].inflight);
+		put(&o, "dotproxy_upstream_inflight{upstream=\"%s\"} %llu\n", cfg->upstream[u].text,
+		    (unsigned long long)v);
+	}
+	put(&o, "# HELP dotproxy_upstream_healthy 1 when the upstream is usable (not backing off after failures).\n");
+	put(&o, "# TYPE dotproxy_upstream_healthy gauge\n");
+	for (int u = 0; u < cfg->nupstream; u++)
+		put(&o, "dotproxy_upstream_healthy{upstream=\"%s\"} %d\n", cfg->upstream[u].text,
+		    upstream_healthy(shards, n, u) ? 1 : 0);
+	put(&o, "# HELP dotproxy_upstream_rtt_seconds Round trip of queries to the upstream.\n");
+	put(&o, "# TYPE dotproxy_upstream_rtt_seconds histogram\n");
+	for (int u = 0; u < cfg->nupstream; u++) {
+		memset(&h, 0, sizeof(h));
+		for (int i = 0; i < n; i++)
+			hist_sum(&h, &shards[i].metrics.up[u].rtt);
+		char lab[600];
+		snprintf(lab, sizeof(lab), "upstream=\"%s\"", cfg->upstream[u].text);
+		hist_put(&o, "dotproxy_upstream_rtt_seconds", lab, &h);
+	}
+	return o.len;
+}
+
+bool dp_metrics_healthy(struct dp_shard *shards, int n, const dp_config_t *cfg)
+{
+	for (int u = 0; u < cfg->nupstream; u++)
+		if (upstream_healthy(shards, n, u))
+			return true;
+	return false;
+}
