@@ -101,52 +101,15 @@ static int drop_capabilities(char *err, size_t errlen)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* Every client connection is a file descriptor: raise the soft limit to
+ * the hard one (often 1024 -> 1048576) before the first accept.
+ * The shards set their rings up after the user switch, and the kernel
+ * counts io_uring's pinned memory per user against RLIMIT_MEMLOCK (8 MB by
+ * default): every process of that user (several dotproxies as nobody)
+ * shares it. Raise that limit while we still may; it outlives the drop of
+ * privileges. Neither is fatal: ring set-up says what ENOMEM means. */
+static void raise_limits(const dp_config_t *cfg)
 {
-	char err[512] = "";
-	int status = 1, started = 0, n = 0;
-	int (*udp)[DP_MAX_LISTEN] = NULL, (*tcp)[DP_MAX_LISTEN] = NULL;
-	dp_shard_t *shards = NULL;
-	dp_control_t ctl = { .metrics_fd = -1 };
-	/* Shared by the shards, outlive them: the hand-off queues (a query
-	 * goes to its home shard) and the per-client rate limiter. */
-	dp_xshard_t xs;
-	dp_ratelimit_t rlim;
-	memset(&xs, 0, sizeof(xs));
-	memset(&rlim, 0, sizeof(rlim));
-	dp_config_t *cfg = malloc(sizeof(*cfg));
-	if (!cfg) {
-		fprintf(stderr, "dotproxy: out of memory\n");
-		return 1;
-	}
-	dp_config_defaults(cfg);
-	int rc = dp_config_parse_args(cfg, argc, argv, err, sizeof(err));
-	if (rc == 1) {
-		status = 0;
-		goto out;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "dotproxy: %s\n", err);
-		status = 2;
-		goto out;
-	}
-	dp_log_level = cfg->log_level;
-	/* The key of every table a client can fill (cache, in-flight table,
-	 * rate limiter): drawn before any shard exists, never shown. */
-	rc = dp_hash_key_init();
-	if (rc < 0) {
-		fprintf(stderr, "dotproxy: cannot draw the hash key: %s\n", dp_strerror(rc));
-		goto out;
-	}
-	if (cfg->threads == 0)
-		cfg->threads = online_cpus();
-	if (access(cfg->ca_file, R_OK) != 0) {
-		fprintf(stderr, "dotproxy: cannot read CA file %s: %s\n", cfg->ca_file, strerror(errno));
-		goto out;
-	}
-
-	/* Every client connection is a file descriptor: raise the soft limit
-	 * to the hard one (often 1024 -> 1048576) before the first accept. */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
@@ -155,12 +118,6 @@ int main(int argc, char **argv)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < cfg->max_tcp_clients + 256u)
 		dp_warn("file descriptor limit below --max-tcp-clients", "nofile=%llu max_tcp_clients=%u",
 			(unsigned long long)rl.rlim_cur, cfg->max_tcp_clients);
-
-	/* The shards set their rings up after the user switch, and the kernel
-	 * counts io_uring's pinned memory per user against RLIMIT_MEMLOCK
-	 * (8 MB by default): every process of that user (several dotproxies as
-	 * nobody) shares it. Raise the limit while we still may; it outlives
-	 * the drop of privileges. Not fatal: the error says so if rings fail. */
 	rlim_t memlock = (rlim_t)cfg->threads * (16u << 20);
 	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
 	    rl.rlim_cur < memlock) {
@@ -171,81 +128,126 @@ int main(int argc, char **argv)
 			setrlimit(RLIMIT_MEMLOCK, &want);
 		}
 	}
+}
 
-	/* Signals are taken by the control loop (signalfd); shards never see
-	 * them, so block them before any thread exists. */
-	sigset_t set;
-	dp_control_signals(&set);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
+/* What the process owns between start and exit. The hand-off queues and
+ * the rate limiter are shared by the shards and outlive them. */
+typedef struct proc {
+	dp_config_t *cfg;
+	int n, started;
+	int (*udp)[DP_MAX_LISTEN], (*tcp)[DP_MAX_LISTEN]; /* until a shard owns them */
+	dp_shard_t *shards;
+	dp_control_t ctl;
+	dp_xshard_t xs;
+	dp_ratelimit_t rlim;
+} proc_t;
 
-	n = cfg->threads;
-	udp = calloc((size_t)n, sizeof(*udp));
-	tcp = calloc((size_t)n, sizeof(*tcp));
-	shards = calloc((size_t)n, sizeof(dp_shard_t));
-	if (!udp || !tcp || !shards) {
-		fprintf(stderr, "dotproxy: out of memory\n");
-		goto out;
-	}
-	if ((n > 1 && dp_xshard_init(&xs, (uint32_t)n, dp_xshard_query_ring_size((uint32_t)n),
-					    DP_XS_ANSWER_RING) < 0) ||
-	    dp_rl_init_shared(&rlim, 1u << 16) < 0) {
-		fprintf(stderr, "dotproxy: out of memory\n");
-		goto out;
-	}
-	dp_rl_set_rate(&rlim, cfg->rate_limit, cfg->rate_limit);
-	ctl = (dp_control_t){ .shards = shards, .nshards = n, .cfg = cfg, .argc = argc, .argv = argv,
-			      .metrics_fd = -1 };
-	if (dp_engine_bind_all(cfg, n, udp, tcp, err, sizeof(err)) < 0 ||
-	    dp_control_bind_metrics(&ctl, err, sizeof(err)) < 0) {
+/* Parse the command line and draw the hash key. Returns 0 to go on, or the
+ * exit status (0 after --help or --version). */
+static int configure(proc_t *p, int argc, char **argv)
+{
+	char err[512] = "";
+	dp_config_defaults(p->cfg);
+	int rc = dp_config_parse_args(p->cfg, argc, argv, err, sizeof(err));
+	if (rc == 1)
+		return 0;
+	if (rc < 0) {
 		fprintf(stderr, "dotproxy: %s\n", err);
-		goto out;
+		return 2;
 	}
+	dp_log_level = p->cfg->log_level;
+	/* The key of every table a client can fill (cache, in-flight table,
+	 * rate limiter): drawn before any shard exists, never shown. */
+	rc = dp_hash_key_init();
+	if (rc < 0) {
+		fprintf(stderr, "dotproxy: cannot draw the hash key: %s\n", dp_strerror(rc));
+		return 1;
+	}
+	if (p->cfg->threads == 0)
+		p->cfg->threads = online_cpus();
+	if (access(p->cfg->ca_file, R_OK) != 0) {
+		fprintf(stderr, "dotproxy: cannot read CA file %s: %s\n", p->cfg->ca_file,
+			strerror(errno));
+		return 1;
+	}
+	return -1;
+}
+
+/* Allocate the per-shard tables and what the shards share, bind every
+ * socket, make the one TLS context, load the steering program, then drop
+ * privileges and capabilities. Returns 0, or -1 with err filled. */
+static int prepare(proc_t *p, int argc, char **argv, char *err, size_t errlen)
+{
+	const dp_config_t *cfg = p->cfg;
+	int n = p->n = cfg->threads;
+	p->udp = calloc((size_t)n, sizeof(*p->udp));
+	p->tcp = calloc((size_t)n, sizeof(*p->tcp));
+	p->shards = calloc((size_t)n, sizeof(dp_shard_t));
+	if (!p->udp || !p->tcp || !p->shards ||
+	    (n > 1 && dp_xshard_init(&p->xs, (uint32_t)n, dp_xshard_query_ring_size((uint32_t)n),
+				     DP_XS_ANSWER_RING) < 0) ||
+	    dp_rl_init_shared(&p->rlim, 1u << 16) < 0) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	dp_rl_set_rate(&p->rlim, cfg->rate_limit, cfg->rate_limit);
+	p->ctl = (dp_control_t){ .shards = p->shards, .nshards = n, .cfg = p->cfg, .argc = argc,
+				 .argv = argv, .metrics_fd = -1 };
+	if (dp_engine_bind_all(cfg, n, p->udp, p->tcp, err, errlen) < 0 ||
+	    dp_control_bind_metrics(&p->ctl, err, errlen) < 0)
+		return -1;
 	/* One TLS context (one copy of the CA bundle) for every shard: it is
 	 * touched only when a connection is made, never per query. Made
 	 * before privileges go, like the sockets. */
-	SSL_CTX *ctx = dp_tls_client_ctx(cfg, err, sizeof(err));
-	if (!ctx) {
-		fprintf(stderr, "dotproxy: %s\n", err);
-		goto out;
-	}
+	SSL_CTX *ctx = dp_tls_client_ctx(cfg, err, errlen);
+	if (!ctx)
+		return -1;
 	for (int i = 0; i < n; i++) {
 		SSL_CTX_up_ref(ctx);
-		shards[i].ssl_ctx = ctx;
+		p->shards[i].ssl_ctx = ctx;
 	}
 	SSL_CTX_free(ctx);
 	/* Steering needs CAP_BPF and CAP_NET_ADMIN: after binding (it takes
 	 * every shard's UDP socket), before they go. Logs one line; without
 	 * it queries are handed to their home shard. */
-	dp_steer_start(cfg, n, udp);
-	if (drop_privileges(cfg, err, sizeof(err)) < 0 || drop_capabilities(err, sizeof(err)) < 0) {
-		fprintf(stderr, "dotproxy: %s\n", err);
-		goto out;
-	}
+	dp_steer_start(cfg, n, p->udp);
+	if (drop_privileges(cfg, err, errlen) < 0 || drop_capabilities(err, errlen) < 0)
+		return -1;
+	return 0;
+}
 
-	for (int i = 0; i < n; i++) {
-		dp_shard_t *s = &shards[i];
+/* Start every shard; each takes ownership of its sockets. Returns 0, or -1
+ * with err filled (the shards started so far are stopped by teardown). */
+static int start_shards(proc_t *p, char *err, size_t errlen)
+{
+	for (int i = 0; i < p->n; i++) {
+		dp_shard_t *s = &p->shards[i];
 		s->id = i;
-		s->cfg = cfg;
-		s->nlisten = cfg->nlisten;
-		s->rl = &rlim;
-		s->xs = n > 1 ? &xs : NULL;
-		s->all = shards;
-		s->nshards = (uint32_t)n;
-		memcpy(s->udp_fd, udp[i], sizeof(s->udp_fd));
-		memcpy(s->tcp_fd, tcp[i], sizeof(s->tcp_fd));
+		s->cfg = p->cfg;
+		s->nlisten = p->cfg->nlisten;
+		s->rl = &p->rlim;
+		s->xs = p->n > 1 ? &p->xs : NULL;
+		s->all = p->shards;
+		s->nshards = (uint32_t)p->n;
+		memcpy(s->udp_fd, p->udp[i], sizeof(s->udp_fd));
+		memcpy(s->tcp_fd, p->tcp[i], sizeof(s->tcp_fd));
 		for (int l = 0; l < DP_MAX_LISTEN; l++)
-			udp[i][l] = tcp[i][l] = -1; /* the shard owns them now */
-		rc = dp_shard_start(s);
+			p->udp[i][l] = p->tcp[i][l] = -1; /* the shard owns them now */
+		int rc = dp_shard_start(s);
 		if (rc < 0) {
-			fprintf(stderr, "dotproxy: shard %d: %s\n", i,
-				s->init_msg[0] ? s->init_msg : dp_strerror(rc));
-			goto out;
+			snprintf(err, errlen, "shard %d: %s", i,
+				 s->init_msg[0] ? s->init_msg : dp_strerror(rc));
+			return -1;
 		}
-		started++;
+		p->started++;
 	}
 	/* Every ring exists: shards may hand queries to each other. */
-	__atomic_store_n(&xs.ready, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&p->xs.ready, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static void log_started(const dp_config_t *cfg, int n)
+{
 	for (int l = 0; l < cfg->nlisten; l++)
 		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
 	for (int u = 0; u < cfg->nupstream; u++)
@@ -256,40 +258,76 @@ int main(int argc, char **argv)
 		dp_info("metrics", "addr=%s paths=/metrics,/healthz", m);
 	}
 	dp_info("started", "version=%s shards=%d timeout_ms=%u", DP_VERSION, n, cfg->timeout_ms);
+}
 
-	status = dp_control_run(&ctl);
-	cfg = ctl.cfg; /* a reload may have replaced it */
-	for (int i = 0; i < n; i++)
-		dp_shard_stop(&shards[i]);
-	for (int i = 0; i < n; i++)
-		dp_shard_join(&shards[i]);
-	started = 0;
-	dp_control_log_stats(shards, n);
+/* Stop and join the shards still running, close what no shard took, free
+ * everything. */
+static void teardown(proc_t *p)
+{
+	for (int j = 0; j < p->started; j++) {
+		dp_shard_stop(&p->shards[j]);
+		dp_shard_join(&p->shards[j]);
+	}
+	for (int i = 0; p->shards && i < p->n; i++) {
+		if (i >= p->started && p->shards[i].ssl_ctx && !p->shards[i].exited)
+			SSL_CTX_free(p->shards[i].ssl_ctx); /* never started: still ours */
+	}
+	for (int i = 0; p->udp && p->tcp && i < p->n; i++)
+		for (int l = 0; l < DP_MAX_LISTEN; l++) {
+			if (p->udp[i][l] >= 0)
+				close(p->udp[i][l]);
+			if (p->tcp[i][l] >= 0)
+				close(p->tcp[i][l]);
+		}
+	if (p->ctl.metrics_fd >= 0)
+		close(p->ctl.metrics_fd);
+	/* every shard is joined: nobody touches the queues any more */
+	dp_xshard_free(&p->xs);
+	dp_rl_free(&p->rlim);
+	free(p->shards);
+	free(p->udp);
+	free(p->tcp);
+	free(p->cfg);
+}
+
+int main(int argc, char **argv)
+{
+	char err[512] = "";
+	proc_t p;
+	memset(&p, 0, sizeof(p));
+	p.ctl.metrics_fd = -1;
+	p.cfg = malloc(sizeof(*p.cfg));
+	if (!p.cfg) {
+		fprintf(stderr, "dotproxy: out of memory\n");
+		return 1;
+	}
+	int status = configure(&p, argc, argv);
+	if (status >= 0)
+		goto out;
+	status = 1;
+	raise_limits(p.cfg);
+	/* Signals are taken by the control loop (signalfd); shards never see
+	 * them, so block them before any thread exists. */
+	sigset_t set;
+	dp_control_signals(&set);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (prepare(&p, argc, argv, err, sizeof(err)) < 0 ||
+	    start_shards(&p, err, sizeof(err)) < 0) {
+		fprintf(stderr, "dotproxy: %s\n", err);
+		goto out;
+	}
+	log_started(p.cfg, p.n);
+	status = dp_control_run(&p.ctl);
+	p.cfg = p.ctl.cfg; /* a reload may have replaced it */
+	for (int i = 0; i < p.n; i++)
+		dp_shard_stop(&p.shards[i]);
+	for (int i = 0; i < p.n; i++)
+		dp_shard_join(&p.shards[i]);
+	p.started = 0;
+	dp_control_log_stats(p.shards, p.n);
 	dp_info("stopped", NULL);
 out:
-	for (int j = 0; j < started; j++) {
-		dp_shard_stop(&shards[j]);
-		dp_shard_join(&shards[j]);
-	}
-	for (int i = 0; shards && i < n; i++) {
-		if (i >= started && shards[i].ssl_ctx && !shards[i].exited)
-			SSL_CTX_free(shards[i].ssl_ctx); /* never started: still ours */
-	}
-	for (int i = 0; udp && tcp && i < n; i++)
-		for (int l = 0; l < DP_MAX_LISTEN; l++) {
-			if (udp[i][l] >= 0)
-				close(udp[i][l]);
-			if (tcp[i][l] >= 0)
-				close(tcp[i][l]);
-		}
-	if (ctl.metrics_fd >= 0)
-		close(ctl.metrics_fd);
-	/* every shard is joined: nobody touches the queues any more */
-	dp_xshard_free(&xs);
-	dp_rl_free(&rlim);
-	free(shards);
-	free(udp);
-	free(tcp);
-	free(cfg);
+	teardown(&p);
 	return status;
 }

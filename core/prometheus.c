@@ -92,80 +92,81 @@ static bool upstream_healthy(struct dp_shard *shards, int n, int u)
 	return !failing;
 }
 
-size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
-			 size_t cap)
+/* The HELP and TYPE lines of metric name. */
+static void head(out_t *o, const char *name, const char *type, const char *help)
 {
-	out_t o = { buf, cap, 0, false };
-	buf[0] = 0;
-	dp_stats_t st;
-	memset(&st, 0, sizeof(st));
-	for (int i = 0; i < n; i++)
-		dp_stats_add(&st, &shards[i].stats);
+	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
 
-	put(&o, "# HELP dotproxy_queries_total Client queries received, by transport and query type.\n");
-	put(&o, "# TYPE dotproxy_queries_total counter\n");
+/* One plain metric without labels. */
+static void put_one(out_t *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+	head(o, name, type, help);
+	put(o, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* What clients asked and were answered: by transport and type, by rcode. */
+static void put_client(out_t *o, struct dp_shard *shards, int n)
+{
+	head(o, "dotproxy_queries_total", "counter",
+	     "Client queries received, by transport and query type.");
 	for (int t = 0; t < 2; t++)
 		for (int c = 0; c < DP_QTYPE_CLASSES; c++) {
 			uint64_t v = 0;
 			for (int i = 0; i < n; i++)
 				v += ld(&shards[i].metrics.qtype[t][c]);
-			put(&o, "dotproxy_queries_total{transport=\"%s\",qtype=\"%s\"} %llu\n",
+			put(o, "dotproxy_queries_total{transport=\"%s\",qtype=\"%s\"} %llu\n",
 			    t ? "tcp" : "udp", qtype_names[c], (unsigned long long)v);
 		}
-	put(&o, "# HELP dotproxy_answers_total Answers sent to clients, by rcode.\n");
-	put(&o, "# TYPE dotproxy_answers_total counter\n");
+	head(o, "dotproxy_answers_total", "counter", "Answers sent to clients, by rcode.");
 	for (int r = 0; r < DP_RCODES; r++) {
 		uint64_t v = 0;
 		for (int i = 0; i < n; i++)
 			v += ld(&shards[i].metrics.rcode[r]);
-		put(&o, "dotproxy_answers_total{rcode=\"%s\"} %llu\n", rcode_names[r],
+		put(o, "dotproxy_answers_total{rcode=\"%s\"} %llu\n", rcode_names[r],
 		    (unsigned long long)v);
 	}
-
-	/* Every plain counter as an event; every gauge and peak under its own
-	 * name (stats.h says which is which). */
-	put(&o, "# HELP dotproxy_events_total Internal counters (see docs/ARCHITECTURE.md).\n");
-	put(&o, "# TYPE dotproxy_events_total counter\n");
-#define DP_PUT(f) put(&o, "dotproxy_events_total{event=\"%s\"} %llu\n", #f, (unsigned long long)st.f);
-	DP_STATS_COUNTERS(DP_PUT)
-#undef DP_PUT
-#define DP_PUT_GAUGE(f, help)                                                         \
-	put(&o, "# HELP dotproxy_%s %s\n# TYPE dotproxy_%s gauge\ndotproxy_%s %llu\n", #f, help, \
-	    #f, #f, (unsigned long long)st.f);
-#define DP_PUT_SUMMED(f) DP_PUT_GAUGE(f, "Internal gauge, summed over shards.")
-#define DP_PUT_PEAK(f) DP_PUT_GAUGE(f, "Internal peak, the highest of the shards.")
-	DP_STATS_GAUGES(DP_PUT_SUMMED)
-	DP_STATS_PEAKS(DP_PUT_PEAK)
-#undef DP_PUT_PEAK
-#undef DP_PUT_SUMMED
-#undef DP_PUT_GAUGE
-	put(&o, "# HELP dotproxy_cache_hits_total Answers served from the cache.\n");
-	put(&o, "# TYPE dotproxy_cache_hits_total counter\n");
-	put(&o, "dotproxy_cache_hits_total %llu\n", (unsigned long long)st.cache_hits);
-	put(&o, "# HELP dotproxy_cache_misses_total Cache look-ups that missed.\n");
-	put(&o, "# TYPE dotproxy_cache_misses_total counter\n");
-	put(&o, "dotproxy_cache_misses_total %llu\n", (unsigned long long)st.cache_misses);
-	put(&o, "# HELP dotproxy_tcp_connections Open client TCP connections.\n");
-	put(&o, "# TYPE dotproxy_tcp_connections gauge\n");
-	put(&o, "dotproxy_tcp_connections %llu\n", (unsigned long long)st.tcp_open);
-	put(&o, "# HELP dotproxy_dropped_total Client messages dropped (unreadable, responses, rate limit).\n");
-	put(&o, "# TYPE dotproxy_dropped_total counter\n");
-	put(&o, "dotproxy_dropped_total %llu\n", (unsigned long long)(st.dropped + st.ratelimited));
-	put(&o, "# HELP dotproxy_malformed_total Malformed client queries answered FORMERR.\n");
-	put(&o, "# TYPE dotproxy_malformed_total counter\n");
-	put(&o, "dotproxy_malformed_total %llu\n", (unsigned long long)st.formerr);
-	put(&o, "# HELP dotproxy_bufring_empty_total Receives that found the provided-buffer ring empty.\n");
-	put(&o, "# TYPE dotproxy_bufring_empty_total counter\n");
-	put(&o, "dotproxy_bufring_empty_total %llu\n", (unsigned long long)st.bufring_empty);
-
 	dp_hist_t h;
 	memset(&h, 0, sizeof(h));
 	for (int i = 0; i < n; i++)
 		hist_sum(&h, &shards[i].metrics.client_lat);
-	put(&o, "# HELP dotproxy_query_duration_seconds Client-seen latency of queries sent upstream (arrival to answer).\n");
-	put(&o, "# TYPE dotproxy_query_duration_seconds histogram\n");
-	hist_put(&o, "dotproxy_query_duration_seconds", "", &h);
+	head(o, "dotproxy_query_duration_seconds", "histogram",
+	     "Client-seen latency of queries sent upstream (arrival to answer).");
+	hist_put(o, "dotproxy_query_duration_seconds", "", &h);
+}
 
+/* Every plain counter as an event; every gauge and peak under its own name
+ * (stats.h says which is which); then the few counters with names of their
+ * own that dashboards use. */
+static void put_internal(out_t *o, const dp_stats_t *st)
+{
+	head(o, "dotproxy_events_total", "counter", "Internal counters (see docs/ARCHITECTURE.md).");
+#define DP_PUT(f) put(o, "dotproxy_events_total{event=\"%s\"} %llu\n", #f, (unsigned long long)st->f);
+	DP_STATS_COUNTERS(DP_PUT)
+#undef DP_PUT
+#define DP_PUT_SUMMED(f) put_one(o, "dotproxy_" #f, "gauge", "Internal gauge, summed over shards.", st->f);
+#define DP_PUT_PEAK(f) put_one(o, "dotproxy_" #f, "gauge", "Internal peak, the highest of the shards.", st->f);
+	DP_STATS_GAUGES(DP_PUT_SUMMED)
+	DP_STATS_PEAKS(DP_PUT_PEAK)
+#undef DP_PUT_PEAK
+#undef DP_PUT_SUMMED
+	put_one(o, "dotproxy_cache_hits_total", "counter", "Answers served from the cache.",
+		st->cache_hits);
+	put_one(o, "dotproxy_cache_misses_total", "counter", "Cache look-ups that missed.",
+		st->cache_misses);
+	put_one(o, "dotproxy_tcp_connections", "gauge", "Open client TCP connections.", st->tcp_open);
+	put_one(o, "dotproxy_dropped_total", "counter",
+		"Client messages dropped (unreadable, responses, rate limit).",
+		st->dropped + st->ratelimited);
+	put_one(o, "dotproxy_malformed_total", "counter",
+		"Malformed client queries answered FORMERR.", st->formerr);
+	put_one(o, "dotproxy_bufring_empty_total", "counter",
+		"Receives that found the provided-buffer ring empty.", st->bufring_empty);
+}
+
+/* The per-upstream counters, summed over shards. */
+static void put_upstream_counters(out_t *o, struct dp_shard *shards, int n, const dp_config_t *cfg)
+{
 	static const struct {
 		const char *name, *help;
 		size_t off;
@@ -179,40 +180,59 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 		{ "resumed_handshakes", "TLS handshakes that resumed a session.", offsetof(dp_upmetrics_t, resumed) },
 	};
 	for (size_t k = 0; k < DP_ARRAY_LEN(upc); k++) {
-		put(&o, "# HELP dotproxy_upstream_%s_total %s\n", upc[k].name, upc[k].help);
-		put(&o, "# TYPE dotproxy_upstream_%s_total counter\n", upc[k].name);
+		put(o, "# HELP dotproxy_upstream_%s_total %s\n", upc[k].name, upc[k].help);
+		put(o, "# TYPE dotproxy_upstream_%s_total counter\n", upc[k].name);
 		for (int u = 0; u < cfg->nupstream; u++) {
 			uint64_t v = 0;
 			for (int i = 0; i < n; i++)
 				v += ld((const uint64_t *)((const uint8_t *)&shards[i].metrics.up[u] + upc[k].off));
-			put(&o, "dotproxy_upstream_%s_total{upstream=\"%s\"} %llu\n", upc[k].name,
+			put(o, "dotproxy_upstream_%s_total{upstream=\"%s\"} %llu\n", upc[k].name,
 			    cfg->upstream[u].text, (unsigned long long)v);
 		}
 	}
-	put(&o, "# HELP dotproxy_upstream_inflight Queries waiting for the upstream.\n");
-	put(&o, "# TYPE dotproxy_upstream_inflight gauge\n");
+}
+
+/* Per upstream: queries waiting, health, round-trip histogram. */
+static void put_upstream_state(out_t *o, struct dp_shard *shards, int n, const dp_config_t *cfg)
+{
+	head(o, "dotproxy_upstream_inflight", "gauge", "Queries waiting for the upstream.");
 	for (int u = 0; u < cfg->nupstream; u++) {
 		uint64_t v = 0;
 		for (int i = 0; i < n; i++)
 			v += ld(&shards[i].metrics.up[u].inflight);
-		put(&o, "dotproxy_upstream_inflight{upstream=\"%s\"} %llu\n", cfg->upstream[u].text,
+		put(o, "dotproxy_upstream_inflight{upstream=\"%s\"} %llu\n", cfg->upstream[u].text,
 		    (unsigned long long)v);
 	}
-	put(&o, "# HELP dotproxy_upstream_healthy 1 when the upstream is usable (not backing off after failures).\n");
-	put(&o, "# TYPE dotproxy_upstream_healthy gauge\n");
+	head(o, "dotproxy_upstream_healthy", "gauge",
+	     "1 when the upstream is usable (not backing off after failures).");
 	for (int u = 0; u < cfg->nupstream; u++)
-		put(&o, "dotproxy_upstream_healthy{upstream=\"%s\"} %d\n", cfg->upstream[u].text,
+		put(o, "dotproxy_upstream_healthy{upstream=\"%s\"} %d\n", cfg->upstream[u].text,
 		    upstream_healthy(shards, n, u) ? 1 : 0);
-	put(&o, "# HELP dotproxy_upstream_rtt_seconds Round trip of queries to the upstream.\n");
-	put(&o, "# TYPE dotproxy_upstream_rtt_seconds histogram\n");
+	head(o, "dotproxy_upstream_rtt_seconds", "histogram", "Round trip of queries to the upstream.");
 	for (int u = 0; u < cfg->nupstream; u++) {
+		dp_hist_t h;
 		memset(&h, 0, sizeof(h));
 		for (int i = 0; i < n; i++)
 			hist_sum(&h, &shards[i].metrics.up[u].rtt);
 		char lab[600];
 		snprintf(lab, sizeof(lab), "upstream=\"%s\"", cfg->upstream[u].text);
-		hist_put(&o, "dotproxy_upstream_rtt_seconds", lab, &h);
+		hist_put(o, "dotproxy_upstream_rtt_seconds", lab, &h);
 	}
+}
+
+size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg, char *buf,
+			 size_t cap)
+{
+	out_t o = { buf, cap, 0, false };
+	buf[0] = 0;
+	dp_stats_t st;
+	memset(&st, 0, sizeof(st));
+	for (int i = 0; i < n; i++)
+		dp_stats_add(&st, &shards[i].stats);
+	put_client(&o, shards, n);
+	put_internal(&o, &st);
+	put_upstream_counters(&o, shards, n, cfg);
+	put_upstream_state(&o, shards, n, cfg);
 	return o.len;
 }
 
