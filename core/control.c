@@ -366,7 +366,7 @@ int dp_control_run(dp_control_t *ctl)
 						/* shards give up at drain_ms; allow for their teardown */
 						drain_until = now + ctl->cfg->drain_ms + 2000;
 						for (int i = 0; i < ctl->nshards; i++)
-							dp_shard_drain(&ctl->shards[i], ctl->cfg->drain_ms);
+							dp_shard_drain(&ctl->shards[i]);
 						if (ctl->metrics_fd >= 0) {
 							close(ctl->metrics_fd);
 							ctl->metrics_fd = -1;

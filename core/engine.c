@@ -663,9 +663,8 @@ static void wake(dp_shard_t *s)
 	(void)w;
 }
 
-void dp_shard_drain(dp_shard_t *s, uint32_t drain_ms)
+void dp_shard_drain(dp_shard_t *s)
 {
-	(void)drain_ms; /* the shard reads it from its config */
 	__atomic_store_n(&s->drain, 1, __ATOMIC_RELEASE);
 	wake(s);
 }

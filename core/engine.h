@@ -20,11 +20,12 @@ int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LI
  * takes ownership of the given fds). Returns 0 or negative errno. */
 int dp_shard_start(dp_shard_t *s);
 
-/* Ask a shard to stop now (any thread) and wait for it. */
+/* Ask a shard to stop now (any thread); returns at once, dp_shard_join
+ * waits for its thread. */
 void dp_shard_stop(dp_shard_t *s);
 /* Ask a shard to drain: stop reading queries, answer those in flight, exit
- * when done or after drain_ms (any thread). */
-void dp_shard_drain(dp_shard_t *s, uint32_t drain_ms);
+ * when done or after its config's --drain-timeout (any thread). */
+void dp_shard_drain(dp_shard_t *s);
 /* Hand a shard a new config (and TLS context, may be NULL) to adopt at its
  * next turn (any thread). The caller keeps both alive until cfg_gen shows
  * the shard took them. */

@@ -5,8 +5,8 @@
  * predictable on the wire). The map takes the ID back to the caller's value
  * (dotproxy stores the query slot index). O(1) take, get and release.
  *
- * Owns: one table of 65,536 values (256 KiB of address space, allocated once
- * per connection by dp_idmap_init, touched only where IDs land).
+ * Owns: one table of 65,536 values (256 KiB, allocated and filled with
+ * DP_IDMAP_NONE once per connection by dp_idmap_init).
  */
 #ifndef DP_IDMAP_H
 #define DP_IDMAP_H
