@@ -129,34 +129,6 @@ static void serve(dp_control_t *ctl, http_client_t *c, const dp_http_req_t *r, c
 	}
 }
 
-/* Settings a reload cannot change (they shape threads and sockets): keep the
- * running ones and say so. */
-static void keep_fixed(dp_config_t *nc, const dp_config_t *old)
-{
-	bool warn = nc->threads != old->threads && nc->threads != 0;
-	warn |= nc->nlisten != old->nlisten ||
-		memcmp(nc->listen, old->listen, sizeof(nc->listen[0]) * (size_t)old->nlisten) != 0;
-	warn |= nc->max_inflight != old->max_inflight || nc->cache_mb != old->cache_mb ||
-		nc->upstream_conns != old->upstream_conns || nc->max_tcp_clients != old->max_tcp_clients ||
-		nc->metrics_on != old->metrics_on ||
-		nc->steering != old->steering;
-	nc->threads = old->threads;
-	nc->nlisten = old->nlisten;
-	memcpy(nc->listen, old->listen, sizeof(nc->listen));
-	memcpy(nc->listen_text, old->listen_text, sizeof(nc->listen_text));
-	nc->max_inflight = old->max_inflight;
-	nc->cache_mb = old->cache_mb;
-	nc->upstream_conns = old->upstream_conns;
-	nc->max_tcp_clients = old->max_tcp_clients;
-	nc->metrics_on = old->metrics_on;
-	nc->steering = old->steering;
-	nc->metrics = old->metrics;
-	if (warn)
-		dp_warn("reload: listen, threads, max-inflight, cache-size, upstream-conns, "
-			"max-tcp-clients, metrics, udp-io and steering need a restart; kept the running values",
-			NULL);
-}
-
 static void reload(dp_control_t *ctl)
 {
 	char err[512] = "";
@@ -172,7 +144,12 @@ static void reload(dp_control_t *ctl)
 		free(nc);
 		return;
 	}
-	keep_fixed(nc, ctl->cfg);
+	/* Settings that shape threads, sockets and tables keep their running
+	 * values; config.c's option table says which they are. */
+	char fixed[256];
+	if (dp_config_keep_restart(nc, ctl->cfg, fixed, sizeof(fixed)) > 0)
+		dp_warn("reload: settings that need a restart changed; kept the running values",
+			"settings=%s", fixed);
 	dp_log_level = nc->log_level;
 	bool new_ctx = strcmp(nc->ca_file, ctl->cfg->ca_file) != 0 ||
 		       nc->tls_min_version != ctl->cfg->tls_min_version;
