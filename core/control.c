@@ -272,6 +272,39 @@ void dp_control_signals(sigset_t *set)
 	sigaddset(set, SIGHUP);
 }
 
+/* Act on the signals waiting on sfd: SIGUSR1 logs the counters, SIGHUP
+ * reloads (not while draining), SIGTERM/SIGINT start the drain, which ends
+ * by drain_until at the latest. */
+static void take_signals(dp_control_t *ctl, int sfd, uint64_t now, bool *draining,
+			 uint64_t *drain_until)
+{
+	struct signalfd_siginfo si;
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGUSR1) {
+			dp_control_log_stats(ctl->shards, ctl->nshards);
+		} else if (si.ssi_signo == SIGHUP) {
+			if (*draining)
+				continue;
+			if (!ctl->cfg->config_file[0])
+				dp_warn("SIGHUP without --config: nothing to reload", NULL);
+			else
+				reload(ctl);
+		} else if (!*draining) {
+			dp_info("stopping", "signal=%u drain_timeout_ms=%u", si.ssi_signo,
+				ctl->cfg->drain_ms);
+			*draining = true;
+			/* shards give up at drain_ms; allow for their teardown */
+			*drain_until = now + ctl->cfg->drain_ms + 2000;
+			for (int i = 0; i < ctl->nshards; i++)
+				dp_shard_drain(&ctl->shards[i], ctl->cfg->drain_ms);
+			if (ctl->metrics_fd >= 0) {
+				close(ctl->metrics_fd);
+				ctl->metrics_fd = -1;
+			}
+		}
+	}
+}
+
 int dp_control_run(dp_control_t *ctl)
 {
 	sigset_t set;
@@ -323,31 +356,7 @@ int dp_control_run(dp_control_t *ctl)
 			if (!pfd[k].revents)
 				continue;
 			if (idx[k] == -1) {
-				struct signalfd_siginfo si;
-				while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-					if (si.ssi_signo == SIGUSR1) {
-						dp_control_log_stats(ctl->shards, ctl->nshards);
-					} else if (si.ssi_signo == SIGHUP) {
-						if (draining)
-							continue;
-						if (!ctl->cfg->config_file[0])
-							dp_warn("SIGHUP without --config: nothing to reload", NULL);
-						else
-							reload(ctl);
-					} else if (!draining) {
-						dp_info("stopping", "signal=%u drain_timeout_ms=%u", si.ssi_signo,
-							ctl->cfg->drain_ms);
-						draining = true;
-						/* shards give up at drain_ms; allow for their teardown */
-						drain_until = now + ctl->cfg->drain_ms + 2000;
-						for (int i = 0; i < ctl->nshards; i++)
-							dp_shard_drain(&ctl->shards[i], ctl->cfg->drain_ms);
-						if (ctl->metrics_fd >= 0) {
-							close(ctl->metrics_fd);
-							ctl->metrics_fd = -1;
-						}
-					}
-				}
+				take_signals(ctl, sfd, now, &draining, &drain_until);
 			} else if (idx[k] == -2) {
 				accept_clients(ctl, clients, body, now);
 			} else if (clients[idx[k]].fd == pfd[k].fd) {
