@@ -114,6 +114,34 @@ static void defaults(void **state)
 	assert_int_equal(cfg.max_inflight, 16384);
 	assert_int_equal(cfg.max_inflight_per_conn, 256);
 	assert_int_equal(cfg.log_level, DP_LOG_INFO);
+	/* every default comes from the option table, read by the option's own
+	 * parser: what --help shows is what runs */
+	assert_int_equal(cfg.list_fresh, 0);
+	assert_string_equal(cfg.upstream[0].text, "1.1.1.1:853#cloudflare-dns.com");
+	assert_int_equal(cfg.handshake_timeout_ms, 1000);
+	assert_int_equal(cfg.tcp_idle_ms, 10000);
+	assert_int_equal(cfg.max_tcp_clients, 15000);
+	assert_int_equal(cfg.upstream_conns, 1);
+	assert_string_equal(cfg.ca_file, "/etc/ssl/certs/ca-certificates.crt");
+	assert_int_equal(cfg.rate_limit, 0);
+	assert_int_equal(cfg.cache_mb, 64);
+	assert_int_equal(cfg.cache_min_ttl, 0);
+	assert_int_equal(cfg.cache_max_ttl, 86400);
+	assert_int_equal(cfg.stale_ttl, 86400);
+	assert_int_equal(cfg.tls_min_version, 0x0304);
+	assert_int_equal(cfg.upstream_policy, DP_POLICY_FASTEST);
+	assert_int_equal(cfg.hedge_ms, -1);
+	assert_int_equal(cfg.upstream_idle_ms, 10000);
+	assert_int_equal(cfg.drain_ms, 5000);
+	assert_false(cfg.no_pin);
+	assert_false(cfg.metrics_on);
+	assert_string_equal(cfg.user, "nobody");
+	/* the same list as acl.c's dp_acl_defaults */
+	dp_acl_t want;
+	dp_acl_defaults(&want);
+	assert_int_equal(cfg.acl.n, want.n);
+	assert_memory_equal(cfg.acl.e, want.e, sizeof(want.e[0]) * (size_t)want.n);
+	assert_int_equal(cfg.metrics_acl.n, 2);
 }
 
 static void listen_forms(void **state)
@@ -505,40 +533,9 @@ static void metrics_allow(void **state)
 	assert_int_equal(parse("--metrics-allow", "bogus", NULL), DP_E_CONFIG);
 }
 
-/* Every default comes from the option table, read by the option's own
- * parser (what --help shows is what runs). */
-static void table_defaults(void **state)
+/* Switches, and keywords of values. */
+static void switches_and_keywords(void **state)
 {
-	dp_config_defaults(&cfg);
-	assert_int_equal(cfg.list_fresh, 0);
-	assert_int_equal(cfg.nlisten, 1);
-	assert_int_equal(cfg.nupstream, 2);
-	assert_string_equal(cfg.upstream[0].text, "1.1.1.1:853#cloudflare-dns.com");
-	assert_int_equal(cfg.handshake_timeout_ms, 1000);
-	assert_int_equal(cfg.tcp_idle_ms, 10000);
-	assert_int_equal(cfg.max_tcp_clients, 15000);
-	assert_int_equal(cfg.upstream_conns, 1);
-	assert_string_equal(cfg.ca_file, "/etc/ssl/certs/ca-certificates.crt");
-	assert_int_equal(cfg.rate_limit, 0);
-	assert_int_equal(cfg.cache_mb, 64);
-	assert_int_equal(cfg.cache_min_ttl, 0);
-	assert_int_equal(cfg.cache_max_ttl, 86400);
-	assert_int_equal(cfg.stale_ttl, 86400);
-	assert_int_equal(cfg.tls_min_version, 0x0304);
-	assert_int_equal(cfg.upstream_policy, DP_POLICY_FASTEST);
-	assert_int_equal(cfg.hedge_ms, -1);
-	assert_int_equal(cfg.upstream_idle_ms, 10000);
-	assert_int_equal(cfg.drain_ms, 5000);
-	assert_false(cfg.no_pin);
-	assert_false(cfg.metrics_on);
-	assert_string_equal(cfg.user, "nobody");
-	/* the same list as acl.c's dp_acl_defaults */
-	dp_acl_t want;
-	dp_acl_defaults(&want);
-	assert_int_equal(cfg.acl.n, want.n);
-	assert_memory_equal(cfg.acl.e, want.e, sizeof(want.e[0]) * (size_t)want.n);
-	assert_int_equal(cfg.metrics_acl.n, 2);
-	/* switches and keywords */
 	assert_int_equal(parse("--no-pin", "--no-cache", "--allow-root", "--hedge-after", "off",
 			       "--upstream-policy", "round-robin", "--tls-min-version", "1.2", NULL), 0);
 	assert_true(cfg.no_pin);
@@ -655,7 +652,7 @@ int main(void)
 		cmocka_unit_test(errors_and_exits),
 		cmocka_unit_test(parse_is_repeatable),
 		cmocka_unit_test(metrics_allow),
-		cmocka_unit_test(table_defaults),
+		cmocka_unit_test(switches_and_keywords),
 		cmocka_unit_test(file_layers),
 		cmocka_unit_test(reload_keeps_restart_settings),
 	};
