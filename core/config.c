@@ -1,4 +1,14 @@
-/* config.c - command-line parsing into dp_config_t. */
+/* config.c - dotproxy's settings: one table of options, opts[], drives the
+ * command line, the --config file, the defaults, --help and what a SIGHUP
+ * reload may change (nginx's ngx_command_t, Knot's configuration schema).
+ *
+ * A row is one setting: its name (--name on the command line, "name value"
+ * in the file), how its value is read (kind), the bytes of dp_config_t it
+ * owns, its default (text its own parser reads), its help text, and its
+ * reload rule. A new setting is a field in config.h and a row here.
+ *
+ * Owns nothing beyond the dp_config_t it fills; reads the --config file.
+ */
 #include "config.h"
 #include "log.h"
 
@@ -6,46 +16,192 @@
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-void dp_config_defaults(dp_config_t *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->threads = 0;
-	c->timeout_ms = 2000;
-	c->handshake_timeout_ms = 1000;
-	c->tcp_idle_ms = 10000;
-	c->max_tcp_clients = 15000;
-	c->max_inflight = 16384;
-	c->max_inflight_per_conn = 256;
-	c->upstream_conns = 1;
-	c->max_udp_size = 1232;
-	snprintf(c->ca_file, sizeof(c->ca_file), "%s", "/etc/ssl/certs/ca-certificates.crt");
-	c->log_level = DP_LOG_INFO;
-	dp_acl_defaults(&c->acl);
-	/* The metrics endpoint has no authentication: the loopback address
-	 * only (127.0.0.1, not all of 127/8), until --metrics-allow says who
-	 * else (the kubelet, Prometheus) may connect. */
-	c->metrics_acl.n = 0;
-	dp_acl_add(&c->metrics_acl, "127.0.0.1/32");
-	dp_acl_add(&c->metrics_acl, "::1/128");
-	c->cache_mb = 64;
-	c->cache_min_ttl = 0;
-	c->cache_max_ttl = 86400;
-	c->stale_ttl = 86400;
-	c->servfail_ttl = 5;
-	c->tls_min_version = 0x0304;
-	c->upstream_policy = DP_POLICY_FASTEST;
-	c->hedge_ms = -1;
-	c->upstream_idle_ms = 10000;
-	c->drain_ms = 5000;
-	c->pin = true;
-	c->steering = DP_STEER_AUTO;
-	c->batch_us = 200;
-	snprintf(c->user, sizeof(c->user), "nobody");
-}
+/* ---------------------------------------------------------- the table */
+
+/* How a value is read. */
+enum {
+	K_FLAG, /* no value: stores .min (files also take yes/true, or no/false to skip) */
+	K_UINT, /* decimal in [.min, .max] */
+	K_DURATION, /* "2", "2s", "1.5", "500ms" to ms, at least .min; or a .choices keyword */
+	K_ENUM, /* one of .choices */
+	K_STRING, /* text of .min to size - 1 octets, zero-padded */
+	K_LISTEN, /* IP:PORT appended to listen[] and listen_text[] (.max of them) */
+	K_UPSTREAM, /* IP[:PORT][#NAME][,pin-sha256=B64]...[,no-ca] appended to upstream[] */
+	K_CIDR, /* one ADDR[/LEN] added to a dp_acl_t */
+	K_CIDR_LIST, /* ADDR[/LEN][,ADDR[/LEN]...] added to a dp_acl_t */
+	K_METRICS, /* IP:PORT of the metrics endpoint, which it turns on */
+	K_HELP, /* print --help, exit */
+	K_VERSION, /* print the version, exit */
+};
+
+/* What a SIGHUP reload does with a setting. */
+enum {
+	R_LIVE, /* the shards take the new value */
+	R_RESTART, /* read at start (threads, sockets, table sizes, privileges):
+		    * the running value is kept, and a change is warned about */
+	R_ARGV, /* command line only, not a file setting: config, help, version */
+};
+
+#define F_LIST 1 /* repeatable: the first use in a layer (defaults, file,
+		  * command line) replaces what an earlier layer set */
+#define F_AUTO0 2 /* 0 means "choose at start": a reload leaving it 0 keeps
+		   * the running value without a warning */
+
+typedef struct opt_choice {
+	const char *name;
+	long value;
+} opt_choice_t;
+
+typedef struct opt {
+	const char *name;
+	const char *arg; /* the value's name in --help; NULL: a switch */
+	uint8_t kind, rule, flags;
+	size_t off, size; /* the bytes of dp_config_t it owns (size 0: none) */
+	long min, max; /* see the kinds; .max of a list: its capacity */
+	const opt_choice_t *choices; /* NULL-terminated */
+	const char *unit; /* K_UINT: what the number counts, for errors */
+	const char *expect; /* what a bad value is told, when the kind's own text does not fit */
+	const char *def; /* default as its parser reads it; lists: values separated by spaces */
+	const char *shown; /* default as --help shows it, where def does not say it */
+	const char *help;
+} opt_t;
+
+/* The field f; the fields a to b, both included (a list, its texts and count). */
+#define FIELD(f) offsetof(dp_config_t, f), sizeof(((dp_config_t *)0)->f)
+#define SPAN(a, b)                                                                     \
+	offsetof(dp_config_t, a),                                                      \
+		offsetof(dp_config_t, b) + sizeof(((dp_config_t *)0)->b) - offsetof(dp_config_t, a)
+#define NOFIELD 0, 0
+
+static const opt_choice_t policies[] = {
+	{ "fastest", DP_POLICY_FASTEST }, { "round-robin", DP_POLICY_RR }, { NULL, 0 },
+};
+static const opt_choice_t hedge_words[] = { { "auto", -1 }, { "off", 0 }, { NULL, 0 } };
+static const opt_choice_t tls_versions[] = { { "1.2", 0x0303 }, { "1.3", 0x0304 }, { NULL, 0 } };
+static const opt_choice_t steer_modes[] = {
+	{ "auto", DP_STEER_AUTO }, { "off", DP_STEER_OFF }, { NULL, 0 },
+};
+static const opt_choice_t udp_io_modes[] = { { "uring", 0 }, { NULL, 0 } };
+static const opt_choice_t log_levels[] = {
+	{ "debug", DP_LOG_DEBUG }, { "info", DP_LOG_INFO }, { "warn", DP_LOG_WARN },
+	{ "error", DP_LOG_ERROR }, { NULL, 0 },
+};
+
+/* In --help order. README.md's flag table lists the same flags and
+ * defaults (tests/readme_flags.py checks). */
+static const opt_t opts[] = {
+	{ "listen", "ADDR:PORT", K_LISTEN, R_RESTART, F_LIST, SPAN(listen, nlisten),
+	  .max = DP_MAX_LISTEN, .def = "127.0.0.1:53",
+	  .help = "listen address for UDP and TCP, repeatable; IPv6 as [::1]:53" },
+	{ "upstream", "IP[:PORT]#NAME", K_UPSTREAM, R_LIVE, F_LIST, SPAN(upstream, nupstream),
+	  .max = DP_MAX_UPSTREAMS, .def = "1.1.1.1:853#cloudflare-dns.com 1.0.0.1:853#cloudflare-dns.com",
+	  .help = "DoT upstream, repeatable; NAME is checked against its certificate and sent as "
+		  "SNI; port 853 by default; ,pin-sha256=BASE64 (up to 4) pins the server key; "
+		  ",no-ca trusts the pins alone" },
+	{ "upstream-policy", "P", K_ENUM, R_LIVE, 0, FIELD(upstream_policy), .choices = policies,
+	  .def = "fastest", .help = "fastest (lowest latency moving average) or round-robin" },
+	{ "hedge-after", "DUR|auto|off", K_DURATION, R_LIVE, 0, FIELD(hedge_ms), .min = 1,
+	  .choices = hedge_words, .def = "auto",
+	  .help = "also ask the next best upstream when an answer is this late (auto: about "
+		  "its p95)" },
+	{ "upstream-idle-timeout", "DUR", K_DURATION, R_LIVE, 0, FIELD(upstream_idle_ms),
+	  .min = 1000, .def = "10s",
+	  .help = "upstream idle timeout assumed when it does not announce one (RFC 7828)" },
+	{ "tls-min-version", "V", K_ENUM, R_LIVE, 0, FIELD(tls_min_version),
+	  .choices = tls_versions, .def = "1.3", .help = "1.3 or 1.2" },
+	{ "threads", "N", K_UINT, R_RESTART, F_AUTO0, FIELD(threads), .min = 1, .max = 256,
+	  .shown = "one per online CPU", .help = "shards, one thread and io_uring each" },
+	{ "timeout", "DURATION", K_DURATION, R_LIVE, 0, FIELD(timeout_ms), .min = 1, .def = "2s",
+	  .help = "answer SERVFAIL after this; durations: 2, 2s, 1.5s, 500ms" },
+	{ "handshake-timeout", "DUR", K_DURATION, R_LIVE, 0, FIELD(handshake_timeout_ms),
+	  .min = 1, .def = "1s", .help = "bound on connect + TLS handshake" },
+	{ "ca-file", "FILE", K_STRING, R_LIVE, 0, FIELD(ca_file),
+	  .def = "/etc/ssl/certs/ca-certificates.crt",
+	  .help = "CA bundle for upstream verification" },
+	{ "max-tcp-clients", "N", K_UINT, R_RESTART, 0, FIELD(max_tcp_clients), .min = 1,
+	  .max = 1000000, .def = "15000", .help = "open client TCP connections" },
+	{ "tcp-idle-timeout", "DUR", K_DURATION, R_LIVE, 0, FIELD(tcp_idle_ms), .min = 1,
+	  .def = "10s", .help = "close idle client TCP connections" },
+	{ "max-inflight", "N", K_UINT, R_RESTART, 0, FIELD(max_inflight), .min = 1, .max = 1000000,
+	  .def = "16384",
+	  .help = "queries upstream per shard; under contention each client address gets a fair "
+		  "share" },
+	{ "max-inflight-per-conn", "N", K_UINT, R_LIVE, 0, FIELD(max_inflight_per_conn), .min = 1,
+	  .max = 65535, .def = "256",
+	  .help = "queries in flight per client TCP connection; at it the connection is not read" },
+	{ "upstream-conns", "N", K_UINT, R_RESTART, 0, FIELD(upstream_conns), .min = 1, .max = 64,
+	  .def = "1", .help = "TLS connections per upstream per shard" },
+	{ "max-udp-size", "N", K_UINT, R_LIVE, 0, FIELD(max_udp_size), .min = 512, .max = 4096,
+	  .def = "1232", .help = "largest UDP answer sent, 512..4096" },
+	{ "allow", "CIDR", K_CIDR, R_LIVE, F_LIST, FIELD(acl),
+	  .def = "127.0.0.0/8 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 ::1/128 fc00::/7",
+	  .help = "clients allowed, repeatable (the first replaces the default); others get "
+		  "REFUSED (UDP) or are closed (TCP)" },
+	{ "rate-limit", "QPS", K_UINT, R_LIVE, 0, FIELD(rate_limit), .min = 0, .max = 10000000,
+	  .expect = "queries per second, 0 = off", .shown = "off",
+	  .help = "per client address (IPv6: /64), UDP; over it queries are dropped or answered "
+		  "TC=1; 0 = off" },
+	{ "cache-size", "MB", K_UINT, R_RESTART, 0, FIELD(cache_mb), .min = 0, .max = 1048576,
+	  .unit = "megabytes", .def = "64", .help = "answer cache, split over shards; 0 = off" },
+	{ "no-cache", NULL, K_FLAG, R_RESTART, 0, FIELD(cache_mb), .min = 0,
+	  .help = "no answer cache" },
+	{ "cache-min-ttl", "SECONDS", K_UINT, R_LIVE, 0, FIELD(cache_min_ttl), .min = 0,
+	  .max = 604800, .unit = "seconds", .def = "0", .help = "cache answers at least this long" },
+	{ "cache-max-ttl", "SECONDS", K_UINT, R_LIVE, 0, FIELD(cache_max_ttl), .min = 0,
+	  .max = 604800, .unit = "seconds", .def = "86400", .help = "and at most this long" },
+	{ "stale-ttl", "SECONDS", K_UINT, R_LIVE, 0, FIELD(stale_ttl), .min = 0, .max = 604800,
+	  .unit = "seconds", .def = "86400",
+	  .help = "serve expired answers (TTL 30) this long after expiry when no upstream answers" },
+	{ "servfail-ttl", "SECONDS", K_UINT, R_LIVE, 0, FIELD(servfail_ttl), .min = 1, .max = 300,
+	  .unit = "seconds", .def = "5",
+	  .help = "cache a SERVFAIL that every upstream gave this long, 1..300 (RFC 9520)" },
+	{ "forward-ecs", NULL, K_FLAG, R_LIVE, 0, FIELD(forward_ecs), .min = 1, .shown = "off",
+	  .help = "forward the client's EDNS Client Subnet upstream, caching per subnet (off: "
+		  "never forwarded, RFC 7871 11.1)" },
+	{ "metrics", "ADDR:PORT", K_METRICS, R_RESTART, 0, SPAN(metrics, metrics_on),
+	  .shown = "off", .help = "serve Prometheus /metrics and /healthz" },
+	{ "metrics-allow", "CIDR[,CIDR...]", K_CIDR_LIST, R_LIVE, F_LIST, FIELD(metrics_acl),
+	  .def = "127.0.0.1 ::1",
+	  .help = "who may connect to --metrics, repeatable (the first replaces the default); "
+		  "others are closed without an answer" },
+	{ "config", "FILE", K_STRING, R_ARGV, 0, FIELD(config_file),
+	  .help = "read settings from FILE: 'name value' per line, names as these flags without "
+		  "'--', '#' comments; flags override it; SIGHUP re-reads it" },
+	{ "user", "NAME", K_STRING, R_RESTART, 0, FIELD(user), .min = 1, .expect = "a user name",
+	  .def = "nobody", .help = "after binding, run as NAME and its group" },
+	{ "allow-root", NULL, K_FLAG, R_RESTART, 0, FIELD(allow_root), .min = 1,
+	  .help = "keep running as root" },
+	{ "no-pin", NULL, K_FLAG, R_RESTART, 0, FIELD(no_pin), .min = 1,
+	  .help = "let the scheduler move shards between CPUs instead of pinning shard i to the "
+		  "i-th CPU" },
+	{ "udp-io", "MODE", K_ENUM, R_RESTART, 0, NOFIELD, .choices = udp_io_modes,
+	  .expect = "uring (mmsg was removed: it measured the same, bench/RESULTS.md)",
+	  .def = "uring",
+	  .help = "uring, the only mode (multishot recvmsg, send SQEs); kept so old configs still "
+		  "parse" },
+	{ "steering", "MODE", K_ENUM, R_RESTART, 0, FIELD(steering), .choices = steer_modes,
+	  .def = "auto",
+	  .help = "auto: a SO_REUSEPORT eBPF program sends each UDP query to its home shard, when "
+		  "the kernel and privileges allow; off: queries are handed to their home shard" },
+	{ "batch-us", "N", K_UINT, R_LIVE, 0, FIELD(batch_us), .min = 0, .max = 1000, .def = "200",
+	  .help = "under load, let completions gather up to N us before waking; 0 = wake for each" },
+	{ "drain-timeout", "DUR", K_DURATION, R_LIVE, 0, FIELD(drain_ms), .min = 1, .def = "5s",
+	  .help = "on SIGTERM, answer what is in flight for at most this long, then exit" },
+	{ "log-level", "LEVEL", K_ENUM, R_LIVE, 0, FIELD(log_level), .choices = log_levels,
+	  .def = "info", .help = "debug, info, warn or error" },
+	{ "help", NULL, K_HELP, R_ARGV, 0, NOFIELD, .help = "this text" },
+	{ "version", NULL, K_VERSION, R_ARGV, 0, NOFIELD, .help = "print the version" },
+};
+
+#define NOPTS DP_ARRAY_LEN(opts)
+_Static_assert(DP_ARRAY_LEN(opts) <= 64, "dp_config_t.list_fresh has a bit per option");
+
+/* ------------------------------------------------------- value parsers */
 
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out)
 {
@@ -156,9 +312,9 @@ static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
 	if (strlen(s) >= sizeof(spec))
 		return DP_E_CONFIG;
 	snprintf(spec, sizeof(spec), "%s", s);
-	char *opts = strchr(spec, ',');
-	if (opts)
-		*opts++ = 0;
+	char *params = strchr(spec, ',');
+	if (params)
+		*params++ = 0;
 	const char *hash = strchr(spec, '#');
 	char addr[128];
 	size_t al = hash ? (size_t)(hash - spec) : strlen(spec);
@@ -180,22 +336,22 @@ static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
 		}
 		memcpy(u->name, hash + 1, nl + 1);
 	}
-	while (opts && *opts) {
-		char *next = strchr(opts, ',');
+	while (params && *params) {
+		char *next = strchr(params, ',');
 		if (next)
 			*next++ = 0;
-		if (strncmp(opts, "pin-sha256=", 11) == 0) {
-			const char *b64 = opts + 11;
+		if (strncmp(params, "pin-sha256=", 11) == 0) {
+			const char *b64 = params + 11;
 			uint8_t out[64];
 			if (u->npins >= 4 || b64_decode(b64, out, sizeof(out)) != 32)
 				return DP_E_CONFIG;
 			memcpy(u->pins[u->npins++], out, 32);
-		} else if (strcmp(opts, "no-ca") == 0) {
+		} else if (strcmp(params, "no-ca") == 0) {
 			u->no_ca = true;
 		} else {
 			return DP_E_CONFIG;
 		}
-		opts = next;
+		params = next;
 	}
 	if (u->no_ca && u->npins == 0)
 		return DP_E_CONFIG; /* no-ca without a pin would trust anybody */
@@ -253,445 +409,329 @@ static int parse_cidr_list(dp_acl_t *a, const char *list)
 	}
 }
 
-static void usage(const dp_config_t *d)
+/* ------------------------------------------------- setting one value */
+
+/* Store v into a scalar field of 1, 2 or 4 octets (bool, uint16_t,
+ * int / int32_t / uint32_t); a row without a field stores nothing. */
+static void store(void *field, size_t size, long v)
 {
-	printf("Usage: dotproxy [options]\n"
-	       "A DNS forwarder: plain DNS over UDP and TCP in, DNS-over-TLS (RFC 7858) out.\n\n"
-	       "  --listen ADDR:PORT        listen address, repeatable (default 127.0.0.1:53);\n"
-	       "                            IPv6 as [::1]:53\n"
-	       "  --upstream IP[:PORT]#NAME DoT upstream, repeatable; NAME is checked against\n"
-	       "                            its certificate and sent as SNI; port 853 by default\n"
-	       "                            (default 1.1.1.1#cloudflare-dns.com and\n"
-	       "                            1.0.0.1#cloudflare-dns.com)\n"
-	       "                            ,pin-sha256=BASE64 (up to 4) pins the server key;\n"
-	       "                            ,no-ca trusts the pins alone\n"
-	       "  --upstream-policy P       fastest (lowest latency moving average, default)\n"
-	       "                            or round-robin\n"
-	       "  --hedge-after DUR|auto|off  also ask the next best upstream when an answer\n"
-	       "                            is this late (default auto: about its p95)\n"
-	       "  --upstream-idle-timeout DUR  upstream idle timeout assumed when it does not\n"
-	       "                            announce one (RFC 7828); default 10s\n"
-	       "  --tls-min-version V       1.3 (default) or 1.2\n"
-	       "  --threads N               shards, one thread and io_uring each\n"
-	       "                            (default: one per online CPU)\n"
-	       "  --timeout DURATION        answer SERVFAIL after this (default %.1fs);\n"
-	       "                            durations: 2, 2s, 1.5s, 500ms\n"
-	       "  --handshake-timeout DUR   bound on connect + TLS handshake (default %ums)\n"
-	       "  --ca-file FILE            CA bundle for upstream verification\n"
-	       "                            (default %s)\n"
-	       "  --max-tcp-clients N       open client TCP connections (default %u)\n"
-	       "  --tcp-idle-timeout DUR    close idle client TCP connections (default %.1fs)\n"
-	       "  --max-inflight N          queries upstream per shard (default %u); under\n"
-	       "                            contention each client address gets a fair share\n"
-	       "  --max-inflight-per-conn N  queries in flight per client TCP connection;\n"
-	       "                            at it the connection is not read (default %u)\n"
-	       "  --upstream-conns N        TLS connections per upstream per shard (default %u)\n"
-	       "  --max-udp-size N          largest UDP answer sent, 512..4096 (default %u)\n"
-"  --allow CIDR              clients allowed, repeatable (default loopback,\n"
-	       "                            10/8, 172.16/12, 192.168/16, fc00::/7); others\n"
-	       "                            get REFUSED (UDP) or are closed (TCP)\n"
-	       "  --rate-limit QPS          per client address (IPv6: /64), UDP; over it\n"
-	       "                            queries are dropped or answered TC=1 (default off)\n"
-"  --cache-size MB           answer cache, split over shards (default %u; 0 = off)\n"
-	       "  --no-cache                no answer cache\n"
-	       "  --cache-min-ttl SECONDS   cache answers at least this long (default %u)\n"
-	       "  --cache-max-ttl SECONDS   and at most this long (default %u)\n"
-	       "  --stale-ttl SECONDS       serve expired answers (TTL 30) this long after\n"
-	       "                            expiry when no upstream answers (default %u)\n"
-	       "  --servfail-ttl SECONDS    cache a SERVFAIL that every upstream gave this\n"
-	       "                            long, 1..300 (default %u; RFC 9520)\n"
-	       "  --forward-ecs             forward the client's EDNS Client Subnet upstream,\n"
-	       "                            caching per subnet (default: never forwarded,\n"
-	       "                            RFC 7871 11.1)\n"
-"  --metrics ADDR:PORT       serve Prometheus /metrics and /healthz (default off)\n"
-	       "  --metrics-allow CIDR[,CIDR...]  who may connect to --metrics, repeatable\n"
-	       "                            (default 127.0.0.1 and ::1); others are closed\n"
-	       "                            without an answer\n"
-	       "  --config FILE             read settings from FILE: 'name value' per line,\n"
-	       "                            names as these flags without '--', '#' comments;\n"
-	       "                            flags override it; SIGHUP re-reads it\n"
-	       "  --user NAME               after binding, run as NAME and its group\n"
-	       "                            (default nobody)\n"
-	       "  --allow-root              keep running as root\n"
-	       "  --no-pin                  let the scheduler move shards between CPUs\n"
-	       "                            (default: shard i pinned to the i-th CPU)\n"
-	       "  --udp-io MODE             uring, the only mode (multishot recvmsg, send\n"
-	       "                            SQEs); kept so old configs still parse\n"
-	       "  --steering MODE           auto (default: a SO_REUSEPORT eBPF program sends\n"
-	       "                            each UDP query to its home shard, when the kernel\n"
-	       "                            and privileges allow) or off (queries are handed\n"
-	       "                            to their home shard); read at start only\n"
-	       "  --batch-us N              under load, let completions gather up to N us\n"
-	       "                            before waking (default %u; 0 = wake for each)\n"
-	       "  --drain-timeout DUR       on SIGTERM, answer what is in flight for at most\n"
-	       "                            this long, then exit (default 5s)\n"
-	       "  --log-level LEVEL         debug, info, warn or error (default info)\n"
-	       "  --help                    this text\n"
-	       "  --version                 print the version\n\n"
-	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config;\n"
-	       "SIGUSR1 logs the counters.\n",
-	       d->timeout_ms / 1000.0, d->handshake_timeout_ms, d->ca_file, d->max_tcp_clients,
-	       d->tcp_idle_ms / 1000.0, d->max_inflight, d->max_inflight_per_conn,
-	       d->upstream_conns, d->max_udp_size, d->cache_mb, d->cache_min_ttl, d->cache_max_ttl,
-	       d->stale_ttl, d->servfail_ttl, d->batch_us);
+	if (size == 1) {
+		uint8_t x = (uint8_t)v;
+		memcpy(field, &x, 1);
+	} else if (size == 2) {
+		uint16_t x = (uint16_t)v;
+		memcpy(field, &x, 2);
+	} else if (size == 4) {
+		uint32_t x = (uint32_t)v;
+		memcpy(field, &x, 4);
+	}
 }
 
-enum {
-	OPT_LISTEN = 256, OPT_UPSTREAM, OPT_THREADS, OPT_TIMEOUT, OPT_CA, OPT_LOG,
-	OPT_HELP, OPT_VERSION, OPT_MAXTCP, OPT_TCPIDLE, OPT_INFLIGHT, OPT_UPCONNS,
-	OPT_UDPSIZE, OPT_HSTIMEOUT, OPT_ALLOW, OPT_RATELIMIT, OPT_CACHESIZE, OPT_NOCACHE,
-	OPT_CACHEMIN, OPT_CACHEMAX, OPT_STALE, OPT_TLSMIN, OPT_POLICY, OPT_HEDGE, OPT_UPIDLE,
-	OPT_CONFIG, OPT_METRICS, OPT_USER, OPT_ALLOWROOT, OPT_DRAIN, OPT_NOPIN,
-	OPT_UDPIO, OPT_STEERING, OPT_BATCHUS, OPT_SERVFAILTTL, OPT_FWDECS, OPT_METRICSALLOW,
-	OPT_INFLIGHT_CONN,
-};
-
-static const struct option opts[] = {
-	{ "listen", required_argument, NULL, OPT_LISTEN },
-	{ "upstream", required_argument, NULL, OPT_UPSTREAM },
-	{ "threads", required_argument, NULL, OPT_THREADS },
-	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-	{ "handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT },
-	{ "ca-file", required_argument, NULL, OPT_CA },
-	{ "log-level", required_argument, NULL, OPT_LOG },
-	{ "max-tcp-clients", required_argument, NULL, OPT_MAXTCP },
-	{ "tcp-idle-timeout", required_argument, NULL, OPT_TCPIDLE },
-	{ "max-inflight", required_argument, NULL, OPT_INFLIGHT },
-	{ "max-inflight-per-conn", required_argument, NULL, OPT_INFLIGHT_CONN },
-	{ "upstream-conns", required_argument, NULL, OPT_UPCONNS },
-	{ "max-udp-size", required_argument, NULL, OPT_UDPSIZE },
-	{ "allow", required_argument, NULL, OPT_ALLOW },
-	{ "rate-limit", required_argument, NULL, OPT_RATELIMIT },
-	{ "cache-size", required_argument, NULL, OPT_CACHESIZE },
-	{ "no-cache", no_argument, NULL, OPT_NOCACHE },
-	{ "cache-min-ttl", required_argument, NULL, OPT_CACHEMIN },
-	{ "cache-max-ttl", required_argument, NULL, OPT_CACHEMAX },
-	{ "stale-ttl", required_argument, NULL, OPT_STALE },
-	{ "servfail-ttl", required_argument, NULL, OPT_SERVFAILTTL },
-	{ "forward-ecs", no_argument, NULL, OPT_FWDECS },
-	{ "tls-min-version", required_argument, NULL, OPT_TLSMIN },
-	{ "upstream-policy", required_argument, NULL, OPT_POLICY },
-	{ "hedge-after", required_argument, NULL, OPT_HEDGE },
-	{ "upstream-idle-timeout", required_argument, NULL, OPT_UPIDLE },
-	{ "config", required_argument, NULL, OPT_CONFIG },
-	{ "metrics", required_argument, NULL, OPT_METRICS },
-	{ "metrics-allow", required_argument, NULL, OPT_METRICSALLOW },
-	{ "user", required_argument, NULL, OPT_USER },
-	{ "allow-root", no_argument, NULL, OPT_ALLOWROOT },
-	{ "drain-timeout", required_argument, NULL, OPT_DRAIN },
-	{ "no-pin", no_argument, NULL, OPT_NOPIN },
-	{ "udp-io", required_argument, NULL, OPT_UDPIO },
-	{ "steering", required_argument, NULL, OPT_STEERING },
-	{ "batch-us", required_argument, NULL, OPT_BATCHUS },
-	{ "help", no_argument, NULL, OPT_HELP },
-	{ "version", no_argument, NULL, OPT_VERSION },
-	{ NULL, 0, NULL, 0 },
-};
-
-/* Apply one setting (code from opts[]; name is how it was written, for
- * errors). Repeatable lists (listen, upstream, allow) set in a later layer
- * (the command line after the file) replace those of an earlier one. */
-static int apply(dp_config_t *c, int o, const char *arg, const char *name, char *err, size_t errlen)
+static int choose(const opt_choice_t *ch, const char *arg, long *v)
 {
-	unsigned long n;
-	switch (o) {
-	case OPT_LISTEN:
-		if (c->listen_layer != c->cur_layer) {
-			c->nlisten = 0;
-			c->listen_layer = c->cur_layer;
+	for (; ch && ch->name; ch++)
+		if (strcmp(ch->name, arg) == 0) {
+			*v = ch->value;
+			return 0;
 		}
-		break;
-	case OPT_UPSTREAM:
-		if (c->upstream_layer != c->cur_layer) {
-			c->nupstream = 0;
-			c->upstream_layer = c->cur_layer;
-		}
-		break;
-	case OPT_ALLOW:
-		if (c->acl_layer != c->cur_layer) {
-			c->acl.n = 0;
-			c->acl_layer = c->cur_layer;
-		}
-		break;
-	case OPT_METRICSALLOW:
-		if (c->metrics_acl_layer != c->cur_layer) {
-			c->metrics_acl.n = 0;
-			c->metrics_acl_layer = c->cur_layer;
-		}
-		break;
-	default:
-		break;
-	}
-	switch (o) {
-	case OPT_LISTEN:
-		if (c->nlisten >= DP_MAX_LISTEN) {
-			snprintf(err, errlen, "too many --listen (at most %d)", DP_MAX_LISTEN);
-			return DP_E_CONFIG;
-		}
-		if (dp_config_parse_addr(arg, 0, &c->listen[c->nlisten]) < 0) {
-			snprintf(err, errlen, "--listen %s: expected IP:PORT or [IPv6]:PORT", arg);
-			return DP_E_CONFIG;
-		}
-		snprintf(c->listen_text[c->nlisten], sizeof(c->listen_text[0]), "%s", arg);
-		c->nlisten++;
-		break;
-	case OPT_UPSTREAM:
-		if (c->nupstream >= DP_MAX_UPSTREAMS) {
-			snprintf(err, errlen, "too many --upstream (at most %d)", DP_MAX_UPSTREAMS);
-			return DP_E_CONFIG;
-		}
-		if (parse_upstream(arg, &c->upstream[c->nupstream]) < 0) {
-			snprintf(err, errlen,
-				 "--upstream %s: expected IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)",
-				 arg);
-			return DP_E_CONFIG;
-		}
-		c->nupstream++;
-		break;
-	case OPT_THREADS:
-		if (parse_uint(arg, 1, 256, &n) < 0) {
-			snprintf(err, errlen, "--threads %s: expected 1..256", arg);
-			return DP_E_CONFIG;
-		}
-		c->threads = (int)n;
-		break;
-	case OPT_TIMEOUT:
-		if (parse_duration_ms(arg, &c->timeout_ms) < 0) {
-			snprintf(err, errlen, "--timeout %s: expected a duration such as 2s or 500ms", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_HSTIMEOUT:
-		if (parse_duration_ms(arg, &c->handshake_timeout_ms) < 0) {
-			snprintf(err, errlen, "--handshake-timeout %s: expected a duration such as 1s", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_TCPIDLE:
-		if (parse_duration_ms(arg, &c->tcp_idle_ms) < 0) {
-			snprintf(err, errlen, "--tcp-idle-timeout %s: expected a duration such as 10s", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_CA:
-		if (strlen(arg) >= sizeof(c->ca_file)) {
-			snprintf(err, errlen, "--ca-file: path too long");
-			return DP_E_CONFIG;
-		}
-		snprintf(c->ca_file, sizeof(c->ca_file), "%s", arg);
-		break;
-	case OPT_LOG: {
-		int l = dp_log_parse_level(arg);
-		if (l < 0) {
-			snprintf(err, errlen, "--log-level %s: expected debug, info, warn or error", arg);
-			return DP_E_CONFIG;
-		}
-		c->log_level = l;
-		break;
-	}
-	case OPT_MAXTCP:
-		if (parse_uint(arg, 1, 1000000, &n) < 0) {
-			snprintf(err, errlen, "--max-tcp-clients %s: expected 1..1000000", arg);
-			return DP_E_CONFIG;
-		}
-		c->max_tcp_clients = (uint32_t)n;
-		break;
-	case OPT_INFLIGHT:
-		if (parse_uint(arg, 1, 1000000, &n) < 0) {
-			snprintf(err, errlen, "--max-inflight %s: expected 1..1000000", arg);
-			return DP_E_CONFIG;
-		}
-		c->max_inflight = (uint32_t)n;
-		break;
-	case OPT_INFLIGHT_CONN:
-		if (parse_uint(arg, 1, 65535, &n) < 0) {
-			snprintf(err, errlen, "--max-inflight-per-conn %s: expected 1..65535", arg);
-			return DP_E_CONFIG;
-		}
-		c->max_inflight_per_conn = (uint32_t)n;
-		break;
-	case OPT_UPCONNS:
-		if (parse_uint(arg, 1, 64, &n) < 0) {
-			snprintf(err, errlen, "--upstream-conns %s: expected 1..64", arg);
-			return DP_E_CONFIG;
-		}
-		c->upstream_conns = (uint32_t)n;
-		break;
-	case OPT_UDPSIZE:
-		if (parse_uint(arg, 512, 4096, &n) < 0) {
-			snprintf(err, errlen, "--max-udp-size %s: expected 512..4096", arg);
-			return DP_E_CONFIG;
-		}
-		c->max_udp_size = (uint16_t)n;
-		break;
-	case OPT_ALLOW:
-		if (dp_acl_add(&c->acl, arg) < 0) {
-			snprintf(err, errlen, "--allow %s: expected ADDR/LEN with no host bits set (at most %d)",
-				 arg, DP_ACL_MAX);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_RATELIMIT:
-		if (parse_uint(arg, 0, 10000000, &n) < 0) {
-			snprintf(err, errlen, "--rate-limit %s: expected queries per second, 0 = off", arg);
-			return DP_E_CONFIG;
-		}
-		c->rate_limit = (uint32_t)n;
-		break;
-	case OPT_CACHESIZE:
-		if (parse_uint(arg, 0, 1048576, &n) < 0) {
-			snprintf(err, errlen, "--cache-size %s: expected megabytes, 0..1048576", arg);
-			return DP_E_CONFIG;
-		}
-		c->cache_mb = (uint32_t)n;
-		break;
-	case OPT_NOCACHE:
-		c->cache_mb = 0;
-		break;
-	case OPT_CACHEMIN:
-	case OPT_CACHEMAX:
-	case OPT_STALE:
-		if (parse_uint(arg, 0, 604800, &n) < 0) {
-			snprintf(err, errlen, "%s %s: expected seconds, 0..604800", name, arg);
-			return DP_E_CONFIG;
-		}
-		if (o == OPT_CACHEMIN)
-			c->cache_min_ttl = (uint32_t)n;
-		else if (o == OPT_CACHEMAX)
-			c->cache_max_ttl = (uint32_t)n;
-		else
-			c->stale_ttl = (uint32_t)n;
-		break;
-	case OPT_SERVFAILTTL:
-		if (parse_uint(arg, 1, 300, &n) < 0) {
-			snprintf(err, errlen, "%s %s: expected seconds, 1..300 (RFC 9520)", name, arg);
-			return DP_E_CONFIG;
-		}
-		c->servfail_ttl = (uint32_t)n;
-		break;
-	case OPT_FWDECS:
-		c->forward_ecs = true;
-		break;
-	case OPT_POLICY:
-		if (strcmp(arg, "fastest") == 0)
-			c->upstream_policy = DP_POLICY_FASTEST;
-		else if (strcmp(arg, "round-robin") == 0)
-			c->upstream_policy = DP_POLICY_RR;
-		else {
-			snprintf(err, errlen, "--upstream-policy %s: expected fastest or round-robin", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_HEDGE: {
-		uint32_t ms;
-		if (strcmp(arg, "auto") == 0)
-			c->hedge_ms = -1;
-		else if (strcmp(arg, "off") == 0)
-			c->hedge_ms = 0;
-		else if (parse_duration_ms(arg, &ms) == 0)
-			c->hedge_ms = (int32_t)ms;
-		else {
-			snprintf(err, errlen, "--hedge-after %s: expected a duration, auto or off", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	}
-	case OPT_UPIDLE:
-		if (parse_duration_ms(arg, &c->upstream_idle_ms) < 0 || c->upstream_idle_ms < 1000) {
-			snprintf(err, errlen, "--upstream-idle-timeout %s: expected a duration of 1s or more", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_TLSMIN:
-		if (strcmp(arg, "1.2") == 0)
-			c->tls_min_version = 0x0303;
-		else if (strcmp(arg, "1.3") == 0)
-			c->tls_min_version = 0x0304;
-		else {
-			snprintf(err, errlen, "--tls-min-version %s: expected 1.2 or 1.3", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_CONFIG:
-		if (strlen(arg) >= sizeof(c->config_file)) {
-			snprintf(err, errlen, "--config: path too long");
-			return DP_E_CONFIG;
-		}
-		snprintf(c->config_file, sizeof(c->config_file), "%s", arg);
-		break;
-	case OPT_METRICS:
-		if (dp_config_parse_addr(arg, 0, &c->metrics) < 0) {
-			snprintf(err, errlen, "--metrics %s: expected IP:PORT", arg);
-			return DP_E_CONFIG;
-		}
-		c->metrics_on = true;
-		break;
-	case OPT_METRICSALLOW:
-		if (parse_cidr_list(&c->metrics_acl, arg) < 0) {
-			snprintf(err, errlen,
-				 "--metrics-allow %s: expected ADDR[/LEN][,ADDR[/LEN]...] with no host bits set (at most %d)",
-				 arg, DP_ACL_MAX);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_USER:
-		if (strlen(arg) == 0 || strlen(arg) >= sizeof(c->user)) {
-			snprintf(err, errlen, "--user %s: expected a user name", arg);
-			return DP_E_CONFIG;
-		}
-		snprintf(c->user, sizeof(c->user), "%s", arg);
-		break;
-	case OPT_ALLOWROOT:
-		c->allow_root = true;
-		break;
-	case OPT_NOPIN:
-		c->pin = false;
-		break;
-	case OPT_UDPIO:
-		if (strcmp(arg, "uring") != 0) {
-			snprintf(err, errlen, "--udp-io %s: expected uring (mmsg was removed: it "
-				 "measured the same, bench/RESULTS.md)", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_STEERING:
-		if (strcmp(arg, "auto") == 0) {
-			c->steering = DP_STEER_AUTO;
-		} else if (strcmp(arg, "off") == 0) {
-			c->steering = DP_STEER_OFF;
-		} else {
-			snprintf(err, errlen, "--steering %s: expected auto or off", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	case OPT_BATCHUS:
-		if (parse_uint(arg, 0, 1000, &n) < 0) {
-			snprintf(err, errlen, "--batch-us %s: expected 0..1000", arg);
-			return DP_E_CONFIG;
-		}
-		c->batch_us = (uint32_t)n;
-		break;
-	case OPT_DRAIN:
-		if (parse_duration_ms(arg, &c->drain_ms) < 0) {
-			snprintf(err, errlen, "--drain-timeout %s: expected a duration such as 5s", arg);
-			return DP_E_CONFIG;
-		}
-		break;
-	default:
-		snprintf(err, errlen, "unknown setting %s", name);
+	return DP_E_CONFIG;
+}
+
+static int add_listen(dp_config_t *c, const char *arg)
+{
+	if (c->nlisten >= DP_MAX_LISTEN)
+		return DP_E_FULL;
+	if (dp_config_parse_addr(arg, 0, &c->listen[c->nlisten]) < 0)
 		return DP_E_CONFIG;
-	}
+	snprintf(c->listen_text[c->nlisten], sizeof(c->listen_text[0]), "%s", arg);
+	c->nlisten++;
 	return 0;
 }
 
-static int lookup_opt(const char *name, bool *has_arg)
+static int add_upstream(dp_config_t *c, const char *arg)
 {
-	for (const struct option *op = opts; op->name; op++)
-		if (strcmp(op->name, name) == 0) {
-			*has_arg = op->has_arg == required_argument;
-			return op->val;
+	if (c->nupstream >= DP_MAX_UPSTREAMS)
+		return DP_E_FULL;
+	if (parse_upstream(arg, &c->upstream[c->nupstream]) < 0)
+		return DP_E_CONFIG;
+	c->nupstream++;
+	return 0;
+}
+
+/* Read arg as o's kind into c. Returns 0, DP_E_CONFIG (a bad value) or
+ * DP_E_FULL (a list at its capacity). */
+static int set_value(dp_config_t *c, const opt_t *o, const char *arg)
+{
+	void *f = (char *)c + o->off;
+	unsigned long n;
+	uint32_t ms;
+	long v;
+	switch (o->kind) {
+	case K_FLAG:
+		store(f, o->size, o->min);
+		return 0;
+	case K_UINT:
+		if (parse_uint(arg, (unsigned long)o->min, (unsigned long)o->max, &n) < 0)
+			return DP_E_CONFIG;
+		store(f, o->size, (long)n);
+		return 0;
+	case K_DURATION:
+		if (choose(o->choices, arg, &v) < 0) {
+			if (parse_duration_ms(arg, &ms) < 0 || ms < o->min)
+				return DP_E_CONFIG;
+			v = ms;
 		}
-	return -1;
+		store(f, o->size, v);
+		return 0;
+	case K_ENUM:
+		if (choose(o->choices, arg, &v) < 0)
+			return DP_E_CONFIG;
+		store(f, o->size, v);
+		return 0;
+	case K_STRING:
+		if (strlen(arg) < (size_t)o->min || strlen(arg) >= o->size)
+			return DP_E_CONFIG;
+		memset(f, 0, o->size); /* equal settings are equal bytes (reload compares them) */
+		memcpy(f, arg, strlen(arg));
+		return 0;
+	case K_LISTEN:
+		return add_listen(c, arg);
+	case K_UPSTREAM:
+		return add_upstream(c, arg);
+	case K_CIDR:
+		return dp_acl_add(f, arg) < 0 ? DP_E_CONFIG : 0;
+	case K_CIDR_LIST:
+		return parse_cidr_list(f, arg);
+	case K_METRICS:
+		if (dp_config_parse_addr(arg, 0, &c->metrics) < 0)
+			return DP_E_CONFIG;
+		c->metrics_on = true;
+		return 0;
+	default:
+		return DP_E_CONFIG; /* help and version are the caller's */
+	}
+}
+
+/* "a, b or c" of a choice list, after prefix. */
+static void list_choices(const opt_choice_t *ch, const char *prefix, char *buf, size_t cap)
+{
+	size_t n = (size_t)snprintf(buf, cap, "%s", prefix);
+	for (const opt_choice_t *p = ch; p->name && n < cap; p++)
+		n += (size_t)snprintf(buf + n, cap - n, "%s%s", p == ch ? "" : p[1].name ? ", " : " or ",
+				      p->name);
+}
+
+/* What a valid value of o looks like, for "--name VALUE: expected ...". */
+static void expectation(const opt_t *o, char *buf, size_t cap)
+{
+	if (o->expect) {
+		snprintf(buf, cap, "%s", o->expect);
+		return;
+	}
+	switch (o->kind) {
+	case K_UINT:
+		snprintf(buf, cap, "%s%s%ld..%ld", o->unit ? o->unit : "", o->unit ? ", " : "", o->min,
+			 o->max);
+		break;
+	case K_DURATION:
+		if (o->choices)
+			list_choices(o->choices, "a duration, ", buf, cap);
+		else if (o->min >= 1000)
+			snprintf(buf, cap, "a duration of %gs or more", (double)o->min / 1000);
+		else
+			snprintf(buf, cap, "a duration such as 2s or 500ms");
+		break;
+	case K_ENUM:
+		list_choices(o->choices, "", buf, cap);
+		break;
+	case K_STRING:
+		snprintf(buf, cap, "at most %zu characters", o->size - 1);
+		break;
+	case K_LISTEN:
+	case K_METRICS:
+		snprintf(buf, cap, "IP:PORT or [IPv6]:PORT");
+		break;
+	case K_UPSTREAM:
+		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)");
+		break;
+	case K_CIDR:
+		snprintf(buf, cap, "ADDR/LEN with no host bits set (at most %d)", DP_ACL_MAX);
+		break;
+	default:
+		snprintf(buf, cap, "ADDR[/LEN][,ADDR[/LEN]...] with no host bits set (at most %d)",
+			 DP_ACL_MAX);
+		break;
+	}
+}
+
+/* Apply one setting of the current layer; errors name it as its flag. A
+ * list's first value in a layer replaces the list (its bytes cleared, so
+ * that equal lists are equal bytes). */
+static int apply(dp_config_t *c, const opt_t *o, const char *arg, char *err, size_t errlen)
+{
+	uint64_t bit = 1ull << (o - opts);
+	if ((o->flags & F_LIST) && !(c->list_fresh & bit)) {
+		memset((char *)c + o->off, 0, o->size);
+		c->list_fresh |= bit;
+	}
+	int rc = set_value(c, o, arg);
+	if (rc == DP_E_FULL) {
+		snprintf(err, errlen, "too many --%s (at most %ld)", o->name, o->max);
+	} else if (rc < 0) {
+		char want[160];
+		size_t len = strlen(arg);
+		expectation(o, want, sizeof(want));
+		snprintf(err, errlen, "--%s %.*s%s: expected %s", o->name, len > 200 ? 200 : (int)len,
+			 arg, len > 200 ? "..." : "", want);
+	}
+	return rc < 0 ? DP_E_CONFIG : 0;
+}
+
+static const opt_t *find_opt(const char *name)
+{
+	for (size_t i = 0; i < NOPTS; i++)
+		if (strcmp(opts[i].name, name) == 0)
+			return &opts[i];
+	return NULL;
+}
+
+/* --------------------------------------------------------- defaults */
+
+void dp_config_defaults(dp_config_t *c)
+{
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < NOPTS; i++) {
+		if (!opts[i].def)
+			continue;
+		char vals[256], *save = NULL;
+		snprintf(vals, sizeof(vals), "%s", opts[i].def);
+		for (char *v = strtok_r(vals, " ", &save); v; v = strtok_r(NULL, " ", &save))
+			apply(c, &opts[i], v, NULL, 0); /* ours: unit_config checks they parse */
+	}
+	c->list_fresh = 0; /* the next layer replaces the default lists */
+}
+
+/* ------------------------------------------------------------ --help */
+
+#define HELP_COL 28 /* where the help texts start */
+#define HELP_WIDTH 79
+
+/* Print words from column col, wrapping at HELP_WIDTH to HELP_COL. */
+static void wrap(const char *text, int col)
+{
+	for (const char *p = text; *p;) {
+		int w = (int)strcspn(p, " ");
+		if (p != text && col + 1 + w > HELP_WIDTH) {
+			printf("\n%*s", HELP_COL, "");
+			col = HELP_COL;
+		} else if (p != text) {
+			putchar(' ');
+			col++;
+		}
+		printf("%.*s", w, p);
+		col += w;
+		p += w;
+		while (*p == ' ')
+			p++;
+	}
+	putchar('\n');
+}
+
+/* The default as --help shows it (a list's values joined by ", "); false
+ * when the row states none. */
+static bool default_text(const opt_t *o, char *buf, size_t cap)
+{
+	const char *d = o->shown ? o->shown : o->def;
+	size_t n = 0;
+	if (!d)
+		return false;
+	for (; *d && n + 2 < cap; d++) {
+		if (*d == ' ' && !o->shown)
+			buf[n++] = ',';
+		buf[n++] = *d;
+	}
+	buf[n] = 0;
+	return true;
+}
+
+static void usage(void)
+{
+	printf("Usage: dotproxy [options]\n"
+	       "A DNS forwarder: plain DNS over UDP and TCP in, DNS-over-TLS (RFC 7858) out.\n\n");
+	for (size_t i = 0; i < NOPTS; i++) {
+		const opt_t *o = &opts[i];
+		char left[64], text[1024], def[256];
+		int n = snprintf(left, sizeof(left), "--%s%s%s", o->name, o->arg ? " " : "",
+				 o->arg ? o->arg : "");
+		size_t t = (size_t)snprintf(text, sizeof(text), "%s", o->help);
+		if (default_text(o, def, sizeof(def)))
+			t += (size_t)snprintf(text + t, sizeof(text) - t, " (default %s)", def);
+		if (o->rule == R_RESTART && t < sizeof(text))
+			snprintf(text + t, sizeof(text) - t, " [restart]");
+		printf("  %-*s  ", HELP_COL - 4, left);
+		wrap(text, n > HELP_COL - 4 ? n + 4 : HELP_COL);
+	}
+	printf("\n[restart]: read at start; a SIGHUP reload keeps the running value.\n"
+	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config;\n"
+	       "SIGUSR1 logs the counters.\n");
+}
+
+/* ------------------------------------------------------- config file */
+
+/* Cut a line of the file into its name and value (NULL when none), in
+ * place. A comment starts at a '#' that begins a word; a '#' inside a word
+ * belongs to an upstream (IP#NAME). Returns false for a line with nothing. */
+static bool split_line(char *line, char **name, char **value)
+{
+	for (char *h = line; (h = strchr(h, '#')) != NULL; h++)
+		if (h == line || h[-1] == ' ' || h[-1] == '\t') {
+			*h = 0;
+			break;
+		}
+	char *p = line;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	char *end = p + strlen(p);
+	while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+		*--end = 0;
+	if (*p == 0)
+		return false;
+	*name = p;
+	*value = NULL;
+	while (*p && *p != ' ' && *p != '\t')
+		p++;
+	if (*p) {
+		*p++ = 0;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		*value = *p ? p : NULL;
+	}
+	return true;
+}
+
+/* One "name value" line. A switch takes no value, or yes/true (set) or
+ * no/false (left alone). */
+static int file_setting(dp_config_t *c, const char *name, const char *value, char *err,
+			size_t errlen)
+{
+	const opt_t *o = find_opt(name);
+	if (!o || o->rule == R_ARGV) {
+		snprintf(err, errlen, "unknown setting '%s'", name);
+		return DP_E_CONFIG;
+	}
+	if (o->arg && !value) {
+		snprintf(err, errlen, "%s needs a value", name);
+		return DP_E_CONFIG;
+	}
+	if (!o->arg && value) {
+		if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0)
+			return 0;
+		if (strcmp(value, "yes") != 0 && strcmp(value, "true") != 0) {
+			snprintf(err, errlen, "%s takes no value (or yes/no)", name);
+			return DP_E_CONFIG;
+		}
+	}
+	return apply(c, o, value ? value : "", err, errlen);
 }
 
 int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t errlen)
@@ -701,79 +741,33 @@ int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t err
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return DP_E_CONFIG;
 	}
-	char line[1024];
+	char line[1024], msg[400], *name, *value;
 	int lineno = 0, rc = 0;
-	while (fgets(line, sizeof(line), f)) {
+	c->list_fresh = 0; /* a layer over the defaults */
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
 		lineno++;
 		size_t len = strlen(line);
 		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
-			snprintf(err, errlen, "%s:%d: line too long", path, lineno);
+			snprintf(msg, sizeof(msg), "line too long");
 			rc = DP_E_CONFIG;
-			break;
+		} else if (split_line(line, &name, &value)) {
+			rc = file_setting(c, name, value, msg, sizeof(msg));
 		}
-		/* A comment starts at a '#' that begins a word; a '#' inside a
-		 * word belongs to an upstream (IP#NAME). */
-		for (char *h = line; (h = strchr(h, '#')) != NULL; h++)
-			if (h == line || h[-1] == ' ' || h[-1] == '\t') {
-				*h = 0;
-				break;
-			}
-		char *p = line;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		char *end = p + strlen(p);
-		while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
-			*--end = 0;
-		if (*p == 0)
-			continue;
-		char *name = p;
-		while (*p && *p != ' ' && *p != '\t')
-			p++;
-		char *value = NULL;
-		if (*p) {
-			*p++ = 0;
-			while (*p == ' ' || *p == '\t')
-				p++;
-			value = *p ? p : NULL;
-		}
-		bool has_arg;
-		int o = lookup_opt(name, &has_arg);
-		if (o < 0 || o == OPT_HELP || o == OPT_VERSION || o == OPT_CONFIG) {
-			snprintf(err, errlen, "%s:%d: unknown setting '%s'", path, lineno, name);
-			rc = DP_E_CONFIG;
-			break;
-		}
-		if (has_arg && !value) {
-			snprintf(err, errlen, "%s:%d: %s needs a value", path, lineno, name);
-			rc = DP_E_CONFIG;
-			break;
-		}
-		if (!has_arg && value && strcmp(value, "yes") != 0 && strcmp(value, "true") != 0) {
-			if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0)
-				continue;
-			snprintf(err, errlen, "%s:%d: %s takes no value (or yes/no)", path, lineno, name);
-			rc = DP_E_CONFIG;
-			break;
-		}
-		char msg[400];
-		if (apply(c, o, value ? value : "", name, msg, sizeof(msg)) < 0) {
+		if (rc < 0)
 			snprintf(err, errlen, "%s:%d: %s", path, lineno, msg);
-			rc = DP_E_CONFIG;
-			break;
-		}
 	}
 	fclose(f);
 	return rc;
 }
 
-int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
+/* ------------------------------------------------------- command line */
+
+#define OPT_BASE 256 /* getopt's code of opts[i] is OPT_BASE + i */
+
+/* The --config file, if argv names one, is read before the command line
+ * (which overrides it). */
+static int read_config_first(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
 {
-	dp_config_t defaults;
-	dp_config_defaults(&defaults);
-	int o;
-	opterr = 0;
-	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
-	/* A --config file is read first; the command line overrides it. */
 	c->config_file[0] = 0;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
@@ -781,39 +775,40 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		else if (strncmp(argv[i], "--config=", 9) == 0)
 			snprintf(c->config_file, sizeof(c->config_file), "%s", argv[i] + 9);
 	}
-	if (c->config_file[0]) {
-		c->cur_layer = 1;
-		if (dp_config_parse_file(c, c->config_file, err, errlen) < 0)
+	return c->config_file[0] ? dp_config_parse_file(c, c->config_file, err, errlen) : 0;
+}
+
+int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
+{
+	struct option lo[NOPTS + 1];
+	for (size_t i = 0; i < NOPTS; i++)
+		lo[i] = (struct option){ opts[i].name, opts[i].arg ? required_argument : no_argument,
+					 NULL, OPT_BASE + (int)i };
+	lo[NOPTS] = (struct option){ NULL, 0, NULL, 0 };
+	if (read_config_first(c, argc, argv, err, errlen) < 0)
+		return DP_E_CONFIG;
+	c->list_fresh = 0; /* the command line is the top layer */
+	opterr = 0;
+	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
+	int code;
+	while ((code = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
+		if (code == ':' || code == '?') {
+			snprintf(err, errlen, code == ':' ? "%s: missing value (see --help)"
+							  : "unknown option %s (see --help)",
+				 argv[optind - 1]);
 			return DP_E_CONFIG;
-	}
-	c->cur_layer = 2;
-	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		switch (o) {
-		case OPT_HELP:
-		case 'h':
-			usage(&defaults);
+		}
+		const opt_t *o = code == 'h' ? find_opt("help") : &opts[code - OPT_BASE];
+		if (o->kind == K_HELP) {
+			usage();
 			return 1;
-		case OPT_VERSION:
+		}
+		if (o->kind == K_VERSION) {
 			printf("dotproxy %s\n", DP_VERSION);
 			return 1;
-		case ':':
-			snprintf(err, errlen, "%s: missing value (see --help)", argv[optind - 1]);
-			return DP_E_CONFIG;
-		case '?':
-			snprintf(err, errlen, "unknown option %s (see --help)", argv[optind - 1]);
-			return DP_E_CONFIG;
-		default: {
-			char name[64];
-			const char *nm = "option";
-			for (const struct option *op = opts; op->name; op++)
-				if (op->val == o) {
-					snprintf(name, sizeof(name), "--%s", op->name);
-					nm = name;
-				}
-			if (apply(c, o, optarg ? optarg : "", nm, err, errlen) < 0)
-				return DP_E_CONFIG;
 		}
-		}
+		if (apply(c, o, optarg ? optarg : "", err, errlen) < 0)
+			return DP_E_CONFIG;
 	}
 	if (c->cache_min_ttl > c->cache_max_ttl) {
 		snprintf(err, errlen, "--cache-min-ttl %u is above --cache-max-ttl %u", c->cache_min_ttl,
@@ -824,15 +819,48 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);
 		return DP_E_CONFIG;
 	}
-	if (c->nlisten == 0) {
-		dp_config_parse_addr("127.0.0.1:53", 0, &c->listen[0]);
-		snprintf(c->listen_text[0], sizeof(c->listen_text[0]), "127.0.0.1:53");
-		c->nlisten = 1;
-	}
-	if (c->nupstream == 0) {
-		parse_upstream("1.1.1.1:853#cloudflare-dns.com", &c->upstream[0]);
-		parse_upstream("1.0.0.1:853#cloudflare-dns.com", &c->upstream[1]);
-		c->nupstream = 2;
-	}
 	return 0;
+}
+
+/* -------------------------------------------------------- reload rule */
+
+/* True when an earlier row owns the same bytes (no-cache and cache-size):
+ * a change is reported once, under the first. */
+static bool owned_earlier(const opt_t *o)
+{
+	for (const opt_t *p = opts; p < o; p++)
+		if (p->off == o->off && p->size == o->size)
+			return true;
+	return false;
+}
+
+static bool all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+int dp_config_keep_restart(dp_config_t *nc, const dp_config_t *old, char *names, size_t cap)
+{
+	int changed = 0;
+	size_t len = 0;
+	if (cap)
+		names[0] = 0;
+	for (const opt_t *o = opts; o < opts + NOPTS; o++) {
+		if (o->rule != R_RESTART || o->size == 0 || owned_earlier(o))
+			continue;
+		char *now = (char *)nc + o->off;
+		const char *was = (const char *)old + o->off;
+		bool unset = (o->flags & F_AUTO0) && all_zero(now, o->size);
+		if (!unset && memcmp(now, was, o->size) != 0) {
+			if (len < cap)
+				len += (size_t)snprintf(names + len, cap - len, "%s%s", changed ? "," : "",
+							o->name);
+			changed++;
+		}
+		memcpy(now, was, o->size);
+	}
+	return changed;
 }

@@ -1,4 +1,6 @@
-/* config.h - dotproxy's settings and the command line that fills them. */
+/* config.h - dotproxy's settings (dp_config_t) and the one option table
+ * (config.c) that fills them from the defaults, the --config file and the
+ * command line, prints --help, and says what a reload may change. */
 #ifndef DP_CONFIG_H
 #define DP_CONFIG_H
 
@@ -63,14 +65,17 @@ typedef struct dp_config {
 	char user[64];
 	bool allow_root;
 	uint32_t drain_ms;
-	bool pin; /* pin shard i to the i-th allowed CPU */
+	bool no_pin; /* let the scheduler place shards (default: shard i on the i-th CPU) */
 	int steering; /* DP_STEER_*; read at start only */
 	uint32_t batch_us; /* completion coalescing under load, 0 = off */
-	/* parsing: which layer (1 file, 2 command line) set each list last */
-	int cur_layer, listen_layer, upstream_layer, acl_layer, metrics_acl_layer;
+	/* parsing: the repeatable options (a bit per row of config.c's table)
+	 * that the current layer (defaults, file, command line) has started
+	 * afresh; their first use in a layer replaces an earlier layer's list */
+	uint64_t list_fresh;
 } dp_config_t;
 
-/* Defaults, as --help prints them. */
+/* Fill c with the defaults (each option's default text, read by its own
+ * parser: what --help prints is what is used). */
 void dp_config_defaults(dp_config_t *c);
 
 /* Parse argv into c (which holds defaults): the --config file first, if
@@ -86,6 +91,12 @@ int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t err
 /* Parse "IP:PORT", "[IPv6]:PORT", or a bare IP with default_port (0 = port
  * required). Returns 0 or DP_E_CONFIG. */
 int dp_config_parse_addr(const char *s, uint16_t default_port, dp_sockaddr_t *out);
+
+/* Reload: the settings a running process cannot change (threads, sockets,
+ * table sizes, privileges) are copied from old into nc. names gets the
+ * comma-separated names of those whose value in nc differed (a threads of
+ * 0, "one per CPU", is no change). Returns how many differed. */
+int dp_config_keep_restart(dp_config_t *nc, const dp_config_t *old, char *names, size_t cap);
 
 /* "IP:PORT" text of an address, for logs. */
 void dp_sockaddr_str(const dp_sockaddr_t *a, char *out, size_t cap);

@@ -131,34 +131,6 @@ static void serve(dp_control_t *ctl, http_client_t *c, const dp_http_req_t *r, c
 	}
 }
 
-/* Settings a reload cannot change (they shape threads and sockets): keep the
- * running ones and say so. */
-static void keep_fixed(dp_config_t *nc, const dp_config_t *old)
-{
-	bool warn = nc->threads != old->threads && nc->threads != 0;
-	warn |= nc->nlisten != old->nlisten ||
-		memcmp(nc->listen, old->listen, sizeof(nc->listen[0]) * (size_t)old->nlisten) != 0;
-	warn |= nc->max_inflight != old->max_inflight || nc->cache_mb != old->cache_mb ||
-		nc->upstream_conns != old->upstream_conns || nc->max_tcp_clients != old->max_tcp_clients ||
-		nc->metrics_on != old->metrics_on ||
-		nc->steering != old->steering;
-	nc->threads = old->threads;
-	nc->nlisten = old->nlisten;
-	memcpy(nc->listen, old->listen, sizeof(nc->listen));
-	memcpy(nc->listen_text, old->listen_text, sizeof(nc->listen_text));
-	nc->max_inflight = old->max_inflight;
-	nc->cache_mb = old->cache_mb;
-	nc->upstream_conns = old->upstream_conns;
-	nc->max_tcp_clients = old->max_tcp_clients;
-	nc->metrics_on = old->metrics_on;
-	nc->steering = old->steering;
-	nc->metrics = old->metrics;
-	if (warn)
-		dp_warn("reload: listen, threads, max-inflight, cache-size, upstream-conns, "
-			"max-tcp-clients, metrics, udp-io and steering need a restart; kept the running values",
-			NULL);
-}
-
 static void reload(dp_control_t *ctl)
 {
 	char err[512] = "";
@@ -174,7 +146,12 @@ static void reload(dp_control_t *ctl)
 		free(nc);
 		return;
 	}
-	keep_fixed(nc, ctl->cfg);
+	/* Settings that shape threads, sockets and tables keep their running
+	 * values; config.c's option table says which they are. */
+	char fixed[256];
+	if (dp_config_keep_restart(nc, ctl->cfg, fixed, sizeof(fixed)) > 0)
+		dp_warn("reload: settings that need a restart changed; kept the running values",
+			"settings=%s", fixed);
 	dp_log_level = nc->log_level;
 	bool new_ctx = strcmp(nc->ca_file, ctl->cfg->ca_file) != 0 ||
 		       nc->tls_min_version != ctl->cfg->tls_min_version;
@@ -297,6 +274,39 @@ void dp_control_signals(sigset_t *set)
 	sigaddset(set, SIGHUP);
 }
 
+/* Act on the signals waiting on sfd: SIGUSR1 logs the counters, SIGHUP
+ * reloads (not while draining), SIGTERM/SIGINT start the drain, which ends
+ * by drain_until at the latest. */
+static void take_signals(dp_control_t *ctl, int sfd, uint64_t now, bool *draining,
+			 uint64_t *drain_until)
+{
+	struct signalfd_siginfo si;
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGUSR1) {
+			dp_control_log_stats(ctl->shards, ctl->nshards);
+		} else if (si.ssi_signo == SIGHUP) {
+			if (*draining)
+				continue;
+			if (!ctl->cfg->config_file[0])
+				dp_warn("SIGHUP without --config: nothing to reload", NULL);
+			else
+				reload(ctl);
+		} else if (!*draining) {
+			dp_info("stopping", "signal=%u drain_timeout_ms=%u", si.ssi_signo,
+				ctl->cfg->drain_ms);
+			*draining = true;
+			/* shards give up at drain_ms; allow for their teardown */
+			*drain_until = now + ctl->cfg->drain_ms + 2000;
+			for (int i = 0; i < ctl->nshards; i++)
+				dp_shard_drain(&ctl->shards[i]);
+			if (ctl->metrics_fd >= 0) {
+				close(ctl->metrics_fd);
+				ctl->metrics_fd = -1;
+			}
+		}
+	}
+}
+
 int dp_control_run(dp_control_t *ctl)
 {
 	sigset_t set;
@@ -348,31 +358,7 @@ int dp_control_run(dp_control_t *ctl)
 			if (!pfd[k].revents)
 				continue;
 			if (idx[k] == -1) {
-				struct signalfd_siginfo si;
-				while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-					if (si.ssi_signo == SIGUSR1) {
-						dp_control_log_stats(ctl->shards, ctl->nshards);
-					} else if (si.ssi_signo == SIGHUP) {
-						if (draining)
-							continue;
-						if (!ctl->cfg->config_file[0])
-							dp_warn("SIGHUP without --config: nothing to reload", NULL);
-						else
-							reload(ctl);
-					} else if (!draining) {
-						dp_info("stopping", "signal=%u drain_timeout_ms=%u", si.ssi_signo,
-							ctl->cfg->drain_ms);
-						draining = true;
-						/* shards give up at drain_ms; allow for their teardown */
-						drain_until = now + ctl->cfg->drain_ms + 2000;
-						for (int i = 0; i < ctl->nshards; i++)
-							dp_shard_drain(&ctl->shards[i]);
-						if (ctl->metrics_fd >= 0) {
-							close(ctl->metrics_fd);
-							ctl->metrics_fd = -1;
-						}
-					}
-				}
+				take_signals(ctl, sfd, now, &draining, &drain_until);
 			} else if (idx[k] == -2) {
 				accept_clients(ctl, clients, body, now);
 			} else if (clients[idx[k]].fd == pfd[k].fd) {

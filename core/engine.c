@@ -575,7 +575,7 @@ static void *shard_main(void *arg)
 {
 	dp_shard_t *s = arg;
 	int rc;
-	if (s->cfg->pin)
+	if (!s->cfg->no_pin)
 		pin_to_cpu(s);
 	if ((rc = ring_setup(s)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "io_uring setup failed: %s%s",

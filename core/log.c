@@ -12,14 +12,6 @@ int dp_log_level = DP_LOG_INFO;
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
-int dp_log_parse_level(const char *s)
-{
-	for (size_t i = 0; i < DP_ARRAY_LEN(level_names); i++)
-		if (strcmp(s, level_names[i]) == 0)
-			return (int)i;
-	return DP_E_CONFIG;
-}
-
 /* Repetitive warnings and errors are rate-limited per call site message and
  * thread: at most RL_BURST lines a second each; the first line after a quiet
  * spell says how many were suppressed. */

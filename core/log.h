@@ -13,9 +13,6 @@ enum dp_log_level { DP_LOG_DEBUG = 0, DP_LOG_INFO, DP_LOG_WARN, DP_LOG_ERROR };
 
 extern int dp_log_level;
 
-/* Parse "debug", "info", "warn", "error". Returns the level or DP_E_CONFIG. */
-int dp_log_parse_level(const char *s);
-
 /* Log one line if level >= dp_log_level. msg is quoted; fmt (may be NULL)
  * formats the key=value tail. */
 void dp_log(int level, const char *msg, const char *fmt, ...)

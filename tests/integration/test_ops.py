@@ -781,6 +781,38 @@ def test_sighup_reload_under_load(dotproxy, unbound, certs, responders, readable
         assert a_addrs(r) == ["192.0.2.99"], r
 
 
+@pytest.mark.timeout_s(60)
+def test_reload_keeps_restart_settings(dotproxy, unbound, certs, readable_dir):
+    """A SIGHUP whose file changes settings read only at start (threads,
+    max-inflight): the running values stay, one warning names exactly those
+    (config.c's option table says which they are), and the daemon answers
+    as before. A reload that changes only live settings warns about none."""
+    ca = H.copy_ca(certs, readable_dir)
+    conf = readable_dir / "restart.conf"
+    H.write_file(conf, "threads 1\nmax-inflight 1000\ncache-size 8\n")
+    dp = dotproxy([unbound.upstream_arg()], ca, timeout=None, extra=["--config", str(conf)])
+
+    def sighup(text):
+        H.write_file(conf, text)
+        n = sum(1 for l in dp.log_lines() if 'msg="reloaded"' in l)
+        os.kill(dp.pid, signal.SIGHUP)
+        ok = H.wait_for(lambda: sum(1 for l in dp.log_lines() if 'msg="reloaded"' in l) > n, 5.0)
+        assert ok, "no msg=\"reloaded\" within 5 s of SIGHUP:\n%s" % dp.tail()
+        return [H.parse_logline(l) for l in dp.log_lines() if "need a restart" in l]
+
+    warned = sighup("threads 2\nmax-inflight 2000\ncache-size 8\ntimeout 1500ms\n")
+    assert len(warned) == 1 and warned[0].get("settings") == "threads,max-inflight", warned
+    assert warned[0].get("level") == "warn", warned
+    started = [H.parse_logline(l) for l in dp.log_lines() if 'msg="started"' in l]
+    assert started[0].get("shards") == 1, started
+    r = udp_query(dp.port, "www.test.")
+    assert a_addrs(r) == ["192.0.2.1"], r
+    # the same start-only values, a new live one: no further warning
+    warned = sighup("threads 1\nmax-inflight 1000\ncache-size 8\ntimeout 1s\n")
+    assert len(warned) == 1, warned
+    assert dp.proc.poll() is None
+
+
 # ================================================================ 3. SIGTERM drain under load
 
 class DrainLoad:

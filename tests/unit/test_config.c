@@ -1,4 +1,5 @@
-/* test_config.c - command line and address parsing. */
+/* test_config.c - the option table: command line, config file, defaults,
+ * address parsing and the reload rule. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -113,6 +114,34 @@ static void defaults(void **state)
 	assert_int_equal(cfg.max_inflight, 16384);
 	assert_int_equal(cfg.max_inflight_per_conn, 256);
 	assert_int_equal(cfg.log_level, DP_LOG_INFO);
+	/* every default comes from the option table, read by the option's own
+	 * parser: what --help shows is what runs */
+	assert_int_equal(cfg.list_fresh, 0);
+	assert_string_equal(cfg.upstream[0].text, "1.1.1.1:853#cloudflare-dns.com");
+	assert_int_equal(cfg.handshake_timeout_ms, 1000);
+	assert_int_equal(cfg.tcp_idle_ms, 10000);
+	assert_int_equal(cfg.max_tcp_clients, 15000);
+	assert_int_equal(cfg.upstream_conns, 1);
+	assert_string_equal(cfg.ca_file, "/etc/ssl/certs/ca-certificates.crt");
+	assert_int_equal(cfg.rate_limit, 0);
+	assert_int_equal(cfg.cache_mb, 64);
+	assert_int_equal(cfg.cache_min_ttl, 0);
+	assert_int_equal(cfg.cache_max_ttl, 86400);
+	assert_int_equal(cfg.stale_ttl, 86400);
+	assert_int_equal(cfg.tls_min_version, 0x0304);
+	assert_int_equal(cfg.upstream_policy, DP_POLICY_FASTEST);
+	assert_int_equal(cfg.hedge_ms, -1);
+	assert_int_equal(cfg.upstream_idle_ms, 10000);
+	assert_int_equal(cfg.drain_ms, 5000);
+	assert_false(cfg.no_pin);
+	assert_false(cfg.metrics_on);
+	assert_string_equal(cfg.user, "nobody");
+	/* the same list as acl.c's dp_acl_defaults */
+	dp_acl_t want;
+	dp_acl_defaults(&want);
+	assert_int_equal(cfg.acl.n, want.n);
+	assert_memory_equal(cfg.acl.e, want.e, sizeof(want.e[0]) * (size_t)want.n);
+	assert_int_equal(cfg.metrics_acl.n, 2);
 }
 
 static void listen_forms(void **state)
@@ -504,6 +533,104 @@ static void metrics_allow(void **state)
 	assert_int_equal(parse("--metrics-allow", "bogus", NULL), DP_E_CONFIG);
 }
 
+/* Switches, and keywords of values. */
+static void switches_and_keywords(void **state)
+{
+	assert_int_equal(parse("--no-pin", "--no-cache", "--allow-root", "--hedge-after", "off",
+			       "--upstream-policy", "round-robin", "--tls-min-version", "1.2", NULL), 0);
+	assert_true(cfg.no_pin);
+	assert_true(cfg.allow_root);
+	assert_int_equal(cfg.cache_mb, 0);
+	assert_int_equal(cfg.hedge_ms, 0);
+	assert_int_equal(cfg.upstream_policy, DP_POLICY_RR);
+	assert_int_equal(cfg.tls_min_version, 0x0303);
+	assert_int_equal(parse("--hedge-after", "250ms", "--rate-limit", "100", NULL), 0);
+	assert_int_equal(cfg.hedge_ms, 250);
+	assert_int_equal(cfg.rate_limit, 100);
+}
+
+/* Lists: the file's first value replaces the default, later values add;
+ * the command line's first value replaces the file's. */
+static void file_layers(void **state)
+{
+	assert_int_equal(parse_text("listen 127.0.0.1:5300\nlisten [::1]:5300\n"
+				    "allow 192.0.2.0/24\nmetrics 127.0.0.1:9100\n"
+				    "forward-ecs yes\nno-pin no\ncache-min-ttl 60\n"), 0);
+	assert_int_equal(cfg.nlisten, 2);
+	assert_v4(&cfg.listen[0], "127.0.0.1", 5300);
+	assert_v6(&cfg.listen[1], "::1", 5300);
+	assert_int_equal(cfg.nupstream, 2); /* untouched: the defaults */
+	assert_int_equal(cfg.acl.n, 1);
+	assert_true(cfg.metrics_on);
+	assert_true(cfg.forward_ecs);
+	assert_false(cfg.no_pin);
+	assert_int_equal(cfg.cache_min_ttl, 60);
+
+	char path[] = "/tmp/dp-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static const char text[] = "listen 127.0.0.1:5300\nlisten 127.0.0.1:5301\nthreads 3\n";
+	assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
+	close(fd);
+	assert_int_equal(parse("--config", path, "--listen", "127.0.0.1:5400", NULL), 0);
+	assert_int_equal(cfg.nlisten, 1);
+	assert_v4(&cfg.listen[0], "127.0.0.1", 5400);
+	assert_int_equal(cfg.threads, 3);
+	assert_string_equal(cfg.config_file, path);
+	unlink(path);
+
+	/* file errors name the setting as its flag, after FILE:LINE */
+	assert_int_equal(parse_text("# x\ncache-min-ttl 5x\n"), DP_E_CONFIG);
+	assert_non_null(strstr(err, ":2: --cache-min-ttl 5x: expected seconds, 0..604800"));
+	static const char *argv_only[] = { "help\n", "version\n", "config /etc/passwd\n" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(argv_only); i++) {
+		assert_int_equal(parse_text(argv_only[i]), DP_E_CONFIG);
+		assert_non_null(strstr(err, "unknown setting"));
+	}
+	assert_int_equal(parse_text("timeout\n"), DP_E_CONFIG);
+	assert_non_null(strstr(err, "timeout needs a value"));
+	assert_int_equal(parse_text("no-cache maybe\n"), DP_E_CONFIG);
+	assert_non_null(strstr(err, "no-cache takes no value"));
+}
+
+/* A reload keeps the settings read at start, and names those it kept. */
+static void reload_keeps_restart_settings(void **state)
+{
+	static dp_config_t old;
+	assert_int_equal(parse("--threads", "2", "--listen", "127.0.0.1:5300", "--cache-size", "8",
+			       "--timeout", "3s", NULL), 0);
+	old = cfg;
+	char names[256];
+
+	/* Same restart-only settings, a changed live one: nothing to say. */
+	assert_int_equal(parse("--threads", "2", "--listen", "127.0.0.1:5300", "--cache-size", "8",
+			       "--timeout", "1s", NULL), 0);
+	assert_int_equal(dp_config_keep_restart(&cfg, &old, names, sizeof(names)), 0);
+	assert_string_equal(names, "");
+	assert_int_equal(cfg.timeout_ms, 1000);
+
+	/* threads left to its default (0: one per CPU) is no change */
+	assert_int_equal(parse("--listen", "127.0.0.1:5300", "--cache-size", "8", NULL), 0);
+	assert_int_equal(dp_config_keep_restart(&cfg, &old, names, sizeof(names)), 0);
+	assert_int_equal(cfg.threads, 2);
+
+	assert_int_equal(parse("--threads", "4", "--listen", "127.0.0.1:5301", "--listen",
+			       "127.0.0.1:5302", "--no-cache", "--metrics", "127.0.0.1:9100",
+			       "--user", "daemon", "--steering", "off", "--rate-limit", "50", NULL), 0);
+	assert_int_equal(dp_config_keep_restart(&cfg, &old, names, sizeof(names)), 6);
+	assert_string_equal(names, "listen,threads,cache-size,metrics,user,steering");
+	assert_int_equal(cfg.threads, 2);
+	assert_int_equal(cfg.nlisten, 1);
+	assert_v4(&cfg.listen[0], "127.0.0.1", 5300);
+	assert_string_equal(cfg.listen_text[0], "127.0.0.1:5300");
+	assert_int_equal(cfg.cache_mb, 8);
+	assert_false(cfg.metrics_on);
+	assert_string_equal(cfg.user, "nobody");
+	assert_int_equal(cfg.steering, DP_STEER_AUTO);
+	assert_int_equal(cfg.rate_limit, 50); /* live: the new value stays */
+	assert_int_equal(cfg.timeout_ms, 2000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -525,6 +652,9 @@ int main(void)
 		cmocka_unit_test(errors_and_exits),
 		cmocka_unit_test(parse_is_repeatable),
 		cmocka_unit_test(metrics_allow),
+		cmocka_unit_test(switches_and_keywords),
+		cmocka_unit_test(file_layers),
+		cmocka_unit_test(reload_keeps_restart_settings),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
