@@ -342,6 +342,31 @@ static void ttl_decay(void **state)
 	dp_cache_destroy(&c);
 }
 
+/* An answer with more records than dp_dns_answer_t keeps TTL offsets for:
+ * the entry stores them all at insert, and a hit ages every one. */
+static void ttl_decay_past_rr_cap(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	const unsigned n = DP_DNS_RR_MAX + 20;
+	init(&c, 1024 * KB, 0, 86400, 0);
+	make_q(&q, "many.example", PLAIN);
+	a_begin(&a, "many.example", T_A, 1, QR | RD | RA);
+	for (unsigned i = 0; i < n; i++)
+		a_addr(&a, 300 + i, (uint8_t)i);
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	served_t *s = get(&c, &q, T0 + 100000, false);
+	assert_true(s->hit);
+	rrinfo_t r[DP_DNS_RR_MAX + 20];
+	assert_int_equal(rrs(s, r, n), n);
+	/* Each at most the entry's lifetime (300), then aged: 200; a record
+	 * past the cap left alone would still say 300 + i. */
+	for (unsigned i = 0; i < n; i++)
+		assert_int_equal(r[i].ttl, 200);
+	dp_cache_destroy(&c);
+}
+
 /* The lifetime is the smallest TTL of answer and authority records; the
  * additional section (glue, OPT) does not count. */
 static void lifetime_is_smallest_ttl(void **state)
@@ -1525,6 +1550,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(ttl_decay),
+		cmocka_unit_test(ttl_decay_past_rr_cap),
 		cmocka_unit_test(lifetime_is_smallest_ttl),
 		cmocka_unit_test(clamp_max),
 		cmocka_unit_test(clamp_min),
