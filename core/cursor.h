@@ -68,9 +68,8 @@ static inline uint32_t dp_cursor_u32(dp_cursor_t *c)
 {
 	if (!dp_cursor_need(c, 4))
 		return 0;
-	uint32_t v = dp_rd32(c->buf + c->pos);
-	c->pos += 4;
-	return v;
+	uint32_t hi = dp_cursor_u16(c); /* both halves are there */
+	return hi << 16 | dp_cursor_u16(c);
 }
 
 /* Step over n octets (all of them there, or err). */
