@@ -140,6 +140,8 @@ typedef struct dp_dns_ttl_iter {
  * of dp_dns_ttl_next(), for answers larger than DP_DNS_RR_MAX. */
 size_t dp_dns_ttl_walk(const uint8_t *msg, size_t *pos);
 
+/* Start it over validated message msg: off[0, n), then walked up to total
+ * (n > 0 whenever total > n: the walk starts after off[n - 1]). */
 static inline void dp_dns_ttl_iter_init(dp_dns_ttl_iter_t *it, const uint8_t *msg,
 					const uint16_t *off, unsigned n, unsigned total)
 {
