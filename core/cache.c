@@ -1,4 +1,6 @@
-/* cache.c - per-shard answer cache with S3-FIFO eviction. */
+/* cache.c - per-shard answer cache with S3-FIFO eviction. An entry keeps
+ * the TTL offsets of its answer, found once at insert, so that a hit ages
+ * the TTLs by offset (answer.c) without walking the message. */
 #include "cache.h"
 #include "edns.h"
 #include "siphash.h"
@@ -8,7 +10,6 @@
 #include <string.h>
 
 #define DP_TYPE_SOA 6
-#define STALE_TTL_SERVED 30 /* RFC 8767 4: 30 s recommended */
 
 enum { IN_SMALL = 0, IN_MAIN = 1 };
 
@@ -24,19 +25,32 @@ struct dp_cache_entry {
 	uint16_t qtype, qclass;
 	uint16_t question_end;
 	uint16_t opt_off, opt_len; /* opt_len 0: no OPT */
+	uint16_t opt_after; /* records after the OPT */
+	uint16_t nttl; /* records but the OPT: TTL offsets in data */
 	uint16_t hits;
 	uint8_t flags, name_len, ecs_len;
 	uint8_t freq; /* 0..3 */
 	uint8_t where; /* IN_SMALL / IN_MAIN */
 	bool dead; /* replaced or dropped; freed when its FIFO reaches it */
 	bool prefetched;
-	uint8_t data[]; /* name_len octets of key name, ecs_len of key subnet,
-			 * then len octets of wire */
+	/* nttl TTL offsets into the wire (uint16_t, message order), name_len
+	 * octets of key name, ecs_len of key subnet, then len octets of wire */
+	_Alignas(uint16_t) uint8_t data[];
 };
+
+static inline const uint16_t *entry_ttls(const dp_cache_entry_t *e)
+{
+	return (const uint16_t *)(const void *)e->data;
+}
+
+static inline const uint8_t *entry_name(const dp_cache_entry_t *e)
+{
+	return e->data + (size_t)e->nttl * 2;
+}
 
 static inline uint8_t *entry_wire(const dp_cache_entry_t *e)
 {
-	return (uint8_t *)e->data + e->name_len + e->ecs_len;
+	return (uint8_t *)entry_name(e) + e->name_len + e->ecs_len;
 }
 
 static inline bool entry_servfail(const dp_cache_entry_t *e)
@@ -141,8 +155,8 @@ static bool key_eq(const dp_cache_entry_t *e, const dp_cache_key_t *k)
 {
 	return e->hash == k->hash && e->qtype == k->qtype && e->qclass == k->qclass &&
 	       e->flags == k->flags && e->name_len == k->name_len && e->ecs_len == k->ecs_len &&
-	       memcmp(e->data, k->name, k->name_len) == 0 &&
-	       memcmp(e->data + k->name_len, k->ecs, k->ecs_len) == 0;
+	       memcmp(entry_name(e), k->name, k->name_len) == 0 &&
+	       memcmp(entry_name(e) + k->name_len, k->ecs, k->ecs_len) == 0;
 }
 
 static void hash_unlink(dp_cache_t *c, dp_cache_entry_t *e)
@@ -228,60 +242,37 @@ bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms)
 }
 
 
-void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl)
+int64_t dp_cache_answer_ttl(const uint8_t *ans, const dp_dns_answer_t *a)
 {
-	size_t p = v->question_end;
-	unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
-	for (unsigned i = 0; i < n && p + 10 <= len; i++) {
-		p = dp_dns_skip_name(msg, p);
-		if (dp_rd16(msg + p) != DP_DNS_TYPE_OPT) {
-			uint32_t ttl = dp_rd32(msg + p + 4), t = ttl;
-			if (t & 0x80000000u) /* RFC 2181 8: treat as zero */
-				t = 0;
-			if (t > max_ttl)
-				t = max_ttl;
-			if (t != ttl) {
-				msg[p + 4] = (uint8_t)(t >> 24);
-				msg[p + 5] = (uint8_t)(t >> 16);
-				msg[p + 6] = (uint8_t)(t >> 8);
-				msg[p + 7] = (uint8_t)t;
-			}
-		}
-		p += 10 + (size_t)dp_rd16(msg + p + 8);
-	}
-}
-
-int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av)
-{
+	const dp_dns_view_t *av = &a->v;
 	unsigned rcode = DP_DNS_RCODE(av->flags);
 	if ((av->flags & DP_DNS_F_TC) || av->ext_rcode ||
 	    (rcode != DP_DNS_RCODE_NOERROR && rcode != DP_DNS_RCODE_NXDOMAIN))
 		return -1;
-	/* One pass: the smallest TTL over answer and authority records, whether
-	 * the answer holds the asked type (a CNAME chain that ends in nothing
-	 * is NODATA), and the SOA's negative TTL. */
+	/* Over the TTL offsets of the answer and authority records (the OPT
+	 * is in the additional section, so the i-th offset is the i-th
+	 * record): the smallest TTL, whether the answer holds the asked type
+	 * (a CNAME chain that ends in nothing is NODATA), and the SOA's
+	 * negative TTL. */
 	int64_t min = -1, soa_neg = -1;
 	bool has_type = false;
-	size_t p = av->question_end;
 	unsigned n = (unsigned)av->ancount + av->nscount;
-	for (unsigned i = 0; i < n && p < len; i++) {
-		p = dp_dns_skip_name(ans, p);
-		uint16_t type = dp_rd16(ans + p);
-		uint32_t ttl = dp_rd32(ans + p + 4);
-		uint16_t rdlen = dp_rd16(ans + p + 8);
-		if (ttl & 0x80000000u) /* RFC 2181 8: treat as zero */
-			ttl = 0;
+	dp_dns_ttl_iter_t it;
+	size_t off;
+	dp_dns_ttl_iter_init(&it, ans, a->ttl, a->nttl, a->ttl_total);
+	for (unsigned i = 0; i < n && dp_dns_ttl_next(&it, &off); i++) {
+		uint16_t type = dp_rd16(ans + off - 4);
+		uint16_t rdlen = dp_rd16(ans + off + 4);
+		uint32_t ttl = dp_dns_ttl(ans, off); /* RFC 2181 8 */
 		if (i < av->ancount && (type == av->qtype || av->qtype == 255 /* ANY */))
 			has_type = true;
 		if (i >= av->ancount && type == DP_TYPE_SOA && rdlen >= 22) {
 			/* RFC 2308 5: min(SOA TTL, SOA MINIMUM) */
-			uint32_t minimum = dp_rd32(ans + p + 10 + rdlen - 4);
+			uint32_t minimum = dp_rd32(ans + off + 6 + rdlen - 4);
 			int64_t t = DP_MIN(ttl, minimum);
 			soa_neg = soa_neg < 0 ? t : DP_MIN(soa_neg, t);
 		}
-		if (type != DP_DNS_TYPE_OPT)
-			min = min < 0 ? (int64_t)ttl : DP_MIN(min, (int64_t)ttl);
-		p += 10 + (size_t)rdlen;
+		min = min < 0 ? (int64_t)ttl : DP_MIN(min, (int64_t)ttl);
 	}
 	bool negative = rcode == DP_DNS_RCODE_NXDOMAIN || !has_type;
 	if (!negative)
@@ -357,52 +348,64 @@ static void evict_one(dp_cache_t *c)
 	}
 }
 
-/* Store ans (view av) under k for ttl seconds (> 0). Returns 0, 1 when it
- * is not cacheable after all, -ENOMEM. */
-static int store(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
-		 const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms)
+/* A new entry for answer ans (parsed into a) under k, not linked: the
+ * wire scrubbed for every client of k (no upstream option; the subnet
+ * option only when it is the key's own), and the TTL offsets of the
+ * scrubbed wire. Sets *rc to 1 when it is not cacheable after all, or
+ * -ENOMEM; NULL then. Allocates the entry. */
+static dp_cache_entry_t *entry_make(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans,
+				    size_t len, const dp_dns_answer_t *a, int *rc)
 {
-	size_t wl = DP_MIN(len, (size_t)av->msg_end);
-	size_t size = sizeof(dp_cache_entry_t) + k->name_len + k->ecs_len + wl;
+	size_t wl = DP_MIN(len, (size_t)a->v.msg_end);
+	size_t size = sizeof(dp_cache_entry_t) + (size_t)a->ttl_total * 2 + k->name_len +
+		      k->ecs_len + wl;
+	*rc = 1;
 	if (size > c->max_bytes / 4)
-		return 1;
+		return NULL;
 	dp_cache_entry_t *e = malloc(size);
+	*rc = -ENOMEM;
 	if (!e)
-		return -ENOMEM;
+		return NULL;
 	memset(e, 0, sizeof(*e));
-	memcpy(e->data, k->name, k->name_len);
-	memcpy(e->data + k->name_len, k->ecs, k->ecs_len);
-	uint8_t *w = e->data + k->name_len + k->ecs_len;
-	memcpy(w, ans, wl);
-	/* No upstream option is for another client (edns.h); the subnet
-	 * option stays only when it is the key's own. */
-	dp_dns_view_t v = *av;
-	wl = dp_edns_scrub_answer(w, wl, &v, true, false, k->ecs_len ? k->ecs : NULL, k->ecs_len);
-	if (k->ecs_len) {
-		/* RFC 7871 7.3: an answer scoped to a longer prefix than the
-		 * one asked for is not for the whole subnet of the key; one
-		 * with another subnet than ours is not ours at all. */
-		int scope = dp_edns_ecs_scope(w, &v);
-		if ((av->opt_ecs && !v.opt_ecs) || scope > k->ecs[2]) {
-			free(e);
-			return 1;
-		}
-	}
-	e->hash = k->hash;
-	e->qtype = k->qtype;
-	e->qclass = k->qclass;
-	e->flags = k->flags;
+	e->nttl = a->ttl_total;
 	e->name_len = k->name_len;
 	e->ecs_len = k->ecs_len;
-	e->len = (uint16_t)wl;
+	memcpy((uint8_t *)entry_name(e), k->name, k->name_len);
+	memcpy((uint8_t *)entry_name(e) + k->name_len, k->ecs, k->ecs_len);
+	uint8_t *w = entry_wire(e);
+	memcpy(w, ans, wl);
+	dp_dns_view_t v = a->v;
+	size_t sl = dp_edns_scrub_answer(w, wl, &v, true, false, k->ecs_len ? k->ecs : NULL,
+					 k->ecs_len);
+	/* RFC 7871 7.3: an answer scoped to a longer prefix than the one asked
+	 * for is not for the whole subnet of the key; one with another subnet
+	 * than ours is not ours at all. */
+	if (k->ecs_len && ((a->v.opt_ecs && !v.opt_ecs) || dp_edns_ecs_scope(w, &v) > k->ecs[2])) {
+		free(e);
+		*rc = 1;
+		return NULL;
+	}
+	/* The offsets, found once: records after the OPT moved down by what
+	 * the scrub took out of it. */
+	uint16_t *t = (uint16_t *)(void *)e->data;
+	dp_dns_ttl_iter_t it;
+	size_t off;
+	dp_dns_ttl_iter_init(&it, ans, a->ttl, a->nttl, a->ttl_total);
+	for (unsigned i = 0; dp_dns_ttl_next(&it, &off); i++)
+		t[i] = (uint16_t)(off > a->v.opt_off && a->v.has_opt ? off - (wl - sl) : off);
+	e->len = (uint16_t)sl;
 	e->question_end = v.question_end;
 	e->opt_off = v.has_opt ? v.opt_off : 0;
 	e->opt_len = v.has_opt ? v.opt_len : 0;
-	e->ttl = ttl;
-	e->inserted_ms = now_ms;
-	e->expires_ms = now_ms + (uint64_t)ttl * 1000;
+	e->opt_after = v.opt_after;
 	e->size = (uint32_t)size;
+	return e;
+}
 
+/* Link the new entry e under k, in place of an older answer for the same
+ * key, and evict down to the memory bound. */
+static void entry_link(dp_cache_t *c, const dp_cache_key_t *k, dp_cache_entry_t *e)
+{
 	/* Replace an older answer for the same key; a refreshed entry keeps
 	 * its standing (prefetch must not demote the names it keeps warm). */
 	dp_cache_entry_t **pp = &c->buckets[k->hash & c->bucket_mask];
@@ -420,26 +423,45 @@ static int store(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, siz
 	if (was_main || c->ghost[k->hash & c->ghost_mask] == k->hash) {
 		e->where = IN_MAIN;
 		fifo_push(&c->main_head, &c->main_tail, e);
-		c->main_bytes += size;
+		c->main_bytes += e->size;
 	} else {
 		e->where = IN_SMALL;
 		fifo_push(&c->small_head, &c->small_tail, e);
-		c->small_bytes += size;
+		c->small_bytes += e->size;
 	}
 	c->st.inserts++;
 	c->st.entries++;
-	c->st.bytes += size;
+	c->st.bytes += e->size;
 	while (c->small_bytes + c->main_bytes > c->max_bytes && (c->small_head || c->main_head))
 		evict_one(c);
+}
+
+/* Store ans (parsed into a) under k for ttl seconds (> 0). Returns 0, 1
+ * when it is not cacheable after all, -ENOMEM. */
+static int store(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
+		 const dp_dns_answer_t *a, uint32_t ttl, uint64_t now_ms)
+{
+	int rc;
+	dp_cache_entry_t *e = entry_make(c, k, ans, len, a, &rc);
+	if (!e)
+		return rc;
+	e->hash = k->hash;
+	e->qtype = k->qtype;
+	e->qclass = k->qclass;
+	e->flags = k->flags;
+	e->ttl = ttl;
+	e->inserted_ms = now_ms;
+	e->expires_ms = now_ms + (uint64_t)ttl * 1000;
+	entry_link(c, k, e);
 	return 0;
 }
 
 int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
-		    const dp_dns_view_t *av, uint64_t now_ms)
+		    const dp_dns_answer_t *a, uint64_t now_ms)
 {
 	if (!c->buckets)
 		return 1;
-	int64_t ttl = dp_cache_answer_ttl(ans, len, av);
+	int64_t ttl = dp_cache_answer_ttl(ans, a);
 	if (ttl < 0)
 		return 1;
 	if (ttl < c->min_ttl)
@@ -448,70 +470,43 @@ int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, 
 		ttl = c->max_ttl;
 	if (ttl == 0)
 		return 1;
-	return store(c, k, ans, len, av, (uint32_t)ttl, now_ms);
+	return store(c, k, ans, len, a, (uint32_t)ttl, now_ms);
 }
 
 int dp_cache_insert_servfail(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans,
-			     size_t len, const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms)
+			     size_t len, const dp_dns_answer_t *a, uint32_t ttl, uint64_t now_ms)
 {
-	if (!c->buckets || ttl == 0 || DP_DNS_RCODE(av->flags) != DP_DNS_RCODE_SERVFAIL ||
-	    av->ext_rcode)
+	if (!c->buckets || ttl == 0 || DP_DNS_RCODE(a->v.flags) != DP_DNS_RCODE_SERVFAIL ||
+	    a->v.ext_rcode)
 		return 1;
 	for (dp_cache_entry_t *o = c->buckets[k->hash & c->bucket_mask]; o; o = o->hnext)
 		if (key_eq(o, k) && !entry_servfail(o) &&
 		    now_ms < o->expires_ms + (uint64_t)c->stale_ttl * 1000)
 			return 1;
-	return store(c, k, ans, len, av, ttl, now_ms);
+	return store(c, k, ans, len, a, ttl, now_ms);
 }
 
-int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
-		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap)
+void dp_cache_entry_src(const dp_cache_entry_t *e, uint64_t now_ms, bool stale,
+			dp_answer_src_t *src)
 {
-	if (e->len > cap)
-		return DP_E_TOOBIG;
 	const uint8_t *w = entry_wire(e);
-	memcpy(out, w, e->len);
-	size_t len = e->len;
-	dp_wr16(out, qv->id);
-	uint16_t flags = dp_rd16(out + 2);
-	flags = (uint16_t)((flags & ~DP_DNS_F_RD) | (qv->flags & DP_DNS_F_RD));
-	if (!(qv->flags & DP_DNS_F_AD) && !(qv->has_opt && qv->do_bit))
-		flags &= (uint16_t)~DP_DNS_F_AD; /* RFC 6840 5.7 */
-	dp_wr16(out + 2, flags);
-	/* The client's own spelling (same length: the key matched). */
-	memcpy(out + DP_DNS_HDR_LEN, q + qv->qname_off, qv->qname_len);
-	uint32_t age = now_ms > e->inserted_ms ? (uint32_t)((now_ms - e->inserted_ms) / 1000) : 0;
-	unsigned n = (unsigned)dp_rd16(out + 6) + dp_rd16(out + 8) + dp_rd16(out + 10);
-	size_t p = e->question_end;
-	for (unsigned i = 0; i < n && p < len; i++) {
-		p = dp_dns_skip_name(out, p);
-		uint16_t type = dp_rd16(out + p);
-		if (type != DP_DNS_TYPE_OPT) {
-			uint32_t ttl = dp_rd32(out + p + 4);
-			if (ttl & 0x80000000u)
-				ttl = 0;
-			if (ttl > e->ttl) /* --cache-max-ttl clamps what clients see too */
-				ttl = e->ttl;
-			ttl = stale ? STALE_TTL_SERVED : (ttl > age ? ttl - age : 0);
-			out[p + 4] = (uint8_t)(ttl >> 24);
-			out[p + 5] = (uint8_t)(ttl >> 16);
-			out[p + 6] = (uint8_t)(ttl >> 8);
-			out[p + 7] = (uint8_t)ttl;
-		}
-		p += 10 + (size_t)dp_rd16(out + p + 8);
-	}
-	if (e->opt_len && !qv->has_opt) {
-		dp_dns_view_t v;
-		memset(&v, 0, sizeof(v));
-		v.has_opt = true;
-		v.opt_off = e->opt_off;
-		v.opt_len = e->opt_len;
-		v.msg_end = (uint16_t)len;
-		v.question_end = e->question_end;
-		v.ancount = dp_rd16(out + 6);
-		v.nscount = dp_rd16(out + 8);
-		v.arcount = dp_rd16(out + 10);
-		len = dp_edns_scrub_answer(out, len, &v, false, false, NULL, 0);
-	}
-	return (int)len;
+	src->wire = w;
+	src->len = e->len;
+	memset(&src->v, 0, sizeof(src->v));
+	src->v.flags = dp_rd16(w + 2);
+	src->v.ancount = dp_rd16(w + 6);
+	src->v.nscount = dp_rd16(w + 8);
+	src->v.arcount = dp_rd16(w + 10);
+	src->v.question_end = e->question_end;
+	src->v.msg_end = e->len;
+	src->v.has_opt = e->opt_len != 0;
+	src->v.opt_off = e->opt_off;
+	src->v.opt_len = e->opt_len;
+	src->v.opt_after = e->opt_after;
+	src->ttl = entry_ttls(e);
+	src->nttl = src->ttl_total = e->nttl;
+	src->ttl_max = e->ttl; /* --cache-max-ttl clamps what clients see too */
+	src->age = now_ms > e->inserted_ms ? (uint32_t)((now_ms - e->inserted_ms) / 1000) : 0;
+	src->stale = stale;
+	src->scrubbed = true;
 }

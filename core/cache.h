@@ -6,11 +6,11 @@
  * answer in wire form, as the upstream sent it but for its EDNS options:
  * none is kept (NSID, EDE, cookies, padding: they are the upstream's, for
  * this response) except a Client Subnet option that repeats the key's
- * subnet. A hit is served with the client's ID, the client's own spelling
- * of the name (0x20 case randomisation survives), every TTL reduced by the
- * time spent in the cache, the AD bit only to a client that set AD or DO
- * (RFC 6840 5.7: queries go upstream with AD set, so the answer does not
- * depend on it), and the EDNS the client asked for.
+ * subnet; and the offsets of its TTLs, found once at insert from the parsed
+ * answer. A hit is served through dp_answer_personalise() (answer.h): the
+ * client's ID and spelling of the name, every TTL reduced by the time spent
+ * in the cache (rewritten by offset, no walk), AD per RFC 6840 5.7, and the
+ * EDNS the client asked for.
  *
  * Lifetime: the smallest TTL of the answer and authority records (negative
  * answers: the SOA's TTL and MINIMUM, RFC 2308), clamped to [min_ttl,
@@ -36,6 +36,7 @@
 #ifndef DP_CACHE_H
 #define DP_CACHE_H
 
+#include "answer.h"
 #include "dns.h"
 #include "edns.h"
 
@@ -99,36 +100,30 @@ uint32_t dp_cache_ttl_orig(const dp_cache_entry_t *e);
  * least 10 s); the caller refreshes it. */
 bool dp_cache_prefetch_due(dp_cache_entry_t *e, uint64_t now_ms);
 
-/* Build the answer to client query q (view qv) from entry e into out: the
- * client's ID, RD and spelling of the name, TTLs aged (all 30 when stale),
- * AD cleared unless the client set AD or DO, the OPT record only when the
- * client sent one. Returns the length or
- * DP_E_TOOBIG. Hot path, no allocation. */
-int dp_cache_serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
-		   uint64_t now_ms, bool stale, uint8_t *out, size_t cap);
+/* The source that entry e (from dp_cache_lookup) is served from at now_ms
+ * (stale: every TTL DP_ANSWER_STALE_TTL), for dp_answer_personalise(). src
+ * points into the entry: valid until the next insert or look-up. Hot path,
+ * no walk, no allocation. */
+void dp_cache_entry_src(const dp_cache_entry_t *e, uint64_t now_ms, bool stale,
+			dp_answer_src_t *src);
 
-/* Insert (or replace) the answer ans (view av, validated) under key k.
- * Returns 0 when cached, 1 when the answer is not cacheable, -ENOMEM.
- * Allocates the entry. */
+/* Insert (or replace) the answer ans (len octets, parsed into a by
+ * dp_dns_parse_answer_rrs) under key k. Returns 0 when cached, 1 when the
+ * answer is not cacheable, -ENOMEM. Allocates the entry. */
 int dp_cache_insert(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans, size_t len,
-		    const dp_dns_view_t *av, uint64_t now_ms);
+		    const dp_dns_answer_t *a, uint64_t now_ms);
 
-/* Insert the SERVFAIL ans (view av) under key k for ttl seconds (RFC 9520:
+/* Insert the SERVFAIL ans (parsed into a) under key k for ttl seconds (RFC 9520:
  * 1 s to 5 min; the caller says when every upstream failed). It never
  * replaces an answer that is still fresh or servable stale: that one is
  * worth more than a failure. Returns 0 when cached, 1 when not, -ENOMEM.
  * Allocates the entry. */
 int dp_cache_insert_servfail(dp_cache_t *c, const dp_cache_key_t *k, const uint8_t *ans,
-			     size_t len, const dp_dns_view_t *av, uint32_t ttl, uint64_t now_ms);
+			     size_t len, const dp_dns_answer_t *a, uint32_t ttl, uint64_t now_ms);
 
-/* In answer msg (len octets, view v, which has been validated): every TTL
- * of 2^31 or more becomes 0 (RFC 2181 8), every other TTL above max_ttl
- * becomes max_ttl (what a client sees agrees with how long the cache keeps
- * it; UINT32_MAX: no clamp). Hot path. */
-void dp_cache_clamp_ttls(uint8_t *msg, size_t len, const dp_dns_view_t *v, uint32_t max_ttl);
-
-/* Lifetime in seconds the cache would give answer ans (before clamping),
- * or -1 when it is not cacheable. Exposed for tests. */
-int64_t dp_cache_answer_ttl(const uint8_t *ans, size_t len, const dp_dns_view_t *av);
+/* Lifetime in seconds the cache would give answer ans (parsed into a;
+ * before clamping), or -1 when it is not cacheable. Reads the TTLs by
+ * offset. Exposed for tests. */
+int64_t dp_cache_answer_ttl(const uint8_t *ans, const dp_dns_answer_t *a);
 
 #endif

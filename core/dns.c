@@ -1,4 +1,5 @@
-/* dns.c - DNS wire validation and the few messages dotproxy builds itself. */
+/* dns.c - DNS wire validation (one pass, through cursor.h), the TTL offsets
+ * of an answer, and the few messages dotproxy builds itself. */
 #include "dns.h"
 
 #include <string.h>
@@ -85,13 +86,17 @@ static int parse_question(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	int rc = name_walk(msg, len, DP_DNS_HDR_LEN, false, &next, &wl);
 	if (rc < 0)
 		return rc;
-	if (next + 4 > len)
+	dp_cursor_t c;
+	dp_cursor_init(&c, msg, len, next);
+	uint16_t qtype = dp_cursor_u16(&c);
+	uint16_t qclass = dp_cursor_u16(&c);
+	if (c.err)
 		return DP_E_FORMERR;
 	v->qname_off = DP_DNS_HDR_LEN;
 	v->qname_len = (uint16_t)wl;
-	v->qtype = dp_rd16(msg + next);
-	v->qclass = dp_rd16(msg + next + 2);
-	v->question_end = (uint16_t)(next + 4);
+	v->qtype = qtype;
+	v->qclass = qclass;
+	v->question_end = (uint16_t)c.pos;
 	v->has_question = true;
 	return 0;
 }
@@ -139,83 +144,110 @@ static int rdata_names(const uint8_t *msg, size_t len, uint16_t type, size_t rd,
 	return p <= end ? 0 : DP_E_FORMERR;
 }
 
-/* Walk count RRs from *off; section 3 is the additional section. */
-static int parse_rrs(const uint8_t *msg, size_t len, size_t *off, unsigned count,
-		     int section, dp_dns_view_t *v)
+/* The options of the OPT whose RDATA is [rd, end): they must tile it
+ * exactly; note Padding, keepalive and the first Client Subnet. */
+static int parse_opt_options(const uint8_t *msg, size_t rd, size_t end, dp_dns_view_t *v)
 {
-	size_t pos = *off;
-	for (unsigned i = 0; i < count; i++) {
-		size_t start = pos, next, wl;
-		int rc = name_walk(msg, len, pos, true, &next, &wl);
-		if (rc < 0)
-			return rc;
-		if (next + 10 > len)
+	dp_cursor_t c;
+	dp_cursor_init(&c, msg, end, rd);
+	while (dp_cursor_left(&c)) {
+		size_t o = c.pos;
+		uint16_t code = dp_cursor_u16(&c);
+		uint16_t olen = dp_cursor_u16(&c);
+		dp_cursor_skip(&c, olen);
+		if (c.err)
 			return DP_E_FORMERR;
-		uint16_t type = dp_rd16(msg + next);
-		uint16_t rdlen = dp_rd16(msg + next + 8);
-		size_t end = next + 10 + rdlen;
-		if (end > len)
-			return DP_E_FORMERR;
-		if ((rc = rdata_names(msg, len, type, next + 10, end)) < 0)
-			return rc;
-		if (type == DP_DNS_TYPE_OPT) {
-			/* One OPT, in the additional section, owned by the root
-			 * written as the single zero octet (RFC 6891 6.1.2), not
-			 * a pointer to one: dp_dns_truncate() moves the OPT, and
-			 * a pointer into the sections it drops would dangle. */
-			if (section != 3 || v->has_opt || msg[start] != 0)
-				return DP_E_FORMERR;
-			/* Nothing may point at the OPT's owner: records after the
-			 * OPT can then be moved over it (edns.c) by adjusting the
-			 * pointers that cross it. */
-			label_starts[start >> 3] &= (uint8_t)~(1u << (start & 7));
-			/* Options must tile the RDATA exactly. */
-			size_t o = next + 10;
-			while (o < end) {
-				if (o + 4 > end)
-					return DP_E_FORMERR;
-				size_t olen = dp_rd16(msg + o + 2);
-				if (o + 4 + olen > end)
-					return DP_E_FORMERR;
-				uint16_t code = dp_rd16(msg + o);
-				if (code == DP_DNS_OPT_PADDING)
-					v->opt_padding = true;
-				if (code == DP_DNS_OPT_ECS && !v->opt_ecs)
-					v->opt_ecs = (uint16_t)o;
-				if (code == DP_DNS_OPT_KEEPALIVE) {
-					v->opt_keepalive = true;
-					if (olen == 2)
-						v->keepalive = dp_rd16(msg + o + 4);
-				}
-				o += 4 + olen;
-			}
-			v->has_opt = true;
-			v->opt_off = (uint16_t)start;
-			v->opt_len = (uint16_t)(end - start);
-			uint16_t sz = dp_rd16(msg + next + 2);
-			v->udp_size = sz < 512 ? 512 : sz;
-			v->ext_rcode = msg[next + 4];
-			v->edns_version = msg[next + 5];
-			v->do_bit = (msg[next + 6] & 0x80) != 0;
+		if (code == DP_DNS_OPT_PADDING)
+			v->opt_padding = true;
+		if (code == DP_DNS_OPT_ECS && !v->opt_ecs)
+			v->opt_ecs = (uint16_t)o;
+		if (code == DP_DNS_OPT_KEEPALIVE) {
+			v->opt_keepalive = true;
+			if (olen == 2)
+				v->keepalive = dp_rd16(msg + o + 4);
 		}
-		pos = end;
 	}
-	*off = pos;
 	return 0;
 }
 
-static int parse_common(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+/* The OPT record at start (section 3 is the additional section); its TYPE
+ * field is at start + 1, its TTL at ttl, its RDATA is [ttl + 6, end). */
+static int parse_opt(const uint8_t *msg, size_t start, size_t ttl, size_t end, int section,
+		     dp_dns_view_t *v)
 {
-	size_t off;
+	/* One OPT, in the additional section, owned by the root written as
+	 * the single zero octet (RFC 6891 6.1.2), not a pointer to one:
+	 * dp_dns_truncate() moves the OPT, and a pointer into the sections it
+	 * drops would dangle. */
+	if (section != 3 || v->has_opt || msg[start] != 0)
+		return DP_E_FORMERR;
+	/* Nothing may point at the OPT's owner: records after the OPT can
+	 * then be moved over it (edns.c) by adjusting the pointers that cross
+	 * it. */
+	label_starts[start >> 3] &= (uint8_t)~(1u << (start & 7));
+	int rc = parse_opt_options(msg, ttl + 6, end, v);
+	if (rc < 0)
+		return rc;
+	v->has_opt = true;
+	v->opt_off = (uint16_t)start;
+	v->opt_len = (uint16_t)(end - start);
+	uint16_t sz = dp_rd16(msg + ttl - 2); /* CLASS: the payload size */
+	v->udp_size = sz < 512 ? 512 : sz;
+	v->ext_rcode = msg[ttl];
+	v->edns_version = msg[ttl + 1];
+	v->do_bit = (msg[ttl + 2] & 0x80) != 0;
+	return 0;
+}
+
+/* Walk count RRs from c's position; section 3 is the additional section.
+ * With a, note each TTL offset (but the OPT's) in it. */
+static int parse_rrs(dp_cursor_t *c, unsigned count, int section, dp_dns_view_t *v,
+		     dp_dns_answer_t *a)
+{
+	const uint8_t *msg = c->buf;
+	for (unsigned i = 0; i < count; i++) {
+		size_t start = c->pos, next, wl;
+		int rc = name_walk(msg, c->len, start, true, &next, &wl);
+		if (rc < 0)
+			return rc;
+		dp_cursor_seek(c, next);
+		uint16_t type = dp_cursor_u16(c);
+		dp_cursor_skip(c, 2); /* CLASS */
+		size_t ttl = c->pos;
+		dp_cursor_skip(c, 4);
+		uint16_t rdlen = dp_cursor_u16(c);
+		size_t rd = c->pos;
+		dp_cursor_skip(c, rdlen);
+		if (c->err)
+			return DP_E_FORMERR;
+		if ((rc = rdata_names(msg, c->len, type, rd, c->pos)) < 0)
+			return rc;
+		if (v->has_opt)
+			v->opt_after++;
+		if (type == DP_DNS_TYPE_OPT) {
+			if ((rc = parse_opt(msg, start, ttl, c->pos, section, v)) < 0)
+				return rc;
+		} else if (a) {
+			if (a->nttl < DP_DNS_RR_MAX)
+				a->ttl[a->nttl++] = (uint16_t)ttl;
+			a->ttl_total++;
+		}
+	}
+	return 0;
+}
+
+static int parse_common(const uint8_t *msg, size_t len, dp_dns_view_t *v, dp_dns_answer_t *a)
+{
 	int rc;
 	if (v->qdcount > 1 || (v->qdcount == 1 && (rc = parse_question(msg, len, v)) < 0))
 		return DP_E_FORMERR;
-	off = v->question_end;
-	if ((rc = parse_rrs(msg, len, &off, v->ancount, 1, v)) < 0 ||
-	    (rc = parse_rrs(msg, len, &off, v->nscount, 2, v)) < 0 ||
-	    (rc = parse_rrs(msg, len, &off, v->arcount, 3, v)) < 0)
+	dp_cursor_t c;
+	dp_cursor_init(&c, msg, len, v->question_end);
+	if ((rc = parse_rrs(&c, v->ancount, 1, v, a)) < 0 ||
+	    (rc = parse_rrs(&c, v->nscount, 2, v, a)) < 0 ||
+	    (rc = parse_rrs(&c, v->arcount, 3, v, a)) < 0)
 		return rc;
-	v->msg_end = (uint16_t)off;
+	v->msg_end = (uint16_t)c.pos;
 	return 0;
 }
 
@@ -225,12 +257,14 @@ static int parse_header(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	if (len < DP_DNS_HDR_LEN || len > DP_DNS_MAX_MSG)
 		return DP_E_MALFORMED;
 	memset(label_starts, 0, len / 8 + 1);
-	v->id = dp_rd16(msg);
-	v->flags = dp_rd16(msg + 2);
-	v->qdcount = dp_rd16(msg + 4);
-	v->ancount = dp_rd16(msg + 6);
-	v->nscount = dp_rd16(msg + 8);
-	v->arcount = dp_rd16(msg + 10);
+	dp_cursor_t c;
+	dp_cursor_init(&c, msg, len, 0);
+	v->id = dp_cursor_u16(&c);
+	v->flags = dp_cursor_u16(&c);
+	v->qdcount = dp_cursor_u16(&c);
+	v->ancount = dp_cursor_u16(&c);
+	v->nscount = dp_cursor_u16(&c);
+	v->arcount = dp_cursor_u16(&c); /* 12 octets are there: no error */
 	v->question_end = DP_DNS_HDR_LEN;
 	v->msg_end = DP_DNS_HDR_LEN;
 	v->udp_size = 512;
@@ -254,10 +288,10 @@ int dp_dns_parse_query(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 		/* Still look for the OPT so the FORMERR carries one (without a
 		 * question the RRs start right after the header). */
 		if (v->qdcount == 0)
-			(void)parse_common(msg, len, v);
+			(void)parse_common(msg, len, v, NULL);
 		return DP_E_FORMERR;
 	}
-	rc = parse_common(msg, len, v);
+	rc = parse_common(msg, len, v, NULL);
 	if (rc < 0)
 		return DP_E_FORMERR;
 	if (v->has_opt && v->edns_version != 0)
@@ -265,14 +299,38 @@ int dp_dns_parse_query(const uint8_t *msg, size_t len, dp_dns_view_t *v)
 	return 0;
 }
 
-int dp_dns_parse_answer(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+static int parse_answer(const uint8_t *msg, size_t len, dp_dns_view_t *v, dp_dns_answer_t *a)
 {
 	int rc = parse_header(msg, len, v);
 	if (rc < 0)
 		return rc;
 	if (!(v->flags & DP_DNS_F_QR) || v->qdcount != 1)
 		return DP_E_FORMERR;
-	return parse_common(msg, len, v);
+	return parse_common(msg, len, v, a);
+}
+
+int dp_dns_parse_answer(const uint8_t *msg, size_t len, dp_dns_view_t *v)
+{
+	return parse_answer(msg, len, v, NULL);
+}
+
+_Static_assert(DP_DNS_RR_MAX > 0 && DP_DNS_RR_MAX <= UINT16_MAX, "dp_dns_ttl_next walks on from ttl[]");
+
+int dp_dns_parse_answer_rrs(const uint8_t *msg, size_t len, dp_dns_answer_t *a)
+{
+	a->nttl = 0;
+	a->ttl_total = 0;
+	return parse_answer(msg, len, &a->v, a);
+}
+
+size_t dp_dns_ttl_walk(const uint8_t *msg, size_t *pos)
+{
+	for (;;) {
+		size_t p = dp_dns_skip_name(msg, *pos);
+		*pos = p + 10 + dp_rd16(msg + p + 8);
+		if (dp_rd16(msg + p) != DP_DNS_TYPE_OPT)
+			return p + 4;
+	}
 }
 
 static inline uint8_t lower(uint8_t c)
@@ -400,12 +458,6 @@ size_t dp_dns_skip_name(const uint8_t *msg, size_t p)
 			return p + 2;
 		p += (size_t)c + 1;
 	}
-}
-
-size_t dp_dns_skip_rr(const uint8_t *msg, size_t p)
-{
-	p = dp_dns_skip_name(msg, p);
-	return p + 10 + dp_rd16(msg + p + 8);
 }
 
 void dp_dns_name_str(const uint8_t *msg, size_t len, size_t off, char *out, size_t cap)

@@ -93,4 +93,10 @@ static inline uint32_t dp_rd32(const uint8_t *p)
 	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+static inline void dp_wr32(uint8_t *p, uint32_t v)
+{
+	dp_wr16(p, (uint16_t)(v >> 16));
+	dp_wr16(p + 2, (uint16_t)v);
+}
+
 #endif

@@ -6,15 +6,19 @@
 
 int dp_edns_ecs_read(const uint8_t *msg, const dp_dns_view_t *v, uint8_t *out)
 {
-	size_t olen = dp_rd16(msg + v->opt_ecs + 2);
-	const uint8_t *d = msg + v->opt_ecs + 4;
-	if (olen < 4)
-		return DP_E_FORMERR;
-	uint16_t family = dp_rd16(d);
-	unsigned source = d[2];
+	/* Read inside the option: OPTION-LENGTH bounds everything after it. */
+	dp_cursor_t c;
+	dp_cursor_init(&c, msg, (size_t)v->opt_off + v->opt_len, (size_t)v->opt_ecs + 2);
+	size_t olen = dp_cursor_u16(&c);
+	if (!c.err && olen < c.len - c.pos)
+		c.len = c.pos + olen;
+	const uint8_t *d = msg + c.pos;
+	uint16_t family = dp_cursor_u16(&c);
+	unsigned source = dp_cursor_u8(&c);
+	dp_cursor_skip(&c, 1); /* SCOPE PREFIX-LENGTH */
 	unsigned bits = family == 1 ? 32 : family == 2 ? 128 : 0;
 	size_t alen = (source + 7) / 8;
-	if (bits == 0 || source > bits || olen != 4 + alen)
+	if (c.err || bits == 0 || source > bits || dp_cursor_left(&c) != alen)
 		return DP_E_FORMERR;
 	memcpy(out, d, 3);
 	out[3] = 0; /* SCOPE: 0 in queries (RFC 7871 6) */
@@ -36,18 +40,9 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, const uint8_t 
 		memcpy(out, msg, before);
 		memcpy(out + before, msg + v->opt_off + v->opt_len, after);
 		o = before + after;
-		if (after) {
-			/* Records that followed the OPT moved down over it. */
-			unsigned moved = 0;
-			size_t p = v->question_end;
-			unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
-			for (unsigned i = 0; i < n; i++) {
-				if (p > v->opt_off)
-					moved++;
-				p = dp_dns_skip_rr(msg, p);
-			}
-			dp_dns_shift_pointers(out, o, v->opt_off, moved, v->opt_off, v->opt_len);
-		}
+		if (after) /* records that followed the OPT moved down over it */
+			dp_dns_shift_pointers(out, o, v->opt_off, v->opt_after, v->opt_off,
+					      v->opt_len);
 	} else {
 		if (end > cap)
 			return DP_E_TOOBIG;
@@ -117,16 +112,7 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 	size_t off = v->opt_off, olen = v->opt_len;
 	/* Records after the OPT (rare: upstreams put it last) move down;
 	 * their pointers to names behind the cut move with them. */
-	unsigned after = 0;
-	if (off + olen < len) {
-		size_t p = v->question_end;
-		unsigned n = (unsigned)v->ancount + v->nscount + v->arcount;
-		for (unsigned i = 0; i < n; i++) {
-			if (p > off)
-				after++;
-			p = dp_dns_skip_rr(msg, p);
-		}
-	}
+	unsigned after = v->opt_after;
 	if (!client_opt) {
 		memmove(msg + off, msg + off + olen, len - (off + olen));
 		if (after)
@@ -135,6 +121,7 @@ size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool cli
 		v->has_opt = false;
 		v->opt_padding = false;
 		v->opt_keepalive = false;
+		v->opt_after = 0;
 		v->arcount--;
 		len -= olen;
 		v->msg_end = (uint16_t)len;

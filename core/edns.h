@@ -50,7 +50,9 @@ int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, const uint8_t 
  * client, and above all not another client through the cache. The OPT's
  * fixed part (payload size, extended RCODE, DO) stays.
  * Works in place, updates v (v->opt_ecs: the ECS option kept, or 0);
- * returns the new length. Hot path. */
+ * returns the new length. Records after the OPT (v->opt_after, from the
+ * parse) move down with their pointers fixed; no record is walked to find
+ * them. Hot path. */
 size_t dp_edns_scrub_answer(uint8_t *msg, size_t len, dp_dns_view_t *v, bool client_opt,
 			    bool client_padding, const uint8_t *ecs, size_t ecs_len);
 

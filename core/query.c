@@ -33,6 +33,7 @@
  * --servfail-ttl (RFC 9520) and the clients get a stale answer instead when
  * the cache has one (RFC 8767).
  */
+#include "answer.h"
 #include "edns.h"
 #include "query.h"
 #include "handoff.h"
@@ -49,6 +50,7 @@
 
 #define QOFF_C offsetof(dp_query_t, clink)
 #define SCRATCH_SIZE 65536
+_Static_assert(SCRATCH_SIZE >= DP_DNS_MAX_MSG, "scratch holds any answer");
 /* Reclaiming for the fair share skips queries other clients wait on
  * (coalesced behind them): it looks at this many of the victim's oldest. */
 #define RECLAIM_TRIES 4
@@ -224,15 +226,8 @@ static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in
 		M_INC(s->metrics.rcode[rc <= 5 ? rc : 6]);
 	}
 	if (transport == T_UDP) {
-		if (len > udp_limit) {
-			dp_dns_view_t tv;
-			if (!v && dp_dns_parse_answer(msg, len, &tv) == 0)
-				v = &tv;
-			if (v) {
-				len = dp_dns_truncate(msg, v);
-				STAT_INC(s, udp_truncated);
-			}
-		}
+		/* Answers come truncated to the client's size already
+		 * (dp_answer_personalise); what we build is never too long. */
 		dp_udp_send(s, li, udp, msg, len);
 	} else if (transport == T_TCP) {
 		if (tidx & DP_XS_REMOTE)
@@ -266,12 +261,19 @@ static void reply_cached(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t 
 			 int li, const struct sockaddr_in6 *udp, uint32_t tidx, uint32_t tgen,
 			 uint16_t udp_limit, dp_cache_entry_t *e, bool stale)
 {
-	int n = dp_cache_serve(e, msg, v, s->now_ms, stale, s->scratch, SCRATCH_SIZE);
+	dp_answer_src_t src;
+	dp_cache_entry_src(e, s->now_ms, stale, &src);
+	/* No subnet: the entry's OPT is the key's already (src.scrubbed). */
+	dp_answer_client_t cl = { msg, v, NULL, 0, transport == T_UDP ? udp_limit : 0 };
+	bool tc;
+	int n = dp_answer_personalise(&src, &cl, s->scratch, SCRATCH_SIZE, &tc);
 	if (n < 0) {
 		STAT_INC(s, servfail);
 		reply_error(s, transport, li, udp, tidx, tgen, msg, v, DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
+	if (tc)
+		STAT_INC(s, udp_truncated);
 	STAT_INC(s, answers);
 	reply(s, transport, li, udp, tidx, tgen, udp_limit, s->scratch, (size_t)n, NULL);
 }
@@ -614,30 +616,22 @@ static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view
 	return 0;
 }
 
-/* Answer query fq with the upstream answer raw (view rv): a copy of it with
- * fq's ID, spelling of the name, and EDNS. */
-static void answer_one(dp_shard_t *s, uint32_t fqi, const uint8_t *raw, size_t len,
-		       const dp_dns_view_t *rv)
+/* Answer query fq from the upstream answer src: a copy of it fitted to
+ * fq's client. */
+static void answer_one(dp_shard_t *s, uint32_t fqi, const dp_answer_src_t *src)
 {
 	dp_query_t *fq = &s->q[fqi];
 	if (fq->transport != T_NONE) {
-		uint8_t *m = s->scratch;
-		dp_dns_view_t av = *rv;
-		len = DP_MIN(len, (size_t)rv->msg_end);
-		memcpy(m, raw, len);
-		dp_wr16(m, fq->client_id);
-		memcpy(m + DP_DNS_HDR_LEN, fq->wire + DP_DNS_HDR_LEN, fq->view.qname_len);
-		uint16_t flags = (uint16_t)((dp_rd16(m + 2) & ~DP_DNS_F_RD) |
-					    (fq->view.flags & DP_DNS_F_RD));
-		if (!(fq->view.flags & DP_DNS_F_AD) && !(fq->view.has_opt && fq->view.do_bit))
-			flags &= (uint16_t)~DP_DNS_F_AD; /* RFC 6840 5.7 */
-		dp_wr16(m + 2, flags);
-		av.flags = flags;
-		dp_cache_clamp_ttls(m, len, &av, s->cache_on ? s->cfg->cache_max_ttl : UINT32_MAX);
-		len = dp_edns_scrub_answer(m, len, &av, fq->view.has_opt, fq->view.opt_padding,
-					   fq->ecs_len ? fq->ecs : NULL, fq->ecs_len);
+		dp_answer_client_t cl = { fq->wire, &fq->view, fq->ecs_len ? fq->ecs : NULL,
+					  fq->ecs_len,
+					  fq->transport == T_UDP ? fq->client_udp_limit : 0 };
+		bool tc;
+		/* Cannot fail: scratch holds the largest message. */
+		int n = dp_answer_personalise(src, &cl, s->scratch, SCRATCH_SIZE, &tc);
+		if (tc)
+			STAT_INC(s, udp_truncated);
 		STAT_INC(s, answers);
-		reply_q(s, fq, m, len, &av);
+		reply_q(s, fq, s->scratch, (size_t)n, NULL);
 		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - fq->arrive_ns) / 1000);
 	}
 	query_free(s, fqi);
@@ -660,10 +654,11 @@ static bool servfail_failover(dp_shard_t *s, uint32_t qi, int upstream)
 }
 
 void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
-		     const dp_dns_view_t *v, int upstream)
+		     const dp_dns_answer_t *a, int upstream)
 {
 	dp_query_t *q = &s->q[qi];
 	bool probe = q->transport == T_NONE && !q->key_hash;
+	const dp_dns_view_t *v = &a->v;
 	if (unlikely(DP_DNS_RCODE(v->flags) == DP_DNS_RCODE_SERVFAIL && !v->ext_rcode) && !probe) {
 		if (servfail_failover(s, qi, upstream))
 			return;
@@ -674,7 +669,7 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 			 * answer (RFC 8767) or the SERVFAIL from the cache. */
 			dp_cache_key_t key;
 			query_key(q, &key);
-			if (dp_cache_insert_servfail(&s->cache, &key, msg, len, v,
+			if (dp_cache_insert_servfail(&s->cache, &key, msg, len, a,
 						     s->cfg->servfail_ttl, s->now_ms) == 0)
 				STAT_INC(s, cache_inserts);
 			dp_query_fail(s, qi);
@@ -683,16 +678,18 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 	} else if (s->cache_on && q->key_hash) {
 		dp_cache_key_t key;
 		query_key(q, &key);
-		if (dp_cache_insert(&s->cache, &key, msg, len, v, s->now_ms) == 0)
+		if (dp_cache_insert(&s->cache, &key, msg, len, a, s->now_ms) == 0)
 			STAT_INC(s, cache_inserts);
 	}
+	dp_answer_src_t src;
+	dp_answer_src_upstream(&src, msg, len, a, s->cache_on ? s->cfg->cache_max_ttl : UINT32_MAX);
 	while (q->waiters.head != DP_NONE) {
 		uint32_t w = q->waiters.head;
 		dp_list_remove(&q->waiters, s->q, sizeof(dp_query_t), QOFF_C, w);
 		s->q[w].leader = DP_NONE;
-		answer_one(s, w, msg, len, v);
+		answer_one(s, w, &src);
 	}
-	answer_one(s, qi, msg, len, v);
+	answer_one(s, qi, &src);
 }
 
 /* SERVFAIL, unless the cache holds a stale answer (RFC 8767). */

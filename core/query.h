@@ -13,11 +13,12 @@
  * instead). Hot path. */
 int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
 			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen);
-/* An upstream answer for the query in slot qi (already matched), from
- * upstream index upstream. Answers the client and frees the slot; but a
- * SERVFAIL first sends the query to an upstream that has not failed it. */
+/* An upstream answer msg (parsed into a by dp_dns_parse_answer_rrs) for
+ * the query in slot qi (already matched), from upstream index upstream.
+ * Answers the client and frees the slot; but a SERVFAIL first sends the
+ * query to an upstream that has not failed it. */
 void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
-		     const dp_dns_view_t *v, int upstream);
+		     const dp_dns_answer_t *a, int upstream);
 /* Answer the query with SERVFAIL and free its slot. */
 void dp_query_fail(dp_shard_t *s, uint32_t qi);
 /* Teardown: answer every live query (SERVFAIL or stale) and free its slot. */

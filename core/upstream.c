@@ -660,29 +660,30 @@ static int on_answer(void *ctx, uint8_t *msg, size_t len)
 		return 0;
 	}
 	dp_query_t *q = &s->q[qi];
-	dp_dns_view_t v;
-	if (dp_dns_parse_answer(msg, len, &v) < 0) {
+	dp_dns_answer_t ans;
+	const dp_dns_view_t *v = &ans.v;
+	if (dp_dns_parse_answer_rrs(msg, len, &ans) < 0) {
 		/* Unusable answer to a query we know: fail it now rather than
 		 * leave the client waiting for the deadline. */
 		STAT_INC(s, upstream_malformed);
 		dp_query_fail(s, qi);
 		return 0;
 	}
-	if (!dp_dns_question_equal(q->wire, &q->view, msg, &v)) {
+	if (!dp_dns_question_equal(q->wire, &q->view, msg, v)) {
 		STAT_INC(s, upstream_bad_question);
 		return 0;
 	}
 	c->got_answer = true;
 	c->last_used_ms = s->now_ms;
-	if (v.opt_keepalive && v.keepalive)
-		c->keepalive_ms = v.keepalive * 100u;
+	if (v->opt_keepalive && v->keepalive)
+		c->keepalive_ms = v->keepalive * 100u;
 	record_latency(s, c->upstream, dp_now_ns() - (primary ? q->start_ns : q->hedge_start_ns));
 	s->up[c->upstream].timeouts_in_row = 0;
 	STAT_INC(s, upstream_answers);
 	M_INC(s->metrics.up[c->upstream].answers);
 	if (hedge)
 		STAT_INC(s, hedge_wins);
-	dp_query_answer(s, qi, msg, len, &v, c->upstream);
+	dp_query_answer(s, qi, msg, len, &ans, c->upstream);
 	return 0;
 }
 

@@ -94,6 +94,21 @@ def answers():
     rdata = len(m) - 4
     m += struct.pack("!HHHIH", 0xC000 | (rdata + 1), 41, 1232, 0, 0)
     out["regress_opt_owner_pointer"] = bytes(m)
+    # More records than dp_dns_answer_t keeps TTL offsets for (64): the
+    # rest are walked (dp_dns_ttl_walk).
+    q = query("many.example", "A", 7, use_edns=0, payload=1232)
+    out["many_rrs"] = answer(q, [("many.example", 300, "IN", "A")
+                                 + tuple("192.0.2.%d" % i for i in range(1, 71))],
+                             additional=[("ns.many.example", 0x80000001, "IN", "A", "192.0.2.53")])
+    # The OPT not last: an additional record after it, its owner a pointer
+    # to the question name (moved when the OPT shrinks or goes).
+    q = query("after.example", "A", 8, use_edns=False)
+    m = bytearray(answer(q, [("after.example", 60, "IN", "A", "192.0.2.1")]))
+    m[11] = 2  # ARCOUNT
+    nsid = struct.pack("!HH", 3, 4) + b"abcd"
+    m += b"\x00" + struct.pack("!HHIH", 41, 1232, 0, len(nsid)) + nsid
+    m += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + bytes([192, 0, 2, 9])
+    out["opt_not_last"] = bytes(m)
     return out
 
 
@@ -145,7 +160,12 @@ def write(target, files):
 def main():
     qs = queries()
     write("dns_query", qs)
-    write("dns_answer", answers())
+    ans = answers()
+    write("dns_answer", ans)
+    # fuzz_edns_cache: a selector byte (client EDNS, Padding, UDP limit,
+    # TTL maximum, stale), then the answer.
+    write("edns_cache", {name + "_sel" + hex(sel): bytes([sel]) + ans[name]
+                         for name in ("many_rrs", "opt_not_last") for sel in (0x41, 0xe3)})
     write("tcpframe", tcpframes(qs))
     write("tcpconn", tcpconn_programs())
 

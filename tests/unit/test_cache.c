@@ -159,13 +159,28 @@ static void key_of(const wire_t *q, dp_cache_key_t *k, dp_dns_view_t *qv)
 	dp_cache_key(q->b, qv, k);
 }
 
+/* What query.c does on a hit: the entry as a source, personalised for the
+ * client of query q (view qv) over TCP. */
+static int serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_t *qv,
+		 uint64_t now, bool stale, uint8_t *out, size_t cap)
+{
+	dp_answer_src_t src;
+	dp_answer_client_t cl = { q, qv, NULL, 0, 0 };
+	bool tc;
+	dp_cache_entry_src(e, now, stale, &src);
+	int n = dp_answer_personalise(&src, &cl, out, cap, &tc);
+	assert_false(tc);
+	return n;
+}
+
 /* Insert answer a for query q at now. Returns dp_cache_insert()'s code. */
 static int put(dp_cache_t *c, const wire_t *q, const wire_t *a, uint64_t now)
 {
 	dp_cache_key_t k;
-	dp_dns_view_t qv, av;
+	dp_dns_view_t qv;
+	dp_dns_answer_t av;
 	key_of(q, &k, &qv);
-	assert_int_equal(dp_dns_parse_answer(a->b, a->n, &av), 0);
+	assert_int_equal(dp_dns_parse_answer_rrs(a->b, a->n, &av), 0);
 	return dp_cache_insert(c, &k, a->b, a->n, &av, now);
 }
 
@@ -181,7 +196,7 @@ static served_t *get(dp_cache_t *c, const wire_t *q, uint64_t now, bool allow_st
 	if (!e)
 		return &s;
 	s.hit = true;
-	s.n = dp_cache_serve(e, q->b, &qv, now, s.stale, s.b, sizeof(s.b));
+	s.n = serve(e, q->b, &qv, now, s.stale, s.b, sizeof(s.b));
 	assert_true(s.n > 0);
 	assert_int_equal(dp_dns_parse_answer(s.b, (size_t)s.n, &s.v), 0);
 	return &s;
@@ -327,27 +342,52 @@ static void ttl_decay(void **state)
 	dp_cache_destroy(&c);
 }
 
+/* An answer with more records than dp_dns_answer_t keeps TTL offsets for:
+ * the entry stores them all at insert, and a hit ages every one. */
+static void ttl_decay_past_rr_cap(void **state)
+{
+	(void)state;
+	dp_cache_t c;
+	wire_t q, a;
+	const unsigned n = DP_DNS_RR_MAX + 20;
+	init(&c, 1024 * KB, 0, 86400, 0);
+	make_q(&q, "many.example", PLAIN);
+	a_begin(&a, "many.example", T_A, 1, QR | RD | RA);
+	for (unsigned i = 0; i < n; i++)
+		a_addr(&a, 300 + i, (uint8_t)i);
+	assert_int_equal(put(&c, &q, &a, T0), 0);
+	served_t *s = get(&c, &q, T0 + 100000, false);
+	assert_true(s->hit);
+	rrinfo_t r[DP_DNS_RR_MAX + 20];
+	assert_int_equal(rrs(s, r, n), n);
+	/* Each at most the entry's lifetime (300), then aged: 200; a record
+	 * past the cap left alone would still say 300 + i. */
+	for (unsigned i = 0; i < n; i++)
+		assert_int_equal(r[i].ttl, 200);
+	dp_cache_destroy(&c);
+}
+
 /* The lifetime is the smallest TTL of answer and authority records; the
  * additional section (glue, OPT) does not count. */
 static void lifetime_is_smallest_ttl(void **state)
 {
 	(void)state;
 	wire_t a;
-	dp_dns_view_t av;
+	dp_dns_answer_t av;
 	a_begin(&a, "www.example", T_A, 1, QR | RD | RA);
 	a_addr(&a, 700, 1);
 	a_addr(&a, 60, 2);
 	a_soa(&a, 500, 300); /* positive answer: the SOA's TTL counts, not MINIMUM */
 	a_rr(&a, AR, T_A, 5, "\xc0\x00\x02\x35", 4);
 	a_opt(&a, false, NULL, 0);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	assert_int_equal(dp_cache_answer_ttl(a.b, a.n, &av), 60);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	assert_int_equal(dp_cache_answer_ttl(a.b, &av), 60);
 
 	/* RFC 2181 8: a TTL with the top bit set is zero; zero is not cached. */
 	a_begin(&a, "www.example", T_A, 1, QR | RD | RA);
 	a_addr(&a, 0x80000010u, 1);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	assert_int_equal(dp_cache_answer_ttl(a.b, a.n, &av), 0);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	assert_int_equal(dp_cache_answer_ttl(a.b, &av), 0);
 
 	dp_cache_t c;
 	wire_t q;
@@ -432,7 +472,7 @@ static void negative_nxdomain_and_nodata(void **state)
 	(void)state;
 	dp_cache_t c;
 	wire_t q, a;
-	dp_dns_view_t av;
+	dp_dns_answer_t av;
 	uint32_t t[8];
 	init(&c, 64 * KB, 0, 86400, 0);
 
@@ -440,8 +480,8 @@ static void negative_nxdomain_and_nodata(void **state)
 	make_q(&q, "nx.example", PLAIN);
 	a_begin(&a, "nx.example", T_A, 1, QR | RD | RA | DP_DNS_RCODE_NXDOMAIN);
 	a_soa(&a, 3600, 300);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	assert_int_equal(dp_cache_answer_ttl(a.b, a.n, &av), 300);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	assert_int_equal(dp_cache_answer_ttl(a.b, &av), 300);
 	assert_int_equal(put(&c, &q, &a, T0), 0);
 	assert_int_equal(dp_cache_ttl_orig(entry(&c, &q, T0, false, NULL)), 300);
 	served_t *s = get(&c, &q, T0 + 1000, false);
@@ -478,8 +518,8 @@ static void negative_nxdomain_and_nodata(void **state)
 	/* Without a SOA neither is cacheable. */
 	make_q(&q, "nosoa.example", PLAIN);
 	a_begin(&a, "nosoa.example", T_A, 1, QR | RD | RA | DP_DNS_RCODE_NXDOMAIN);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	assert_int_equal(dp_cache_answer_ttl(a.b, a.n, &av), -1);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	assert_int_equal(dp_cache_answer_ttl(a.b, &av), -1);
 	assert_int_equal(put(&c, &q, &a, T0), 1);
 	assert_false(get(&c, &q, T0, false)->hit);
 
@@ -503,14 +543,14 @@ static void negative_after_cname_bounded_by_cname(void **state)
 {
 	(void)state;
 	wire_t a;
-	dp_dns_view_t av;
+	dp_dns_answer_t av;
 	wire_t target = { .n = 0 };
 	put_name(&target, "gone.example");
 	a_begin(&a, "alias.example", T_A, 1, QR | RD | RA | DP_DNS_RCODE_NXDOMAIN);
 	a_rr(&a, AN, T_CNAME, 10, target.b, target.n);
 	a_soa(&a, 3600, 300);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	int64_t ttl = dp_cache_answer_ttl(a.b, a.n, &av);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	int64_t ttl = dp_cache_answer_ttl(a.b, &av);
 	FIXED_BUG(ttl == 300,
 		  "NXDOMAIN behind a CNAME (TTL 10) is cached for the SOA's 300 s: "
 		  "dp_cache_answer_ttl() skips answer-section records of negative answers");
@@ -525,14 +565,14 @@ static void nodata_after_cname_uses_soa_minimum(void **state)
 {
 	(void)state;
 	wire_t a;
-	dp_dns_view_t av;
+	dp_dns_answer_t av;
 	wire_t target = { .n = 0 };
 	put_name(&target, "v4only.example");
 	a_begin(&a, "alias6.example", T_AAAA, 1, QR | RD | RA);
 	a_rr(&a, AN, T_CNAME, 3600, target.b, target.n);
 	a_soa(&a, 3600, 300);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-	int64_t ttl = dp_cache_answer_ttl(a.b, a.n, &av);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+	int64_t ttl = dp_cache_answer_ttl(a.b, &av);
 	FIXED_BUG(ttl == 3600,
 		  "NODATA behind a CNAME is cached for the SOA's TTL (3600 s), not "
 		  "min(SOA TTL, MINIMUM) = 300 s: a negative answer is recognised "
@@ -548,7 +588,7 @@ static void errors_and_tc_not_cached(void **state)
 	(void)state;
 	dp_cache_t c;
 	wire_t q, a;
-	dp_dns_view_t av;
+	dp_dns_answer_t av;
 	init(&c, 64 * KB, 60, 86400, 0); /* even a min TTL does not make them cacheable */
 	const unsigned rcodes[] = { DP_DNS_RCODE_SERVFAIL, DP_DNS_RCODE_REFUSED,
 				    DP_DNS_RCODE_FORMERR, DP_DNS_RCODE_NOTIMP };
@@ -556,8 +596,8 @@ static void errors_and_tc_not_cached(void **state)
 		make_q(&q, "err.example", PLAIN);
 		a_begin(&a, "err.example", T_A, 1, QR | RD | RA | rcodes[i]);
 		a_soa(&a, 3600, 300); /* even with a SOA */
-		assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
-		assert_int_equal(dp_cache_answer_ttl(a.b, a.n, &av), -1);
+		assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
+		assert_int_equal(dp_cache_answer_ttl(a.b, &av), -1);
 		assert_int_equal(put(&c, &q, &a, T0), 1);
 		assert_false(get(&c, &q, T0, false)->hit);
 	}
@@ -747,7 +787,7 @@ static void serve_header(void **state)
 	key_of(&q, &k, &qv);
 	dp_cache_entry_t *e = dp_cache_lookup(&c, &k, T0, false, &st);
 	uint8_t small[20];
-	assert_int_equal(dp_cache_serve(e, q.b, &qv, T0, false, small, sizeof(small)), DP_E_TOOBIG);
+	assert_int_equal(serve(e, q.b, &qv, T0, false, small, sizeof(small)), DP_E_TOOBIG);
 	dp_cache_destroy(&c);
 }
 
@@ -882,9 +922,10 @@ static int put_ecs(dp_cache_t *c, const wire_t *q, const uint8_t *ecs, size_t ec
 		   const wire_t *a, uint64_t now)
 {
 	dp_cache_key_t k;
-	dp_dns_view_t qv, av;
+	dp_dns_view_t qv;
+	dp_dns_answer_t av;
 	key_ecs(q, ecs, ecs_len, &k, &qv);
-	assert_int_equal(dp_dns_parse_answer(a->b, a->n, &av), 0);
+	assert_int_equal(dp_dns_parse_answer_rrs(a->b, a->n, &av), 0);
 	return dp_cache_insert(c, &k, a->b, a->n, &av, now);
 }
 
@@ -900,7 +941,7 @@ static served_t *get_ecs(dp_cache_t *c, const wire_t *q, const uint8_t *ecs, siz
 	if (!e)
 		return &s;
 	s.hit = true;
-	s.n = dp_cache_serve(e, q->b, &qv, now, false, s.b, sizeof(s.b));
+	s.n = serve(e, q->b, &qv, now, false, s.b, sizeof(s.b));
 	assert_true(s.n > 0);
 	assert_int_equal(dp_dns_parse_answer(s.b, (size_t)s.n, &s.v), 0);
 	return &s;
@@ -1003,12 +1044,13 @@ static void hole7_servfail_cached(void **state)
 	dp_cache_t c;
 	wire_t q, a;
 	dp_cache_key_t k;
-	dp_dns_view_t qv, av;
+	dp_dns_view_t qv;
+	dp_dns_answer_t av;
 	init(&c, 64 * KB, 0, 86400, 3600);
 	make_q(&q, "fail.example", PLAIN);
 	key_of(&q, &k, &qv);
 	a_begin(&a, "fail.example", T_A, 1, QR | RD | RA | DP_DNS_RCODE_SERVFAIL);
-	assert_int_equal(dp_dns_parse_answer(a.b, a.n, &av), 0);
+	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &av), 0);
 	assert_int_equal(dp_cache_insert(&c, &k, a.b, a.n, &av, T0), 1); /* not by itself */
 	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 0, T0), 1);
 	assert_int_equal(dp_cache_insert_servfail(&c, &k, a.b, a.n, &av, 5, T0), 0);
@@ -1022,8 +1064,8 @@ static void hole7_servfail_cached(void **state)
 	wire_t ok;
 	a_begin(&ok, "fail.example", T_A, 1, QR | RD | RA);
 	a_addr(&ok, 10, 1);
-	dp_dns_view_t okv;
-	assert_int_equal(dp_dns_parse_answer(ok.b, ok.n, &okv), 0);
+	dp_dns_answer_t okv;
+	assert_int_equal(dp_dns_parse_answer_rrs(ok.b, ok.n, &okv), 0);
 	assert_int_equal(dp_cache_insert_servfail(&c, &k, ok.b, ok.n, &okv, 5, T0), 1);
 
 	/* A good answer, fresh then stale, stays: the failure is not stored. */
@@ -1072,12 +1114,12 @@ static void hole7_ad_only_when_asked(void **state)
 }
 
 /* Hole 7, RFC 2181 8: the clamp applied to answers that go straight to the
- * client turns TTLs of 2^31 and more into 0, with or without a maximum. */
+ * client (dp_answer_personalise of an upstream answer) turns TTLs of 2^31 and more into 0, with or without a maximum. */
 static void hole7_clamp_top_bit_is_zero(void **state)
 {
 	(void)state;
 	wire_t a;
-	dp_dns_view_t v;
+	dp_dns_answer_t v;
 	served_t s;
 	uint32_t t[8];
 	const uint32_t in[] = { 0x80000000u, 0xffffffffu, 0x7fffffffu, 50 };
@@ -1085,10 +1127,14 @@ static void hole7_clamp_top_bit_is_zero(void **state)
 		a_begin(&a, "big.example", T_A, 1, QR | RD | RA);
 		for (size_t i = 0; i < DP_ARRAY_LEN(in); i++)
 			a_addr(&a, in[i], (uint8_t)i);
-		assert_int_equal(dp_dns_parse_answer(a.b, a.n, &v), 0);
-		dp_cache_clamp_ttls(a.b, a.n, &v, with_max ? 100 : UINT32_MAX);
-		memcpy(s.b, a.b, a.n);
-		s.n = (int)a.n;
+		assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &v), 0);
+		dp_answer_src_t src;
+		dp_answer_src_upstream(&src, a.b, a.n, &v, with_max ? 100 : UINT32_MAX);
+		dp_dns_view_t qv = v.v;
+		dp_answer_client_t cl = { a.b, &qv, NULL, 0, 0 };
+		bool tc;
+		s.n = dp_answer_personalise(&src, &cl, s.b, sizeof(s.b), &tc);
+		assert_int_equal(s.n, (int)a.n);
 		assert_int_equal(dp_dns_parse_answer(s.b, a.n, &s.v), 0);
 		assert_int_equal(ttls(&s, t, 8), 4);
 		assert_int_equal(t[0], 0);
@@ -1504,6 +1550,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(ttl_decay),
+		cmocka_unit_test(ttl_decay_past_rr_cap),
 		cmocka_unit_test(lifetime_is_smallest_ttl),
 		cmocka_unit_test(clamp_max),
 		cmocka_unit_test(clamp_min),

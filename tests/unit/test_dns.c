@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -1107,6 +1108,167 @@ static void shift_pointers_after_cut(void **state)
 	assert_int_equal(m[31], 8);
 }
 
+/* ---- the read cursor (cursor.h) --------------------------------------------- */
+
+static void cursor_reads_in_order(void **state)
+{
+	(void)state;
+	static const uint8_t b[] = { 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09 };
+	dp_cursor_t c;
+	dp_cursor_init(&c, b, sizeof(b), 0);
+	assert_int_equal(dp_cursor_u8(&c), 0x01);
+	assert_int_equal(dp_cursor_u16(&c), 0x0203);
+	assert_int_equal(dp_cursor_u32(&c), 0x04050607u);
+	assert_int_equal(dp_cursor_left(&c), 2);
+	dp_cursor_skip(&c, 1);
+	assert_int_equal(dp_cursor_u8(&c), 0x09);
+	assert_int_equal(dp_cursor_left(&c), 0);
+	assert_int_equal(c.err, 0);
+	dp_cursor_seek(&c, 1);
+	assert_int_equal(dp_cursor_u16(&c), 0x0203);
+	dp_cursor_seek(&c, sizeof(b)); /* the end itself is a position */
+	assert_int_equal(c.err, 0);
+	assert_int_equal(dp_cursor_left(&c), 0);
+}
+
+/* Every kind of read past the end: returns 0, moves nothing, sets the
+ * error; and the error sticks, even for reads that would fit. The buffer
+ * is exactly as long as the cursor's bound (malloc), so the sanitizer
+ * build catches any read beyond it. */
+static void cursor_error_sticks(void **state)
+{
+	(void)state;
+	for (size_t len = 0; len <= 8; len++) {
+		for (int kind = 0; kind < 5; kind++) {
+			uint8_t *b = malloc(len ? len : 1);
+			assert_non_null(b);
+			memset(b, 0xee, len);
+			dp_cursor_t c;
+			dp_cursor_init(&c, b, len, 0);
+			/* Fill up to where the read of this kind no longer fits. */
+			static const size_t need[5] = { 1, 2, 4, 3, 0 };
+			size_t n = kind == 4 ? len + 1 : need[kind];
+			while (dp_cursor_left(&c) >= n)
+				dp_cursor_skip(&c, n);
+			size_t pos = c.pos;
+			uint32_t v = 1;
+			switch (kind) {
+			case 0: v = dp_cursor_u8(&c); break;
+			case 1: v = dp_cursor_u16(&c); break;
+			case 2: v = dp_cursor_u32(&c); break;
+			case 3: dp_cursor_skip(&c, 3); v = 0; break;
+			default: dp_cursor_seek(&c, len + 1); v = 0; break;
+			}
+			assert_int_equal(v, 0);
+			assert_int_equal(c.err, DP_E_FORMERR);
+			assert_int_equal(c.pos, pos);
+			assert_int_equal(dp_cursor_left(&c), 0);
+			/* Sticky: nothing reads or moves any more. */
+			c.pos = 0;
+			assert_int_equal(dp_cursor_u8(&c), 0);
+			assert_int_equal(dp_cursor_u16(&c), 0);
+			assert_int_equal(dp_cursor_u32(&c), 0);
+			dp_cursor_skip(&c, 0);
+			dp_cursor_seek(&c, 0);
+			assert_int_equal(c.pos, 0);
+			assert_int_equal(c.err, DP_E_FORMERR);
+			free(b);
+		}
+	}
+	dp_cursor_t c;
+	uint8_t one = 1;
+	dp_cursor_init(&c, &one, 1, 2); /* starting past the end */
+	assert_int_equal(c.err, DP_E_FORMERR);
+	assert_int_equal(dp_cursor_u8(&c), 0);
+}
+
+/* ---- the parsed answer: TTL offsets ------------------------------------------ */
+
+/* The TTL offsets of an answer with records in all three sections and one
+ * after the OPT; the view counts the records after the OPT. */
+static void answer_rrs_offsets(void **state)
+{
+	(void)state;
+	wire_t w;
+	dp_dns_answer_t a;
+	dp_dns_view_t v;
+	put_hdr(&w, 1, DP_DNS_F_QR, 1, 2, 1, 3);
+	put_name(&w, "www.example.com");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	size_t want[5], k = 0;
+	put16(&w, 0xc00c);
+	want[k++] = w.n + 4;
+	put_rr_tail(&w, T_A, C_IN, 10, addr1, 4);
+	put16(&w, 0xc00c);
+	want[k++] = w.n + 4;
+	put_rr_tail(&w, T_A, C_IN, 20, addr2, 4);
+	put16(&w, 0xc010); /* example.com */
+	want[k++] = w.n + 4;
+	put_rr_tail(&w, T_NS, C_IN, 30, "\xc0\x10", 2);
+	put16(&w, 0xc00c);
+	want[k++] = w.n + 4;
+	put_rr_tail(&w, T_A, C_IN, 40, addr1, 4);
+	put_opt(&w, 1232, 0, 0, 0, NULL, 0);
+	put16(&w, 0xc00c);
+	want[k++] = w.n + 4;
+	put_rr_tail(&w, T_A, C_IN, 50, addr2, 4);
+	assert_int_equal(dp_dns_parse_answer_rrs(w.b, w.n, &a), 0);
+	assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
+	assert_memory_equal(&a.v, &v, sizeof(v));
+	assert_int_equal(v.opt_after, 1);
+	assert_int_equal(a.nttl, 5);
+	assert_int_equal(a.ttl_total, 5);
+	for (size_t i = 0; i < k; i++) {
+		assert_int_equal(a.ttl[i], want[i]);
+		assert_int_equal(dp_dns_ttl(w.b, a.ttl[i]), 10 * (i + 1));
+	}
+	/* A query's view counts them too (edns.c pads queries with them). */
+	make_query(&w, true);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_int_equal(v.opt_after, 0);
+}
+
+/* Past DP_DNS_RR_MAX records the first are kept and the iterator walks on
+ * for the rest, skipping the OPT wherever it is. */
+static void answer_rrs_past_cap(void **state)
+{
+	(void)state;
+	static wire_t w;
+	static dp_dns_answer_t a;
+	const unsigned an = DP_DNS_RR_MAX + 10, ar = 5;
+	put_hdr(&w, 1, DP_DNS_F_QR, 1, an, 0, ar + 1);
+	put_name(&w, "www.example.com");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	size_t want[DP_DNS_RR_MAX + 20], k = 0;
+	for (unsigned i = 0; i < an + ar + 1; i++) {
+		if (i == an + 2) {
+			put_opt(&w, 1232, 0, 0, 0, NULL, 0);
+			continue;
+		}
+		put16(&w, 0xc00c);
+		want[k++] = w.n + 4;
+		put_rr_tail(&w, T_A, C_IN, 0x80000000u | i, addr1, 4);
+	}
+	assert_int_equal(dp_dns_parse_answer_rrs(w.b, w.n, &a), 0);
+	assert_int_equal(a.nttl, DP_DNS_RR_MAX);
+	assert_int_equal(a.ttl_total, an + ar);
+	assert_int_equal(a.v.opt_after, ar - 2);
+	dp_dns_ttl_iter_t it;
+	size_t off, i = 0;
+	dp_dns_ttl_iter_init(&it, w.b, a.ttl, a.nttl, a.ttl_total);
+	while (dp_dns_ttl_next(&it, &off)) {
+		assert_true(i < k);
+		assert_int_equal(off, want[i]);
+		assert_int_equal(dp_dns_ttl(w.b, off), 0); /* RFC 2181 8 */
+		i++;
+	}
+	assert_int_equal(i, k);
+	/* A cut in any record fails the same way as the plain parse. */
+	assert_int_equal(dp_dns_parse_answer_rrs(w.b, w.n - 1, &a), DP_E_FORMERR);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1154,6 +1316,10 @@ int main(void)
 		cmocka_unit_test(truncate_without_opt),
 		cmocka_unit_test(truncate_opt_owner_pointer),
 		cmocka_unit_test(name_str),
+		cmocka_unit_test(cursor_reads_in_order),
+		cmocka_unit_test(cursor_error_sticks),
+		cmocka_unit_test(answer_rrs_offsets),
+		cmocka_unit_test(answer_rrs_past_cap),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

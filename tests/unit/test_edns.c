@@ -511,6 +511,7 @@ static void scrub_removes_opt_for_plain_client(void **state)
 		make_answer(&w, &o, not_last);
 		assert_int_equal(dp_dns_parse_answer(w.b, w.n, &v), 0);
 		assert_true(v.has_opt && v.opt_padding && v.opt_keepalive);
+		assert_int_equal(v.opt_after, not_last ? 1 : 0);
 		size_t elen = without_opt(w.b, w.n, &v, expect);
 		uint16_t ar = v.arcount;
 		size_t n = dp_edns_scrub_answer(w.b, w.n, &v, false, false, NULL, 0);
@@ -520,6 +521,7 @@ static void scrub_removes_opt_for_plain_client(void **state)
 		assert_false(v.opt_keepalive);
 		assert_int_equal(v.arcount, ar - 1);
 		assert_int_equal(v.msg_end, n);
+		assert_int_equal(v.opt_after, 0); /* no OPT, nothing after it */
 		expect[10] = (uint8_t)((ar - 1) >> 8);
 		expect[11] = (uint8_t)(ar - 1);
 		assert_memory_equal(w.b, expect, n);
