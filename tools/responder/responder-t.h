@@ -30,6 +30,8 @@
  * answer is 318 bytes: a 271-byte question (255-byte name), an SOA
  * (NXDOMAIN by --name-ttl) and an OPT. */
 #define ANSWER_MAX 512
+/* plaintext in: a carried partial message plus one SSL_read (DP_DNS_MAX_MSG
+ * is dns.h's; the files that use this include it) */
 #define SCRATCH_CAP (2 + DP_DNS_MAX_MSG + 16384 + 64)
 #define WBIO_LIMIT (256 * 1024) /* stop receiving above this much output */
 #define RING_ENTRIES 2048
