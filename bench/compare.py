@@ -93,7 +93,7 @@ def main(argv=None):
     ok, rows = check(base, cur, [g for g in a.gate.split(",") if g], a.threshold)
     print_rows(rows)
     if responder_changed(base, cur):
-        print("warning: tools/dot_responder.c differs from the baseline's; ratios to the responder "
+        print("warning: tools/responder/ differs from the baseline's; ratios to the responder "
               "are not comparable: refresh the baseline")
     if any(r.get("error") for r in rows):
         return 2

@@ -305,12 +305,17 @@ def cmd_output(argv):
         return ""
 
 
-def file_sha256(path):
+def tree_sha256(folder):
+    """sha256 over the files of folder (names and contents, in name order):
+    one hash for a program kept in several files. None when it is unreadable."""
+    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
     except OSError:
         return None
+    return h.hexdigest()
 
 
 def random_name():
@@ -922,7 +927,7 @@ def versions(a):
         dp["build_type"] = (m2.group(1) if m2 else None) or None
     v["dotproxy"] = dp
     v["dot-responder"] = {"binary": a.responder, "git_commit": dp["git_commit"],
-                          "source_sha256": file_sha256(os.path.join(ROOT, "tools", "dot_responder.c"))}
+                          "source_sha256": tree_sha256(os.path.join(ROOT, "tools", "responder"))}
     return v
 
 
@@ -1335,8 +1340,8 @@ def main(argv=None):
         print()
         compare.print_rows(rows)
         if compare.responder_changed(base, results):
-            results["gate"]["warning"] = "tools/dot_responder.c differs from the baseline's"
-            print("warning: tools/dot_responder.c differs from the baseline's; ratios to the responder "
+            results["gate"]["warning"] = "tools/responder/ differs from the baseline's"
+            print("warning: tools/responder/ differs from the baseline's; ratios to the responder "
                   "are not comparable: refresh the baseline")
         print("gate: %s" % ("PASS" if ok else "FAIL"))
         status = 0 if ok else (2 if any(r.get("error") for r in rows) else 1)

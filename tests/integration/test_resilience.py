@@ -1,5 +1,5 @@
 """Upstream resilience and trust: dotproxy against dot-responder upstreams
-that inject one fault each (tools/dot_responder.c: delay, drop, reorder,
+that inject one fault each (tools/responder/: delay, drop, reorder,
 wrong ID, wrong question, close after N, idle close, torn record + reset,
 refused handshake), against certificates it must refuse (another name,
 another CA, a wrong pin) or accept (the right pin, a pin alone with no-ca),
