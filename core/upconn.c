@@ -484,7 +484,9 @@ static void on_connect(dp_shard_t *s, uint32_t ci, int res)
 	}
 	c->state = C_HANDSHAKE;
 	do_handshake(s, ci);
-	if (c->state == C_CLOSING || c->state == C_DOWN)
+	/* Failed (closing, or already finalized and perhaps connecting
+	 * again under a new generation): nothing more of this connection. */
+	if (c->state != C_HANDSHAKE && c->state != C_READY)
 		return;
 	arm_recv(s, ci);
 	out_pump(s, ci);
