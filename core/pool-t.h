@@ -29,9 +29,10 @@ typedef struct dp_upstream_state {
  * struct only (set once per shard by dp_pool_init). Each is called from the
  * shard's thread. */
 typedef struct dp_upstream_sink {
-	/* The answer to query qi from upstream u, matched by ID and question;
-	 * the query leaves the pool (detached) or is sent again by the callee
-	 * (dp_pool_send). msg may be modified. Hot path. */
+	/* The answer to query qi from upstream u, matched by ID and question.
+	 * The callee answers and frees the query (detaching it from the pool,
+	 * dp_pool_detach) or sends it again (a SERVFAIL: dp_pool_send). msg
+	 * may be modified. Hot path. */
 	void (*answer)(struct dp_shard *s, uint32_t qi, uint8_t *msg, size_t len,
 		       const dp_dns_view_t *v, int upstream);
 	/* Query qi cannot be answered upstream (no upstream takes it, its
