@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-bool dp_buf_reserve(dp_buf_t *b, size_t need, size_t initial)
+bool dp_buf_realloc(dp_buf_t *b, size_t need, size_t initial)
 {
 	if (need <= b->cap)
 		return true;

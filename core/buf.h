@@ -38,10 +38,17 @@ static inline size_t dp_grow_size(size_t cap, size_t need, size_t initial)
 	return n;
 }
 
+/* dp_buf_reserve's slow path: reallocate b to hold need octets. */
+bool dp_buf_realloc(dp_buf_t *b, size_t need, size_t initial);
+
 /* Make b hold at least need octets (doubling from its capacity, or from
  * initial), keeping its content. Returns false, b untouched, when memory
- * runs out or need does not fit 32 bits. Allocates (not once need fits). */
-bool dp_buf_reserve(dp_buf_t *b, size_t need, size_t initial);
+ * runs out or need does not fit 32 bits. Allocates only when need does not
+ * fit already. Hot path. */
+static inline bool dp_buf_reserve(dp_buf_t *b, size_t need, size_t initial)
+{
+	return likely(need <= b->cap) || dp_buf_realloc(b, need, initial);
+}
 
 /* Append n octets at p to b (growing it as dp_buf_reserve). Returns false,
  * b untouched, when memory runs out. */
