@@ -53,30 +53,6 @@ static inline uint64_t dp_now_ms(void)
 	return dp_now_ns() / 1000000ull;
 }
 
-/* Capacity that holds need octets: doubling from cap, or from initial. */
-static inline size_t dp_grow_size(size_t cap, size_t need, size_t initial)
-{
-	size_t n = cap ? cap : initial;
-	while (n < need)
-		n *= 2;
-	return n;
-}
-
-/* Grow a heap buffer (realloc, keeps its content) to hold need octets.
- * Returns false, buffer untouched, when memory runs out. Allocates. */
-static inline bool dp_buf_grow(uint8_t **buf, uint32_t *cap, size_t need, size_t initial)
-{
-	if (need <= *cap)
-		return true;
-	size_t n = dp_grow_size(*cap, need, initial);
-	uint8_t *p = realloc(*buf, n);
-	if (!p)
-		return false;
-	*buf = p;
-	*cap = (uint32_t)n;
-	return true;
-}
-
 static inline uint16_t dp_rd16(const uint8_t *p)
 {
 	return (uint16_t)((p[0] << 8) | p[1]);

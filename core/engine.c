@@ -21,7 +21,8 @@
 #include "tcp.h"
 #include "tls.h"
 #include "udp.h"
-#include "upstream.h"
+#include "pool.h"
+#include "upconn.h"
 #include "log.h"
 
 #include <errno.h>
@@ -276,7 +277,7 @@ static void control(dp_shard_t *s)
 		}
 		if (nc->rate_limit != old->rate_limit) /* the same store from every shard */
 			dp_rl_set_rate(s->rl, nc->rate_limit, nc->rate_limit);
-		dp_upstream_reconfigure(s, old);
+		dp_pool_reconfigure(s, old);
 		dp_tcp_reconfigure(s);
 		__atomic_store_n(&s->cfg_gen, s->pending_gen, __ATOMIC_RELEASE);
 	}
@@ -308,7 +309,7 @@ static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 	case OP_UP_CONNECT:
 	case OP_UP_RECV:
 	case OP_UP_SEND:
-		dp_upstream_on_cqe(s, cqe, op, idx, gen);
+		dp_upconn_on_cqe(s, op, idx, gen, cqe->res);
 		break;
 	case OP_WAKE:
 		if (!s->stop)
@@ -417,7 +418,7 @@ static void run_loop(dp_shard_t *s)
 	unsigned want = 1;
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		dp_tcp_resume_pending(s); /* before the flushes: it makes queries and answers */
-		dp_upstream_flush(s);
+		dp_upconn_flush(s);
 		dp_tcp_flush(s);
 		dp_handoff_wake(s);
 		uint64_t dl = next_deadline(s);
@@ -462,8 +463,8 @@ static void run_loop(dp_shard_t *s)
 				dp_info("drained", "shard=%d unanswered=%u", s->id, s->q_used);
 				break;
 			}
-			dp_upstream_publish(s);
-			dp_upstream_expire(s);
+			dp_pool_publish(s);
+			dp_pool_expire(s);
 			dp_tcp_expire(s);
 			dp_query_publish_stats(s);
 			for (int l = 0; l < s->nlisten && !s->draining; l++) {
@@ -533,7 +534,7 @@ static void shard_teardown(dp_shard_t *s)
 	if (s->ring_ok)
 		dp_handoff_wake(s); /* peers we queued answers for (submitted below) */
 	dp_tcp_close_all(s);
-	dp_upstream_close_all(s);
+	dp_upconn_close_all(s);
 	if (s->ring_ok) {
 		/* Let cancellations finish before memory they point at goes. */
 		io_uring_submit(&s->ring);
@@ -556,7 +557,7 @@ static void shard_teardown(dp_shard_t *s)
 			close(s->tcp_fd[l]);
 		s->udp_fd[l] = s->tcp_fd[l] = -1;
 	}
-	dp_upstream_free(s);
+	dp_pool_free(s);
 	dp_query_table_free(s);
 	dp_tcp_free(s);
 	dp_udp_free(s);
@@ -570,6 +571,14 @@ static void shard_teardown(dp_shard_t *s)
 		SSL_CTX_free(s->ssl_ctx);
 	s->ssl_ctx = NULL;
 }
+
+/* The pool's answers and failures go to the query table: the one call up
+ * from the pool, wired here. */
+static const dp_upstream_sink_t query_sink = {
+	.answer = dp_query_answer,
+	.fail = dp_query_fail,
+	.probe = dp_query_probe,
+};
 
 static void *shard_main(void *arg)
 {
@@ -600,7 +609,7 @@ static void *shard_main(void *arg)
 	if ((rc = dp_udp_init(s)) < 0)
 		goto fail;
 	dp_tw_init(&s->timers, dp_now_ms());
-	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_upstream_init(s)) < 0) {
+	if ((rc = dp_query_table_init(s)) < 0 || (rc = dp_pool_init(s, &query_sink)) < 0) {
 		snprintf(s->init_msg, sizeof(s->init_msg), "table setup failed: %s", dp_strerror(rc));
 		goto fail;
 	}

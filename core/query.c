@@ -39,7 +39,7 @@
 #include "handoff.h"
 #include "tcp.h"
 #include "udp.h"
-#include "upstream.h"
+#include "pool.h"
 #include "home.h"
 #include "log.h"
 
@@ -195,7 +195,7 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
 	if (q->conn != DP_NONE)
-		dp_upstream_detach(s, qi);
+		dp_pool_detach(s, qi);
 	if (q->in_table)
 		flight_del(s, qi);
 	dp_tw_cancel(&s->timers, &q->deadline_t);
@@ -306,7 +306,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	q->conn2 = DP_NONE;
 	q->hedged = false;
 	dp_tw_entry_init(&q->deadline_t, on_deadline);
-	dp_tw_entry_init(&q->hedge_t, NULL); /* upstream.c arms it */
+	dp_tw_entry_init(&q->hedge_t, NULL); /* pool.c arms it */
 	q->ecs_len = (uint8_t)ecs_len;
 	if (ecs_len)
 		memcpy(q->ecs, ecs, ecs_len);
@@ -375,7 +375,7 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 	}
 	flight_add(s, qi);
 	STAT_INC(s, cache_prefetched);
-	if (dp_upstream_send(s, qi, -1) < 0)
+	if (dp_pool_send(s, qi, -1) < 0)
 		query_free(s, qi); /* no client to tell */
 }
 
@@ -611,7 +611,7 @@ static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view
 		}
 		flight_add(s, qi);
 	}
-	if (dp_upstream_send(s, qi, -1) < 0)
+	if (dp_pool_send(s, qi, -1) < 0)
 		dp_query_fail(s, qi);
 	return 0;
 }
@@ -649,8 +649,8 @@ static bool servfail_failover(dp_shard_t *s, uint32_t qi, int upstream)
 		return false;
 	/* Both copies (a hedge too): the other may be on its way, but an
 	 * upstream that has not failed is asked either way. */
-	dp_upstream_detach(s, qi);
-	return dp_upstream_send(s, qi, -1) == 0;
+	dp_pool_detach(s, qi);
+	return dp_pool_send(s, qi, -1) == 0;
 }
 
 void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
@@ -756,7 +756,7 @@ static void on_deadline(dp_tw_entry_t *e, void *arg)
 	uint8_t transport = s->q[qi].transport;
 	dp_query_fail(s, qi);
 	if (ci != DP_NONE && state == Q_SENT && transport != T_NONE)
-		dp_upstream_note_timeout(s, ci);
+		dp_pool_note_timeout(s, ci);
 }
 
 void dp_query_fail_all(dp_shard_t *s)
@@ -783,7 +783,7 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0, 0);
 	if (rc < 0)
 		return rc;
-	rc = dp_upstream_send_on(s, qi, ci);
+	rc = dp_pool_send_on(s, qi, ci);
 	if (rc < 0)
 		query_free(s, qi);
 	return rc;

@@ -21,7 +21,8 @@
 #include "tcpconn.h"
 #include "timerwheel.h"
 #include "udp-t.h"
-#include "upstream-t.h"
+#include "upconn-t.h"
+#include "pool-t.h"
 #include "xshard.h"
 
 #include <liburing.h>
@@ -67,14 +68,8 @@ typedef struct dp_shard {
 	dp_cshare_t share; /* in-flight queries per client address (fair share) */
 	dp_tw_t timers; /* query deadlines and hedge times, in ms */
 
-	dp_upconn_t *conns;
-	uint32_t nconns;
-	dp_upstream_state_t up[DP_MAX_UPSTREAMS];
-	uint32_t rr; /* round-robin cursor over upstreams */
-	uint32_t explore; /* fastest policy: counts picks, every Nth explores */
-	uint32_t hedge_budget; /* earned by primary sends, spent by hedges */
-	uint32_t hedge_delay_ms; /* auto: smallest p95 among upstreams */
-	uint32_t dirty_head; /* connections to flush at the end of the turn */
+	dp_upconns_t upc; /* upstream connections (upconn.h) */
+	dp_pool_t pool; /* upstream selection, health, hedging (pool.h) */
 	SSL_CTX *ssl_ctx;
 
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */

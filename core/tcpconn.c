@@ -22,27 +22,34 @@ static void count(dp_tcpconns_t *t, int which)
 /* Grow a connection buffer to hold need octets, within the table's budget
  * (so thousands of clients that stall mid-frame or never read cannot take
  * the memory). */
-static bool grow(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap, size_t need)
+static bool grow(dp_tcpconns_t *t, dp_buf_t *b, size_t need)
 {
-	if (need <= *cap)
+	if (need <= b->cap)
 		return true;
-	size_t n = dp_grow_size(*cap, need, 512), old = *cap;
+	size_t n = dp_grow_size(b->cap, need, 512), old = b->cap;
 	if (t->buf_bytes - old + n > t->buf_max) {
 		count(t, DP_TCPC_CLOSED_MEMORY);
 		return false;
 	}
-	if (!dp_buf_grow(buf, cap, n, n))
+	if (!dp_buf_reserve(b, n, n))
 		return false;
 	t->buf_bytes = t->buf_bytes - old + n;
 	return true;
 }
 
-static void drop_buf(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap)
+static void drop_buf(dp_tcpconns_t *t, dp_buf_t *b)
 {
-	free(*buf);
-	*buf = NULL;
-	t->buf_bytes -= *cap;
-	*cap = 0;
+	t->buf_bytes -= b->cap;
+	dp_buf_free(b);
+}
+
+/* Free every buffer of connection c. */
+static void drop_bufs(dp_tcpconns_t *t, dp_tcpc_t *c)
+{
+	drop_buf(t, &c->rbuf);
+	drop_buf(t, &c->wq.out);
+	drop_buf(t, &c->wq.fill);
+	dp_sendq_reset(&c->wq);
 }
 
 /* A connection is quiet (may be evicted for a newcomer) when it is open,
@@ -52,8 +59,8 @@ static void drop_buf(dp_tcpconns_t *t, uint8_t **buf, uint32_t *cap)
 static void update_quiet(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	bool q = c->used && !c->closing && c->inflight == 0 && !c->send_inflight &&
-		 c->pend_len == 0 && !c->paused;
+	bool q = c->used && !c->closing && c->inflight == 0 && !c->wq.inflight &&
+		 c->wq.fill.len == 0 && !c->paused;
 	if (q == c->quiet)
 		return;
 	if (q)
@@ -107,10 +114,7 @@ static void finalize(dp_tcpconns_t *t, uint32_t idx)
 	dp_tcpc_t *c = &t->c[idx];
 	t->io->close(t->ctx, c->fd);
 	c->fd = -1;
-	drop_buf(t, &c->rbuf, &c->rcap);
-	drop_buf(t, &c->out, &c->out_cap);
-	drop_buf(t, &c->pend, &c->pend_cap);
-	c->rlen = c->out_len = c->out_off = c->pend_len = 0;
+	drop_bufs(t, c);
 	c->used = c->closing = false;
 	c->gen++; /* completions and answers still addressed to it are stale */
 	c->ilink.next = t->free;
@@ -185,11 +189,8 @@ void dp_tcpconn_free(dp_tcpconns_t *t)
 {
 	if (!t->c)
 		return;
-	for (uint32_t i = 0; i < t->hiwater; i++) {
-		drop_buf(t, &t->c[i].rbuf, &t->c[i].rcap);
-		drop_buf(t, &t->c[i].out, &t->c[i].out_cap);
-		drop_buf(t, &t->c[i].pend, &t->c[i].pend_cap);
-	}
+	for (uint32_t i = 0; i < t->hiwater; i++)
+		drop_bufs(t, &t->c[i]);
 	free(t->c);
 	t->c = NULL;
 }
@@ -318,20 +319,17 @@ static long split(struct frame_ctx *f, uint8_t *buf, size_t n)
 static void split_rbuf(dp_tcpconns_t *t, uint32_t idx, struct frame_ctx *f)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	long used = split(f, c->rbuf, c->rlen);
+	long used = split(f, c->rbuf.data, c->rbuf.len);
 	if (c->closing)
 		return;
 	if (used < 0) {
 		dp_tcpconn_close(t, idx);
 		return;
 	}
-	if (used) {
-		memmove(c->rbuf, c->rbuf + used, c->rlen - (size_t)used);
-		c->rlen -= (uint32_t)used;
-	}
-	if (c->rlen == 0 && c->rcap > 4096) {
+	dp_buf_consume(&c->rbuf, (size_t)used);
+	if (c->rbuf.len == 0 && c->rbuf.cap > 4096) {
 		/* Do not keep a 64 KB buffer for a connection that goes idle. */
-		drop_buf(t, &c->rbuf, &c->rcap);
+		drop_buf(t, &c->rbuf);
 	}
 }
 
@@ -341,7 +339,7 @@ static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 {
 	dp_tcpc_t *c = &t->c[idx];
 	struct frame_ctx f = { t, idx, 0, NULL };
-	if (c->rlen == 0) {
+	if (c->rbuf.len == 0) {
 		/* Common case: whole frames in the received buffer; read them
 		 * where they landed and keep only a split tail (or, paused, all
 		 * from the frame it stopped at). */
@@ -354,21 +352,19 @@ static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 		}
 		size_t rest = n - (size_t)used;
 		if (rest) {
-			if (!grow(t, &c->rbuf, &c->rcap, rest)) {
+			if (!grow(t, &c->rbuf, rest)) {
 				dp_tcpconn_close(t, idx);
 				return;
 			}
-			memcpy(c->rbuf, data + used, rest);
-			c->rlen = (uint32_t)rest;
+			dp_buf_append(&c->rbuf, data + used, rest, rest);
 		}
 		return;
 	}
-	if (!grow(t, &c->rbuf, &c->rcap, (size_t)c->rlen + n)) {
+	if (!grow(t, &c->rbuf, (size_t)c->rbuf.len + n)) {
 		dp_tcpconn_close(t, idx);
 		return;
 	}
-	memcpy(c->rbuf + c->rlen, data, n);
-	c->rlen += (uint32_t)n;
+	dp_buf_append(&c->rbuf, data, n, n);
 	split_rbuf(t, idx, &f);
 }
 
@@ -377,8 +373,8 @@ static void on_data(dp_tcpconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 static void maybe_close_after_eof(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	if (c->eof && !c->closing && !c->paused && c->inflight == 0 && !c->send_inflight &&
-	    c->pend_len == 0)
+	if (c->eof && !c->closing && !c->paused && c->inflight == 0 && !c->wq.inflight &&
+	    c->wq.fill.len == 0)
 		dp_tcpconn_close(t, idx);
 }
 
@@ -451,26 +447,15 @@ void dp_tcpconn_on_recv(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res, b
 static void start_send(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	if (c->send_inflight || c->closing)
+	const uint8_t *p;
+	if (c->closing)
 		return;
-	if (c->out_off >= c->out_len) {
-		if (c->pend_len == 0)
-			return;
-		/* Swap: the queued answers become the buffer in flight. */
-		uint8_t *tb = c->out;
-		uint32_t tc = c->out_cap;
-		c->out = c->pend;
-		c->out_cap = c->pend_cap;
-		c->out_len = c->pend_len;
-		c->out_off = 0;
-		c->pend = tb;
-		c->pend_cap = tc;
-		c->pend_len = 0;
-	}
-	c->send_inflight = true;
+	size_t n = dp_sendq_start(&c->wq, &p); /* the rest, or the queued answers */
+	if (n == 0)
+		return;
 	c->last_progress_ms = *t->now_ms;
 	c->ops++;
-	t->io->send(t->ctx, idx, c->gen, c->fd, c->out + c->out_off, c->out_len - c->out_off);
+	t->io->send(t->ctx, idx, c->gen, c->fd, p, n);
 }
 
 void dp_tcpconn_on_send(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res)
@@ -479,23 +464,21 @@ void dp_tcpconn_on_send(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, int res)
 	if (!c)
 		return;
 	c->ops--;
-	c->send_inflight = false;
+	int left = dp_sendq_done(&c->wq, res == 0 ? -EPIPE : res);
 	c->hold++;
 	if (c->closing) {
 		/* finalized by release, once nothing else is in flight */
-	} else if (res <= 0 || (uint32_t)res > c->out_len - c->out_off) {
+	} else if (left < 0) {
 		dp_tcpconn_close(t, idx);
 	} else {
-		c->out_off += (uint32_t)res;
 		c->last_progress_ms = *t->now_ms;
-		if (c->out_off >= c->out_len) {
-			c->out_off = c->out_len = 0;
-			if (c->out_cap > 16384)
-				drop_buf(t, &c->out, &c->out_cap);
+		if (left == 0) {
+			if (c->wq.out.cap > 16384)
+				drop_buf(t, &c->wq.out);
 			/* Its last answer is out: idle from now, not from its
 			 * last query (one answered after 1.9 s of a 2 s idle
 			 * timeout would leave the client 0.1 s to ask again). */
-			if (c->inflight == 0 && c->pend_len == 0)
+			if (c->inflight == 0 && c->wq.fill.len == 0)
 				touch(t, idx);
 		}
 		start_send(t, idx);
@@ -513,21 +496,21 @@ void dp_tcpconn_answer(dp_tcpconns_t *t, uint32_t idx, uint32_t gen, const uint8
 		count(t, DP_TCPC_ANSWER_DROPPED);
 		return;
 	}
-	size_t queued = (size_t)c->pend_len + (c->out_len - c->out_off);
-	if (queued + len + 2 > t->wq_max ||
-	    !grow(t, &c->pend, &c->pend_cap, (size_t)c->pend_len + len + 2)) {
+	dp_buf_t *b = &c->wq.fill;
+	if (dp_sendq_queued(&c->wq) + len + 2 > t->wq_max ||
+	    !grow(t, b, (size_t)b->len + len + 2)) {
 		count(t, DP_TCPC_CLOSED_SLOW);
 		count(t, DP_TCPC_ANSWER_DROPPED);
 		dp_tcpconn_close(t, idx);
 		return;
 	}
-	dp_wr16(c->pend + c->pend_len, (uint16_t)len);
-	memcpy(c->pend + c->pend_len + 2, msg, len);
-	c->pend_len += (uint32_t)len + 2;
+	dp_wr16(b->data + b->len, (uint16_t)len);
+	memcpy(b->data + b->len + 2, msg, len);
+	b->len += (uint32_t)len + 2;
 	update_quiet(t, idx);
 	/* Send at the end of the turn, so that answers completing together
 	 * leave in one send. */
-	if (!c->dirty && !c->send_inflight) {
+	if (!c->dirty && !c->wq.inflight) {
 		c->dirty = true;
 		c->dirty_next = t->dirty;
 		t->dirty = idx;
@@ -580,7 +563,7 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 		dp_tcpc_t *c = &t->c[idx];
 		if (now - c->last_active_ms < limit)
 			break;
-		bool sending = c->send_inflight || c->pend_len;
+		bool sending = c->wq.inflight || c->wq.fill.len;
 		if (sending && now - c->last_progress_ms >= limit &&
 		    t->io->unsent(t->ctx, c->fd) > 0) {
 			/* Its answers have not moved for a whole idle period and
@@ -636,7 +619,7 @@ static void resume_conn(dp_tcpconns_t *t, uint32_t idx)
 	 * a paused one often has no operation that would keep it from being
 	 * finalized under us. */
 	c->hold++;
-	if (c->rlen) {
+	if (c->rbuf.len) {
 		struct frame_ctx f = { t, idx, 0, NULL };
 		split_rbuf(t, idx, &f);
 	}
@@ -697,7 +680,7 @@ bool dp_tcpconn_idle_output(const dp_tcpconns_t *t)
 {
 	for (uint32_t i = 0; i < t->hiwater; i++) {
 		const dp_tcpc_t *c = &t->c[i];
-		if (c->used && !c->closing && (c->send_inflight || c->pend_len || c->dirty))
+		if (c->used && !c->closing && (c->wq.inflight || c->wq.fill.len || c->dirty))
 			return false;
 	}
 	return true;

@@ -44,7 +44,7 @@
 #ifndef DP_TCPCONN_H
 #define DP_TCPCONN_H
 
-#include "dp.h"
+#include "buf.h"
 #include "list.h"
 
 /* Events counted through dp_tcpconn_io_t.stat. */
@@ -118,7 +118,6 @@ typedef struct dp_tcpc {
 	bool used;
 	bool closing;
 	bool recv_armed;
-	bool send_inflight;
 	bool eof; /* the client shut its side: answer what it asked, then close */
 	bool dirty; /* on the table's flush list */
 	bool paused; /* not read until resumed (backpressure); frames held in rbuf */
@@ -135,12 +134,8 @@ typedef struct dp_tcpc {
 	dp_link_t wlink; /* share-wait or resume list */
 	uint64_t last_active_ms;
 	uint64_t last_progress_ms; /* last send issued or completed */
-	uint8_t *rbuf; /* partial frame carried between receives */
-	uint32_t rlen, rcap;
-	uint8_t *out; /* being sent; immutable while send_inflight */
-	uint32_t out_len, out_off, out_cap;
-	uint8_t *pend; /* answers queued behind the send in flight */
-	uint32_t pend_len, pend_cap;
+	dp_buf_t rbuf; /* partial frame carried between receives */
+	dp_sendq_t wq; /* answers: the send in flight, those queued behind it */
 } dp_tcpc_t;
 
 typedef struct dp_tcpconns {

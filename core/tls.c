@@ -1,8 +1,12 @@
 /* tls.c - BoringSSL client contexts and sessions for upstream connections.
  *
- * Sessions run over memory BIOs: io_uring moves the ciphertext, BoringSSL
- * never touches a socket. The context verifies the chain against the CA
- * bundle; each session checks the upstream's name (or IP) and sends SNI.
+ * Sessions run over our own BIO (below), not memory BIOs: BoringSSL reads
+ * ciphertext where io_uring received it and writes ciphertext into the
+ * buffer the next send carries; it never touches a socket. The context
+ * verifies the chain against the CA bundle; each session checks the
+ * upstream's name (or IP), sends SNI, and keeps the newest resumable
+ * session in the slot its connection gave it. Pins are checked after the
+ * handshake (dp_tls_check_pins).
  */
 #include "tls.h"
 #include "log.h"
@@ -28,15 +32,16 @@ static void err_queue_str(char *out, size_t cap)
 }
 
 /* BoringSSL hands us each new session (ticket); app data of the SSL is the
- * upstream's slot, which keeps the newest one. Returns 1: we own sess. */
+ * upstream's session slot, which keeps the newest one. Returns 1: we own
+ * sess. */
 static int new_session(SSL *ssl, SSL_SESSION *sess)
 {
-	dp_upstream_state_t *st = SSL_get_app_data(ssl);
-	if (!st || !SSL_SESSION_is_resumable(sess))
+	SSL_SESSION **slot = SSL_get_app_data(ssl);
+	if (!slot || !SSL_SESSION_is_resumable(sess))
 		return 0;
-	if (st->session)
-		SSL_SESSION_free(st->session);
-	st->session = sess;
+	if (*slot)
+		SSL_SESSION_free(*slot);
+	*slot = sess;
 	return 1;
 }
 
@@ -72,40 +77,38 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen)
 
 static int conn_bio_read(BIO *b, char *out, int len)
 {
-	dp_upconn_t *c = BIO_get_data(b);
+	dp_tls_wire_t *w = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	uint32_t avail = c->rx_len - c->rx_off;
-	if (avail == 0) {
+	uint32_t avail = w->rx.len - w->rx_off;
+	if (avail == 0 || len <= 0) {
 		BIO_set_retry_read(b);
 		return -1;
 	}
 	uint32_t n = DP_MIN(avail, (uint32_t)len);
-	memcpy(out, c->rxbuf + c->rx_off, n);
-	c->rx_off += n;
+	memcpy(out, w->rx.data + w->rx_off, n);
+	w->rx_off += n;
 	return (int)n;
 }
 
 static int conn_bio_write(BIO *b, const char *in, int len)
 {
-	dp_upconn_t *c = BIO_get_data(b);
+	dp_tls_wire_t *w = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	if (!dp_buf_grow(&c->pend, &c->pend_cap, (size_t)c->pend_len + (size_t)len, 16384))
+	if (len < 0 || !dp_buf_append(w->tx, in, (size_t)len, 16384))
 		return -1;
-	memcpy(c->pend + c->pend_len, in, (size_t)len);
-	c->pend_len += (uint32_t)len;
 	return len;
 }
 
 static long conn_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-	dp_upconn_t *c = BIO_get_data(b);
+	dp_tls_wire_t *w = BIO_get_data(b);
 	switch (cmd) {
 	case BIO_CTRL_FLUSH:
 		return 1;
 	case BIO_CTRL_PENDING:
-		return c ? (long)(c->rx_len - c->rx_off) : 0;
+		return w ? (long)(w->rx.len - w->rx_off) : 0;
 	case BIO_CTRL_WPENDING:
-		return c ? (long)c->pend_len : 0;
+		return w ? (long)w->tx->len : 0;
 	default:
 		return 0;
 	}
@@ -132,7 +135,38 @@ static void conn_method_init(void)
 	conn_method = m;
 }
 
-int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_upconn_t *c, SSL **ssl_out)
+/* SNI and the check of the upstream's certificate: its name, or its IP
+ * when it has none; pins alone (checked after the handshake) with no_ca.
+ * Returns 0 or DP_E_TLS. */
+static int set_peer_checks(SSL *ssl, const dp_upstream_cfg_t *u)
+{
+	if (u->no_ca) {
+		SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+		if (u->name[0] && SSL_set_tlsext_host_name(ssl, u->name) != 1)
+			return DP_E_TLS;
+		return 0;
+	}
+	if (u->name[0]) {
+		if (SSL_set_tlsext_host_name(ssl, u->name) != 1 || SSL_set1_host(ssl, u->name) != 1)
+			return DP_E_TLS;
+		return 0;
+	}
+	uint8_t ip[16];
+	size_t iplen;
+	if (u->addr.ss.ss_family == AF_INET6) {
+		memcpy(ip, &((const struct sockaddr_in6 *)&u->addr.ss)->sin6_addr, 16);
+		iplen = 16;
+	} else {
+		memcpy(ip, &((const struct sockaddr_in *)&u->addr.ss)->sin_addr, 4);
+		iplen = 4;
+	}
+	if (X509_VERIFY_PARAM_set1_ip(SSL_get0_param(ssl), ip, iplen) != 1)
+		return DP_E_TLS;
+	return 0;
+}
+
+int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_tls_wire_t *w,
+		       SSL_SESSION **session, SSL **ssl_out)
 {
 	pthread_once(&conn_method_once, conn_method_init);
 	if (!conn_method)
@@ -145,36 +179,19 @@ int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_upconn_t *c,
 		ERR_clear_error();
 		return DP_E_TLS;
 	}
-	BIO_set_data(bio, c);
+	BIO_set_data(bio, w);
 	SSL_set_bio(ssl, bio, bio); /* one BIO, both ways; ssl owns it */
 	SSL_set_connect_state(ssl);
-	if (u->no_ca) {
-		/* Pins alone (checked by dp_tls_check_pins after the handshake). */
-		SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
-		if (u->name[0] && SSL_set_tlsext_host_name(ssl, u->name) != 1)
-			goto fail_ssl;
-	} else if (u->name[0]) {
-		if (SSL_set_tlsext_host_name(ssl, u->name) != 1 || SSL_set1_host(ssl, u->name) != 1)
-			goto fail_ssl;
-	} else {
-		uint8_t ip[16];
-		size_t iplen;
-		if (u->addr.ss.ss_family == AF_INET6) {
-			memcpy(ip, &((const struct sockaddr_in6 *)&u->addr.ss)->sin6_addr, 16);
-			iplen = 16;
-		} else {
-			memcpy(ip, &((const struct sockaddr_in *)&u->addr.ss)->sin_addr, 4);
-			iplen = 4;
-		}
-		if (X509_VERIFY_PARAM_set1_ip(SSL_get0_param(ssl), ip, iplen) != 1)
-			goto fail_ssl;
+	if (set_peer_checks(ssl, u) < 0) {
+		SSL_free(ssl);
+		ERR_clear_error();
+		return DP_E_TLS;
 	}
+	SSL_set_app_data(ssl, session);
+	if (*session)
+		SSL_set_session(ssl, *session);
 	*ssl_out = ssl;
 	return 0;
-fail_ssl:
-	SSL_free(ssl);
-	ERR_clear_error();
-	return DP_E_TLS;
 }
 
 void dp_tls_error_reason(SSL *ssl, int ret, char *out, size_t cap)

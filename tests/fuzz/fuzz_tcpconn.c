@@ -210,8 +210,8 @@ static void check_table(dp_tcpconns_t *t)
 		}
 		open++;
 		reading |= c->recv_armed || c->paused;
-		output |= c->send_inflight || c->pend_len || c->dirty;
-		bool q = c->inflight == 0 && !c->send_inflight && c->pend_len == 0 && !c->paused;
+		output |= c->wq.inflight || c->wq.fill.len || c->dirty;
+		bool q = c->inflight == 0 && !c->wq.inflight && c->wq.fill.len == 0 && !c->paused;
 		CHECK(q == c->quiet);
 		CHECK(c->wait == DP_TCPC_W_NONE || c->paused);
 		share += c->wait == DP_TCPC_W_SHARE;
@@ -220,7 +220,7 @@ static void check_table(dp_tcpconns_t *t)
 		 * asked to stop. */
 		CHECK(!c->paused || !c->recv_armed || fd_of(t, c)->recv_cancel);
 		quiet += q;
-		CHECK(c->ops == (uint32_t)c->recv_armed + (uint32_t)c->send_inflight);
+		CHECK(c->ops == (uint32_t)c->recv_armed + (uint32_t)c->wq.inflight);
 	}
 	CHECK(t->used == open + closing && t->closing == closing);
 	CHECK(t->idle.count == open && t->quiet.count == quiet);

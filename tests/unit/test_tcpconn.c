@@ -167,7 +167,7 @@ static void frame_split_byte_by_byte(void **state)
 	assert_int_equal(u->n, 1);
 	assert_int_equal(u->seen_len[0], 30);
 	assert_memory_equal(u->seen[0], buf + 2, 30);
-	assert_int_equal(fake_conn(f, fd)->rlen, 0);
+	assert_int_equal(fake_conn(f, fd)->rbuf.len, 0);
 	teardown_fake(f);
 }
 
@@ -213,7 +213,7 @@ static void answer_closing_inside_frame_loop(void **state)
 	size_t n = frames(buf, 0, 10, 40);
 	/* First receive: half a frame, kept in rbuf. */
 	assert_true(fake_recv_done(f, fd, 21, true, buf));
-	assert_int_equal(fake_conn(f, fd)->rlen, 21);
+	assert_int_equal(fake_conn(f, fd)->rbuf.len, 21);
 	uint32_t idx = f->fd[fd].idx, gen = fake_conn(f, fd)->gen;
 	/* Last receive (no MORE): the rest; the third answer overflows. */
 	assert_true(fake_recv_done(f, fd, (int)(n - 21), false, buf + 21));
@@ -264,9 +264,9 @@ static void slot_reuse_starts_clean(void **state)
 	assert_true(b > a);
 	assert_int_equal(f->fd[b].idx, f->fd[a].idx); /* same slot */
 	dp_tcpc_t *c = fake_conn(f, b);
-	assert_int_equal(c->rlen, 0);
-	assert_null(c->rbuf);
-	assert_int_equal(c->pend_len + c->out_len + c->inflight + c->ops, 1); /* its receive */
+	assert_int_equal(c->rbuf.len, 0);
+	assert_null(c->rbuf.data);
+	assert_int_equal(c->wq.fill.len + c->wq.out.len + c->inflight + c->ops, 1); /* its receive */
 	n = frame(buf, 0xbbbb, 30);
 	assert_true(fake_recv_done(f, b, (int)n, true, buf));
 	assert_int_equal(u->n, 1);
@@ -297,7 +297,7 @@ static void stale_completion_for_reused_slot_dropped(void **state)
 	dp_tcpconn_query_end(&f->t, idx, old);
 	assert_int_equal(u->n, 1);
 	assert_int_equal(c->ops, ops);
-	assert_int_equal(c->pend_len, 0);
+	assert_int_equal(c->wq.fill.len, 0);
 	assert_int_equal(f->stat[DP_TCPC_ANSWER_DROPPED], 1);
 	assert_true(c->quiet);
 	teardown_fake(f);
@@ -489,7 +489,7 @@ static void hole3_pause_at_cap_holds_frames_until_queries_end(void **state)
 	assert_int_equal(f->stat[DP_TCPC_PAUSED], 1);
 	assert_int_equal(f->stat[DP_TCPC_QUERY], 2);
 	assert_true(f->fd[fd].recv_cancel);
-	assert_int_equal(c->rlen, 3 * 22); /* three frames held */
+	assert_int_equal(c->rbuf.len, 3 * 22); /* three frames held */
 	fake_cancels_done(f, fd);
 	assert_false(f->fd[fd].recv); /* not re-armed while paused */
 
@@ -504,7 +504,7 @@ static void hole3_pause_at_cap_holds_frames_until_queries_end(void **state)
 	dp_tcpconn_resume_pending(&f->t);
 	assert_int_equal(u->n, 5);
 	assert_false(c->paused);
-	assert_int_equal(c->rlen, 0);
+	assert_int_equal(c->rbuf.len, 0);
 	assert_true(f->fd[fd].recv); /* every held frame out: read again */
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(dp_rd16(u->seen[i]), i);
@@ -533,7 +533,7 @@ static void hole3_refused_frame_waits_for_freed_slot(void **state)
 	assert_int_equal(u->n, 0);
 	assert_int_equal(f->t.share_wait.count, 2);
 	assert_int_equal(f->t.share_wait.head, f->fd[a].idx);
-	assert_int_equal(fake_conn(f, a)->rlen, na);
+	assert_int_equal(fake_conn(f, a)->rbuf.len, na);
 	assert_int_equal(f->stat[DP_TCPC_QUERY], 0);
 	fake_cancels_done(f, a);
 	fake_cancels_done(f, b);

@@ -1,0 +1,570 @@
+/* upconn.c - DNS-over-TLS connections to the upstreams, one table per shard.
+ *
+ * Owns: the shard's connection slots (--upstream-conns per upstream a
+ * reload could add), per open connection its socket, its SSL session (over
+ * tls.c's BIO on the connection's own buffers), its ID map, and its
+ * receive, plaintext, batch and send buffers; the newest resumable session
+ * per upstream. Which query goes on which connection, health and failover
+ * are the pool's (pool.c), told through dp_upconn_ops_t; I/O goes through
+ * dp_upconn_io_t (io_uring here, a fake in the unit tests).
+ *
+ * Write path: a query is framed into its connection's batch; at the end of
+ * the loop turn every connection with a batch does ONE SSL_write (so queries
+ * that arrived in the same turn share TLS records) and ONE send of the
+ * ciphertext. Only one send is in flight per connection (dp_sendq_t);
+ * ciphertext made meanwhile is appended by the BIO to the buffer behind it
+ * and leaves with the next send.
+ *
+ * Read path: a receive lands in the connection's receive buffer, which the
+ * BIO hands to TLS; SSL_read drains every complete record into the
+ * plaintext buffer, where each framed DNS message goes up to the pool
+ * (ops->message) to be matched by ID and question.
+ *
+ * Bounds: a connection holds at most DP_UPCONN_WBUF_MAX octets the upstream
+ * has not taken yet (queries framed in the batch and ciphertext behind the
+ * send in flight); a full connection takes no query.
+ *
+ * Lifetime: every operation carries (slot, generation) in its user_data. A
+ * connection that fails is shut down and its operations cancelled; the slot
+ * is finalized (fd closed, generation bumped, ops->down) only after its
+ * last completion, so buffers the kernel still reads or writes stay put,
+ * and a completion of an older generation is recognised and dropped.
+ */
+#include "upconn.h"
+#include "ring.h"
+#include "tls.h"
+#include "log.h"
+#include "tcpframe.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define RX_SIZE (16 * 1024 + 512) /* a TLS record and then some */
+#define PLAIN_CAP (65537 + 16 * 1024) /* a framed message and a record */
+
+/* ---- io_uring transport ---------------------------------------------------- */
+
+static int uring_open(dp_shard_t *s, int family)
+{
+	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+static void uring_connect(dp_shard_t *s, uint32_t ci, uint32_t gen, int fd,
+			  const dp_sockaddr_t *to)
+{
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&to->ss, to->len);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_CONNECT, ci, gen));
+}
+
+static void uring_recv(dp_shard_t *s, uint32_t ci, uint32_t gen, int fd, uint8_t *buf,
+		       size_t len)
+{
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_recv(sqe, fd, buf, len, 0);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_RECV, ci, gen));
+}
+
+static void uring_send(dp_shard_t *s, uint32_t ci, uint32_t gen, int fd, const uint8_t *buf,
+		       size_t len)
+{
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, gen));
+}
+
+static void uring_shutdown(dp_shard_t *s, int fd, bool cancel)
+{
+	shutdown(fd, SHUT_RDWR);
+	if (cancel) {
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+	}
+}
+
+static void uring_close(dp_shard_t *s, int fd)
+{
+	close(fd);
+}
+
+static const dp_upconn_io_t uring_io = {
+	.open = uring_open,
+	.connect = uring_connect,
+	.recv = uring_recv,
+	.send = uring_send,
+	.shutdown = uring_shutdown,
+	.close = uring_close,
+};
+
+/* ---- the table ------------------------------------------------------------- */
+
+static void on_handshake_due(dp_tw_entry_t *e, void *arg);
+
+int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops)
+{
+	dp_upconns_t *t = &s->upc;
+	t->per_upstream = s->cfg->upstream_conns;
+	t->n = (uint32_t)DP_MAX_UPSTREAMS * t->per_upstream;
+	t->c = calloc(t->n, sizeof(dp_upconn_t));
+	if (!t->c)
+		return -ENOMEM;
+	t->ops = ops;
+	t->io = &uring_io;
+	t->dirty = DP_NONE;
+	for (uint32_t i = 0; i < t->n; i++) {
+		dp_upconn_t *c = &t->c[i];
+		c->fd = -1;
+		c->state = C_DOWN;
+		c->upstream = (uint8_t)(i / t->per_upstream);
+		c->queries = DP_LIST_EMPTY;
+		c->hedges = DP_LIST_EMPTY;
+		c->dirty_next = DP_NONE;
+		c->wire.tx = &c->sendq.fill;
+	}
+	return 0;
+}
+
+void dp_upconn_free(dp_shard_t *s)
+{
+	dp_upconns_t *t = &s->upc;
+	for (uint32_t i = 0; t->c && i < t->n; i++) {
+		dp_upconn_t *c = &t->c[i];
+		if (c->fd >= 0)
+			t->io->close(s, c->fd);
+		SSL_free(c->ssl);
+		dp_idmap_destroy(&c->ids);
+		dp_buf_free(&c->batch);
+		dp_sendq_free(&c->sendq);
+		dp_buf_free(&c->wire.rx);
+		dp_buf_free(&c->plain);
+	}
+	free(t->c);
+	t->c = NULL;
+	for (int u = 0; u < DP_MAX_UPSTREAMS; u++)
+		dp_upconn_forget_session(s, (uint32_t)u);
+}
+
+void dp_upconn_forget_session(dp_shard_t *s, uint32_t u)
+{
+	if (s->upc.session[u])
+		SSL_SESSION_free(s->upc.session[u]);
+	s->upc.session[u] = NULL;
+}
+
+static const char *up_name(const dp_shard_t *s, const dp_upconn_t *c)
+{
+	return s->cfg->upstream[c->upstream].text;
+}
+
+/* ---- connecting ------------------------------------------------------------ */
+
+/* What a connection allocates once and keeps: its ID map, its receive
+ * buffer; and the plaintext buffer, freed while it is down. */
+static int conn_buffers(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	int rc;
+	if (!c->ids.val && (rc = dp_idmap_init(&c->ids, dp_now_ns() ^ ((uint64_t)ci << 32) ^
+							       (uint64_t)(uintptr_t)c)) < 0)
+		return rc;
+	if (!dp_buf_reserve(&c->wire.rx, RX_SIZE, RX_SIZE) ||
+	    !dp_buf_reserve(&c->plain, PLAIN_CAP, PLAIN_CAP))
+		return -ENOMEM;
+	return 0;
+}
+
+int dp_upconn_start(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconns_t *t = &s->upc;
+	dp_upconn_t *c = &t->c[ci];
+	const dp_upstream_cfg_t *u = &s->cfg->upstream[c->upstream];
+	int rc = conn_buffers(s, ci);
+	if (rc < 0)
+		return rc;
+	int fd = t->io->open(s, u->addr.ss.ss_family);
+	if (fd < 0)
+		return fd;
+	c->wire.rx.len = c->wire.rx_off = 0;
+	dp_sendq_reset(&c->sendq);
+	if ((rc = dp_tls_new_session(s->ssl_ctx, u, &c->wire, &t->session[c->upstream],
+				     &c->ssl)) < 0) {
+		t->io->close(s, fd);
+		return rc;
+	}
+	c->fd = fd;
+	c->state = C_CONNECTING;
+	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
+	dp_tw_entry_init(&c->hs_t, on_handshake_due);
+	dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
+	c->got_answer = false;
+	c->plain.len = 0;
+	c->batch.len = c->batch_count = 0;
+	STAT_INC(s, connects);
+	M_INC(s->metrics.up[c->upstream].connects);
+	c->ops++;
+	t->io->connect(s, ci, c->gen, fd, &u->addr);
+	dp_debug("upstream connecting", "shard=%d upstream=%s", s->id, u->text);
+	return 0;
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+static void mark_dirty(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (!c->dirty) {
+		c->dirty = true;
+		c->dirty_next = s->upc.dirty;
+		s->upc.dirty = ci;
+	}
+}
+
+int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (!dp_upconn_has_room(c, len)) {
+		STAT_INC(s, upstream_wbuf_full);
+		return -ENOBUFS;
+	}
+	if (!dp_buf_reserve(&c->batch, (size_t)c->batch.len + len + 2, 4096))
+		return -ENOMEM;
+	uint8_t *p = c->batch.data + c->batch.len;
+	dp_wr16(p, len);
+	memcpy(p + 2, msg, len);
+	dp_wr16(p + 2, id);
+	c->batch.len += len + 2u;
+	c->batch_count++;
+	c->last_used_ms = s->now_ms;
+	mark_dirty(s, ci);
+	return 0;
+}
+
+/* Start the next send of what TLS made (one send in flight at a time). */
+static void out_pump(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	const uint8_t *p;
+	if (c->state == C_CLOSING || c->fd < 0)
+		return;
+	size_t n = dp_sendq_start(&c->sendq, &p);
+	if (n == 0)
+		return;
+	c->send_since_ms = s->now_ms;
+	c->ops++;
+	s->upc.io->send(s, ci, c->gen, c->fd, p, n);
+	STAT_INC(s, up_sends);
+}
+
+void dp_upconn_flush(dp_shard_t *s)
+{
+	while (s->upc.dirty != DP_NONE) {
+		uint32_t ci = s->upc.dirty;
+		dp_upconn_t *c = &s->upc.c[ci];
+		s->upc.dirty = c->dirty_next;
+		c->dirty = false;
+		if (c->state != C_READY || c->batch.len == 0)
+			continue;
+		int n = SSL_write(c->ssl, c->batch.data, (int)c->batch.len);
+		if (n != (int)c->batch.len) {
+			char why[256];
+			dp_tls_error_reason(c->ssl, n, why, sizeof(why));
+			dp_upconn_fail(s, ci, true, "upstream TLS write failed", why);
+			continue;
+		}
+		STAT_INC(s, ssl_writes);
+		STAT_ADD(s, ssl_write_queries, c->batch_count);
+		if (c->batch_count > s->stats.max_write_batch)
+			STAT_SET(s, max_write_batch, c->batch_count);
+		c->batch.len = c->batch_count = 0;
+		out_pump(s, ci);
+	}
+}
+
+/* ---- closing --------------------------------------------------------------- */
+
+/* The last operation of closing connection ci completed: nothing refers to
+ * the slot any more. Free what an idle slot need not keep, bump the
+ * generation, and let the pool use it again. */
+static void finalize(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->fd >= 0)
+		s->upc.io->close(s, c->fd);
+	c->fd = -1;
+	SSL_free(c->ssl); /* frees its BIO */
+	c->ssl = NULL;
+	dp_sendq_reset(&c->sendq);
+	c->wire.rx.len = c->wire.rx_off = 0;
+	c->state = C_DOWN;
+	c->gen++; /* completions still addressed to it are stale */
+	c->recv_armed = false;
+	c->batch.len = c->batch_count = 0;
+	/* Keep idle memory small: the buffer comes back on the next connect. */
+	dp_buf_free(&c->plain);
+	s->upc.ops->down(s, ci);
+}
+
+static void log_close(dp_shard_t *s, const dp_upconn_t *c, bool health, const char *what,
+		      const char *reason)
+{
+	int lvl = health ? DP_LOG_WARN : DP_LOG_DEBUG;
+	if (lvl >= dp_log_level)
+		dp_log(lvl, what, "shard=%d upstream=%s reason=\"%s\" inflight=%u", s->id,
+		       up_name(s, c), reason, c->queries.count);
+}
+
+void dp_upconn_fail(dp_shard_t *s, uint32_t ci, bool health, const char *what,
+		    const char *reason)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->state == C_CLOSING || c->state == C_DOWN)
+		return;
+	log_close(s, c, health, what, reason);
+	if (c->state != C_READY)
+		STAT_INC(s, handshake_failures);
+	STAT_INC(s, conn_closed);
+	c->state = C_CLOSING;
+	dp_tw_cancel(&s->timers, &c->hs_t);
+	/* Queries framed but not written: the pool sends them again. What TLS
+	 * made already stays until the send in flight, if any, completes. */
+	c->batch.len = c->batch_count = 0;
+	s->upc.io->shutdown(s, c->fd, c->ops > 0);
+	s->upc.ops->closed(s, ci, health);
+	if (c->ops == 0)
+		finalize(s, ci);
+}
+
+/* Connect and handshake took longer than --handshake-timeout (the
+ * connection's timer on the shard's wheel fired). */
+static void on_handshake_due(dp_tw_entry_t *e, void *arg)
+{
+	dp_shard_t *s = arg;
+	dp_upconn_t *c = DP_CONTAINER_OF(e, dp_upconn_t, hs_t);
+	if (c->state == C_CONNECTING || c->state == C_HANDSHAKE)
+		dp_upconn_fail(s, (uint32_t)(c - s->upc.c), true, "upstream handshake failed",
+			       "handshake timeout");
+}
+
+void dp_upconn_close_all(dp_shard_t *s)
+{
+	for (uint32_t ci = 0; s->upc.c && ci < s->upc.n; ci++) {
+		dp_upconn_t *c = &s->upc.c[ci];
+		if (c->fd >= 0)
+			s->upc.io->shutdown(s, c->fd, false);
+	}
+}
+
+/* ---- reading --------------------------------------------------------------- */
+
+static void arm_recv(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	/* TLS took every byte of the last receive before asking for more
+	 * (WANT_READ means its BIO ran dry), so the buffer starts empty. */
+	c->wire.rx.len = c->wire.rx_off = 0;
+	c->recv_armed = true;
+	c->ops++;
+	s->upc.io->recv(s, ci, c->gen, c->fd, c->wire.rx.data, c->wire.rx.cap);
+}
+
+/* The handshake succeeded: check the pins, count it, tell the pool. */
+static void handshake_done(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (dp_tls_check_pins(c->ssl, &s->cfg->upstream[c->upstream]) < 0) {
+		STAT_INC(s, pin_failures);
+		dp_upconn_fail(s, ci, true, "upstream handshake failed",
+			       "no pin-sha256 matches the server's keys");
+		return;
+	}
+	if (SSL_session_reused(c->ssl)) {
+		STAT_INC(s, handshakes_resumed);
+		M_INC(s->metrics.up[c->upstream].resumed);
+	}
+	M_INC(s->metrics.up[c->upstream].handshakes);
+	STAT_INC(s, handshakes);
+	c->state = C_READY;
+	dp_tw_cancel(&s->timers, &c->hs_t);
+	dp_debug("upstream ready", "shard=%d upstream=%s version=%s resumed=%d queued=%u", s->id,
+		 up_name(s, c), SSL_get_version(c->ssl), SSL_session_reused(c->ssl),
+		 c->queries.count);
+	s->upc.ops->ready(s, ci);
+}
+
+static void do_handshake(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		handshake_done(s, ci);
+		return;
+	}
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return;
+	char why[256];
+	dp_tls_error_reason(c->ssl, r, why, sizeof(why));
+	dp_upconn_fail(s, ci, true, "upstream handshake failed", why);
+}
+
+struct message_ctx {
+	dp_shard_t *s;
+	uint32_t ci;
+};
+
+static int on_message(void *ctx, uint8_t *msg, size_t len)
+{
+	struct message_ctx *m = ctx;
+	m->s->upc.ops->message(m->s, m->ci, msg, len);
+	/* Failed by the pool (a malformed answer): stop the split, read no
+	 * more of it. */
+	return m->s->upc.c[m->ci].state == C_READY ? 0 : DP_E_MALFORMED;
+}
+
+/* SSL_read failed with n: the upstream closed, or TLS broke. */
+static void read_failed(dp_shard_t *s, uint32_t ci, int n)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (SSL_get_error(c->ssl, n) == SSL_ERROR_ZERO_RETURN) {
+		dp_upconn_fail(s, ci, c->queries.count && !c->got_answer,
+			       "upstream closed the connection", "close_notify");
+		return;
+	}
+	char why[256];
+	dp_tls_error_reason(c->ssl, n, why, sizeof(why));
+	dp_upconn_fail(s, ci, true, "upstream TLS error", why);
+}
+
+/* Drain every complete record TLS can make of what was received and hand
+ * each framed message up. A frame split across records waits in plain. */
+static void read_plain(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	struct message_ctx m = { s, ci };
+	for (;;) {
+		int n = SSL_read(c->ssl, c->plain.data + c->plain.len,
+				 (int)(c->plain.cap - c->plain.len));
+		if (n <= 0) {
+			int e = SSL_get_error(c->ssl, n);
+			if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+				read_failed(s, ci, n);
+			return;
+		}
+		c->plain.len += (uint32_t)n;
+		long used = dp_tcpframe_split(c->plain.data, c->plain.len, on_message, &m);
+		if (c->state != C_READY)
+			return; /* a message's handling closed it */
+		if (used < 0) {
+			dp_upconn_fail(s, ci, true, "upstream protocol error", "zero-length message");
+			return;
+		}
+		dp_buf_consume(&c->plain, (size_t)used);
+	}
+}
+
+/* ---- completions ----------------------------------------------------------- */
+
+static void on_connect(dp_shard_t *s, uint32_t ci, int res)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (res < 0) {
+		dp_upconn_fail(s, ci, true, "upstream connect failed", dp_strerror(res));
+		return;
+	}
+	c->state = C_HANDSHAKE;
+	do_handshake(s, ci);
+	/* Failed (closing, or already finalized and perhaps connecting
+	 * again under a new generation): nothing more of this connection. */
+	if (c->state != C_HANDSHAKE && c->state != C_READY)
+		return;
+	arm_recv(s, ci);
+	out_pump(s, ci);
+}
+
+static void on_recv(dp_shard_t *s, uint32_t ci, int res)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (res <= 0) {
+		bool health = c->state != C_READY || (c->queries.count && !c->got_answer);
+		dp_upconn_fail(s, ci, health,
+			       c->state == C_READY ? "upstream closed the connection"
+						   : "upstream handshake failed",
+			       res == 0 ? "connection closed by peer" : dp_strerror(res));
+		return;
+	}
+	c->wire.rx_off = 0;
+	c->wire.rx.len = (uint32_t)DP_MIN((uint32_t)res, c->wire.rx.cap);
+	if (c->state == C_HANDSHAKE)
+		do_handshake(s, ci);
+	if (c->state == C_READY)
+		read_plain(s, ci);
+	if (c->state != C_READY && c->state != C_HANDSHAKE)
+		return;
+	arm_recv(s, ci);
+	out_pump(s, ci);
+}
+
+static void on_send(dp_shard_t *s, uint32_t ci, int res)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	int left = dp_sendq_done(&c->sendq, res);
+	if (left < 0) {
+		dp_upconn_fail(s, ci, c->state != C_READY, "upstream send failed", dp_strerror(left));
+		return;
+	}
+	c->send_since_ms = s->now_ms;
+	out_pump(s, ci); /* the rest of a short send, or what TLS made since */
+}
+
+/* Whether a completion (op, gen) belongs to an operation connection c has
+ * in flight. The slot is reused only after its last completion, so one
+ * that does not is not ours to count: dropping it keeps ops, and with it
+ * the slot's lifetime, right. */
+static bool cqe_is_ours(const dp_upconn_t *c, enum dp_op op, uint32_t gen)
+{
+	if (gen != c->gen || c->ops == 0)
+		return false;
+	switch (op) {
+	case OP_UP_CONNECT: return c->state == C_CONNECTING || c->state == C_CLOSING;
+	case OP_UP_RECV: return c->recv_armed;
+	case OP_UP_SEND: return c->sendq.inflight;
+	default: return false;
+	}
+}
+
+void dp_upconn_on_cqe(dp_shard_t *s, enum dp_op op, uint32_t ci, uint32_t gen, int res)
+{
+	if (ci >= s->upc.n || !cqe_is_ours(&s->upc.c[ci], op, gen)) {
+		dp_debug("upstream stale completion", "shard=%d op=%d slot=%u gen=%u", s->id,
+			 (int)op, ci, gen);
+		return;
+	}
+	dp_upconn_t *c = &s->upc.c[ci];
+	c->ops--;
+	if (op == OP_UP_RECV)
+		c->recv_armed = false;
+	if (c->state == C_CLOSING) {
+		if (op == OP_UP_SEND)
+			c->sendq.inflight = false;
+		if (c->ops == 0)
+			finalize(s, ci);
+		return;
+	}
+	switch (op) {
+	case OP_UP_CONNECT: on_connect(s, ci, res); return;
+	case OP_UP_RECV: on_recv(s, ci, res); return;
+	case OP_UP_SEND: on_send(s, ci, res); return;
+	default: return;
+	}
+}
