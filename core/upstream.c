@@ -410,7 +410,7 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 	q->conn = ci;
 	q->state = Q_PENDING;
 	dp_list_push_tail(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
-	if (q->transport != T_NONE) {
+	if (q->client.transport != T_NONE) {
 		s->up[c->upstream].last_traffic_ms = s->now_ms;
 		if (s->up[c->upstream].sent < UINT32_MAX)
 			s->up[c->upstream].sent++;
