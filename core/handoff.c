@@ -232,7 +232,7 @@ static void take_query(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 static void take_answer(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 {
 	const dp_frontend_ops_t *fe = s->fe[T_TCP];
-	dp_client_t c = { .transport = T_TCP, .li = m->li };
+	dp_client_t c = { .transport = T_TCP };
 	c.tcp.idx = m->tcp_idx;
 	c.tcp.gen = m->tcp_gen;
 	if (m->kind == DP_XMSG_ANSWER_PTR) {

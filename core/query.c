@@ -122,8 +122,9 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 
 /* ---- answering a client (through its frontend's ops) ------------------------ */
 
-/* Send msg to client c (UDP: truncated first when larger than udp_limit;
- * v describes msg and is needed only then). msg may be modified. */
+/* Send msg to client c through its frontend (UDP: truncated first when
+ * larger than limit; v describes msg and is needed only then). msg may be
+ * modified. */
 static void reply(dp_shard_t *s, const dp_client_t *c, uint16_t limit, uint8_t *msg, size_t len,
 		  const dp_dns_view_t *v)
 {
@@ -189,8 +190,9 @@ static void bench_delay(void)
 }
 #endif
 
-/* The query's upstream form in slot qi: msg padded, with the forwarded
- * subnet q->ecs (set). Returns 0, or a negative code (q->wire inline). */
+/* Query q's upstream form: msg padded, with the forwarded subnet (q->ecs,
+ * set first). Allocates when it does not fit inline. Returns 0, or a
+ * negative code (q->wire is then the inline buffer). */
 static int query_wire(dp_query_t *q, const uint8_t *msg, const dp_dns_view_t *v)
 {
 	/* Room for the query with its OPT moved last (11), keepalive (4),
@@ -579,7 +581,6 @@ static int resolve(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, const dp_d
 		dp_query_fail(s, qi);
 	return 0;
 }
-
 
 /* ---- answers and failures -------------------------------------------------- */
 
