@@ -259,7 +259,7 @@ static bool drained(dp_shard_t *s)
 		return false;
 	uint32_t client_queries = 0;
 	for (uint32_t i = 0; i < s->q_hiwater && client_queries == 0; i++)
-		if (s->q[i].state != Q_FREE && s->q[i].transport != T_NONE)
+		if (s->q[i].state != Q_FREE && s->q[i].client.transport != T_NONE)
 			client_queries++;
 	return client_queries == 0 && dp_tcp_idle_output(s);
 }
@@ -615,7 +615,7 @@ static void *shard_main(void *arg)
 	}
 	if ((rc = dp_tcp_init(s)) < 0)
 		goto fail;
-	dp_handoff_init(s);
+	dp_handoff_init(s, dp_query_from_shard);
 	for (int l = 0; l < s->nlisten; l++) {
 		dp_udp_arm(s, l);
 		dp_tcp_arm_accept(s, l);

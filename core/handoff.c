@@ -49,11 +49,17 @@
  *   - Reload (SIGHUP) changes nothing here: the shard count and the queues
  *     stay; each shard adopts the new settings at its own pace, and a query
  *     is resolved under the home's settings.
+ *
+ * Interfaces, none of which calls up: the query layer hands a query down
+ * (dp_handoff_query); the home delivers it to the function its engine
+ * registered (dp_handoff_init: the query layer's dp_query_from_shard), with
+ * a client (client-t.h) whose answers come back here through remote_ops
+ * (s->fe[T_TCP_REMOTE]) for a TCP client, or leave from the home's UDP
+ * socket for a UDP one; on the origin an answer reaches its connection
+ * through the TCP frontend's ops (s->fe[T_TCP]).
  */
 #include "handoff.h"
-#include "query.h"
 #include "ring.h"
-#include "tcp.h"
 #include "home.h"
 #include "log.h"
 
@@ -78,8 +84,18 @@ static bool running(dp_shard_t *s)
 	return s->xs && !s->xs_quiet && __atomic_load_n(&s->xs->ready, __ATOMIC_ACQUIRE);
 }
 
-void dp_handoff_init(dp_shard_t *s)
+static void remote_answer(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len);
+
+/* How the home's query layer answers a TCP client of another shard: back
+ * to its origin. Its queries are counted on the origin, not here. */
+static const dp_frontend_ops_t remote_ops = {
+	.answer = remote_answer,
+};
+
+void dp_handoff_init(dp_shard_t *s, dp_handoff_deliver_fn *deliver)
 {
+	s->xs_deliver = deliver;
+	s->fe[T_TCP_REMOTE] = &remote_ops;
 	if (!s->xs)
 		return;
 	struct io_uring_probe *p = io_uring_get_probe_ring(&s->ring);
@@ -91,36 +107,36 @@ void dp_handoff_init(dp_shard_t *s)
 			s->xs_msg_ring ? "msg_ring" : "eventfd");
 }
 
-int dp_handoff_query(dp_shard_t *s, uint32_t home, int transport, const uint8_t *msg,
-		     size_t len, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		     uint32_t tcp_gen)
+int dp_handoff_query(dp_shard_t *s, uint32_t home, const dp_client_t *c, const uint8_t *msg,
+		     size_t len)
 {
 	if (!running(s) || len > DP_XS_QUERY_MAX)
 		return -EAGAIN;
-	if (transport == T_TCP && s->xs_out_tcp[home] >= DP_XS_TCP_CREDIT) {
+	bool tcp = c->transport == T_TCP;
+	if (tcp && s->xs_out_tcp[home] >= DP_XS_TCP_CREDIT) {
 		STAT_INC(s, handoff_full);
 		return -ENOSPC;
 	}
 	dp_xmsg_t m;
 	m.arrive_ns = dp_now_ns();
-	m.tcp_idx = tcp_idx;
-	m.tcp_gen = tcp_gen;
-	m.kind = transport == T_TCP ? DP_XMSG_TCP : DP_XMSG_UDP;
+	m.tcp_idx = tcp ? c->tcp.idx : 0;
+	m.tcp_gen = tcp ? c->tcp.gen : 0;
+	m.kind = tcp ? DP_XMSG_TCP : DP_XMSG_UDP;
 	m.origin = (uint8_t)s->id;
-	m.li = (uint8_t)li;
-	if (transport == T_UDP)
-		m.addr = *from;
+	m.li = c->li;
+	if (tcp)
+		m.peer = c->tcp.key;
 	else
-		m.peer = s->tcp_peer[tcp_idx];
+		m.addr = c->addr;
 	dp_xlink_t *l = dp_xshard_link(s->xs, (uint32_t)s->id, home);
 	if (dp_xs_push(&l->q, &m, msg, len, 0) < 0) {
 		STAT_INC(s, handoff_full);
 		return -ENOSPC;
 	}
-	if (transport == T_TCP) {
+	if (tcp) {
 		/* Counted on the connection until the answer is back: the
 		 * per-connection caps and idle close see it as in flight. */
-		dp_tcp_query_begin(s, tcp_idx, tcp_gen);
+		s->fe[T_TCP]->query_begin(s, c);
 		s->xs_out_tcp[home]++;
 		s->xs_out_tcp_total++;
 	}
@@ -166,16 +182,17 @@ static int push_answer(dp_spsc_t *q, dp_xmsg_t *m, const uint8_t *msg, size_t le
 	return -ENOSPC;
 }
 
-void dp_handoff_answer(dp_shard_t *s, uint32_t tidx, uint32_t tgen, const uint8_t *msg,
-		       size_t len)
+/* Home: the answer (len 0: none) for c, a TCP client of another shard, goes
+ * back to its origin. Exactly one per query handed to us. Copies; hot path. */
+static void remote_answer(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len)
 {
-	uint32_t origin = DP_XS_ORIGIN(tidx);
+	uint32_t origin = c->tcp.origin;
 	dp_xlink_t *l = dp_xshard_link(s->xs, (uint32_t)s->id, origin);
 	dp_xmsg_t m;
 	memset(&m, 0, sizeof(m));
 	m.origin = (uint8_t)s->id;
-	m.tcp_idx = DP_XS_SLOT(tidx);
-	m.tcp_gen = tgen;
+	m.tcp_idx = c->tcp.idx;
+	m.tcp_gen = c->tcp.gen;
 	if (len > UINT16_MAX || push_answer(&l->a, &m, msg, len) < 0) {
 		/* No room for it beside the room kept: a SERVFAIL, which
 		 * always fits (xshard.h). */
@@ -189,31 +206,44 @@ void dp_handoff_answer(dp_shard_t *s, uint32_t tidx, uint32_t tgen, const uint8_
 	bit_set(s->xs_wake, origin);
 }
 
-/* One message from shard src's query queue: resolve it here. */
+/* One message from shard src's query queue: resolve it here, for a client
+ * answered from our UDP socket or, TCP, back through remote_ops. */
 static void take_query(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 {
 	STAT_INC(s, handoff_received);
+	dp_client_t c;
 	if (m->kind == DP_XMSG_UDP) {
-		dp_query_from_shard(s, T_UDP, dp_xmsg_data(m), m->len, m->li, &m->addr, 0, 0,
-				    m->arrive_ns, NULL);
-		return;
+		c.addr = m->addr;
+		c.transport = T_UDP;
+	} else {
+		c.tcp.key = m->peer;
+		c.tcp.idx = m->tcp_idx;
+		c.tcp.gen = m->tcp_gen;
+		c.tcp.origin = (uint8_t)src;
+		c.transport = T_TCP_REMOTE;
 	}
-	dp_query_from_shard(s, T_TCP, dp_xmsg_data(m), m->len, m->li, NULL,
-			    DP_XS_REMOTE_IDX(src, m->tcp_idx), m->tcp_gen, m->arrive_ns, &m->peer);
+	c.arrive_ns = m->arrive_ns;
+	c.li = m->li;
+	s->xs_deliver(s, &c, dp_xmsg_data(m), m->len);
 }
 
-/* One answer for one of our TCP clients, from home src. */
+/* One answer for one of our TCP clients, from home src: to its connection
+ * (dropped there when it is gone), which counts the query ended. */
 static void take_answer(dp_shard_t *s, uint32_t src, dp_xmsg_t *m)
 {
+	const dp_frontend_ops_t *fe = s->fe[T_TCP];
+	dp_client_t c = { .transport = T_TCP };
+	c.tcp.idx = m->tcp_idx;
+	c.tcp.gen = m->tcp_gen;
 	if (m->kind == DP_XMSG_ANSWER_PTR) {
 		dp_xs_bigans_t b;
 		memcpy(&b, dp_xmsg_data(m), sizeof(b));
-		dp_tcp_answer(s, m->tcp_idx, m->tcp_gen, b.p, b.len);
+		fe->answer(s, &c, b.p, b.len);
 		free(b.p);
 	} else if (m->len) {
-		dp_tcp_answer(s, m->tcp_idx, m->tcp_gen, dp_xmsg_data(m), m->len);
+		fe->answer(s, &c, dp_xmsg_data(m), m->len);
 	}
-	dp_tcp_query_end(s, m->tcp_idx, m->tcp_gen);
+	fe->query_end(s, &c);
 	if (s->xs_out_tcp[src]) {
 		s->xs_out_tcp[src]--;
 		s->xs_out_tcp_total--;

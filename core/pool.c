@@ -284,7 +284,7 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 	q->conn = ci;
 	q->state = Q_PENDING;
 	dp_list_push_tail(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
-	if (q->transport != T_NONE)
+	if (q->client.transport != T_NONE)
 		note_client_query(s, qi, c->upstream);
 	if (c->state == C_READY)
 		return write_query(s, ci, qi, q->up_id, false);

@@ -2,6 +2,7 @@
 #ifndef DP_QUERY_T_H
 #define DP_QUERY_T_H
 
+#include "client-t.h"
 #include "dns.h"
 #include "edns.h"
 #include "list.h"
@@ -10,16 +11,13 @@
 #include <netinet/in.h>
 
 enum { Q_FREE = 0, Q_PENDING, Q_SENT, Q_WAITING /* coalesced behind a leader */ };
-enum { T_UDP = 0, T_TCP, T_NONE /* prefetch: the answer only feeds the cache */ };
 
 #define DP_QUERY_INLINE 672 /* a 512-octet query, padded, fits */
 
 typedef struct dp_query {
 	uint32_t gen;
 	uint8_t state; /* Q_* */
-	uint8_t transport; /* T_* */
 	uint8_t resent; /* re-sent once after a connection failed */
-	uint8_t listen_idx; /* UDP: which socket it came in on */
 	uint16_t client_id;
 	uint16_t up_id;
 	uint16_t len; /* query wire length as sent upstream (padded) */
@@ -38,7 +36,6 @@ typedef struct dp_query {
 	uint64_t deadline_ms;
 	dp_tw_entry_t deadline_t; /* shard timer: SERVFAIL at deadline_ms */
 	uint64_t start_ns; /* written to its connection (latency sample) */
-	uint64_t arrive_ns; /* arrival from the client (client-seen latency) */
 	/* hedging: a second copy on another upstream's connection */
 	uint32_t conn2; /* DP_NONE when not hedged */
 	uint16_t up_id2;
@@ -46,12 +43,8 @@ typedef struct dp_query {
 	dp_link_t c2link; /* conn2's hedge list */
 	dp_tw_entry_t hedge_t; /* shard timer: send the hedge (armed: may be hedged) */
 	uint64_t hedge_start_ns;
-	union {
-		struct sockaddr_in6 udp; /* big enough for AF_INET too */
-		struct {
-			uint32_t idx, gen;
-		} tcp;
-	} client;
+	dp_client_t client; /* who asked (transport T_NONE: nobody); its
+			     * arrive_ns is set: the client-seen latency */
 	dp_dns_view_t view; /* of the client's query; the question is at the
 			     * same offsets in wire */
 	uint8_t *wire; /* upstream form (padded), inline or malloc'd */

@@ -1,19 +1,27 @@
-/* query.c - the query table: one slot per query between arrival and answer,
- * and the cache, coalescing, prefetch and serve-stale around it.
+/* query.c - a query's path between its frontend and the upstreams: the
+ * cache, coalescing, prefetch, serve-stale and the fair share around the
+ * query table (qtable.c holds the slots and the in-flight index).
  *
- * Owns: the shard's dp_query_t table (sized by --max-inflight, mapped once,
- * touched only as slots are first used), every live query's deadline timer
- * on the shard's timer wheel, the in-flight table (questions upstream now,
- * for coalescing) and the shard's answer cache. Every query leaves the table
- * through exactly one of dp_query_answer() and dp_query_fail(), so every
- * query gets exactly one answer.
+ * Owns: every live query's deadline timer on the shard's timer wheel, the
+ * fair-share counts (clientshare.h), the shard's answer cache and the
+ * scratch buffer answers are built in. Every query leaves the table through
+ * exactly one of dp_query_answer() and dp_query_fail(), so every query gets
+ * exactly one answer.
  *
- * Path of a query: validate -> ACL, rate limit -> its home is another
- * shard? hand it over (handoff.c) -> cache hit? answer from the cache ->
- * same question already upstream? wait for it (coalesced) -> otherwise pad
- * it and hand it to an upstream connection. Each shard caches and
- * coalesces only the questions it is home for, so the shards' caches and
- * in-flight tables together are one per machine.
+ * Path of a query (dp_query_from_client): validate -> ACL, rate limit (UDP)
+ * -> its home is another shard? hand it over (handoff.c) -> resolve: cache
+ * hit? answer from the cache -> fair share -> a slot -> same question
+ * already upstream? wait for it (coalesced) -> otherwise pad it and hand it
+ * to an upstream connection. Each shard caches and coalesces only the
+ * questions it is home for, so the shards' caches and in-flight tables
+ * together are one per machine. A query handed to us enters at resolve
+ * (dp_query_from_shard, called by the hand-off through s->xs_deliver).
+ *
+ * Clients (client-t.h): the frontend that read the query names its client
+ * (dp_client_t), which the slot keeps; answers go only through the ops of
+ * the client's transport, s->fe[transport] (a UDP datagram, a TCP
+ * connection of this shard, or one of another shard through the hand-off).
+ * Nothing here calls a frontend directly.
  *
  * What makes a question: name, type, class, DO, CD, and with --forward-ecs
  * the client's subnet; the query sent upstream carries nothing else of the
@@ -37,8 +45,7 @@
 #include "edns.h"
 #include "query.h"
 #include "handoff.h"
-#include "tcp.h"
-#include "udp.h"
+#include "qtable.h"
 #include "pool.h"
 #include "home.h"
 #include "log.h"
@@ -46,7 +53,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define QOFF_C offsetof(dp_query_t, clink)
 #define SCRATCH_SIZE 65536
@@ -57,27 +63,17 @@ _Static_assert(SCRATCH_SIZE >= DP_DNS_MAX_MSG, "scratch holds any answer");
 
 _Static_assert(DP_MAX_UPSTREAMS <= 16, "dp_query_t.servfailed has a bit per upstream");
 
+/* Probes and prefetches: no one to answer. */
+static const dp_client_t no_client = { .transport = T_NONE };
+
 int dp_query_table_init(dp_shard_t *s)
 {
-	s->q_cap = s->cfg->max_inflight;
-	s->q = mmap(NULL, sizeof(dp_query_t) * s->q_cap, PROT_READ | PROT_WRITE,
-		    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (s->q == MAP_FAILED) {
-		s->q = NULL;
-		return -ENOMEM;
-	}
-	s->q_free = DP_NONE;
-	s->q_hiwater = 0;
-	s->q_used = 0;
-	uint32_t fl = 1;
-	while (fl < 2 * s->q_cap)
-		fl <<= 1;
-	s->flight = malloc(sizeof(uint32_t) * fl);
+	int rc = dp_qtable_init(s);
+	if (rc < 0)
+		return rc;
 	s->scratch = malloc(SCRATCH_SIZE);
-	if (!s->flight || !s->scratch || dp_cshare_init(&s->share, s->q_cap) < 0)
+	if (!s->scratch || dp_cshare_init(&s->share, s->q_cap) < 0)
 		return -ENOMEM;
-	memset(s->flight, 0xff, sizeof(uint32_t) * fl);
-	s->flight_mask = fl - 1;
 	size_t cache_bytes = (size_t)s->cfg->cache_mb * 1024 * 1024 / (size_t)s->cfg->threads;
 	s->cache_on = cache_bytes > 0;
 	return dp_cache_init(&s->cache, cache_bytes, s->cfg->cache_min_ttl, s->cfg->cache_max_ttl,
@@ -88,33 +84,12 @@ void dp_query_table_free(dp_shard_t *s)
 {
 	dp_cache_destroy(&s->cache);
 	dp_cshare_free(&s->share);
-	free(s->flight);
 	free(s->scratch);
-	s->flight = NULL;
 	s->scratch = NULL;
-	if (!s->q)
-		return;
-	for (uint32_t i = 0; i < s->q_hiwater; i++)
-		if (s->q[i].wire && s->q[i].wire != s->q[i].inline_wire)
-			free(s->q[i].wire);
-	munmap(s->q, sizeof(dp_query_t) * s->q_cap);
-	s->q = NULL;
+	dp_qtable_free(s);
 }
 
-/* ---- in-flight table (coalescing) ------------------------------------------
- * Open addressing with linear probing and backward-shift deletion, keyed by
- * the cache key hash; a match also needs the same question and DO/CD bits. */
-
-static bool same_question(const dp_query_t *a, const dp_query_t *b)
-{
-	return a->key_hash == b->key_hash &&
-	       (a->view.has_opt && a->view.do_bit) == (b->view.has_opt && b->view.do_bit) &&
-	       (a->view.flags & DP_DNS_F_CD) == (b->view.flags & DP_DNS_F_CD) &&
-	       a->ecs_len == b->ecs_len && memcmp(a->ecs, b->ecs, a->ecs_len) == 0 &&
-	       dp_dns_question_equal(a->wire, &a->view, b->wire, &b->view);
-}
-
-/* The cache key of query q (as dp_query_from_client made it). */
+/* The cache key of query q (as resolve made it). */
 static void query_key(const dp_query_t *q, dp_cache_key_t *k)
 {
 	dp_cache_key(q->wire, &q->view, k);
@@ -122,160 +97,85 @@ static void query_key(const dp_query_t *q, dp_cache_key_t *k)
 		dp_cache_key_ecs(k, q->ecs, q->ecs_len);
 }
 
-static uint32_t flight_find(dp_shard_t *s, const dp_query_t *q)
+/* The largest UDP answer the client of query v takes. */
+static uint16_t udp_limit(const dp_shard_t *s, const dp_dns_view_t *v)
 {
-	for (uint32_t i = (uint32_t)q->key_hash & s->flight_mask;; i = (i + 1) & s->flight_mask) {
-		uint32_t qi = s->flight[i];
-		if (qi == DP_NONE)
-			return DP_NONE;
-		if (same_question(&s->q[qi], q))
-			return qi;
-	}
+	return v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
 }
 
-static void flight_add(dp_shard_t *s, uint32_t qi)
-{
-	uint32_t i = (uint32_t)s->q[qi].key_hash & s->flight_mask;
-	while (s->flight[i] != DP_NONE)
-		i = (i + 1) & s->flight_mask;
-	s->flight[i] = qi;
-	s->q[qi].in_table = true;
-}
-
-static void flight_del(dp_shard_t *s, uint32_t qi)
-{
-	uint32_t m = s->flight_mask, i = (uint32_t)s->q[qi].key_hash & m;
-	while (s->flight[i] != qi) {
-		if (s->flight[i] == DP_NONE)
-			return;
-		i = (i + 1) & m;
-	}
-	s->q[qi].in_table = false;
-	/* Backward-shift: move later entries of the run into the hole when
-	 * their home slot allows it. */
-	uint32_t j = i;
-	for (;;) {
-		s->flight[i] = DP_NONE;
-		for (;;) {
-			j = (j + 1) & m;
-			if (s->flight[j] == DP_NONE)
-				return;
-			uint32_t home = (uint32_t)s->q[s->flight[j]].key_hash & m;
-			/* stays if home lies cyclically in (i, j] */
-			if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
-				continue;
-			break;
-		}
-		s->flight[i] = s->flight[j];
-		i = j;
-	}
-}
-
-/* ---- slots ------------------------------------------------------------------ */
+/* ---- a query's slot --------------------------------------------------------- */
 
 static void on_deadline(dp_tw_entry_t *e, void *arg);
 
-static uint32_t query_alloc(dp_shard_t *s)
-{
-	uint32_t qi;
-	if (s->q_free != DP_NONE) {
-		qi = s->q_free;
-		s->q_free = s->q[qi].tlink.next;
-	} else if (s->q_hiwater < s->q_cap) {
-		qi = s->q_hiwater++;
-	} else {
-		return DP_NONE;
-	}
-	s->q_used++;
-	STAT_SET(s, queries_inflight, s->q_used);
-	return qi;
-}
-
+/* Free slot qi: off its connection, its timers, its fair-share count and
+ * its client's count of queries in flight. */
 static void query_free(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
 	if (q->conn != DP_NONE)
 		dp_pool_detach(s, qi);
-	if (q->in_table)
-		flight_del(s, qi);
 	dp_tw_cancel(&s->timers, &q->deadline_t);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
 	dp_cshare_del(&s->share, qi);
-	if (q->transport == T_TCP && !(q->client.tcp.idx & DP_XS_REMOTE))
-		dp_tcp_query_end(s, q->client.tcp.idx, q->client.tcp.gen);
-	if (q->wire != q->inline_wire)
-		free(q->wire);
-	q->wire = NULL;
-	q->state = Q_FREE;
-	q->gen++;
-	q->tlink.next = s->q_free;
-	s->q_free = qi;
-	s->q_used--;
-	s->q_freed++;
-	STAT_SET(s, queries_inflight, s->q_used);
+	if (q->client.transport != T_NONE && s->fe[q->client.transport]->query_end)
+		s->fe[q->client.transport]->query_end(s, &q->client);
+	dp_qtable_put(s, qi);
 }
 
-/* Send msg to a client (UDP: truncated first when larger than the client
- * takes; v describes msg and is needed only then). msg may be modified. */
-static void reply(dp_shard_t *s, int transport, int li, const struct sockaddr_in6 *udp,
-		  uint32_t tidx, uint32_t tgen, uint16_t udp_limit, uint8_t *msg, size_t len,
-		  const dp_dns_view_t *v)
+/* ---- answering a client (through its frontend's ops) ------------------------ */
+
+/* Send msg to client c through its frontend. Answers come fitted to the
+ * client's UDP size already (dp_answer_personalise), and the errors we
+ * build are never too long. */
+static void reply(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, size_t len)
 {
-	if (transport != T_NONE && len >= DP_DNS_HDR_LEN) {
+	if (c->transport == T_NONE)
+		return;
+	if (len >= DP_DNS_HDR_LEN) {
 		unsigned rc = msg[3] & 0xf;
 		M_INC(s->metrics.rcode[rc <= 5 ? rc : 6]);
 	}
-	if (transport == T_UDP) {
-		/* Answers come truncated to the client's size already
-		 * (dp_answer_personalise); what we build is never too long. */
-		dp_udp_send(s, li, udp, msg, len);
-	} else if (transport == T_TCP) {
-		if (tidx & DP_XS_REMOTE)
-			dp_handoff_answer(s, tidx, tgen, msg, len);
-		else
-			dp_tcp_answer(s, tidx, tgen, msg, len);
-	}
+	s->fe[c->transport]->answer(s, c, msg, len);
 }
 
-static void reply_q(dp_shard_t *s, dp_query_t *q, uint8_t *msg, size_t len,
-		    const dp_dns_view_t *v)
+static void reply_q(dp_shard_t *s, dp_query_t *q, uint8_t *msg, size_t len)
 {
-	reply(s, q->transport, q->listen_idx, &q->client.udp, q->client.tcp.idx, q->client.tcp.gen,
-	      q->client_udp_limit, msg, len, v);
+	reply(s, &q->client, msg, len);
 }
 
-static void reply_error(dp_shard_t *s, int transport, int li, const struct sockaddr_in6 *udp,
-			uint32_t tidx, uint32_t tgen, const uint8_t *q, const dp_dns_view_t *v,
-			int rcode)
+/* Answer client c's query q (view v) with an error rcode; when none can be
+ * built, the frontend still hears that the query ended. */
+static void reply_error(dp_shard_t *s, const dp_client_t *c, const uint8_t *q,
+			const dp_dns_view_t *v, int rcode)
 {
 	uint8_t out[512];
 	int n = dp_dns_build_error(q, v, rcode, s->cfg->max_udp_size, out, sizeof(out));
 	if (n > 0)
-		reply(s, transport, li, udp, tidx, tgen, 65535, out, (size_t)n, NULL);
-	else if (transport == T_TCP && (tidx & DP_XS_REMOTE))
-		dp_handoff_answer(s, tidx, tgen, NULL, 0); /* its origin ends it */
+		reply(s, c, out, (size_t)n);
+	else if (c->transport != T_NONE)
+		s->fe[c->transport]->answer(s, c, NULL, 0);
 }
 
-/* Answer query q from the cache entry e (fresh, or stale: TTL 30). */
-static void reply_cached(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v, int transport,
-			 int li, const struct sockaddr_in6 *udp, uint32_t tidx, uint32_t tgen,
-			 uint16_t udp_limit, dp_cache_entry_t *e, bool stale)
+/* Answer client c (its query msg, view v, UDP size limit) from the cache
+ * entry e (fresh, or stale: TTL 30). */
+static void reply_cached(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
+			 const dp_client_t *c, uint16_t limit, dp_cache_entry_t *e, bool stale)
 {
 	dp_answer_src_t src;
 	dp_cache_entry_src(e, s->now_ms, stale, &src);
 	/* No subnet: the entry's OPT is the key's already (src.scrubbed). */
-	dp_answer_client_t cl = { msg, v, NULL, 0, transport == T_UDP ? udp_limit : 0 };
+	dp_answer_client_t cl = { msg, v, NULL, 0, c->transport == T_UDP ? limit : 0 };
 	bool tc;
 	int n = dp_answer_personalise(&src, &cl, s->scratch, SCRATCH_SIZE, &tc);
 	if (n < 0) {
 		STAT_INC(s, servfail);
-		reply_error(s, transport, li, udp, tidx, tgen, msg, v, DP_DNS_RCODE_SERVFAIL);
+		reply_error(s, c, msg, v, DP_DNS_RCODE_SERVFAIL);
 		return;
 	}
 	if (tc)
 		STAT_INC(s, udp_truncated);
 	STAT_INC(s, answers);
-	reply(s, transport, li, udp, tidx, tgen, udp_limit, s->scratch, (size_t)n, NULL);
+	reply(s, c, s->scratch, (size_t)n);
 }
 
 #ifdef DP_BENCH_DELAY_US
@@ -289,27 +189,11 @@ static void bench_delay(void)
 }
 #endif
 
-/* Fill slot qi for query msg (view v) and register it. Returns 0, or a
- * negative code when the query cannot be stored (the slot is then free). */
-static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_dns_view_t *v,
-		       int transport, int li, const struct sockaddr_in6 *from, uint32_t tcp_idx,
-		       uint32_t tcp_gen, uint64_t key_hash, const uint8_t *ecs, size_t ecs_len,
-		       uint64_t arrive_ns)
+/* Query q's upstream form: msg padded, with the forwarded subnet (q->ecs,
+ * set first). Allocates when it does not fit inline. Returns 0, or a
+ * negative code (q->wire is then the inline buffer). */
+static int query_wire(dp_query_t *q, const uint8_t *msg, const dp_dns_view_t *v)
 {
-	dp_query_t *q = &s->q[qi];
-	q->transport = (uint8_t)transport;
-	q->conn = DP_NONE;
-	q->in_table = false;
-	q->clink.prev = q->clink.next = DP_NONE;
-	q->waiters = (dp_list_t){ DP_NONE, DP_NONE, 0 };
-	q->leader = DP_NONE;
-	q->conn2 = DP_NONE;
-	q->hedged = false;
-	dp_tw_entry_init(&q->deadline_t, on_deadline);
-	dp_tw_entry_init(&q->hedge_t, NULL); /* pool.c arms it */
-	q->ecs_len = (uint8_t)ecs_len;
-	if (ecs_len)
-		memcpy(q->ecs, ecs, ecs_len);
 	/* Room for the query with its OPT moved last (11), keepalive (4),
 	 * padding option header (4) and up to a block of padding (the subnet
 	 * forwarded is never longer than the client's option it came from). */
@@ -322,8 +206,6 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 		if (q->wire != q->inline_wire)
 			free(q->wire);
 		q->wire = q->inline_wire;
-		q->transport = T_NONE;
-		query_free(s, qi);
 		return plen;
 	}
 	q->len = (uint16_t)plen;
@@ -331,27 +213,54 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 	 * authentic whatever the client set, and the cache strips AD for
 	 * clients that set neither AD nor DO (RFC 6840 5.7). */
 	q->wire[3] |= DP_DNS_F_AD;
+	return 0;
+}
+
+/* Fill slot qi for client c's query msg (view v; key_hash its cache key's,
+ * 0 without a cache; ecs the subnet forwarded) and arm its deadline.
+ * Returns 0, or a negative code when the query cannot be stored (the slot
+ * is then free). */
+static int query_setup(dp_shard_t *s, uint32_t qi, const dp_client_t *c, const uint8_t *msg,
+		       const dp_dns_view_t *v, uint64_t key_hash, const uint8_t *ecs,
+		       size_t ecs_len)
+{
+	dp_query_t *q = &s->q[qi];
+	q->conn = DP_NONE;
+	q->in_table = false;
+	q->clink.prev = q->clink.next = DP_NONE;
+	q->waiters = (dp_list_t){ DP_NONE, DP_NONE, 0 };
+	q->leader = DP_NONE;
+	q->conn2 = DP_NONE;
+	q->hedged = false;
+	dp_tw_entry_init(&q->deadline_t, on_deadline);
+	dp_tw_entry_init(&q->hedge_t, NULL); /* upstream.c arms it */
+	q->ecs_len = (uint8_t)ecs_len;
+	if (ecs_len)
+		memcpy(q->ecs, ecs, ecs_len);
+	int rc = query_wire(q, msg, v);
+	if (unlikely(rc < 0)) {
+		q->client.transport = T_NONE;
+		query_free(s, qi);
+		return rc;
+	}
 	q->view = *v;
 	q->state = Q_PENDING;
 	q->resent = 0;
-	q->listen_idx = (uint8_t)li;
 	q->client_id = v->id;
 	q->key_hash = key_hash;
 	q->servfailed = 0;
-	q->client_udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
+	q->client_udp_limit = udp_limit(s, v);
 	/* The timeout in force now: after a reload that shortened it, this
 	 * deadline comes before those of older queries, and the wheel fires
 	 * it first. */
 	q->deadline_ms = s->now_ms + s->cfg->timeout_ms;
 	q->start_ns = 0;
-	q->arrive_ns = transport == T_NONE ? 0 : arrive_ns ? arrive_ns : dp_now_ns();
-	if (transport == T_UDP) {
-		q->client.udp = *from;
-	} else if (transport == T_TCP) {
-		q->client.tcp.idx = tcp_idx;
-		q->client.tcp.gen = tcp_gen;
-		if (!(tcp_idx & DP_XS_REMOTE)) /* else counted on its origin */
-			dp_tcp_query_begin(s, tcp_idx, tcp_gen);
+	q->client = *c;
+	if (c->transport != T_NONE) {
+		if (!c->arrive_ns)
+			q->client.arrive_ns = dp_now_ns();
+		if (s->fe[c->transport]->query_begin)
+			s->fe[c->transport]->query_begin(s, c);
 	}
 	dp_tw_add(&s->timers, &q->deadline_t, q->deadline_ms);
 	return 0;
@@ -363,25 +272,24 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const uint8_t *msg, const dp_
 static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 		     const dp_cache_key_t *key)
 {
-	uint32_t qi = query_alloc(s);
+	uint32_t qi = dp_qtable_alloc(s);
 	if (qi == DP_NONE)
 		return;
-	if (query_setup(s, qi, msg, v, T_NONE, 0, NULL, 0, 0, key->hash, key->ecs,
-			key->ecs_len, 0) < 0)
+	if (query_setup(s, qi, &no_client, msg, v, key->hash, key->ecs, key->ecs_len) < 0)
 		return;
-	if (flight_find(s, &s->q[qi]) != DP_NONE) {
+	if (dp_qtable_flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
 		return;
 	}
-	flight_add(s, qi);
+	dp_qtable_flight_add(s, qi);
 	STAT_INC(s, cache_prefetched);
 	if (dp_pool_send(s, qi, -1) < 0)
 		query_free(s, qi); /* no client to tell */
 }
 
-static void count_qtype(dp_shard_t *s, int transport, const dp_dns_view_t *v)
+static void count_qtype(dp_shard_t *s, const dp_client_t *c, const dp_dns_view_t *v)
 {
-	M_INC(s->metrics.qtype[transport == T_TCP][dp_metrics_qtype_class(v->qtype)]);
+	M_INC(s->metrics.qtype[c->transport != T_UDP][dp_metrics_qtype_class(v->qtype)]);
 }
 
 /* Fair share (clientshare.h): whether client address k may take a slot now.
@@ -407,232 +315,291 @@ static bool admit(dp_shard_t *s, const dp_cshare_key_t *k)
 	return false;
 }
 
-static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
-		   const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
-		   uint64_t arrive_ns, const dp_cshare_key_t *peer);
+/* ---- where a query comes in ------------------------------------------------- */
 
-int dp_query_from_client(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
-			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen)
+static int resolve(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, const dp_dns_view_t *v);
+
+/* Rate limit's slip: header and question with TC=1, never larger than the
+ * query; a real client retries over TCP, which is not limited. */
+static void slip(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, const dp_dns_view_t *v)
+{
+	uint8_t out[512];
+	int n = dp_dns_build_error(msg, v, DP_DNS_RCODE_NOERROR, s->cfg->max_udp_size, out,
+				   sizeof(out));
+	STAT_INC(s, ratelimit_tc);
+	if (n > 0) {
+		out[2] |= DP_DNS_F_TC >> 8;
+		s->fe[T_UDP]->answer(s, c, out, (size_t)n);
+	}
+}
+
+/* UDP client c's query (parsed: rc, v) against the ACL and the rate limit
+ * (a TCP client passed the ACL when accepted, and cannot spoof its
+ * address). Returns true when it goes on; else it was answered or dropped. */
+static bool udp_admit(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+		      const dp_dns_view_t *v, int rc)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&c->addr;
+	bool readable = rc != DP_E_MALFORMED && rc != DP_E_RESPONSE;
+	if (unlikely(!dp_acl_allows(&s->cfg->acl, sa))) {
+		STAT_INC(s, acl_refused);
+		if (readable)
+			reply_error(s, c, msg, v, DP_DNS_RCODE_REFUSED);
+		return false;
+	}
+	if (!s->rl || !__atomic_load_n(&s->rl->rate, __ATOMIC_RELAXED) || !readable)
+		return true;
+	int r = dp_rl_check(s->rl, sa, s->now_ms);
+	if (r == DP_RL_DROP) {
+		STAT_INC(s, ratelimited);
+		return false;
+	}
+	if (r == DP_RL_SLIP) {
+		slip(s, c, msg, v);
+		return false;
+	}
+	return true;
+}
+
+/* A query that did not validate (dp_dns_parse_query's rc): the error
+ * answer it gets, or nothing for one unreadable or a response. */
+static void answer_invalid(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+			   const dp_dns_view_t *v, int rc)
+{
+	switch (rc) {
+	case DP_E_FORMERR:
+		STAT_INC(s, formerr);
+		reply_error(s, c, msg, v, DP_DNS_RCODE_FORMERR);
+		break;
+	case DP_E_NOTIMP:
+		STAT_INC(s, notimp);
+		reply_error(s, c, msg, v, DP_DNS_RCODE_NOTIMP);
+		break;
+	case DP_E_BADVERS:
+		STAT_INC(s, badvers);
+		reply_error(s, c, msg, v, DP_DNS_RCODE_BADVERS);
+		break;
+	default: /* unreadable, or a response: drop */
+		STAT_INC(s, dropped);
+		break;
+	}
+}
+
+/* Hand the query to its home shard when that is another one. Returns true
+ * when it went (the home answers it). The one extra cost of a query at
+ * home: a SipHash of its name. A UDP query read off its home means the
+ * steering program (steer.bpf.c) is not attached or did not agree with
+ * home.h: zero while steering is on. Without a cache there is nothing to
+ * share: no hand-off. */
+static bool hand_to_home(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len,
+			 const dp_dns_view_t *v)
+{
+	if (s->nshards <= 1 || !v->has_question)
+		return false;
+	uint32_t home = dp_home_shard(dp_home_hash(msg + v->qname_off, v->qname_len),
+				      (uint32_t)s->nshards);
+	if (home == (uint32_t)s->id)
+		return false;
+	if (c->transport == T_UDP)
+		STAT_INC(s, udp_off_home);
+	return s->cache_on && dp_handoff_query(s, home, c, msg, len) == 0;
+}
+
+int dp_query_from_client(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, size_t len)
 {
 #ifdef DP_BENCH_DELAY_US
 	bench_delay();
 #endif
 	dp_dns_view_t v;
 	int rc = dp_dns_parse_query(msg, len, &v);
-	if (transport == T_UDP) {
-		const struct sockaddr *sa = (const struct sockaddr *)from;
-		if (unlikely(!dp_acl_allows(&s->cfg->acl, sa))) {
-			STAT_INC(s, acl_refused);
-			if (rc != DP_E_MALFORMED && rc != DP_E_RESPONSE)
-				reply_error(s, transport, li, from, 0, 0, msg, &v,
-					    DP_DNS_RCODE_REFUSED);
-			return 0;
-		}
-		if (s->rl && __atomic_load_n(&s->rl->rate, __ATOMIC_RELAXED) &&
-		    rc != DP_E_MALFORMED && rc != DP_E_RESPONSE) {
-			int r = dp_rl_check(s->rl, sa, s->now_ms);
-			if (r == DP_RL_DROP) {
-				STAT_INC(s, ratelimited);
-				return 0;
-			}
-			if (r == DP_RL_SLIP) {
-				/* Header and question with TC=1: never larger
-				 * than the query, and a real client retries
-				 * over TCP, which is not limited. */
-				uint8_t out[512];
-				int n = dp_dns_build_error(msg, &v, DP_DNS_RCODE_NOERROR,
-							   s->cfg->max_udp_size, out, sizeof(out));
-				STAT_INC(s, ratelimit_tc);
-				if (n > 0) {
-					out[2] |= DP_DNS_F_TC >> 8;
-					dp_udp_send(s, li, from, out, (size_t)n);
-				}
-				return 0;
-			}
-		}
-	}
+	if (c->transport == T_UDP && !udp_admit(s, c, msg, &v, rc))
+		return 0;
 	if (unlikely(rc < 0)) {
-		switch (rc) {
-		case DP_E_FORMERR:
-			STAT_INC(s, formerr);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
-				    DP_DNS_RCODE_FORMERR);
-			return 0;
-		case DP_E_NOTIMP:
-			STAT_INC(s, notimp);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
-				    DP_DNS_RCODE_NOTIMP);
-			return 0;
-		case DP_E_BADVERS:
-			STAT_INC(s, badvers);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, &v,
-				    DP_DNS_RCODE_BADVERS);
-			return 0;
-		default: /* unreadable, or a response: drop */
-			STAT_INC(s, dropped);
-			return 0;
-		}
+		answer_invalid(s, c, msg, &v, rc);
+		return 0;
 	}
-	if (s->nshards > 1 && v.has_question) {
-		/* The one extra cost of a query at home: a SipHash of its name.
-		 * A UDP query read off its home means the steering program
-		 * (steer.bpf.c) is not attached or did not agree with home.h:
-		 * zero while steering is on. Without a cache there is nothing to
-		 * share: no hand-off. */
-		uint32_t home = dp_home_shard(dp_home_hash(msg + v.qname_off, v.qname_len),
-					      (uint32_t)s->nshards);
-		if (home != (uint32_t)s->id) {
-			if (transport == T_UDP)
-				STAT_INC(s, udp_off_home);
-			if (s->cache_on && dp_handoff_query(s, home, transport, msg, len, li, from,
-							    tcp_idx, tcp_gen) == 0)
-				return 0;
-		}
-	}
-	return resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, 0, NULL);
+	if (hand_to_home(s, c, msg, len, &v))
+		return 0;
+	return resolve(s, c, msg, &v);
 }
 
-void dp_query_from_shard(dp_shard_t *s, int transport, uint8_t *msg, size_t len, int li,
-			 const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
-			 uint64_t arrive_ns, const dp_cshare_key_t *peer)
+void dp_query_from_shard(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, size_t len)
 {
 	dp_dns_view_t v;
 	if (unlikely(dp_dns_parse_query(msg, len, &v) < 0)) {
 		/* It passed on the shard that read it: cannot happen. */
 		STAT_INC(s, dropped);
-		if (transport == T_TCP)
-			dp_handoff_answer(s, tcp_idx, tcp_gen, NULL, 0);
+		s->fe[c->transport]->answer(s, c, NULL, 0);
 		return;
 	}
 	/* A TCP query over its share here gets SERVFAIL: the connection lives
 	 * on the origin, which bounds what it hands over (DP_XS_TCP_CREDIT). */
-	(void)resolve(s, transport, msg, &v, li, from, tcp_idx, tcp_gen, arrive_ns, peer);
+	(void)resolve(s, c, msg, &v);
 }
 
-/* The home shard's part: cache, fair share, coalescing, upstream. peer: the
- * client's share key when the query came from another shard's TCP client,
- * else NULL (taken from from or the local connection). Returns 0, or
- * DP_E_FULL for a local TCP query the fair share did not take (tcpconn holds
- * the frame and pauses the connection). */
-static int resolve(dp_shard_t *s, int transport, uint8_t *msg, const dp_dns_view_t *v, int li,
-		   const struct sockaddr_in6 *from, uint32_t tcp_idx, uint32_t tcp_gen,
-		   uint64_t arrive_ns, const dp_cshare_key_t *peer)
+/* ---- the home shard's part: cache, fair share, coalescing, upstream --------- */
+
+/* The client's subnet to forward (--forward-ecs) into ecs: its length, 0
+ * when none, or negative when the client's option is malformed (then
+ * answered FORMERR, RFC 7871 7.1.1). */
+static int forwarded_subnet(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+			    const dp_dns_view_t *v, uint8_t *ecs)
 {
-	uint16_t udp_limit = v->has_opt ? DP_MIN(v->udp_size, s->cfg->max_udp_size) : 512;
-	uint8_t ecs[DP_EDNS_ECS_MAX];
-	int ecs_len = 0;
-	if (v->opt_ecs && s->cfg->forward_ecs) {
-		ecs_len = dp_edns_ecs_read(msg, v, ecs);
-		if (unlikely(ecs_len < 0)) { /* RFC 7871 7.1.1 */
-			count_qtype(s, transport, v);
-			STAT_INC(s, formerr);
-			reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
-				    DP_DNS_RCODE_FORMERR);
-			return 0;
-		}
+	if (!v->opt_ecs || !s->cfg->forward_ecs)
+		return 0;
+	int n = dp_edns_ecs_read(msg, v, ecs);
+	if (unlikely(n < 0)) {
+		count_qtype(s, c, v);
+		STAT_INC(s, formerr);
+		reply_error(s, c, msg, v, DP_DNS_RCODE_FORMERR);
 	}
+	return n;
+}
+
+/* Look key up in the cache: on a hit answer client c from it (and refresh
+ * the entry when it is popular and about to expire). Returns true when
+ * answered. */
+static bool from_cache(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+		       const dp_dns_view_t *v, const dp_cache_key_t *key)
+{
+	bool stale;
+	dp_cache_entry_t *e = dp_cache_lookup(&s->cache, key, s->now_ms, false, &stale);
+	if (!e)
+		return false;
+	count_qtype(s, c, v);
+	STAT_INC(s, cache_hits);
+	/* answered within this loop turn: counted in the lowest bucket, unless
+	 * it came through a hand-off */
+	dp_hist_observe(&s->metrics.client_lat,
+			c->arrive_ns ? (dp_now_ns() - c->arrive_ns) / 1000 : 0);
+	reply_cached(s, msg, v, c, udp_limit(s, v), e, false);
+	if (dp_cache_prefetch_due(e, s->now_ms))
+		prefetch(s, msg, v, key);
+	return true;
+}
+
+/* Client c's address as the fair share counts it. */
+static void share_key(const dp_client_t *c, dp_cshare_key_t *k)
+{
+	if (c->transport == T_UDP)
+		dp_cshare_key_of((const struct sockaddr *)&c->addr, k);
+	else
+		*k = c->tcp.key;
+}
+
+/* The fair share refused client c (address k) a slot. A TCP client of this
+ * shard waits: DP_E_FULL, and tcpconn holds the frame and pauses the
+ * connection. Anyone else gets SERVFAIL (a TCP client of another shard:
+ * its origin bounds what it hands over, DP_XS_TCP_CREDIT). */
+static int refuse(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+		  const dp_dns_view_t *v, const dp_cshare_key_t *k)
+{
+	if (c->transport == T_TCP) {
+		STAT_INC(s, fair_refused);
+		return DP_E_FULL;
+	}
+	count_qtype(s, c, v);
+	bool alone = s->share.active == (dp_cshare_count(&s->share, k) > 0);
+	if (alone && s->q_used >= s->q_cap)
+		STAT_INC(s, inflight_full); /* no one else: the table is simply full */
+	else
+		STAT_INC(s, fair_refused);
+	STAT_INC(s, servfail);
+	reply_error(s, c, msg, v, DP_DNS_RCODE_SERVFAIL);
+	return 0;
+}
+
+/* A slot for client c's query, filled: its index, or DP_NONE when the
+ * table is full or the query cannot be stored (answered SERVFAIL). */
+static uint32_t take_slot(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+			  const dp_dns_view_t *v, uint64_t key_hash, const uint8_t *ecs,
+			  size_t ecs_len)
+{
+	uint32_t qi = dp_qtable_alloc(s);
+	if (unlikely(qi == DP_NONE))
+		STAT_INC(s, inflight_full);
+	else if (likely(query_setup(s, qi, c, msg, v, key_hash, ecs, ecs_len) == 0))
+		return qi;
+	STAT_INC(s, servfail);
+	reply_error(s, c, msg, v, DP_DNS_RCODE_SERVFAIL);
+	return DP_NONE;
+}
+
+/* The same question as query qi's is upstream already: qi waits for its
+ * answer (true). Else qi enters the in-flight table for others to wait on
+ * (false). */
+static bool coalesce(dp_shard_t *s, uint32_t qi)
+{
+	uint32_t lead = dp_qtable_flight_find(s, &s->q[qi]);
+	if (lead == DP_NONE) {
+		dp_qtable_flight_add(s, qi);
+		return false;
+	}
+	dp_query_t *q = &s->q[qi];
+	q->state = Q_WAITING;
+	q->leader = lead;
+	dp_list_push_tail(&s->q[lead].waiters, s->q, sizeof(dp_query_t), QOFF_C, qi);
+	STAT_INC(s, cache_coalesced);
+	return true;
+}
+
+/* Resolve client c's query msg (valid, view v) on its home shard. Returns
+ * 0, or DP_E_FULL for a TCP query of this shard the fair share did not
+ * take (the caller holds it). */
+static int resolve(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, const dp_dns_view_t *v)
+{
+	uint8_t ecs[DP_EDNS_ECS_MAX];
+	int ecs_len = forwarded_subnet(s, c, msg, v, ecs);
+	if (unlikely(ecs_len < 0))
+		return 0;
 	dp_cache_key_t key;
 	key.hash = 0;
 	if (s->cache_on) {
-		bool stale;
 		dp_cache_key(msg, v, &key);
 		if (ecs_len)
 			dp_cache_key_ecs(&key, ecs, (size_t)ecs_len);
-		dp_cache_entry_t *e = dp_cache_lookup(&s->cache, &key, s->now_ms, false, &stale);
-		if (e) {
-			count_qtype(s, transport, v);
-			STAT_INC(s, cache_hits);
-			/* answered within this loop turn: counted in the lowest
-			 * bucket, unless it came through a hand-off */
-			dp_hist_observe(&s->metrics.client_lat,
-					arrive_ns ? (dp_now_ns() - arrive_ns) / 1000 : 0);
-			reply_cached(s, msg, v, transport, li, from, tcp_idx, tcp_gen, udp_limit, e,
-				     false);
-			if (dp_cache_prefetch_due(e, s->now_ms))
-				prefetch(s, msg, v, &key);
+		if (from_cache(s, c, msg, v, &key))
 			return 0;
-		}
 	}
 	/* Counted only once taken: a TCP query held back by the fair share
 	 * comes here again. */
-	bool remote = transport == T_TCP && (tcp_idx & DP_XS_REMOTE);
 	dp_cshare_key_t ck;
-	if (peer)
-		ck = *peer;
-	else if (transport == T_TCP)
-		ck = s->tcp_peer[tcp_idx];
-	else
-		dp_cshare_key_of((const struct sockaddr *)from, &ck);
-	if (unlikely(!admit(s, &ck))) {
-		if (transport == T_TCP && !remote) {
-			STAT_INC(s, fair_refused);
-			return DP_E_FULL;
-		}
-		count_qtype(s, transport, v);
-		bool alone = s->share.active == (dp_cshare_count(&s->share, &ck) > 0);
-		if (alone && s->q_used >= s->q_cap)
-			STAT_INC(s, inflight_full); /* no one else: the table is simply full */
-		else
-			STAT_INC(s, fair_refused);
-		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
-			    DP_DNS_RCODE_SERVFAIL);
-		return 0;
-	}
-	count_qtype(s, transport, v);
+	share_key(c, &ck);
+	if (unlikely(!admit(s, &ck)))
+		return refuse(s, c, msg, v, &ck);
+	count_qtype(s, c, v);
 	if (s->cache_on)
 		STAT_INC(s, cache_misses);
-	uint32_t qi = query_alloc(s);
-	if (unlikely(qi == DP_NONE)) {
-		STAT_INC(s, inflight_full);
-		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
-			    DP_DNS_RCODE_SERVFAIL);
+	uint32_t qi = take_slot(s, c, msg, v, key.hash, ecs, (size_t)ecs_len);
+	if (unlikely(qi == DP_NONE))
 		return 0;
-	}
-	if (query_setup(s, qi, msg, v, transport, li, from, tcp_idx, tcp_gen, key.hash, ecs,
-			(size_t)ecs_len, arrive_ns) < 0) {
-		STAT_INC(s, servfail);
-		reply_error(s, transport, li, from, tcp_idx, tcp_gen, msg, v,
-			    DP_DNS_RCODE_SERVFAIL);
-		return 0;
-	}
 	dp_cshare_add(&s->share, &ck, qi);
-	if (s->cache_on) {
-		uint32_t lead = flight_find(s, &s->q[qi]);
-		if (lead != DP_NONE) {
-			/* The same question is upstream already: wait for it. */
-			dp_query_t *q = &s->q[qi];
-			q->state = Q_WAITING;
-			q->leader = lead;
-			dp_list_push_tail(&s->q[lead].waiters, s->q, sizeof(dp_query_t), QOFF_C, qi);
-			STAT_INC(s, cache_coalesced);
-			return 0;
-		}
-		flight_add(s, qi);
-	}
+	if (s->cache_on && coalesce(s, qi))
+		return 0;
 	if (dp_pool_send(s, qi, -1) < 0)
 		dp_query_fail(s, qi);
 	return 0;
 }
+
+/* ---- answers and failures -------------------------------------------------- */
 
 /* Answer query fq from the upstream answer src: a copy of it fitted to
  * fq's client. */
 static void answer_one(dp_shard_t *s, uint32_t fqi, const dp_answer_src_t *src)
 {
 	dp_query_t *fq = &s->q[fqi];
-	if (fq->transport != T_NONE) {
+	if (fq->client.transport != T_NONE) {
 		dp_answer_client_t cl = { fq->wire, &fq->view, fq->ecs_len ? fq->ecs : NULL,
 					  fq->ecs_len,
-					  fq->transport == T_UDP ? fq->client_udp_limit : 0 };
+					  fq->client.transport == T_UDP ? fq->client_udp_limit : 0 };
 		bool tc;
 		/* Cannot fail: scratch holds the largest message. */
 		int n = dp_answer_personalise(src, &cl, s->scratch, SCRATCH_SIZE, &tc);
 		if (tc)
 			STAT_INC(s, udp_truncated);
 		STAT_INC(s, answers);
-		reply_q(s, fq, s->scratch, (size_t)n, NULL);
-		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - fq->arrive_ns) / 1000);
+		reply_q(s, fq, s->scratch, (size_t)n);
+		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - fq->client.arrive_ns) / 1000);
 	}
 	query_free(s, fqi);
 }
@@ -657,7 +624,7 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 		     const dp_dns_answer_t *a, int upstream)
 {
 	dp_query_t *q = &s->q[qi];
-	bool probe = q->transport == T_NONE && !q->key_hash;
+	bool probe = q->client.transport == T_NONE && !q->key_hash;
 	const dp_dns_view_t *v = &a->v;
 	if (unlikely(DP_DNS_RCODE(v->flags) == DP_DNS_RCODE_SERVFAIL && !v->ext_rcode) && !probe) {
 		if (servfail_failover(s, qi, upstream))
@@ -696,8 +663,8 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 static void fail_one(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
-	if (q->transport != T_NONE) {
-		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - q->arrive_ns) / 1000);
+	if (q->client.transport != T_NONE) {
+		dp_hist_observe(&s->metrics.client_lat, (dp_now_ns() - q->client.arrive_ns) / 1000);
 		q->view.id = q->client_id;
 		bool stale = false;
 		dp_cache_entry_t *e = NULL;
@@ -709,14 +676,11 @@ static void fail_one(dp_shard_t *s, uint32_t qi)
 		if (e) {
 			if (stale)
 				STAT_INC(s, cache_stale_served);
-			reply_cached(s, q->wire, &q->view, q->transport, q->listen_idx, &q->client.udp,
-				     q->client.tcp.idx, q->client.tcp.gen, q->client_udp_limit, e,
+			reply_cached(s, q->wire, &q->view, &q->client, q->client_udp_limit, e,
 				     stale);
 		} else {
 			STAT_INC(s, servfail);
-			reply_error(s, q->transport, q->listen_idx, &q->client.udp,
-				    q->client.tcp.idx, q->client.tcp.gen, q->wire, &q->view,
-				    DP_DNS_RCODE_SERVFAIL);
+			reply_error(s, &q->client, q->wire, &q->view, DP_DNS_RCODE_SERVFAIL);
 		}
 	}
 	query_free(s, qi);
@@ -753,7 +717,7 @@ static void on_deadline(dp_tw_entry_t *e, void *arg)
 	 * connection, which would re-send what is still on it. */
 	uint32_t ci = s->q[qi].conn;
 	uint8_t state = s->q[qi].state;
-	uint8_t transport = s->q[qi].transport;
+	uint8_t transport = s->q[qi].client.transport;
 	dp_query_fail(s, qi);
 	if (ci != DP_NONE && state == Q_SENT && transport != T_NONE)
 		dp_pool_note_timeout(s, ci);
@@ -777,10 +741,10 @@ int dp_query_probe(dp_shard_t *s, uint32_t ci)
 	dp_dns_view_t v;
 	if (dp_dns_parse_query(probe, sizeof(probe), &v) < 0)
 		return DP_E_MALFORMED;
-	uint32_t qi = query_alloc(s);
+	uint32_t qi = dp_qtable_alloc(s);
 	if (qi == DP_NONE)
 		return DP_E_FULL;
-	int rc = query_setup(s, qi, probe, &v, T_NONE, 0, NULL, 0, 0, 0, NULL, 0, 0);
+	int rc = query_setup(s, qi, &no_client, probe, &v, 0, NULL, 0);
 	if (rc < 0)
 		return rc;
 	rc = dp_pool_send_on(s, qi, ci);

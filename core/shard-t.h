@@ -12,6 +12,7 @@
 #define DP_SHARD_T_H
 
 #include "cache.h"
+#include "client-t.h"
 #include "clientshare.h"
 #include "config.h"
 #include "metrics.h"
@@ -72,6 +73,10 @@ typedef struct dp_shard {
 	dp_pool_t pool; /* upstream selection, health, hedging (pool.h) */
 	SSL_CTX *ssl_ctx;
 
+	/* How the query layer answers a client, by its transport (client-t.h):
+	 * set by each frontend's init (udp.c, tcp.c, handoff.c). */
+	const dp_frontend_ops_t *fe[DP_FRONTENDS];
+
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
 	dp_cshare_key_t *tcp_peer; /* per connection slot: its client address (fair share) */
 
@@ -96,6 +101,8 @@ typedef struct dp_shard {
 	dp_stats_t stats;
 	/* hand-off to home shards (handoff.c); xs NULL with one shard */
 	dp_xshard_t *xs;
+	/* where a query handed to us goes (the query layer, set by engine) */
+	void (*xs_deliver)(struct dp_shard *s, const dp_client_t *c, uint8_t *msg, size_t len);
 	struct dp_shard *all; /* every shard, [0, nshards) */
 	bool xs_msg_ring; /* wake with IORING_OP_MSG_RING, else the eventfd */
 	bool xs_quiet; /* counted in xs->quiet: hands off nothing more */

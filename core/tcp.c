@@ -3,7 +3,11 @@
  * cancellation. The connection state machine (framing, buffers, answer
  * queue, idle timeout, eviction, drain, slot lifetime) is tcpconn.c; this
  * file turns its requests into SQEs and its completions back into calls,
- * and hands complete queries to the query layer.
+ * and hands complete queries to the query layer, each with its client
+ * (client-t.h: the connection's slot, generation and address); the query
+ * layer answers and counts queries in flight through tcp_ops
+ * (s->fe[T_TCP]), which the hand-off uses too for the answers of our
+ * clients' queries resolved on another shard.
  *
  * Backpressure is tcpconn's (tcpconn.h): this file gives it the
  * per-connection cap (--max-inflight-per-conn), the query layer's refusals
@@ -92,9 +96,19 @@ static void io_close(void *ctx, int fd)
 		close(fd);
 }
 
+/* One query from connection idx/gen: its client is the connection. */
 static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg, size_t len)
 {
-	return dp_query_from_client(ctx, T_TCP, msg, len, li, NULL, idx, gen);
+	dp_shard_t *s = ctx;
+	dp_client_t c;
+	c.tcp.key = s->tcp_peer[idx];
+	c.tcp.idx = idx;
+	c.tcp.gen = gen;
+	c.tcp.origin = (uint8_t)s->id;
+	c.arrive_ns = 0;
+	c.transport = T_TCP;
+	c.li = li;
+	return dp_query_from_client(s, &c, msg, len);
 }
 
 static uint32_t up_freed(void *ctx)
@@ -139,6 +153,32 @@ static const dp_tcpconn_io_t tcp_io = {
 	.stat = up_stat,
 };
 
+/* ---- the query layer's way to a TCP client (client-t.h) -------------------- */
+
+/* Queue an answer on the connection; dropped when it is gone or closing
+ * (tcpconn compares the generation). */
+static void fe_answer(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len)
+{
+	if (len)
+		dp_tcpconn_answer(&s->tcp, c->tcp.idx, c->tcp.gen, msg, len);
+}
+
+static void fe_query_begin(dp_shard_t *s, const dp_client_t *c)
+{
+	dp_tcpconn_query_begin(&s->tcp, c->tcp.idx, c->tcp.gen);
+}
+
+static void fe_query_end(dp_shard_t *s, const dp_client_t *c)
+{
+	dp_tcpconn_query_end(&s->tcp, c->tcp.idx, c->tcp.gen);
+}
+
+static const dp_frontend_ops_t tcp_ops = {
+	.answer = fe_answer,
+	.query_begin = fe_query_begin,
+	.query_end = fe_query_end,
+};
+
 /* ---- the shard's side ------------------------------------------------------ */
 
 int dp_tcp_init(dp_shard_t *s)
@@ -156,6 +196,7 @@ int dp_tcp_init(dp_shard_t *s)
 		return -ENOMEM;
 	int rc = dp_tcpconn_init(&s->tcp, cap, reserve, &tcp_io, s, &s->now_ms);
 	s->tcp.inflight_max = cfg->max_inflight_per_conn;
+	s->fe[T_TCP] = &tcp_ops;
 	return rc;
 }
 
@@ -228,21 +269,6 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)
 {
 	dp_tcpconn_on_send(&s->tcp, idx, gen, cqe->res);
-}
-
-void dp_tcp_answer(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg, size_t len)
-{
-	dp_tcpconn_answer(&s->tcp, idx, gen, msg, len);
-}
-
-void dp_tcp_query_begin(dp_shard_t *s, uint32_t idx, uint32_t gen)
-{
-	dp_tcpconn_query_begin(&s->tcp, idx, gen);
-}
-
-void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen)
-{
-	dp_tcpconn_query_end(&s->tcp, idx, gen);
 }
 
 void dp_tcp_resume_pending(dp_shard_t *s)

@@ -1,16 +1,19 @@
-/* tcp.h - the TCP frontend's io_uring transport (tcp.c) under tcpconn.h. */
+/* tcp.h - the TCP frontend's io_uring transport (tcp.c) under tcpconn.h:
+ * hands each query to the query layer as a T_TCP client and answers through
+ * its ops (s->fe[T_TCP]). */
 #ifndef DP_TCP_H
 #define DP_TCP_H
 
 #include "shard-t.h"
 
+/* Start (again) the multishot accept on listener li (not when stopping). */
 void dp_tcp_arm_accept(dp_shard_t *s, int li);
+/* An accept completion of listener li: the ACL, then a connection slot. */
 void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
+/* A receive / send completion of connection idx/gen (stale ones dropped by
+ * tcpconn). Hot path. */
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
 void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
-/* Queue an answer (copied, framed) to client connection idx/gen; dropped if
- * the connection is gone. Hot path. */
-void dp_tcp_answer(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg, size_t len);
 /* Close idle clients whose time is up. */
 void dp_tcp_expire(dp_shard_t *s);
 /* End of a loop turn: one send per connection with queued answers. */
@@ -24,14 +27,13 @@ bool dp_tcp_reads_done(dp_shard_t *s);
 bool dp_tcp_idle_output(dp_shard_t *s);
 /* Teardown: shut every client socket; dp_tcp_free after the ring is gone. */
 void dp_tcp_close_all(dp_shard_t *s);
+/* Free the client table and its buffers (after the ring is gone). */
 void dp_tcp_free(dp_shard_t *s);
+/* Close client connection idx (any generation). */
 void dp_tcp_close(dp_shard_t *s, uint32_t idx);
-/* Set up the shard's client table (--max-tcp-clients / shards). Allocates;
- * returns 0 or -ENOMEM. */
+/* Set up the shard's client table (--max-tcp-clients / shards) and register
+ * the frontend's ops (s->fe[T_TCP]). Allocates; returns 0 or -ENOMEM. */
 int dp_tcp_init(dp_shard_t *s);
-/* A query of client connection idx/gen is in flight / finished. Hot path. */
-void dp_tcp_query_begin(dp_shard_t *s, uint32_t idx, uint32_t gen);
-void dp_tcp_query_end(dp_shard_t *s, uint32_t idx, uint32_t gen);
 /* Once per loop turn, before the flushes (no frame, answer or query end on
  * the stack): resume the client connections paused by backpressure whose
  * turn has come (a query of theirs ended, or a slot freed for those refused

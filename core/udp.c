@@ -7,6 +7,9 @@
  * Owns: the shard's UDP send slots (dp_udp_send_t), each holding one answer
  * until its send completes. When every slot is busy the answer goes out
  * with a plain sendto() instead of being dropped.
+ *
+ * Each datagram becomes a dp_client_t (client-t.h: address, listen index)
+ * for the query layer, which answers through udp_ops (s->fe[T_UDP]).
  */
 #include "udp.h"
 #include "query.h"
@@ -18,6 +21,11 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
+/* How the query layer answers a UDP client (client-t.h). */
+static void answer(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len);
+static const dp_frontend_ops_t udp_ops = {
+	.answer = answer,
+};
 
 int dp_udp_init(dp_shard_t *s)
 {
@@ -29,6 +37,7 @@ int dp_udp_init(dp_shard_t *s)
 		return -ENOMEM;
 	}
 	s->send_free = DP_NONE;
+	s->fe[T_UDP] = &udp_ops;
 	return 0;
 }
 
@@ -59,13 +68,16 @@ void dp_udp_arm(dp_shard_t *s, int li)
 static void datagram(dp_shard_t *s, int li, uint8_t *payload, size_t plen, bool truncated,
 		     const void *name, socklen_t namelen)
 {
-	struct sockaddr_in6 from;
-	memset(&from, 0, sizeof(from));
-	memcpy(&from, name, DP_MIN(namelen, (socklen_t)sizeof(from)));
+	dp_client_t c;
+	memset(&c.addr, 0, sizeof(c.addr));
+	memcpy(&c.addr, name, DP_MIN(namelen, (socklen_t)sizeof(c.addr)));
+	c.arrive_ns = 0;
+	c.transport = T_UDP;
+	c.li = (uint8_t)li;
 	STAT_INC(s, udp_queries);
 	if (truncated)
 		plen = DP_MIN(plen, (size_t)DP_DNS_HDR_LEN);
-	dp_query_from_client(s, T_UDP, payload, plen, li, &from, 0, 0);
+	dp_query_from_client(s, &c, payload, plen);
 }
 
 /* Stopped reading to drain: datagrams that arrived before still sit in the
@@ -132,8 +144,10 @@ static void send_sync(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, so
 		STAT_INC(s, udp_send_errors);
 }
 
-void dp_udp_send(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, const uint8_t *msg,
-		 size_t len)
+/* Send msg (len octets, copied) to addr from listen socket li: an SQE in
+ * this turn's batch, or a plain sendto() when every slot is busy. */
+static void send_to(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, const uint8_t *msg,
+		    size_t len)
 {
 	socklen_t alen = addr->sin6_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 						       : sizeof(struct sockaddr_in);
@@ -175,6 +189,15 @@ void dp_udp_send(dp_shard_t *s, int li, const struct sockaddr_in6 *addr, const u
 		io_uring_prep_send_set_addr(sqe, (const struct sockaddr *)&u->addr, (uint16_t)alen);
 	}
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UDP_SEND, slot, 0));
+}
+
+/* A datagram from the listen address the query came in on (this shard's
+ * socket for it, also for a query another shard read and handed here). No
+ * query is counted: nothing waits on a UDP client. */
+static void answer(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg, size_t len)
+{
+	if (len)
+		send_to(s, c->li, &c->addr, msg, len);
 }
 
 void dp_udp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t slot)

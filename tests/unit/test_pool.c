@@ -202,7 +202,7 @@ static uint32_t q_new(dp_shard_t *s, const char *label, uint8_t transport)
 	q->len = (uint16_t)n;
 	assert_int_equal(dp_dns_parse_query(q->wire, n, &q->view), 0);
 	q->state = Q_PENDING;
-	q->transport = transport;
+	q->client.transport = transport;
 	q->conn = q->conn2 = DP_NONE;
 	q->clink.prev = q->clink.next = DP_NONE;
 	dp_tw_entry_init(&q->hedge_t, NULL);
