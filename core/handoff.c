@@ -74,9 +74,31 @@
 
 #define DRAIN_BUDGET 256 /* messages per queue per loop turn */
 
+#define SET_WORDS (DP_XS_MAX_SHARDS / 64)
+
 static inline void bit_set(uint64_t *m, uint32_t i)
 {
 	m[i >> 6] |= 1ull << (i & 63);
+}
+
+/* Move the shard set *from into *to and empty *from: the loop over it may
+ * set bits again for the next turn. */
+static void take_set(uint64_t *to, uint64_t *from)
+{
+	memcpy(to, from, SET_WORDS * sizeof(uint64_t));
+	memset(from, 0, SET_WORDS * sizeof(uint64_t));
+}
+
+/* The lowest shard in set m, taken out of it; false when m is empty. */
+static bool pop_shard(uint64_t *m, uint32_t *shard)
+{
+	for (uint32_t w = 0; w < SET_WORDS; w++)
+		if (m[w]) {
+			*shard = w * 64 + (uint32_t)__builtin_ctzll(m[w]);
+			m[w] &= m[w] - 1;
+			return true;
+		}
+	return false;
 }
 
 static bool running(dp_shard_t *s)
@@ -277,18 +299,14 @@ void dp_handoff_drain(dp_shard_t *s)
 	if (!s->xs)
 		return;
 	s->xs_more = false;
-	for (uint32_t w = 0; w < DP_XS_MAX_SHARDS / 64; w++) {
-		uint64_t bits = s->xs_in[w];
-		s->xs_in[w] = 0;
-		while (bits) {
-			uint32_t src = w * 64 + (uint32_t)__builtin_ctzll(bits);
-			bits &= bits - 1;
-			if (src < s->nshards && src != (uint32_t)s->id && drain_from(s, src)) {
-				bit_set(s->xs_in, src);
-				s->xs_more = true;
-			}
+	uint64_t in[SET_WORDS];
+	uint32_t src;
+	take_set(in, s->xs_in);
+	while (pop_shard(in, &src))
+		if (src < s->nshards && src != (uint32_t)s->id && drain_from(s, src)) {
+			bit_set(s->xs_in, src);
+			s->xs_more = true;
 		}
-	}
 }
 
 static void wake_eventfd(dp_shard_t *s, uint32_t t)
@@ -302,24 +320,21 @@ void dp_handoff_wake(dp_shard_t *s)
 {
 	if (!s->xs)
 		return;
-	for (uint32_t w = 0; w < DP_XS_MAX_SHARDS / 64; w++) {
-		uint64_t bits = s->xs_wake[w];
-		s->xs_wake[w] = 0;
-		while (bits) {
-			uint32_t t = w * 64 + (uint32_t)__builtin_ctzll(bits);
-			bits &= bits - 1;
-			if (!s->xs_msg_ring) {
-				wake_eventfd(s, t);
-				continue;
-			}
-			/* The target's ring: set up before it said it runs,
-			 * which main saw before setting xs->ready. */
-			struct io_uring_sqe *sqe = dp_sqe(s);
-			io_uring_prep_msg_ring(sqe, s->all[t].ring.ring_fd, 0,
-					       dp_ud(OP_XSHARD, (uint32_t)s->id, 0), 0);
-			sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-			io_uring_sqe_set_data64(sqe, dp_ud(OP_XSHARD_SENT, t, 0));
+	uint64_t wake[SET_WORDS];
+	uint32_t t;
+	take_set(wake, s->xs_wake);
+	while (pop_shard(wake, &t)) {
+		if (!s->xs_msg_ring) {
+			wake_eventfd(s, t);
+			continue;
 		}
+		/* The target's ring: set up before it said it runs, which main
+		 * saw before setting xs->ready. */
+		struct io_uring_sqe *sqe = dp_sqe(s);
+		io_uring_prep_msg_ring(sqe, s->all[t].ring.ring_fd, 0,
+				       dp_ud(OP_XSHARD, (uint32_t)s->id, 0), 0);
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+		io_uring_sqe_set_data64(sqe, dp_ud(OP_XSHARD_SENT, t, 0));
 	}
 }
 

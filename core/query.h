@@ -23,6 +23,8 @@ int dp_query_from_client(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, size
  * path. */
 void dp_query_from_shard(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, size_t len);
 
+/* ---- from the upstream pool (through dp_upstream_sink_t) ---- */
+
 /* An upstream answer msg (parsed into a by dp_dns_parse_answer_rrs) for
  * the query in slot qi (already matched), from upstream index upstream.
  * Answers the client and frees the slot; but a SERVFAIL first sends the
@@ -32,17 +34,20 @@ void dp_query_answer(dp_shard_t *s, uint32_t qi, uint8_t *msg, size_t len,
 /* Answer the query with SERVFAIL (or a stale answer) and free its slot; a
  * leader's waiters too. */
 void dp_query_fail(dp_shard_t *s, uint32_t qi);
-/* Teardown: answer every live query (SERVFAIL or stale) and free its slot. */
-void dp_query_fail_all(dp_shard_t *s);
 /* Start a probe (./IN/NS, no client) on connection ci. Returns 0, or
  * DP_E_FULL / a negative code when no slot or the send failed. */
 int dp_query_probe(dp_shard_t *s, uint32_t ci);
-/* Copy the cache's own counters into the shard's (once per tick). */
-void dp_query_publish_stats(dp_shard_t *s);
+
+/* ---- the shard's life ---- */
+
 /* Set up the query table (qtable.h), the fair share, the answer cache
  * (--cache-size over the shards) and the scratch buffer. Allocates.
  * Returns 0 or a negative code (then dp_query_table_free is still safe). */
 int dp_query_table_init(dp_shard_t *s);
+/* Copy the cache's own counters into the shard's (once per tick). */
+void dp_query_publish_stats(dp_shard_t *s);
+/* Teardown: answer every live query (SERVFAIL or stale) and free its slot. */
+void dp_query_fail_all(dp_shard_t *s);
 /* Free what dp_query_table_init set up (after dp_query_fail_all). */
 void dp_query_table_free(dp_shard_t *s);
 

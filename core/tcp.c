@@ -140,14 +140,17 @@ static void up_stat(void *ctx, int which, uint64_t v)
 }
 
 static const dp_tcpconn_io_t tcp_io = {
+	/* operations on the socket, through the ring */
 	.recv = io_recv,
 	.recv_cancel = io_recv_cancel,
 	.send = io_send,
 	.shutdown = io_shutdown,
+	/* what the kernel holds for it, asked at once; the close */
 	.read_now = io_read_now,
 	.pending = io_pending,
 	.unsent = io_unsent,
 	.close = io_close,
+	/* up to the query layer and the counters */
 	.frame = up_frame,
 	.freed = up_freed,
 	.stat = up_stat,

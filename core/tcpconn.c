@@ -164,24 +164,19 @@ static void arm_recv(dp_tcpconns_t *t, uint32_t idx)
 int dp_tcpconn_init(dp_tcpconns_t *t, uint32_t cap, uint32_t reserve, const dp_tcpconn_io_t *io,
 		    void *ctx, const uint64_t *now_ms)
 {
-	memset(t, 0, sizeof(*t));
 	/* calloc of a large table maps zero pages: untouched slots cost no RSS. */
-	t->c = calloc((size_t)cap + reserve, sizeof(dp_tcpc_t));
-	if (!t->c)
+	dp_tcpc_t *c = calloc((size_t)cap + reserve, sizeof(dp_tcpc_t));
+	if (!c) {
+		memset(t, 0, sizeof(*t));
 		return -ENOMEM;
-	t->io = io;
-	t->ctx = ctx;
-	t->now_ms = now_ms;
-	t->cap = cap;
-	t->reserve = reserve;
-	t->free = DP_NONE;
-	t->dirty = DP_NONE;
-	t->idle = DP_LIST_EMPTY;
-	t->quiet = DP_LIST_EMPTY;
-	t->share_wait = DP_LIST_EMPTY;
-	t->resume = DP_LIST_EMPTY;
-	t->buf_max = DP_TCPCONN_BUF_MAX;
-	t->wq_max = DP_TCPCONN_WQ_MAX;
+	}
+	*t = (dp_tcpconns_t){
+		.c = c, .io = io, .ctx = ctx, .now_ms = now_ms, .cap = cap, .reserve = reserve,
+		.free = DP_NONE, .dirty = DP_NONE,
+		.idle = DP_LIST_EMPTY, .quiet = DP_LIST_EMPTY,
+		.share_wait = DP_LIST_EMPTY, .resume = DP_LIST_EMPTY,
+		.buf_max = DP_TCPCONN_BUF_MAX, .wq_max = DP_TCPCONN_WQ_MAX,
+	};
 	return 0;
 }
 

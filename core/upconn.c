@@ -99,12 +99,9 @@ static void uring_close(dp_shard_t *s, int fd)
 }
 
 static const dp_upconn_io_t uring_io = {
-	.open = uring_open,
-	.connect = uring_connect,
-	.recv = uring_recv,
-	.send = uring_send,
-	.shutdown = uring_shutdown,
-	.close = uring_close,
+	.open = uring_open, .connect = uring_connect, /* the socket, then its connect */
+	.recv = uring_recv, .send = uring_send,
+	.shutdown = uring_shutdown, .close = uring_close,
 };
 
 /* ---- the table ------------------------------------------------------------- */
