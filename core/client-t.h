@@ -45,7 +45,10 @@ typedef struct dp_client {
 } dp_client_t;
 
 /* What the query layer needs of a frontend. Called from the shard's thread;
- * c is valid during the call only. */
+ * c is valid during the call only. The ops may read only what identifies
+ * the client to them: addr and li (T_UDP), tcp.idx and tcp.gen (T_TCP),
+ * tcp.idx, tcp.gen and tcp.origin (T_TCP_REMOTE); the rest of a client may
+ * be unset (a T_TCP client rebuilt from a hand-off answer). */
 typedef struct dp_frontend_ops {
 	/* Send answer msg (len octets, copied; hot path) to c. len 0: the query
 	 * ends without an answer, which only a frontend that must end it

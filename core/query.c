@@ -593,8 +593,15 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const dp_answer_src_t *src)
 					  fq->ecs_len,
 					  fq->client.transport == T_UDP ? fq->client_udp_limit : 0 };
 		bool tc;
-		/* Cannot fail: scratch holds the largest message. */
+		/* Fails only if an answer outgrew scratch, which holds the
+		 * largest message; the client still gets its one answer. */
 		int n = dp_answer_personalise(src, &cl, s->scratch, SCRATCH_SIZE, &tc);
+		if (unlikely(n < 0)) {
+			STAT_INC(s, servfail);
+			reply_error(s, &fq->client, fq->wire, &fq->view, DP_DNS_RCODE_SERVFAIL);
+			query_free(s, fqi);
+			return;
+		}
 		if (tc)
 			STAT_INC(s, udp_truncated);
 		STAT_INC(s, answers);

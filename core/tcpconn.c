@@ -78,6 +78,7 @@ static void touch(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
 	c->last_active_ms = *t->now_ms;
+	c->idle_recheck = false;
 	dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
 	dp_list_push_tail(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
 	if (c->quiet) {
@@ -576,9 +577,23 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 		 * seconds (a wake-up queued behind theirs, or completed with
 		 * -ENOBUFS and armed again, the ring drained); closing now would
 		 * reset it with its queries unread. last_active_ms counts only
-		 * the frames we have read, so it cannot tell. */
-		if (c->inflight || sending || c->paused || t->io->pending(t->ctx, c->fd) > 0) {
+		 * the frames we have read, so it cannot tell.
+		 * But octets that came since the loop last entered the kernel
+		 * are pending too, though its receive takes them at the next
+		 * enter: a client trickling a byte at a time would be granted
+		 * a whole idle period whenever one lands just before this look.
+		 * So octets alone first buy one tick (the head stays; the rest
+		 * wait that tick): if they are still unread then, the shard is
+		 * behind; if a frame completed, touch() moved it; if not, idle. */
+		bool busy = c->inflight || sending || c->paused;
+		bool unread = !busy && t->io->pending(t->ctx, c->fd) > 0;
+		if (unread && !c->idle_recheck) {
+			c->idle_recheck = true;
+			break;
+		}
+		if (busy || unread) {
 			/* Busy, not idle: look again later. */
+			c->idle_recheck = false;
 			c->last_active_ms = now;
 			dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
 			dp_list_push_tail(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);

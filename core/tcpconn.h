@@ -122,6 +122,7 @@ typedef struct dp_tcpc {
 	bool dirty; /* on the table's flush list */
 	bool paused; /* not read until resumed (backpressure); frames held in rbuf */
 	bool quiet; /* on the quiet list */
+	bool idle_recheck; /* idle but octets unread: looked at again next tick */
 	uint8_t wait; /* paused: on no list, the share-wait or the resume list */
 	uint8_t listen_idx;
 	uint16_t hold; /* frames of this module on the stack */

@@ -205,6 +205,7 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	dp_tw_entry_init(&c->hs_t, on_handshake_due);
 	dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
 	c->got_answer = false;
+	c->keepalive_ms = 0; /* a new session: the upstream announces it again */
 	c->plain.len = 0;
 	c->batch.len = c->batch_count = 0;
 	STAT_INC(s, connects);
@@ -515,7 +516,9 @@ static void on_recv(dp_shard_t *s, uint32_t ci, int res)
 static void on_send(dp_shard_t *s, uint32_t ci, int res)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
-	int left = dp_sendq_done(&c->sendq, res);
+	/* A stream send of a non-empty buffer never completes with 0 bytes:
+	 * taken as a broken connection, not retried (it would never stall). */
+	int left = dp_sendq_done(&c->sendq, res == 0 ? -EPIPE : res);
 	if (left < 0) {
 		dp_upconn_fail(s, ci, c->state != C_READY, "upstream send failed", dp_strerror(left));
 		return;

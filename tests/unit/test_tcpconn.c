@@ -672,6 +672,10 @@ static void idle_expiry_spares_unread_socket(void **state)
 	f->now += 60000;
 	dp_tcpconn_expire(&f->t, 2000);
 	assert_false(c->closing);
+	/* A tick later the octets are still unread: the shard is behind. */
+	f->now += 100;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
 	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 0);
 	assert_true(f->fd[fd].recv);
 	/* The receive completes at last: both queries are answered. */
@@ -684,6 +688,34 @@ static void idle_expiry_spares_unread_socket(void **state)
 	dp_tcpconn_expire(&f->t, 2000);
 	assert_true(c->closing);
 	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	teardown_fake(f);
+}
+
+/* test_hostile's storm under ASan: a client trickling one octet of a frame
+ * every 200 ms was closed 6 s after its idle timeout of 2 s. An octet that
+ * landed just before the idle look sat unread (the receive takes it at the
+ * next enter) and bought a whole idle period. Now unread octets buy one
+ * tick; read by then and still no frame, the connection is idle. */
+static void idle_trickle_gets_one_tick(void **state)
+{
+	fake_t *f = setup_fake(4, M_ECHO);
+	int fd = fake_accept(f);
+	uint8_t buf[128];
+	size_t n = frame(buf, 1, 40);
+	assert_true(fake_recv_done(f, fd, 3, true, buf)); /* part of a frame */
+	fake_sock_put(f, fd, buf + 3, 1); /* the next octet, not yet received */
+	dp_tcpc_t *c = fake_conn(f, fd);
+	f->now += 2000;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_false(c->closing);
+	/* The receive takes the octet: still no complete frame. */
+	f->fd[fd].sock_off = f->fd[fd].sock_len;
+	assert_true(fake_recv_done(f, fd, 1, true, buf + 3));
+	f->now += 100;
+	dp_tcpconn_expire(&f->t, 2000);
+	assert_true(c->closing);
+	assert_int_equal(f->stat[DP_TCPC_CLOSED_IDLE], 1);
+	(void)n;
 	teardown_fake(f);
 }
 
@@ -837,6 +869,7 @@ int main(void)
 		cmocka_unit_test(hole3_drain_answers_paused_connection),
 		cmocka_unit_test(malformed_frames_close),
 		cmocka_unit_test(idle_expiry_spares_unread_socket),
+		cmocka_unit_test(idle_trickle_gets_one_tick),
 		cmocka_unit_test(idle_timeout_counts_from_last_answer),
 		cmocka_unit_test(slow_close_needs_unread_answers),
 	};
