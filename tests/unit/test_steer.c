@@ -16,17 +16,8 @@
 #include "dns.h"
 #include "home.h"
 #include "steer.h"
+#include "rnd.h"
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rnd(void)
-{
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return rng_state = x;
-}
 
 /* A random well-formed wire name of exactly len octets (2..255, or 1 for
  * the root) at out: labels of random length, octets of every value (upper

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "timerwheel.h"
+#include "rnd.h"
 
 typedef struct tmr {
 	dp_tw_entry_t e;
@@ -27,15 +28,6 @@ typedef struct tmr {
 #define ALEN(a) (sizeof(a) / sizeof((a)[0]))
 #define TMR(ep) ((tmr_t *)((char *)(ep) - offsetof(tmr_t, e)))
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void)
-{
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return rng_state = x;
-}
 
 static dp_tw_t *new_wheel(uint64_t now)
 {
