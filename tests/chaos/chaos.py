@@ -51,6 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from dphelpers import free_port  # noqa: E402  (a port free for UDP and TCP)
 CI_SEED = 1203  # the CI run's seed: change it only by a commit
 UPSTREAM_NAME = "upstream.test"
 RSS_LIMIT_MB = 512
@@ -849,7 +851,10 @@ class Run:
         self.conf = self.dir / "dotproxy.conf"
         self.write_config(first=True)
         self.idle_hist.append((float("-inf"), self.cur_idle_s))
-        self.dp_port = free_port()
+        try:
+            self.dp_port = free_port()
+        except RuntimeError as e:
+            raise SetupError(str(e))
         self.stderr_path = self.dir / "dotproxy.stderr"
         args = [str(self.dp_exe), "--config", str(self.conf), "--listen", "127.0.0.1:%d" % self.dp_port,
                 "--threads", str(self.args.threads), "--cache-size", "2", "--drain-timeout", "%ds" % DRAIN_S,
@@ -1328,23 +1333,6 @@ def burst_frames(c, rng, hot, n):
 
 
 # ================================================================ helpers
-
-def free_port():
-    for _ in range(100):
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
-    raise SetupError("no free port")
-
 
 def _udp_rows():
     try:
