@@ -13,6 +13,7 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -31,7 +32,8 @@ enum {
 	K_ENUM, /* one of .choices */
 	K_STRING, /* text of .min to size - 1 octets, zero-padded */
 	K_LISTEN, /* IP:PORT appended to listen[] and listen_text[] (.max of them) */
-	K_UPSTREAM, /* IP[:PORT][#NAME][,pin-sha256=B64]...[,no-ca] appended to upstream[] */
+	K_UPSTREAM, /* an upstream (see parse_upstream) of the root zone, appended to upstream[] */
+	K_FORWARD, /* ZONE=UPSTREAM (a file's "ZONE UPSTREAM" too): an upstream of ZONE */
 	K_CIDR, /* one ADDR[/LEN] added to a dp_acl_t */
 	K_CIDR_LIST, /* ADDR[/LEN][,ADDR[/LEN]...] added to a dp_acl_t */
 	K_METRICS, /* IP:PORT of the metrics endpoint, which it turns on */
@@ -100,11 +102,22 @@ static const opt_t opts[] = {
 	{ "listen", "ADDR:PORT", K_LISTEN, R_RESTART, F_LIST, SPAN(listen, nlisten),
 	  .max = DP_MAX_LISTEN, .def = "127.0.0.1:53",
 	  .help = "listen address for UDP and TCP, repeatable; IPv6 as [::1]:53" },
-	{ "upstream", "IP[:PORT]#NAME", K_UPSTREAM, R_LIVE, F_LIST, SPAN(upstream, nupstream),
-	  .max = DP_MAX_UPSTREAMS, .def = "1.1.1.1:853#cloudflare-dns.com 1.0.0.1:853#cloudflare-dns.com",
-	  .help = "DoT upstream, repeatable; NAME is checked against its certificate and sent as "
-		  "SNI; port 853 by default; ,pin-sha256=BASE64 (up to 4) pins the server key; "
-		  ",no-ca trusts the pins alone" },
+	{ "upstream", "IP[:PORT]#NAME", K_UPSTREAM, R_LIVE, 0, NOFIELD, .max = DP_MAX_UPSTREAMS,
+	  .def = "1.1.1.1:853#cloudflare-dns.com 1.0.0.1:853#cloudflare-dns.com",
+	  .help = "DoT upstream of the default route, repeatable (the same as --forward "
+		  ".=UPSTREAM); NAME is checked against its certificate and sent as SNI; port 853 "
+		  "by default; ,pin-sha256=BASE64 (up to 4) pins the server key; ,no-ca trusts the "
+		  "pins alone" },
+	{ "forward", "ZONE=UPSTREAM", K_FORWARD, R_LIVE, 0, NOFIELD, .max = DP_MAX_UPSTREAMS,
+	  .help = "send queries at or below ZONE to UPSTREAM, repeatable (once per upstream; "
+		  "the longest ZONE wins; '.' is the default route); UPSTREAM is a DoT upstream "
+		  "as for --upstream, udp://IP[:PORT] (plain DNS, TCP when truncated) or "
+		  "tcp://IP[:PORT] (plain DNS over TCP), port 53 by default; a layer (file, "
+		  "command line) naming a zone replaces that zone's upstreams; config file: "
+		  "forward ZONE UPSTREAM" },
+	{ "allow-plain-default", NULL, K_FLAG, R_LIVE, 0, FIELD(allow_plain_default), .min = 1,
+	  .help = "let udp:// and tcp:// upstreams serve the default route '.' (refused "
+		  "otherwise, so that a typo cannot turn encryption off)" },
 	{ "upstream-policy", "P", K_ENUM, R_LIVE, 0, FIELD(upstream_policy), .choices = policies,
 	  .def = "fastest", .help = "fastest (lowest latency moving average) or round-robin" },
 	{ "hedge-after", "DUR|auto|off", K_DURATION, R_LIVE, 0, FIELD(hedge_ms), .min = 1,
@@ -305,10 +318,30 @@ static int b64_decode(const char *in, uint8_t *out, size_t cap)
 	return (int)o;
 }
 
-/* IP[:PORT][#NAME][,pin-sha256=BASE64]...[,no-ca] */
+/* udp://IP[:PORT] or tcp://IP[:PORT], port 53 by default: plain DNS.
+ * Returns 1 when s is one (parsed into u, or DP_E_CONFIG), 0 when not. */
+static int parse_plain_upstream(const char *s, dp_upstream_cfg_t *u)
+{
+	if (strncmp(s, "udp://", 6) == 0)
+		u->transport = DP_UP_UDP;
+	else if (strncmp(s, "tcp://", 6) == 0)
+		u->transport = DP_UP_TCP;
+	else
+		return 0;
+	if (strlen(s) >= sizeof(u->text) || dp_config_parse_addr(s + 6, 53, &u->addr) < 0)
+		return DP_E_CONFIG;
+	snprintf(u->text, sizeof(u->text), "%s", s);
+	return 1;
+}
+
+/* An upstream: plain (above), or DoT:
+ * IP[:PORT][#NAME][,pin-sha256=BASE64]...[,no-ca] */
 static int parse_upstream(const char *s, dp_upstream_cfg_t *u)
 {
 	memset(u, 0, sizeof(*u));
+	int plain = parse_plain_upstream(s, u);
+	if (plain != 0)
+		return plain < 0 ? plain : 0;
 	char spec[512];
 	if (strlen(s) >= sizeof(spec))
 		return DP_E_CONFIG;
@@ -449,14 +482,112 @@ static int add_listen(dp_config_t *c, const char *arg)
 	return 0;
 }
 
-static int add_upstream(dp_config_t *c, const char *arg)
+/* ---- forwarding zones ---- */
+
+/* "cluster.local", "cluster.local." or "." into wire form, lower case.
+ * Returns 0 or DP_E_CONFIG. */
+static int parse_zone(const char *s, dp_zone_cfg_t *z)
 {
+	size_t o = 0;
+	for (const char *p = strcmp(s, ".") == 0 ? "" : s; *p;) {
+		size_t l = strcspn(p, ".");
+		if (l == 0 || l > 63 || o + 1 + l + 1 > sizeof(z->wire))
+			return DP_E_CONFIG; /* empty label, or too long */
+		z->wire[o++] = (uint8_t)l;
+		for (size_t i = 0; i < l; i++) {
+			unsigned char ch = (unsigned char)p[i];
+			if (!isalnum(ch) && ch != '-' && ch != '_')
+				return DP_E_CONFIG;
+			z->wire[o++] = (uint8_t)tolower(ch);
+		}
+		p += l;
+		if (*p == '.')
+			p++; /* a separator, or the final dot */
+	}
+	z->wire[o++] = 0;
+	z->wire_len = (uint16_t)o;
+	dp_dns_name_str(z->wire, z->wire_len, 0, z->text, sizeof(z->text));
+	return 0;
+}
+
+/* Recount which upstreams serve which zone (after upstream[] changed). */
+static void zone_masks(dp_config_t *c)
+{
+	for (int z = 0; z < c->nzones; z++) {
+		c->zone[z].upstreams = 0;
+		c->zone[z].nup = 0;
+	}
+	for (int u = 0; u < c->nupstream; u++) {
+		dp_zone_cfg_t *z = &c->zone[c->upstream[u].zone];
+		z->upstreams |= 1u << u;
+		z->nup++;
+	}
+}
+
+/* Zone z's upstreams from an earlier layer go (the others move down). */
+static void zone_drop_upstreams(dp_config_t *c, int z)
+{
+	int n = 0;
+	for (int u = 0; u < c->nupstream; u++)
+		if (c->upstream[u].zone != z)
+			c->upstream[n++] = c->upstream[u];
+	memset(&c->upstream[n], 0, (size_t)(c->nupstream - n) * sizeof(c->upstream[0]));
+	c->nupstream = n;
+}
+
+/* The index of zone nz in c, added when new. Returns it or DP_E_FULL. */
+static int zone_index(dp_config_t *c, const dp_zone_cfg_t *nz)
+{
+	for (int z = 0; z < c->nzones; z++)
+		if (c->zone[z].wire_len == nz->wire_len &&
+		    memcmp(c->zone[z].wire, nz->wire, nz->wire_len) == 0)
+			return z;
+	if (c->nzones >= DP_MAX_ZONES)
+		return DP_E_FULL;
+	c->zone[c->nzones] = *nz;
+	return c->nzones++;
+}
+
+/* Upstream spec up serves zone name: the first in a layer replaces what
+ * an earlier layer gave the zone. Returns 0, DP_E_CONFIG or DP_E_FULL. */
+static int add_route(dp_config_t *c, const char *zone, const char *up)
+{
+	dp_zone_cfg_t nz;
+	dp_upstream_cfg_t u;
+	memset(&nz, 0, sizeof(nz)); /* equal settings are equal bytes (reload compares) */
+	if (parse_zone(zone, &nz) < 0 || parse_upstream(up, &u) < 0)
+		return DP_E_CONFIG;
+	int z = zone_index(c, &nz);
+	if (z < 0)
+		return z;
+	if (!(c->zone_fresh & 1u << z)) {
+		zone_drop_upstreams(c, z);
+		c->zone_fresh |= 1u << z;
+	}
 	if (c->nupstream >= DP_MAX_UPSTREAMS)
 		return DP_E_FULL;
-	if (parse_upstream(arg, &c->upstream[c->nupstream]) < 0)
-		return DP_E_CONFIG;
-	c->nupstream++;
+	u.zone = (uint8_t)z;
+	c->upstream[c->nupstream++] = u;
+	zone_masks(c);
 	return 0;
+}
+
+/* ZONE=UPSTREAM, or a file's ZONE UPSTREAM (an upstream's own options may
+ * hold a '=': a space, when there is one, is the separator). */
+static int add_forward(dp_config_t *c, const char *arg)
+{
+	char zone[DP_DNS_MAX_NAME + 2];
+	size_t zl = strcspn(arg, " \t");
+	if (arg[zl] == 0)
+		zl = strcspn(arg, "=");
+	if (arg[zl] == 0 || zl == 0 || zl >= sizeof(zone))
+		return DP_E_CONFIG;
+	memcpy(zone, arg, zl);
+	zone[zl] = 0;
+	const char *up = arg + zl + 1;
+	while (*up == ' ' || *up == '\t')
+		up++;
+	return add_route(c, zone, up);
 }
 
 /* Read arg as o's kind into c. Returns 0, DP_E_CONFIG (a bad value) or
@@ -498,7 +629,9 @@ static int set_value(dp_config_t *c, const opt_t *o, const char *arg)
 	case K_LISTEN:
 		return add_listen(c, arg);
 	case K_UPSTREAM:
-		return add_upstream(c, arg);
+		return add_route(c, ".", arg);
+	case K_FORWARD:
+		return add_forward(c, arg);
 	case K_CIDR:
 		return dp_acl_add(f, arg) < 0 ? DP_E_CONFIG : 0;
 	case K_CIDR_LIST:
@@ -553,7 +686,14 @@ static void expectation(const opt_t *o, char *buf, size_t cap)
 		snprintf(buf, cap, "IP:PORT or [IPv6]:PORT");
 		break;
 	case K_UPSTREAM:
-		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a pin)");
+		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a "
+				   "pin), udp://IP[:PORT] or tcp://IP[:PORT] (at most %d upstreams)",
+			 DP_MAX_UPSTREAMS);
+		break;
+	case K_FORWARD:
+		snprintf(buf, cap, "ZONE=UPSTREAM, ZONE a domain name or '.', UPSTREAM as for "
+				   "--upstream (at most %d upstreams, %d zones)",
+			 DP_MAX_UPSTREAMS, DP_MAX_ZONES);
 		break;
 	case K_CIDR:
 		snprintf(buf, cap, "ADDR/LEN with no host bits set (at most %d)", DP_ACL_MAX);
@@ -610,6 +750,7 @@ void dp_config_defaults(dp_config_t *c)
 			apply(c, &opts[i], v, NULL, 0); /* ours: unit_config checks they parse */
 	}
 	c->list_fresh = 0; /* the next layer replaces the default lists */
+	c->zone_fresh = 0;
 }
 
 /* ------------------------------------------------------------ --help */
@@ -745,6 +886,7 @@ int dp_config_parse_file(dp_config_t *c, const char *path, char *err, size_t err
 	char line[1024], msg[400], *name, *value;
 	int lineno = 0, rc = 0;
 	c->list_fresh = 0; /* a layer over the defaults */
+	c->zone_fresh = 0;
 	while (rc == 0 && fgets(line, sizeof(line), f)) {
 		lineno++;
 		size_t len = strlen(line);
@@ -779,6 +921,27 @@ static int read_config_first(dp_config_t *c, int argc, char **argv, char *err, s
 	return c->config_file[0] ? dp_config_parse_file(c, c->config_file, err, errlen) : 0;
 }
 
+/* What the layers together must give: the root zone first, and over
+ * TLS unless plain DNS is allowed there. */
+static int check_routes(const dp_config_t *c, char *err, size_t errlen)
+{
+	if (c->nzones == 0 || c->zone[0].wire_len != 1 || c->zone[0].nup == 0) {
+		snprintf(err, errlen, "no upstream for the default route '.' (--upstream)");
+		return DP_E_CONFIG;
+	}
+	for (int u = 0; u < c->nupstream; u++) {
+		const dp_upstream_cfg_t *up = &c->upstream[u];
+		if (up->zone == 0 && up->transport != DP_UP_DOT && !c->allow_plain_default) {
+			snprintf(err, errlen,
+				 "--forward .=%s: plain DNS for the default route needs "
+				 "--allow-plain-default",
+				 up->text);
+			return DP_E_CONFIG;
+		}
+	}
+	return 0;
+}
+
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen)
 {
 	struct option lo[NOPTS + 1];
@@ -789,6 +952,7 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	if (read_config_first(c, argc, argv, err, errlen) < 0)
 		return DP_E_CONFIG;
 	c->list_fresh = 0; /* the command line is the top layer */
+	c->zone_fresh = 0;
 	opterr = 0;
 	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
 	int code;
@@ -811,6 +975,8 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		if (apply(c, o, optarg ? optarg : "", err, errlen) < 0)
 			return DP_E_CONFIG;
 	}
+	if (check_routes(c, err, errlen) < 0)
+		return DP_E_CONFIG;
 	if (c->cache_min_ttl > c->cache_max_ttl) {
 		snprintf(err, errlen, "--cache-min-ttl %u is above --cache-max-ttl %u", c->cache_min_ttl,
 			 c->cache_max_ttl);

@@ -5,14 +5,19 @@
 #define DP_CONFIG_H
 
 #include "acl.h"
+#include "dns.h"
 #include "dp.h"
 
 #include <sys/socket.h>
 
 #define DP_MAX_LISTEN 16
-#define DP_MAX_UPSTREAMS 16
+#define DP_MAX_UPSTREAMS 32 /* over all zones */
+#define DP_MAX_ZONES 32
 
 enum { DP_POLICY_FASTEST = 0, DP_POLICY_RR = 1 };
+/* How an upstream is spoken to: DNS-over-TLS, or plain DNS (for servers
+ * inside a trusted network) over TCP, or over UDP with TCP when truncated. */
+enum { DP_UP_DOT = 0, DP_UP_TCP = 1, DP_UP_UDP = 2 };
 /* --steering: auto loads the SO_REUSEPORT program that sends each UDP query
  * to its home shard (steer.h) where the kernel allows it; off never tries. */
 enum { DP_STEER_AUTO = 0, DP_STEER_OFF = 1 };
@@ -29,7 +34,19 @@ typedef struct dp_upstream_cfg {
 	uint8_t pins[4][32]; /* SHA-256 of a SubjectPublicKeyInfo (RFC 7469) */
 	int npins;
 	bool no_ca; /* trust the pins alone, skip CA and name verification */
+	uint8_t transport; /* DP_UP_* */
+	uint8_t zone; /* index in zone[]: the zone it serves */
 } dp_upstream_cfg_t;
+
+/* A forwarding zone: queries at or below it go to its upstreams (the
+ * longest zone that is a suffix of the name wins; zone 0 is the root). */
+typedef struct dp_zone_cfg {
+	uint8_t wire[DP_DNS_MAX_NAME]; /* the name in wire form, lower case */
+	uint16_t wire_len;
+	char text[DP_DNS_MAX_NAME + 2]; /* "cluster.local.", "." */
+	uint32_t upstreams; /* bit u: upstream[u] serves it */
+	uint8_t nup; /* how many */
+} dp_zone_cfg_t;
 
 typedef struct dp_config {
 	dp_sockaddr_t listen[DP_MAX_LISTEN];
@@ -37,6 +54,9 @@ typedef struct dp_config {
 	int nlisten;
 	dp_upstream_cfg_t upstream[DP_MAX_UPSTREAMS];
 	int nupstream;
+	dp_zone_cfg_t zone[DP_MAX_ZONES]; /* zone[0] is the root, ".": the default route */
+	int nzones;
+	bool allow_plain_default; /* plain DNS upstreams may serve the root zone */
 	int threads; /* shards; 0 = one per online CPU */
 	uint32_t timeout_ms; /* per query, client's view */
 	uint32_t handshake_timeout_ms;
@@ -72,6 +92,7 @@ typedef struct dp_config {
 	 * that the current layer (defaults, file, command line) has started
 	 * afresh; their first use in a layer replaces an earlier layer's list */
 	uint64_t list_fresh;
+	uint32_t zone_fresh; /* the same per zone: bit z, its upstreams replaced */
 } dp_config_t;
 
 /* Fill c with the defaults (each option's default text, read by its own

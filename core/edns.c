@@ -164,3 +164,29 @@ int dp_edns_ecs_scope(const uint8_t *msg, const dp_dns_view_t *v)
 		return -1;
 	return msg[v->opt_ecs + 7];
 }
+
+size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool keep_keepalive)
+{
+	if (opt_off == 0 || opt_off + 11 > len || m[opt_off] != 0 ||
+	    dp_rd16(m + opt_off + 1) != DP_DNS_TYPE_OPT ||
+	    opt_off + 11 + dp_rd16(m + opt_off + 9) != len)
+		return len;
+	size_t in = opt_off + 11, out = in;
+	while (in + 4 <= len) /* the options must tile the RDATA exactly */
+		in += 4u + dp_rd16(m + in + 2);
+	if (in != len)
+		return len; /* not ours: leave it alone */
+	for (in = out; in < len;) {
+		uint16_t code = dp_rd16(m + in);
+		size_t olen = 4u + dp_rd16(m + in + 2);
+		bool drop = code == DP_DNS_OPT_PADDING ||
+			    (code == DP_DNS_OPT_KEEPALIVE && !keep_keepalive);
+		if (!drop) {
+			memmove(m + out, m + in, olen);
+			out += olen;
+		}
+		in += olen;
+	}
+	dp_wr16(m + opt_off + 9, (uint16_t)(out - opt_off - 11));
+	return out;
+}

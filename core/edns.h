@@ -39,6 +39,20 @@ int dp_edns_ecs_read(const uint8_t *msg, const dp_dns_view_t *v, uint8_t *out);
 int dp_edns_pad_query(const uint8_t *msg, const dp_dns_view_t *v, const uint8_t *ecs,
 		      size_t ecs_len, unsigned block, uint8_t *out, size_t cap);
 
+/* Where the OPT record of dp_edns_pad_query's output starts, for the query
+ * whose view is v (the OPT is moved last). */
+static inline size_t dp_edns_padded_opt_off(const dp_dns_view_t *v)
+{
+	return v->has_opt ? (size_t)v->msg_end - v->opt_len : v->msg_end;
+}
+
+/* Leave out of query m (len octets, its OPT record at opt_off, the last
+ * record) the options only an encrypted stream wants: Padding (RFC 7830:
+ * pointless in the clear) and, unless keep_keepalive, edns-tcp-keepalive
+ * (RFC 7828 3.2.1: never over UDP). Edits m in place and returns its new
+ * length (len when the OPT is not where it should be). */
+size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool keep_keepalive);
+
 /* Remove from answer msg (len octets, view v) what is not the client's: the
  * whole OPT record when the client sent none (client_opt false); else every
  * option of the upstream's but Padding when the client's query carried

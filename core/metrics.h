@@ -31,6 +31,7 @@ typedef struct dp_metrics {
 	uint64_t rcode[DP_RCODES];
 	dp_hist_t client_lat; /* arrival to answer, queries that went upstream */
 	dp_upmetrics_t up[DP_MAX_UPSTREAMS];
+	uint64_t zone_queries[DP_MAX_ZONES]; /* client queries routed to zone z */
 } dp_metrics_t;
 
 #define M_ADD(p, v) __atomic_store_n(&(p), (p) + (v), __ATOMIC_RELAXED)

@@ -47,10 +47,10 @@ typedef struct dp_upstream_sink {
 
 typedef struct dp_pool {
 	dp_upstream_state_t up[DP_MAX_UPSTREAMS];
-	uint32_t rr; /* round-robin cursor over upstreams */
+	uint8_t rr[DP_MAX_ZONES]; /* per zone: round-robin cursor over upstreams */
 	uint32_t explore; /* fastest policy: counts picks, every Nth explores */
 	uint32_t hedge_budget; /* earned by primary sends, spent by hedges */
-	uint32_t hedge_delay_ms; /* auto: smallest p95 among upstreams */
+	uint32_t hedge_delay_ms[DP_MAX_ZONES]; /* auto: smallest p95 among the zone's upstreams */
 	const dp_upstream_sink_t *sink;
 } dp_pool_t;
 

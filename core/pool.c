@@ -9,9 +9,18 @@
  * pool calls down into it and hears back through dp_upconn_ops_t. Answers
  * and failures go up to the query table only through dp_upstream_sink_t.
  *
+ * Zones: a query goes only to the upstreams of its forwarding zone
+ * (route.h, set in the query); failover and hedging stay within it. Each
+ * zone has its own round-robin cursor and hedge delay.
+ *
  * Selection: round robin, or the fastest upstream by moving average with
  * an exploring pick now and then; within an upstream, the least loaded
- * ready connection with room, opening another when those are busy.
+ * ready connection with room, opening another when those are busy. A
+ * udp:// upstream's queries go on its UDP sockets, each on a random port
+ * of its own that serves DP_UPCONN_UDP_QUERIES queries and then retires;
+ * an answer truncated there (TC) is asked again over TCP, of the same
+ * upstream; a UDP query not answered after the hedge delay is sent again
+ * (another upstream of the zone, else another port of the same one).
  *
  * Failure: a connection that fails or is closed re-sends its queries once,
  * on another connection (another upstream when this one failed its
@@ -23,6 +32,8 @@
  * best upstream's p95) is sent to a second upstream too, at most 1 in 20.
  */
 #include "pool.h"
+#include "edns.h"
+#include "route.h"
 #include "upconn.h"
 #include "log.h"
 
@@ -45,6 +56,7 @@
 #define BACKOFF_MAX_MS 30000
 #define OPEN_MORE_AT 64 /* in flight per ready connection before another opens */
 #define PROBE_RECENT_MS 60000 /* an idle connection used this lately is kept (probed) */
+#define UDP_IDLE_MS 5000 /* an unused UDP socket is closed after this */
 
 static void on_hedge_due(dp_tw_entry_t *e, void *arg);
 static const dp_upconn_ops_t conn_ops;
@@ -61,7 +73,8 @@ int dp_pool_init(dp_shard_t *s, const dp_upstream_sink_t *sink)
 		p->up[u].first_conn = (uint32_t)u * s->upc.per_upstream;
 		p->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	}
-	p->hedge_delay_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
+	for (int z = 0; z < DP_MAX_ZONES; z++)
+		p->hedge_delay_ms[z] = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	p->hedge_budget = HEDGE_RATIO * HEDGE_BURST / 4; /* some hedges from the start */
 	return 0;
 }
@@ -138,19 +151,20 @@ static void update_hedge_delay(dp_shard_t *s, uint32_t u)
 
 /* ---- selection ------------------------------------------------------------- */
 
-/* An upstream that is not down (and not in the skip mask: bit u for
- * upstream u): round robin, or with the fastest policy the lowest latency
- * moving average, trying the others now and then (and those with few
- * samples first) so their figures stay fresh. */
-static uint32_t pick_upstream(dp_shard_t *s, uint32_t skip)
+/* An upstream of zone z that is not down (and not in the skip mask: bit u
+ * for upstream u): round robin, or with the fastest policy the lowest
+ * latency moving average, trying the others now and then (and those with
+ * few samples first) so their figures stay fresh. */
+static uint32_t pick_upstream(dp_shard_t *s, uint32_t z, uint32_t skip)
 {
 	dp_pool_t *p = &s->pool;
 	uint32_t n = (uint32_t)s->cfg->nupstream;
+	uint32_t mine = s->cfg->zone[z].upstreams & ~skip;
 	bool rr = s->cfg->upstream_policy == DP_POLICY_RR || ++p->explore % EXPLORE_EVERY == 0;
 	if (!rr) {
 		uint32_t best = DP_NONE, best_us = UINT32_MAX;
 		for (uint32_t u = 0; u < n; u++) {
-			if ((skip >> u & 1) || upstream_down(s, u))
+			if (!(mine >> u & 1) || upstream_down(s, u))
 				continue;
 			/* Untested (few queries sent, not few answers back: a
 			 * slow upstream would otherwise draw every query until
@@ -165,10 +179,10 @@ static uint32_t pick_upstream(dp_shard_t *s, uint32_t skip)
 			return best;
 	}
 	for (uint32_t k = 0; k < n; k++) {
-		uint32_t u = (p->rr + k) % n;
-		if ((skip >> u & 1) || upstream_down(s, u))
+		uint32_t u = (p->rr[z] + k) % n;
+		if (!(mine >> u & 1) || upstream_down(s, u))
 			continue;
-		p->rr = u + 1;
+		p->rr[z] = (uint8_t)(u + 1);
 		return u;
 	}
 	return DP_NONE;
@@ -186,7 +200,8 @@ static uint32_t conn_score(const dp_upconn_t *c, uint32_t len, bool *full)
 			*full = true;
 			return UINT32_MAX;
 		}
-		return c->queries.count;
+		/* A retired UDP port only when nothing else can take it. */
+		return c->retired ? UINT32_MAX - 2 : c->queries.count;
 	case C_DOWN: return OPEN_MORE_AT;
 	case C_CONNECTING:
 	case C_HANDSHAKE: return OPEN_MORE_AT + 1 + c->queries.count;
@@ -195,15 +210,16 @@ static uint32_t conn_score(const dp_upconn_t *c, uint32_t len, bool *full)
 }
 
 /* The connection of upstream u that should take the next query (len
- * octets), connected now if it was down; DP_NONE when none can. */
-static uint32_t pick_conn(dp_shard_t *s, uint32_t u, uint32_t len)
+ * octets), connected now if it was down; DP_NONE when none can. dgram:
+ * one of its UDP sockets, else a stream connection; never not_ci. */
+static uint32_t pick_conn_of(dp_shard_t *s, uint32_t u, uint32_t len, bool dgram, uint32_t not_ci)
 {
 	uint32_t best = DP_NONE, best_score = UINT32_MAX;
 	bool full = false;
-	uint32_t first = s->pool.up[u].first_conn;
-	for (uint32_t k = 0; k < s->cfg->upstream_conns; k++) {
+	uint32_t first = dp_upconn_first(&s->upc, u, dgram);
+	for (uint32_t k = 0; k < dp_upconn_count(&s->upc, dgram); k++) {
 		uint32_t score = conn_score(&s->upc.c[first + k], len, &full);
-		if (score < best_score) {
+		if (score < best_score && first + k != not_ci) {
 			best_score = score;
 			best = first + k;
 		}
@@ -225,6 +241,18 @@ static uint32_t pick_conn(dp_shard_t *s, uint32_t u, uint32_t len)
 	return best;
 }
 
+static bool is_udp(const dp_shard_t *s, uint32_t u)
+{
+	return s->cfg->upstream[u].transport == DP_UP_UDP;
+}
+
+/* The connection of upstream u for a query: a UDP socket of a udp://
+ * upstream, a stream connection of the others. */
+static uint32_t pick_conn(dp_shard_t *s, uint32_t u, uint32_t len)
+{
+	return pick_conn_of(s, u, len, is_udp(s, u), DP_NONE);
+}
+
 /* ---- sending --------------------------------------------------------------- */
 
 /* Write query qi on ready connection ci under upstream ID id (the primary
@@ -232,10 +260,14 @@ static uint32_t pick_conn(dp_shard_t *s, uint32_t u, uint32_t len)
 static int write_query(dp_shard_t *s, uint32_t ci, uint32_t qi, uint16_t id, bool hedge)
 {
 	dp_query_t *q = &s->q[qi];
-	int rc = dp_upconn_write(s, ci, q->wire, q->len, id);
+	dp_upconn_t *c = &s->upc.c[ci];
+	int rc = dp_upconn_write(s, ci, q->wire, q->len, id,
+				 (uint16_t)dp_edns_padded_opt_off(&q->view));
 	if (rc < 0)
 		return rc;
-	M_INC(s->metrics.up[s->upc.c[ci].upstream].sent);
+	if (c->kind == UK_UDP && ++c->nsent >= DP_UPCONN_UDP_QUERIES)
+		c->retired = true; /* time for another port */
+	M_INC(s->metrics.up[c->upstream].sent);
 	if (hedge) {
 		q->hedge_start_ns = dp_now_ns();
 	} else {
@@ -256,12 +288,13 @@ static void note_client_query(dp_shard_t *s, uint32_t qi, uint32_t u)
 	s->pool.up[u].last_traffic_ms = s->now_ms;
 	if (s->pool.up[u].sent < UINT32_MAX)
 		s->pool.up[u].sent++;
-	if (s->cfg->hedge_ms != 0 && s->cfg->nupstream > 1 && !q->hedged &&
-	    !dp_tw_armed(&q->hedge_t)) {
+	/* A second upstream to ask, or a UDP upstream to ask again. */
+	bool again = s->cfg->zone[q->zone].nup > 1 || is_udp(s, u);
+	if (s->cfg->hedge_ms != 0 && again && !q->hedged && !dp_tw_armed(&q->hedge_t)) {
 		/* The delay in force now (auto: it moves every tick): the
 		 * wheel keeps hedges in order whatever it was. */
 		uint64_t at = s->now_ms + (s->cfg->hedge_ms > 0 ? (uint32_t)s->cfg->hedge_ms
-								: s->pool.hedge_delay_ms);
+								: s->pool.hedge_delay_ms[q->zone]);
 		dp_tw_entry_init(&q->hedge_t, on_hedge_due);
 		dp_tw_add(&s->timers, &q->hedge_t, at);
 	}
@@ -293,6 +326,8 @@ static int assign(dp_shard_t *s, uint32_t qi, uint32_t ci)
 
 int dp_pool_send_on(dp_shard_t *s, uint32_t qi, uint32_t ci)
 {
+	/* A probe: of the zone of the upstream it checks. */
+	s->q[qi].zone = s->cfg->upstream[s->upc.c[ci].upstream].zone;
 	if (s->upc.c[ci].state == C_DOWN) {
 		int rc = dp_upconn_start(s, ci);
 		if (rc < 0)
@@ -305,8 +340,9 @@ int dp_pool_send(dp_shard_t *s, uint32_t qi, int exclude)
 {
 	/* Never again an upstream that answered this query with SERVFAIL. */
 	uint32_t skip = s->q[qi].servfailed | (exclude >= 0 ? 1u << exclude : 0);
-	for (int attempt = 0; attempt < s->cfg->nupstream; attempt++) {
-		uint32_t u = pick_upstream(s, skip);
+	uint32_t z = s->q[qi].zone;
+	for (int attempt = 0; attempt < s->cfg->zone[z].nup; attempt++) {
+		uint32_t u = pick_upstream(s, z, skip);
 		if (u == DP_NONE)
 			return -EHOSTUNREACH;
 		uint32_t ci = pick_conn(s, u, s->q[qi].len);
@@ -352,10 +388,15 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 	if (q->conn == DP_NONE || q->hedged || q->conn2 != DP_NONE ||
 	    s->pool.hedge_budget < HEDGE_RATIO)
 		return;
-	uint32_t u = pick_upstream(s, q->servfailed | 1u << s->upc.c[q->conn].upstream);
-	if (u == DP_NONE)
+	uint32_t first = s->upc.c[q->conn].upstream;
+	uint32_t u = pick_upstream(s, q->zone, q->servfailed | 1u << first);
+	uint32_t ci;
+	if (u != DP_NONE)
+		ci = pick_conn(s, u, q->len);
+	else if (s->upc.c[q->conn].kind == UK_UDP) /* lost? again, from another port */
+		ci = pick_conn_of(s, first, q->len, true, q->conn);
+	else
 		return;
-	uint32_t ci = pick_conn(s, u, q->len);
 	if (ci == DP_NONE)
 		return;
 	dp_upconn_t *c = &s->upc.c[ci];
@@ -419,6 +460,18 @@ static uint32_t match_id(dp_shard_t *s, uint32_t ci, uint16_t id, bool *hedge)
 	return DP_NONE;
 }
 
+/* Query qi's answer from UDP upstream u was truncated: ask u again over
+ * TCP, as a stub resolver does (RFC 7766 5); both copies on UDP go. */
+static void retry_over_tcp(dp_shard_t *s, uint32_t qi, uint32_t u)
+{
+	STAT_INC(s, upstream_tc_retries);
+	dp_pool_detach(s, qi);
+	s->q[qi].hedged = true; /* the TCP answer is the one to wait for */
+	uint32_t ci = pick_conn_of(s, u, s->q[qi].len, false, DP_NONE);
+	if (ci == DP_NONE || assign(s, qi, ci) < 0)
+		s->pool.sink->fail(s, qi);
+}
+
 /* One message from connection ci: the answer to the query it names by ID,
  * if that query is in flight there and the question is the same. */
 static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
@@ -456,6 +509,10 @@ static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 	s->pool.up[c->upstream].timeouts_in_row = 0;
 	STAT_INC(s, upstream_answers);
 	M_INC(s->metrics.up[c->upstream].answers);
+	if (c->kind == UK_UDP && (v->flags & DP_DNS_F_TC)) {
+		retry_over_tcp(s, qi, c->upstream);
+		return;
+	}
 	if (hedge)
 		STAT_INC(s, hedge_wins);
 	s->pool.sink->answer(s, qi, msg, len, &ans, c->upstream);
@@ -563,6 +620,17 @@ void dp_pool_note_timeout(dp_shard_t *s, uint32_t ci)
 	}
 }
 
+/* Per tick for UDP socket ci: closed once nothing is in flight on it and
+ * it retired (its port served its share) or was not used for a while. */
+static void expire_udp(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->state != C_READY || c->queries.count || c->hedges.count)
+		return;
+	if (c->retired || s->now_ms - c->last_used_ms >= UDP_IDLE_MS)
+		dp_upconn_fail(s, ci, false, "upstream socket retired", "a fresh port takes over");
+}
+
 /* Per tick for connection ci: fail it when its upstream stopped reading;
  * when idle, act just before the upstream's own idle timeout would close
  * it under us. Still in use lately: ride the live session with a probe,
@@ -571,6 +639,10 @@ void dp_pool_note_timeout(dp_shard_t *s, uint32_t ci)
 static void expire_conn(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind == UK_UDP) {
+		expire_udp(s, ci);
+		return;
+	}
 	if (dp_upconn_stalled(s, c, stall_ms(s))) {
 		STAT_INC(s, upstream_write_stalled);
 		dp_upconn_fail(s, ci, true, "upstream not reading", "a send took no byte in time");
@@ -595,25 +667,28 @@ void dp_pool_expire(dp_shard_t *s)
 {
 	for (uint32_t ci = 0; ci < s->upc.n; ci++)
 		expire_conn(s, ci);
-	/* Auto hedge delay: an answer is late when the best upstream would
-	 * have answered by now, i.e. the smallest p95 of the upstreams that
-	 * have enough samples (default until one has). */
-	uint32_t best = 0;
+	/* Auto hedge delay, per zone: an answer is late when the zone's best
+	 * upstream would have answered by now, i.e. the smallest p95 of its
+	 * upstreams that have enough samples (default until one has). */
+	uint32_t best[DP_MAX_ZONES] = { 0 };
 	for (int u = 0; u < s->cfg->nupstream; u++) {
 		dp_upstream_state_t *st = &s->pool.up[u];
+		uint32_t z = s->cfg->upstream[u].zone;
 		update_hedge_delay(s, (uint32_t)u);
-		if (st->hist_n >= HEDGE_SAMPLES && (best == 0 || st->hedge_ms < best))
-			best = st->hedge_ms;
+		if (st->hist_n >= HEDGE_SAMPLES && (best[z] == 0 || st->hedge_ms < best[z]))
+			best[z] = st->hedge_ms;
 	}
-	s->pool.hedge_delay_ms = best ? best : HEDGE_DEFAULT_MS;
+	for (int z = 0; z < s->cfg->nzones; z++)
+		s->pool.hedge_delay_ms[z] = best[z] ? best[z] : HEDGE_DEFAULT_MS;
 	for (int u = 0; u < s->cfg->nupstream; u++) {
 		/* Down and its backoff is over: probe it now rather than wait for
 		 * a client's query to find out. */
 		dp_upstream_state_t *st = &s->pool.up[u];
+		uint32_t ci = dp_upconn_first(&s->upc, (uint32_t)u, is_udp(s, (uint32_t)u));
 		if (st->fails && st->down_until_ms && s->now_ms >= st->down_until_ms &&
-		    s->upc.c[st->first_conn].state == C_DOWN) {
+		    s->upc.c[ci].state == C_DOWN) {
 			st->down_until_ms = 0;
-			if (s->pool.sink->probe(s, st->first_conn) == 0)
+			if (s->pool.sink->probe(s, ci) == 0)
 				STAT_INC(s, probes_sent);
 		}
 	}
@@ -624,7 +699,7 @@ void dp_pool_publish(dp_shard_t *s)
 	for (int u = 0; u < s->cfg->nupstream; u++) {
 		const dp_upstream_state_t *st = &s->pool.up[u];
 		uint64_t inflight = 0;
-		for (uint32_t k = 0; k < s->cfg->upstream_conns; k++)
+		for (uint32_t k = 0; k < s->upc.per_upstream; k++)
 			inflight += s->upc.c[st->first_conn + k].queries.count;
 		M_SET(s->metrics.up[u].inflight, inflight);
 		/* 2: failing (until a handshake succeeds again, probes
@@ -633,11 +708,20 @@ void dp_pool_publish(dp_shard_t *s)
 	}
 }
 
-static bool same_upstream(const dp_upstream_cfg_t *a, const dp_upstream_cfg_t *b)
+static bool same_zone(const dp_zone_cfg_t *a, const dp_zone_cfg_t *b)
 {
+	return a->wire_len == b->wire_len && memcmp(a->wire, b->wire, a->wire_len) == 0;
+}
+
+/* Whether upstream u of the old config and of the new one (s->cfg) are
+ * the same server, spoken to the same way, for the same zone. */
+static bool same_upstream(const dp_shard_t *s, const dp_config_t *old, int u)
+{
+	const dp_upstream_cfg_t *a = &old->upstream[u], *b = &s->cfg->upstream[u];
 	return a->addr.len == b->addr.len && memcmp(&a->addr.ss, &b->addr.ss, a->addr.len) == 0 &&
 	       strcmp(a->name, b->name) == 0 && a->npins == b->npins && a->no_ca == b->no_ca &&
-	       memcmp(a->pins, b->pins, sizeof(a->pins)) == 0;
+	       memcmp(a->pins, b->pins, sizeof(a->pins)) == 0 && a->transport == b->transport &&
+	       same_zone(&old->zone[a->zone], &s->cfg->zone[b->zone]);
 }
 
 /* Upstream slot u may now be a different server: fresh state, and its
@@ -651,22 +735,42 @@ static void reset_upstream(dp_shard_t *s, uint32_t u)
 	st->first_conn = first;
 	st->hedge_ms = s->cfg->hedge_ms > 0 ? (uint32_t)s->cfg->hedge_ms : HEDGE_DEFAULT_MS;
 	memset(&s->metrics.up[u], 0, sizeof(s->metrics.up[u]));
-	for (uint32_t k = 0; k < s->cfg->upstream_conns; k++) {
+	for (uint32_t k = 0; k < s->upc.per_upstream; k++) {
 		uint8_t state = s->upc.c[first + k].state;
 		if (state != C_DOWN && state != C_CLOSING)
 			dp_upconn_fail(s, first + k, false, "upstream reconfigured", "reload");
 	}
 }
 
+/* The zones may have changed: every query in the table takes the route of
+ * the new config (a probe the zone of the upstream it checks), before
+ * any of them is sent again; a zone's counter restarts under a new name. */
+static void reroute(dp_shard_t *s, const dp_config_t *old)
+{
+	const dp_config_t *cfg = s->cfg;
+	for (int z = 0; z < DP_MAX_ZONES; z++)
+		if (z >= cfg->nzones || z >= old->nzones || !same_zone(&old->zone[z], &cfg->zone[z]))
+			M_SET(s->metrics.zone_queries[z], 0);
+	for (uint32_t qi = 0; qi < s->q_hiwater; qi++) {
+		dp_query_t *q = &s->q[qi];
+		if (q->state == Q_FREE)
+			continue;
+		q->zone = (uint8_t)dp_route_zone(cfg, q->wire + q->view.qname_off, q->view.qname_len);
+		if (q->client.transport == T_NONE && !q->key_hash && q->conn != DP_NONE)
+			q->zone = cfg->upstream[s->upc.c[q->conn].upstream].zone;
+	}
+}
+
 void dp_pool_reconfigure(dp_shard_t *s, const dp_config_t *old)
 {
 	const dp_config_t *cfg = s->cfg;
+	reroute(s, old);
 	bool ca_changed = strcmp(old->ca_file, cfg->ca_file) != 0 ||
 			  old->tls_min_version != cfg->tls_min_version;
 	int n = DP_MAX(old->nupstream, cfg->nupstream);
 	for (int u = 0; u < n; u++) {
 		if (u >= old->nupstream || u >= cfg->nupstream || ca_changed ||
-		    !same_upstream(&old->upstream[u], &cfg->upstream[u]))
+		    !same_upstream(s, old, u))
 			reset_upstream(s, (uint32_t)u);
 	}
 }

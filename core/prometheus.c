@@ -164,6 +164,26 @@ static void put_internal(out_t *o, const dp_stats_t *st)
 		"Receives that found the provided-buffer ring empty.", st->bufring_empty);
 }
 
+/* The zone upstream u serves, as a label value ("cluster.local.", "."). */
+static const char *zone_of(const dp_config_t *cfg, int u)
+{
+	return cfg->zone[cfg->upstream[u].zone].text;
+}
+
+/* Client queries per forwarding zone (cache hits included). */
+static void put_zones(out_t *o, struct dp_shard *shards, int n, const dp_config_t *cfg)
+{
+	head(o, "dotproxy_zone_queries_total", "counter",
+	     "Client queries per forwarding zone (--forward), cache hits included.");
+	for (int z = 0; z < cfg->nzones; z++) {
+		uint64_t v = 0;
+		for (int i = 0; i < n; i++)
+			v += ld(&shards[i].metrics.zone_queries[z]);
+		put(o, "dotproxy_zone_queries_total{zone=\"%s\"} %llu\n", cfg->zone[z].text,
+		    (unsigned long long)v);
+	}
+}
+
 /* The per-upstream counters, summed over shards. */
 static void put_upstream_counters(out_t *o, struct dp_shard *shards, int n, const dp_config_t *cfg)
 {
@@ -186,8 +206,8 @@ static void put_upstream_counters(out_t *o, struct dp_shard *shards, int n, cons
 			uint64_t v = 0;
 			for (int i = 0; i < n; i++)
 				v += ld((const uint64_t *)((const uint8_t *)&shards[i].metrics.up[u] + upc[k].off));
-			put(o, "dotproxy_upstream_%s_total{upstream=\"%s\"} %llu\n", upc[k].name,
-			    cfg->upstream[u].text, (unsigned long long)v);
+			put(o, "dotproxy_upstream_%s_total{upstream=\"%s\",zone=\"%s\"} %llu\n",
+			    upc[k].name, cfg->upstream[u].text, zone_of(cfg, u), (unsigned long long)v);
 		}
 	}
 }
@@ -200,22 +220,23 @@ static void put_upstream_state(out_t *o, struct dp_shard *shards, int n, const d
 		uint64_t v = 0;
 		for (int i = 0; i < n; i++)
 			v += ld(&shards[i].metrics.up[u].inflight);
-		put(o, "dotproxy_upstream_inflight{upstream=\"%s\"} %llu\n", cfg->upstream[u].text,
-		    (unsigned long long)v);
+		put(o, "dotproxy_upstream_inflight{upstream=\"%s\",zone=\"%s\"} %llu\n",
+		    cfg->upstream[u].text, zone_of(cfg, u), (unsigned long long)v);
 	}
 	head(o, "dotproxy_upstream_healthy", "gauge",
 	     "1 when the upstream is usable (not backing off after failures).");
 	for (int u = 0; u < cfg->nupstream; u++)
-		put(o, "dotproxy_upstream_healthy{upstream=\"%s\"} %d\n", cfg->upstream[u].text,
-		    upstream_healthy(shards, n, u) ? 1 : 0);
+		put(o, "dotproxy_upstream_healthy{upstream=\"%s\",zone=\"%s\"} %d\n",
+		    cfg->upstream[u].text, zone_of(cfg, u), upstream_healthy(shards, n, u) ? 1 : 0);
 	head(o, "dotproxy_upstream_rtt_seconds", "histogram", "Round trip of queries to the upstream.");
 	for (int u = 0; u < cfg->nupstream; u++) {
 		dp_hist_t h;
 		memset(&h, 0, sizeof(h));
 		for (int i = 0; i < n; i++)
 			hist_sum(&h, &shards[i].metrics.up[u].rtt);
-		char lab[600];
-		snprintf(lab, sizeof(lab), "upstream=\"%s\"", cfg->upstream[u].text);
+		char lab[900];
+		snprintf(lab, sizeof(lab), "upstream=\"%s\",zone=\"%s\"", cfg->upstream[u].text,
+			 zone_of(cfg, u));
 		hist_put(o, "dotproxy_upstream_rtt_seconds", lab, &h);
 	}
 }
@@ -231,6 +252,7 @@ size_t dp_metrics_render(struct dp_shard *shards, int n, const dp_config_t *cfg,
 		dp_stats_add(&st, &shards[i].stats);
 	put_client(&o, shards, n);
 	put_internal(&o, &st);
+	put_zones(&o, shards, n, cfg);
 	put_upstream_counters(&o, shards, n, cfg);
 	put_upstream_state(&o, shards, n, cfg);
 	return o.len;

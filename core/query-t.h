@@ -30,7 +30,8 @@ typedef struct dp_query {
 	dp_list_t waiters; /* leader: queries waiting for the same answer */
 	uint64_t key_hash; /* cache key hash, for the in-flight table */
 	bool in_table; /* registered in the in-flight table */
-	uint16_t servfailed; /* bit u: upstream u answered SERVFAIL (failover) */
+	uint32_t servfailed; /* bit u: upstream u answered SERVFAIL (failover) */
+	uint8_t zone; /* forwarding zone (route.h): whose upstreams it goes to */
 	uint8_t ecs_len; /* the client's subnet as forwarded (--forward-ecs), */
 	uint8_t ecs[DP_EDNS_ECS_MAX]; /* 0 when none: part of the question */
 	uint64_t deadline_ms;

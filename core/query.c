@@ -46,6 +46,7 @@
 #include "query.h"
 #include "handoff.h"
 #include "qtable.h"
+#include "route.h"
 #include "pool.h"
 #include "home.h"
 #include "log.h"
@@ -61,7 +62,8 @@ _Static_assert(SCRATCH_SIZE >= DP_DNS_MAX_MSG, "scratch holds any answer");
  * (coalesced behind them): it looks at this many of the victim's oldest. */
 #define RECLAIM_TRIES 4
 
-_Static_assert(DP_MAX_UPSTREAMS <= 16, "dp_query_t.servfailed has a bit per upstream");
+_Static_assert(DP_MAX_UPSTREAMS <= 32, "dp_query_t.servfailed has a bit per upstream");
+_Static_assert(DP_MAX_ZONES <= 256, "dp_query_t.zone is an octet");
 
 /* Probes and prefetches: no one to answer. */
 static const dp_client_t no_client = { .transport = T_NONE };
@@ -249,6 +251,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const dp_client_t *c, const u
 	q->client_id = v->id;
 	q->key_hash = key_hash;
 	q->servfailed = 0;
+	q->zone = (uint8_t)dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len);
 	q->client_udp_limit = udp_limit(s, v);
 	/* The timeout in force now: after a reload that shortened it, this
 	 * deadline comes before those of older queries, and the wheel fires
@@ -287,9 +290,13 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 		query_free(s, qi); /* no client to tell */
 }
 
-static void count_qtype(dp_shard_t *s, const dp_client_t *c, const dp_dns_view_t *v)
+/* A client query is being answered (from the cache, upstream, or with an
+ * error): count its type and its zone. */
+static void count_qtype(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+			const dp_dns_view_t *v)
 {
 	M_INC(s->metrics.qtype[c->transport != T_UDP][dp_metrics_qtype_class(v->qtype)]);
+	M_INC(s->metrics.zone_queries[dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len)]);
 }
 
 /* Fair share (clientshare.h): whether client address k may take a slot now.
@@ -449,7 +456,7 @@ static int forwarded_subnet(dp_shard_t *s, const dp_client_t *c, const uint8_t *
 		return 0;
 	int n = dp_edns_ecs_read(msg, v, ecs);
 	if (unlikely(n < 0)) {
-		count_qtype(s, c, v);
+		count_qtype(s, c, msg, v);
 		STAT_INC(s, formerr);
 		reply_error(s, c, msg, v, DP_DNS_RCODE_FORMERR);
 	}
@@ -466,7 +473,7 @@ static bool from_cache(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
 	dp_cache_entry_t *e = dp_cache_lookup(&s->cache, key, s->now_ms, false, &stale);
 	if (!e)
 		return false;
-	count_qtype(s, c, v);
+	count_qtype(s, c, msg, v);
 	STAT_INC(s, cache_hits);
 	/* answered within this loop turn: counted in the lowest bucket, unless
 	 * it came through a hand-off */
@@ -498,7 +505,7 @@ static int refuse(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
 		STAT_INC(s, fair_refused);
 		return DP_E_FULL;
 	}
-	count_qtype(s, c, v);
+	count_qtype(s, c, msg, v);
 	bool alone = s->share.active == (dp_cshare_count(&s->share, k) > 0);
 	if (alone && s->q_used >= s->q_cap)
 		STAT_INC(s, inflight_full); /* no one else: the table is simply full */
@@ -567,7 +574,7 @@ static int resolve(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, const dp_d
 	share_key(c, &ck);
 	if (unlikely(!admit(s, &ck)))
 		return refuse(s, c, msg, v, &ck);
-	count_qtype(s, c, v);
+	count_qtype(s, c, msg, v);
 	if (s->cache_on)
 		STAT_INC(s, cache_misses);
 	uint32_t qi = take_slot(s, c, msg, v, key.hash, ecs, (size_t)ecs_len);
@@ -618,9 +625,9 @@ static bool servfail_failover(dp_shard_t *s, uint32_t qi, int upstream)
 {
 	dp_query_t *q = &s->q[qi];
 	if (upstream >= 0 && upstream < DP_MAX_UPSTREAMS)
-		q->servfailed |= (uint16_t)(1u << upstream);
-	if (s->cfg->nupstream < 2)
-		return false;
+		q->servfailed |= 1u << upstream;
+	if (s->cfg->zone[q->zone].nup < 2)
+		return false; /* the zone's only upstream */
 	/* Both copies (a hedge too): the other may be on its way, but an
 	 * upstream that has not failed is asked either way. */
 	dp_pool_detach(s, qi);

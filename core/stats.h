@@ -47,6 +47,8 @@
 	X(ssl_write_queries) \
 	X(up_sends) \
 	X(upstream_wbuf_full) \
+	X(upstream_udp_lost) \
+	X(upstream_tc_retries) \
 	X(upstream_write_stalled) \
 	X(connects) \
 	X(handshakes) \

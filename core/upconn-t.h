@@ -16,11 +16,20 @@ struct dp_shard;
 
 enum { C_DOWN = 0, C_CONNECTING, C_HANDSHAKE, C_READY, C_CLOSING };
 
-/* One DNS-over-TLS connection (a slot of the shard's table). Fields marked
- * (pool) are the pool's bookkeeping: upconn.c only reads them. */
+/* What a connection speaks, set when it starts: DNS-over-TLS, plain DNS
+ * over TCP (both framed, RFC 7766), or plain DNS over a connected UDP
+ * socket (one datagram per message, on a port of its own). */
+enum { UK_DOT = 0, UK_TCP, UK_UDP };
+
+/* One connection to an upstream (a slot of the shard's table). Fields
+ * marked (pool) are the pool's bookkeeping: upconn.c only reads them. */
 typedef struct dp_upconn {
 	uint8_t state; /* C_* */
+	uint8_t kind; /* UK_* */
 	uint8_t upstream; /* index in cfg->upstream */
+	bool retired; /* (pool) UDP: its port has served enough queries; takes
+		       * no more unless nothing else can, closes once idle */
+	uint32_t nsent; /* (pool) UDP: queries sent from its port */
 	bool recv_armed;
 	bool dirty; /* on the shard's flush list */
 	bool got_answer; /* (pool) an answer matched since connecting */
@@ -29,7 +38,7 @@ typedef struct dp_upconn {
 	uint32_t gen; /* bumped when the slot is reused: in every user_data */
 	uint64_t deadline_ms; /* handshake deadline while connecting */
 	dp_tw_entry_t hs_t; /* shard timer at deadline_ms, armed while connecting */
-	SSL *ssl; /* over our own BIO (tls.c) on wire */
+	SSL *ssl; /* over our own BIO (tls.c) on wire; NULL unless UK_DOT */
 	dp_tls_wire_t wire; /* ciphertext received; tx points at sendq.fill */
 	dp_idmap_t ids; /* upstream ID -> query slot */
 	dp_list_t queries; /* (pool) dp_query_t.clink: pending and sent */
@@ -41,7 +50,7 @@ typedef struct dp_upconn {
 	uint32_t batch_count; /* queries in batch */
 	dp_sendq_t sendq; /* ciphertext: the send in flight, what TLS made since */
 	uint64_t send_since_ms; /* the send in flight was issued or took bytes */
-	dp_buf_t plain; /* plaintext received: framed DNS messages */
+	dp_buf_t plain; /* plaintext received: framed DNS messages (UDP: one datagram) */
 } dp_upconn_t;
 
 /* What a connection tells its owner (the pool): calls up, through this
@@ -64,8 +73,9 @@ typedef struct dp_upconn_ops {
  * the unit tests. Every operation started here completes through
  * dp_upconn_on_cqe with the (ci, gen) it was given. */
 typedef struct dp_upconn_io {
-	/* A non-blocking stream socket of family: fd, or a negative errno. */
-	int (*open)(struct dp_shard *s, int family);
+	/* A non-blocking socket of family and type (SOCK_STREAM or
+	 * SOCK_DGRAM): fd, or a negative errno. */
+	int (*open)(struct dp_shard *s, int family, int type);
 	void (*connect)(struct dp_shard *s, uint32_t ci, uint32_t gen, int fd,
 			const dp_sockaddr_t *to);
 	void (*recv)(struct dp_shard *s, uint32_t ci, uint32_t gen, int fd, uint8_t *buf,
@@ -73,19 +83,30 @@ typedef struct dp_upconn_io {
 	/* buf stays untouched until the send completes. */
 	void (*send)(struct dp_shard *s, uint32_t ci, uint32_t gen, int fd, const uint8_t *buf,
 		     size_t len);
+	/* One datagram on a connected UDP socket, now (no completion): the
+	 * octets sent or a negative errno. */
+	int (*send_dgram)(struct dp_shard *s, int fd, const uint8_t *buf, size_t len);
 	/* Shut fd down; when cancel, also cancel every operation on it (each
 	 * still completes). */
 	void (*shutdown)(struct dp_shard *s, int fd, bool cancel);
 	void (*close)(struct dp_shard *s, int fd);
 } dp_upconn_io_t;
 
-/* The shard's connection table: --upstream-conns slots per upstream a
- * reload could add, untouched ones costing no memory. */
+/* UDP sockets per udp:// upstream per shard: each has its own random port
+ * and serves DP_UPCONN_UDP_QUERIES queries before it makes way for a new
+ * one. */
+#define DP_UPCONN_UDP_SOCKS 16
+#define DP_UPCONN_UDP_QUERIES 256
+
+/* The shard's connection table, per upstream a reload could add:
+ * --upstream-conns stream slots (TLS, or TCP) and DP_UPCONN_UDP_SOCKS UDP
+ * slots (udp:// upstreams only); untouched ones cost no memory. */
 typedef struct dp_upconns {
 	dp_upconn_t *c;
 	uint32_t n;
 	uint32_t dirty; /* connections to flush at the end of the turn */
 	uint32_t per_upstream; /* slots of upstream u: [u * per_upstream, +per_upstream) */
+	uint32_t streams; /* the first this many of them are stream slots */
 	SSL_SESSION *session[DP_MAX_UPSTREAMS]; /* newest resumable session, owned */
 	const dp_upconn_ops_t *ops;
 	const dp_upconn_io_t *io;

@@ -1,24 +1,30 @@
-/* upconn.c - DNS-over-TLS connections to the upstreams, one table per shard.
+/* upconn.c - connections to the upstreams, one table per shard: DNS-over-TLS
+ * (RFC 7858), plain DNS over TCP (RFC 7766), and plain DNS over connected
+ * UDP sockets, each with a port of its own.
  *
- * Owns: the shard's connection slots (--upstream-conns per upstream a
- * reload could add), per open connection its socket, its SSL session (over
- * tls.c's BIO on the connection's own buffers), its ID map, and its
- * receive, plaintext, batch and send buffers; the newest resumable session
- * per upstream. Which query goes on which connection, health and failover
+ * Owns: the shard's connection slots (per upstream a reload could add,
+ * --upstream-conns stream slots and DP_UPCONN_UDP_SOCKS UDP ones), per open
+ * connection its socket, its SSL session (TLS only: over tls.c's BIO on
+ * the connection's own buffers), its ID map, and its receive, plaintext,
+ * batch and send buffers; the newest resumable session per upstream. Which query goes on which connection, health and failover
  * are the pool's (pool.c), told through dp_upconn_ops_t; I/O goes through
  * dp_upconn_io_t (io_uring here, a fake in the unit tests).
  *
  * Write path: a query is framed into its connection's batch; at the end of
  * the loop turn every connection with a batch does ONE SSL_write (so queries
  * that arrived in the same turn share TLS records) and ONE send of the
- * ciphertext. Only one send is in flight per connection (dp_sendq_t);
+ * ciphertext (TCP: of the batch itself; UDP: a datagram per query, sent
+ * at once). Only one send is in flight per connection (dp_sendq_t);
  * ciphertext made meanwhile is appended by the BIO to the buffer behind it
  * and leaves with the next send.
  *
  * Read path: a receive lands in the connection's receive buffer, which the
  * BIO hands to TLS; SSL_read drains every complete record into the
  * plaintext buffer, where each framed DNS message goes up to the pool
- * (ops->message) to be matched by ID and question.
+ * (ops->message) to be matched by ID and question. Plain TCP receives into
+ * the plaintext buffer directly; a UDP receive is one message. A connected
+ * UDP socket takes datagrams from its upstream's address and port only
+ * (the kernel drops the others).
  *
  * Bounds: a connection holds at most DP_UPCONN_WBUF_MAX octets the upstream
  * has not taken yet (queries framed in the batch and ciphertext behind the
@@ -35,6 +41,7 @@
 #include "tls.h"
 #include "log.h"
 #include "tcpframe.h"
+#include "edns.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -49,13 +56,14 @@
 
 /* ---- io_uring transport ---------------------------------------------------- */
 
-static int uring_open(dp_shard_t *s, int family)
+static int uring_open(dp_shard_t *s, int family, int type)
 {
-	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (type == SOCK_STREAM)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	return fd;
 }
 
@@ -83,6 +91,12 @@ static void uring_send(dp_shard_t *s, uint32_t ci, uint32_t gen, int fd, const u
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, gen));
 }
 
+static int uring_send_dgram(dp_shard_t *s, int fd, const uint8_t *buf, size_t len)
+{
+	ssize_t n = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	return n < 0 ? -errno : (int)n;
+}
+
 static void uring_shutdown(dp_shard_t *s, int fd, bool cancel)
 {
 	shutdown(fd, SHUT_RDWR);
@@ -100,7 +114,7 @@ static void uring_close(dp_shard_t *s, int fd)
 
 static const dp_upconn_io_t uring_io = {
 	.open = uring_open, .connect = uring_connect, /* the socket, then its connect */
-	.recv = uring_recv, .send = uring_send,
+	.recv = uring_recv, .send = uring_send, .send_dgram = uring_send_dgram,
 	.shutdown = uring_shutdown, .close = uring_close,
 };
 
@@ -111,7 +125,8 @@ static void on_handshake_due(dp_tw_entry_t *e, void *arg);
 int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops)
 {
 	dp_upconns_t *t = &s->upc;
-	t->per_upstream = s->cfg->upstream_conns;
+	t->streams = s->cfg->upstream_conns;
+	t->per_upstream = t->streams + DP_UPCONN_UDP_SOCKS;
 	t->n = (uint32_t)DP_MAX_UPSTREAMS * t->per_upstream;
 	t->c = calloc(t->n, sizeof(dp_upconn_t));
 	if (!t->c)
@@ -167,7 +182,7 @@ static const char *up_name(const dp_shard_t *s, const dp_upconn_t *c)
 /* ---- connecting ------------------------------------------------------------ */
 
 /* What a connection allocates once and keeps: its ID map, its receive
- * buffer; and the plaintext buffer, freed while it is down. */
+ * buffer (TLS); and the plaintext buffer, freed while it is down. */
 static int conn_buffers(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
@@ -175,10 +190,21 @@ static int conn_buffers(dp_shard_t *s, uint32_t ci)
 	if (!c->ids.val && (rc = dp_idmap_init(&c->ids, dp_now_ns() ^ ((uint64_t)ci << 32) ^
 							       (uint64_t)(uintptr_t)c)) < 0)
 		return rc;
-	if (!dp_buf_reserve(&c->wire.rx, RX_SIZE, RX_SIZE) ||
+	if ((c->kind == UK_DOT && !dp_buf_reserve(&c->wire.rx, RX_SIZE, RX_SIZE)) ||
 	    !dp_buf_reserve(&c->plain, PLAIN_CAP, PLAIN_CAP))
 		return -ENOMEM;
 	return 0;
+}
+
+/* What slot ci speaks: a UDP slot a datagram socket; a stream slot TLS,
+ * or plain TCP for plain upstreams (a udp:// one's: its retries of
+ * truncated answers). */
+static uint8_t slot_kind(const dp_shard_t *s, uint32_t ci)
+{
+	const dp_upconns_t *t = &s->upc;
+	if (ci % t->per_upstream >= t->streams)
+		return UK_UDP;
+	return s->cfg->upstream[t->c[ci].upstream].transport == DP_UP_DOT ? UK_DOT : UK_TCP;
 }
 
 int dp_upconn_start(dp_shard_t *s, uint32_t ci)
@@ -186,16 +212,17 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	dp_upconns_t *t = &s->upc;
 	dp_upconn_t *c = &t->c[ci];
 	const dp_upstream_cfg_t *u = &s->cfg->upstream[c->upstream];
+	c->kind = slot_kind(s, ci);
 	int rc = conn_buffers(s, ci);
 	if (rc < 0)
 		return rc;
-	int fd = t->io->open(s, u->addr.ss.ss_family);
+	int fd = t->io->open(s, u->addr.ss.ss_family, c->kind == UK_UDP ? SOCK_DGRAM : SOCK_STREAM);
 	if (fd < 0)
 		return fd;
 	c->wire.rx.len = c->wire.rx_off = 0;
 	dp_sendq_reset(&c->sendq);
-	if ((rc = dp_tls_new_session(s->ssl_ctx, u, &c->wire, &t->session[c->upstream],
-				     &c->ssl)) < 0) {
+	if (c->kind == UK_DOT && (rc = dp_tls_new_session(s->ssl_ctx, u, &c->wire,
+							 &t->session[c->upstream], &c->ssl)) < 0) {
 		t->io->close(s, fd);
 		return rc;
 	}
@@ -208,6 +235,8 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	c->keepalive_ms = 0; /* a new session: the upstream announces it again */
 	c->plain.len = 0;
 	c->batch.len = c->batch_count = 0;
+	c->retired = false;
+	c->nsent = 0;
 	STAT_INC(s, connects);
 	M_INC(s->metrics.up[c->upstream].connects);
 	c->ops++;
@@ -228,7 +257,8 @@ static void mark_dirty(dp_shard_t *s, uint32_t ci)
 	}
 }
 
-int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id)
+int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
+		    uint16_t opt_off)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
 	if (!dp_upconn_has_room(c, len)) {
@@ -241,6 +271,10 @@ int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len
 	dp_wr16(p, len);
 	memcpy(p + 2, msg, len);
 	dp_wr16(p + 2, id);
+	if (c->kind != UK_DOT && opt_off) {
+		len = (uint16_t)dp_edns_strip_stream_opts(p + 2, len, opt_off, c->kind == UK_TCP);
+		dp_wr16(p, len);
+	}
 	c->batch.len += len + 2u;
 	c->batch_count++;
 	c->last_used_ms = s->now_ms;
@@ -264,6 +298,54 @@ static void out_pump(dp_shard_t *s, uint32_t ci)
 	STAT_INC(s, up_sends);
 }
 
+/* UDP: each query of the batch as its own datagram. One that the socket
+ * does not take is lost like any datagram (the query's hedge or deadline
+ * covers it); a refusal (ICMP port unreachable) fails the connection. */
+static void flush_dgrams(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	for (uint32_t o = 0; o + 2 <= c->batch.len;) {
+		uint16_t len = dp_rd16(c->batch.data + o);
+		int n = s->upc.io->send_dgram(s, c->fd, c->batch.data + o + 2, len);
+		o += 2u + len;
+		if (n == -ECONNREFUSED || n == -EHOSTUNREACH || n == -ENETUNREACH) {
+			dp_upconn_fail(s, ci, true, "upstream send failed", dp_strerror(n));
+			return;
+		}
+		if (n != (int)len)
+			STAT_INC(s, upstream_udp_lost);
+		STAT_INC(s, up_sends);
+	}
+	c->batch.len = c->batch_count = 0;
+}
+
+/* TLS: the batch through SSL_write, then one send of the ciphertext.
+ * TCP: the batch itself. */
+static void flush_stream(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind == UK_TCP) {
+		if (!dp_buf_append(&c->sendq.fill, c->batch.data, c->batch.len, 4096)) {
+			dp_upconn_fail(s, ci, false, "upstream write failed", "out of memory");
+			return;
+		}
+	} else {
+		int n = SSL_write(c->ssl, c->batch.data, (int)c->batch.len);
+		if (n != (int)c->batch.len) {
+			char why[256];
+			dp_tls_error_reason(c->ssl, n, why, sizeof(why));
+			dp_upconn_fail(s, ci, true, "upstream TLS write failed", why);
+			return;
+		}
+		STAT_INC(s, ssl_writes);
+		STAT_ADD(s, ssl_write_queries, c->batch_count);
+	}
+	if (c->batch_count > s->stats.max_write_batch)
+		STAT_SET(s, max_write_batch, c->batch_count);
+	c->batch.len = c->batch_count = 0;
+	out_pump(s, ci);
+}
+
 void dp_upconn_flush(dp_shard_t *s)
 {
 	while (s->upc.dirty != DP_NONE) {
@@ -273,19 +355,10 @@ void dp_upconn_flush(dp_shard_t *s)
 		c->dirty = false;
 		if (c->state != C_READY || c->batch.len == 0)
 			continue;
-		int n = SSL_write(c->ssl, c->batch.data, (int)c->batch.len);
-		if (n != (int)c->batch.len) {
-			char why[256];
-			dp_tls_error_reason(c->ssl, n, why, sizeof(why));
-			dp_upconn_fail(s, ci, true, "upstream TLS write failed", why);
-			continue;
-		}
-		STAT_INC(s, ssl_writes);
-		STAT_ADD(s, ssl_write_queries, c->batch_count);
-		if (c->batch_count > s->stats.max_write_batch)
-			STAT_SET(s, max_write_batch, c->batch_count);
-		c->batch.len = c->batch_count = 0;
-		out_pump(s, ci);
+		if (c->kind == UK_UDP)
+			flush_dgrams(s, ci);
+		else
+			flush_stream(s, ci);
 	}
 }
 
@@ -368,12 +441,32 @@ void dp_upconn_close_all(dp_shard_t *s)
 static void arm_recv(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
-	/* TLS took every byte of the last receive before asking for more
-	 * (WANT_READ means its BIO ran dry), so the buffer starts empty. */
-	c->wire.rx.len = c->wire.rx_off = 0;
 	c->recv_armed = true;
 	c->ops++;
-	s->upc.io->recv(s, ci, c->gen, c->fd, c->wire.rx.data, c->wire.rx.cap);
+	if (c->kind == UK_DOT) {
+		/* TLS took every byte of the last receive before asking for
+		 * more (WANT_READ means its BIO ran dry): the buffer starts
+		 * empty. */
+		c->wire.rx.len = c->wire.rx_off = 0;
+		s->upc.io->recv(s, ci, c->gen, c->fd, c->wire.rx.data, c->wire.rx.cap);
+	} else {
+		/* TCP: after what is left of a split frame; UDP: empty. */
+		s->upc.io->recv(s, ci, c->gen, c->fd, c->plain.data + c->plain.len,
+				c->plain.cap - c->plain.len);
+	}
+}
+
+/* The handshake is done (TLS), or the socket connected (plain): the
+ * connection takes queries. */
+static void set_ready(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	c->state = C_READY;
+	dp_tw_cancel(&s->timers, &c->hs_t);
+	dp_debug("upstream ready", "shard=%d upstream=%s kind=%u version=%s resumed=%d queued=%u",
+		 s->id, up_name(s, c), c->kind, c->ssl ? SSL_get_version(c->ssl) : "plain",
+		 c->ssl ? SSL_session_reused(c->ssl) : 0, c->queries.count);
+	s->upc.ops->ready(s, ci);
 }
 
 /* The handshake succeeded: check the pins, count it, tell the pool. */
@@ -392,12 +485,7 @@ static void handshake_done(dp_shard_t *s, uint32_t ci)
 	}
 	M_INC(s->metrics.up[c->upstream].handshakes);
 	STAT_INC(s, handshakes);
-	c->state = C_READY;
-	dp_tw_cancel(&s->timers, &c->hs_t);
-	dp_debug("upstream ready", "shard=%d upstream=%s version=%s resumed=%d queued=%u", s->id,
-		 up_name(s, c), SSL_get_version(c->ssl), SSL_session_reused(c->ssl),
-		 c->queries.count);
-	s->upc.ops->ready(s, ci);
+	set_ready(s, ci);
 }
 
 static void do_handshake(dp_shard_t *s, uint32_t ci)
@@ -444,12 +532,29 @@ static void read_failed(dp_shard_t *s, uint32_t ci, int n)
 	dp_upconn_fail(s, ci, true, "upstream TLS error", why);
 }
 
+/* Hand every complete framed message in plain up; a split frame waits
+ * there for the rest. Returns false when the connection is no longer
+ * ready (a message's handling closed it, or a zero-length frame). */
+static bool split_plain(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	struct message_ctx m = { s, ci };
+	long used = dp_tcpframe_split(c->plain.data, c->plain.len, on_message, &m);
+	if (c->state != C_READY)
+		return false;
+	if (used < 0) {
+		dp_upconn_fail(s, ci, true, "upstream protocol error", "zero-length message");
+		return false;
+	}
+	dp_buf_consume(&c->plain, (size_t)used);
+	return true;
+}
+
 /* Drain every complete record TLS can make of what was received and hand
  * each framed message up. A frame split across records waits in plain. */
 static void read_plain(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
-	struct message_ctx m = { s, ci };
 	for (;;) {
 		int n = SSL_read(c->ssl, c->plain.data + c->plain.len,
 				 (int)(c->plain.cap - c->plain.len));
@@ -460,14 +565,8 @@ static void read_plain(dp_shard_t *s, uint32_t ci)
 			return;
 		}
 		c->plain.len += (uint32_t)n;
-		long used = dp_tcpframe_split(c->plain.data, c->plain.len, on_message, &m);
-		if (c->state != C_READY)
-			return; /* a message's handling closed it */
-		if (used < 0) {
-			dp_upconn_fail(s, ci, true, "upstream protocol error", "zero-length message");
+		if (!split_plain(s, ci))
 			return;
-		}
-		dp_buf_consume(&c->plain, (size_t)used);
 	}
 }
 
@@ -480,6 +579,14 @@ static void on_connect(dp_shard_t *s, uint32_t ci, int res)
 		dp_upconn_fail(s, ci, true, "upstream connect failed", dp_strerror(res));
 		return;
 	}
+	if (c->kind != UK_DOT) {
+		set_ready(s, ci);
+		if (c->state != C_READY)
+			return;
+		arm_recv(s, ci);
+		out_pump(s, ci);
+		return;
+	}
 	c->state = C_HANDSHAKE;
 	do_handshake(s, ci);
 	/* Failed (closing, or already finalized and perhaps connecting
@@ -490,15 +597,51 @@ static void on_connect(dp_shard_t *s, uint32_t ci, int res)
 	out_pump(s, ci);
 }
 
+/* A datagram (res octets, or a negative errno) on UDP connection ci. An
+ * ICMP error (refused, unreachable) fails it; an empty datagram is no
+ * answer. */
+static void on_recv_dgram(dp_shard_t *s, uint32_t ci, int res)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (res < 0) {
+		dp_upconn_fail(s, ci, true, "upstream refused", dp_strerror(res));
+		return;
+	}
+	c->plain.len = 0;
+	if (res > 0)
+		s->upc.ops->message(s, ci, c->plain.data, DP_MIN((uint32_t)res, c->plain.cap));
+	if (c->state == C_READY)
+		arm_recv(s, ci);
+}
+
+/* Received res octets of plain TCP (0: closed by the upstream). */
+static void on_recv_tcp(dp_shard_t *s, uint32_t ci, int res)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	c->plain.len += DP_MIN((uint32_t)res, c->plain.cap - c->plain.len);
+	if (split_plain(s, ci)) {
+		arm_recv(s, ci);
+		out_pump(s, ci);
+	}
+}
+
 static void on_recv(dp_shard_t *s, uint32_t ci, int res)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind == UK_UDP) {
+		on_recv_dgram(s, ci, res);
+		return;
+	}
 	if (res <= 0) {
 		bool health = c->state != C_READY || (c->queries.count && !c->got_answer);
 		dp_upconn_fail(s, ci, health,
 			       c->state == C_READY ? "upstream closed the connection"
 						   : "upstream handshake failed",
 			       res == 0 ? "connection closed by peer" : dp_strerror(res));
+		return;
+	}
+	if (c->kind == UK_TCP) {
+		on_recv_tcp(s, ci, res);
 		return;
 	}
 	c->wire.rx_off = 0;

@@ -1,6 +1,6 @@
-/* upconn.h - one DNS-over-TLS connection to an upstream (upconn.c): connect,
- * handshake, framing, the ID map, write batching, send and receive
- * completions, close. Types in upconn-t.h. The pool (pool.h) decides which
+/* upconn.h - one connection to an upstream (upconn.c): DNS-over-TLS, plain
+ * TCP, or a connected UDP socket: connect, handshake, framing, the ID map,
+ * write batching, send and receive completions, close. Types in upconn-t.h. The pool (pool.h) decides which
  * connection carries which query; a connection reports back to it only
  * through dp_upconn_ops_t. */
 #ifndef DP_UPCONN_H
@@ -13,6 +13,17 @@
  * queries of 250 octets, far more than an upstream reading at all lets
  * build up; an upstream that stops reading costs at most this. */
 #define DP_UPCONN_WBUF_MAX (1024u * 1024u)
+
+/* The first slot of upstream u's stream connections (dgram false: TLS,
+ * or TCP) or of its UDP sockets (dgram true), and how many there are. */
+static inline uint32_t dp_upconn_first(const dp_upconns_t *t, uint32_t u, bool dgram)
+{
+	return u * t->per_upstream + (dgram ? t->streams : 0);
+}
+static inline uint32_t dp_upconn_count(const dp_upconns_t *t, bool dgram)
+{
+	return dgram ? t->per_upstream - t->streams : t->streams;
+}
 
 /* Set up the shard's connection table (every slot C_DOWN) reporting to
  * ops, over io_uring. Allocates the table (zero pages until used). Returns
@@ -35,10 +46,14 @@ static inline bool dp_upconn_has_room(const dp_upconn_t *c, uint32_t len)
 }
 
 /* Frame msg (len octets) with upstream ID id into ready connection ci's
- * batch: it leaves with the batch's one SSL_write at the end of the turn
- * (dp_upconn_flush). Returns 0, -ENOBUFS when the connection is full, or
- * -ENOMEM. Hot path. */
-int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id);
+ * batch: it leaves at the end of the turn (dp_upconn_flush) with the
+ * batch's one SSL_write (TLS), send (TCP), or as its own datagram (UDP).
+ * opt_off: where msg's OPT record starts (it is the last record), 0 when
+ * it has none; over plain DNS our padding (and over UDP our keepalive) is
+ * left out of the copy (RFC 7830, RFC 7828 3.2.1). Returns 0, -ENOBUFS
+ * when the connection is full, or -ENOMEM. Hot path. */
+int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
+		    uint16_t opt_off);
 
 /* Fail or close connection ci (a no-op when it is closing or down): log
  * what and reason (a warning when health), drop its unsent batch, shut the

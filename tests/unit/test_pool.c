@@ -25,7 +25,7 @@
 
 static struct {
 	int start_rc; /* dp_upconn_start fails with this when set */
-	int starts[64]; /* per slot */
+	int starts[DP_MAX_UPSTREAMS * (64 + DP_UPCONN_UDP_SOCKS)]; /* per slot */
 	int fails[64];
 	int writes;
 	uint32_t last_write_ci;
@@ -36,7 +36,8 @@ static struct {
 int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops)
 {
 	dp_upconns_t *t = &s->upc;
-	t->per_upstream = s->cfg->upstream_conns;
+	t->streams = s->cfg->upstream_conns;
+	t->per_upstream = t->streams + DP_UPCONN_UDP_SOCKS;
 	t->n = (uint32_t)DP_MAX_UPSTREAMS * t->per_upstream;
 	t->c = calloc(t->n, sizeof(dp_upconn_t));
 	t->ops = ops;
@@ -74,7 +75,8 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	return 0;
 }
 
-int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id)
+int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
+		    uint16_t opt_off)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
 	assert_int_equal(c->state, C_READY);

@@ -42,7 +42,7 @@ static struct {
 	size_t send_len;
 } io;
 
-static int f_open(struct dp_shard *s, int family)
+static int f_open(struct dp_shard *s, int family, int type)
 {
 	io.opens++;
 	return io.next_fd++;
@@ -89,7 +89,16 @@ static void f_close(struct dp_shard *s, int fd)
 	io.closes++;
 }
 
-static const dp_upconn_io_t fake_io = { f_open, f_connect, f_recv, f_send, f_shutdown, f_close };
+static int f_send_dgram(struct dp_shard *s, int fd, const uint8_t *buf, size_t len)
+{
+	fail_msg("no UDP upstream in these tests");
+	return -EINVAL;
+}
+
+static const dp_upconn_io_t fake_io = {
+	.open = f_open, .connect = f_connect, .recv = f_recv, .send = f_send,
+	.send_dgram = f_send_dgram, .shutdown = f_shutdown, .close = f_close,
+};
 
 /* ---- a fake pool ------------------------------------------------------------ */
 
@@ -327,7 +336,7 @@ static void connect_ready(dp_shard_t *s, srv_t *v, uint32_t ci)
 static void write_query(dp_shard_t *s, uint32_t ci, uint16_t id)
 {
 	static const uint8_t q[17] = { 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1 };
-	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), id), 0);
+	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), id, 0), 0);
 }
 
 /* A framed answer with ID id, 17 octets. */
