@@ -799,7 +799,8 @@ static bool default_text(const opt_t *o, char *buf, size_t cap)
 static void usage(void)
 {
 	printf("Usage: dotproxy [options]\n"
-	       "A DNS forwarder: plain DNS over UDP and TCP in, DNS-over-TLS (RFC 7858) out.\n\n");
+	       "A DNS forwarder: plain DNS over UDP and TCP in, DNS-over-TLS (RFC 7858) out\n"
+	       "(or, by zone, plain DNS to servers inside a trusted network).\n\n");
 	for (size_t i = 0; i < NOPTS; i++) {
 		const opt_t *o = &opts[i];
 		char left[64], text[1024], def[256];

@@ -189,7 +189,8 @@ static void reload(dp_control_t *ctl)
 		dp_warn("reload: a shard has not taken the new config yet; the old one is kept in memory",
 			NULL);
 	ctl->cfg = nc;
-	dp_info("reloaded", "file=\"%s\" upstreams=%d", nc->config_file, nc->nupstream);
+	dp_info("reloaded", "file=\"%s\" upstreams=%d zones=%d", nc->config_file, nc->nupstream,
+		nc->nzones);
 }
 
 static void close_client(http_client_t *c)

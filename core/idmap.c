@@ -25,8 +25,9 @@ void dp_idmap_destroy(dp_idmap_t *m)
 
 static inline uint32_t next_rand(dp_idmap_t *m)
 {
-	/* xorshift64*: fast, good enough to make IDs unpredictable to an
-	 * off-path observer for a session that is encrypted anyway. */
+	/* xorshift64*: fast; from a secret seed (upconn.c draws it under
+	 * the process key), its IDs are unpredictable to anyone who does not
+	 * see them, i.e. off the path. */
 	uint64_t x = m->rng;
 	x ^= x >> 12;
 	x ^= x << 25;

@@ -251,7 +251,8 @@ static void log_started(const dp_config_t *cfg, int n)
 	for (int l = 0; l < cfg->nlisten; l++)
 		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
 	for (int u = 0; u < cfg->nupstream; u++)
-		dp_info("upstream", "addr=%s", cfg->upstream[u].text);
+		dp_info("upstream", "addr=%s zone=%s", cfg->upstream[u].text,
+			cfg->zone[cfg->upstream[u].zone].text);
 	if (cfg->metrics_on) {
 		char m[80];
 		dp_sockaddr_str(&cfg->metrics, m, sizeof(m));

@@ -42,6 +42,7 @@
 #include "log.h"
 #include "tcpframe.h"
 #include "edns.h"
+#include "siphash.h"
 
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -187,8 +188,10 @@ static int conn_buffers(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
 	int rc;
-	if (!c->ids.val && (rc = dp_idmap_init(&c->ids, dp_now_ns() ^ ((uint64_t)ci << 32) ^
-							       (uint64_t)(uintptr_t)c)) < 0)
+	/* Seeded under the process's secret key: IDs nobody can predict,
+	 * which a plain UDP upstream's answers depend on (with the port). */
+	uint64_t seed = dp_hash2(dp_now_ns(), ((uint64_t)ci << 32) ^ (uint64_t)(uintptr_t)c);
+	if (!c->ids.val && (rc = dp_idmap_init(&c->ids, seed)) < 0)
 		return rc;
 	if ((c->kind == UK_DOT && !dp_buf_reserve(&c->wire.rx, RX_SIZE, RX_SIZE)) ||
 	    !dp_buf_reserve(&c->plain, PLAIN_CAP, PLAIN_CAP))
