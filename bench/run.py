@@ -825,6 +825,15 @@ def run_system(b, name, ceiling_qps):
     res = {"status": "ok", "scenarios": {}}
     if not is_dotproxy(name) and not shutil.which(name):
         return {"status": "skipped", "reason": "%s is not installed" % name}
+    scenarios = list(a.scenarios)
+    routes = is_dotproxy(name) or name in ZONE_ROUTING
+    if "mixed" in scenarios and not routes:
+        scenarios.remove("mixed")
+        why = "%s cannot forward a zone elsewhere" % name
+        res["skipped_scenarios"] = {"mixed": why}
+        say("%s mixed: skipped (%s)" % (name, why))
+        if not scenarios:
+            return dict(res, status="skipped", reason=why)
     workdir = os.path.join(b.tmp, name)
     os.makedirs(workdir)
     port = free_port()
@@ -836,14 +845,8 @@ def run_system(b, name, ceiling_qps):
         pids = [d.pid for d in procs]
         res["rss_ready_kb"] = sum(rss_kb(p) for p in pids)
         say("%s ready on 127.0.0.1:%d (%d process%s)" % (name, port, len(procs), "es" if len(procs) > 1 else ""))
-        scenarios = list(a.scenarios)
         if "mixed" in scenarios:
-            if is_dotproxy(name) or name in ZONE_ROUTING:
-                check_routes(port)
-            else:
-                scenarios.remove("mixed")
-                res["skipped_scenarios"] = {"mixed": "%s cannot forward a zone elsewhere" % name}
-                say("%s mixed: skipped (it cannot forward a zone elsewhere)" % name)
+            check_routes(port)
 
         def check():
             for d in procs:
