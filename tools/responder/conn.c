@@ -264,7 +264,8 @@ static void conn_process(shard_t *s, conn_t *c)
 		keep_carry(s, c, have);
 }
 
-/* Move pending output (ciphertext on TLS) into a send buffer and queue one send. */
+/* Move pending output (ciphertext on TLS) into a send buffer and queue one
+ * send. */
 static void flush_send(shard_t *s, conn_t *c)
 {
 	if (c->send_armed)
