@@ -11,7 +11,8 @@ own ceiling with dnsperf -m dot, then starts each system under test in turn --
 dotproxy, dnsdist, unbound, stubby, knot-resolver -- forwarding to that
 upstream over TLS with certificate verification against the throwaway CA, and
 drives it with dnsperf through the scenarios (udp-miss, udp-hit, tcp-miss,
-latency at fixed offered loads). Every measured run records dnsperf's counts,
+latency at fixed offered loads; on request zipf, and mixed, where cluster.local
+names go over plain TCP to a second, plain responder and the rest over DoT). Every measured run records dnsperf's counts,
 latency percentiles from dnsperf -v's per-query lines, the CPU time of the
 system's processes and of the upstream, and the system's peak RSS. Results go
 to a table on the terminal, a JSON file and a PNG; bench/README.md documents
@@ -70,8 +71,17 @@ def is_dotproxy(name):
     return name == "dotproxy" or name in VARIANTS
 # scenario -> (dnsperf transport, name set)
 THROUGHPUT = {"udp-miss": ("udp", "miss"), "udp-hit": ("udp", "hit"), "tcp-miss": ("tcp", "miss")}
-SCENARIOS = tuple(THROUGHPUT) + ("latency", "zipf")
+# the mixed scenario: unique names over UDP, a share of them under CLUSTER_ZONE,
+# which every system forwards over plain TCP to a second responder
+MIXED = {"mixed": ("udp", "mixed")}
+SCENARIOS = tuple(THROUGHPUT) + ("latency", "zipf") + tuple(MIXED)
 DEFAULT_SCENARIOS = tuple(THROUGHPUT) + ("latency",)
+CLUSTER_ZONE = "cluster.local"
+CLUSTER_SUFFIX = "default.svc." + CLUSTER_ZONE  # the mixed scenario's cluster names end so
+PLAIN_ANSWER = "192.0.2.53"  # the plain responder's A record, so a probe tells who answered
+DOT_ANSWER = "192.0.2.1"  # the DoT responder's (its default)
+# systems that can forward one zone elsewhere (stubby cannot: one upstream list for every name)
+ZONE_ROUTING = ("dnsdist", "unbound", "kresd")
 HIT_NAMES = 1000
 # the zipf scenario: (TTL seconds, percent of names); names carry their TTL
 # ("t300-z17.example.com"), which tools/dot-responder --name-ttl answers with
@@ -105,7 +115,9 @@ RUN_KEYS = ("qps", "sent", "completed", "lost", "lost_pct", "errors", "lat_avg_m
             "machine_cpu_us_per_query",
             # zipf only
             "hit_ratio", "hit_ratio_raw", "ideal_hit_ratio", "upstream_per_distinct",
-            "upstream_per_ideal", "prefetches", "hedges", "misses")
+            "upstream_per_ideal", "prefetches", "hedges", "misses",
+            # mixed only: upstream queries at each responder, the plain one's share
+            "dot_queries", "plain_queries", "plain_share")
 
 T0 = time.monotonic()
 
@@ -285,13 +297,18 @@ class RmemDefault:
                 f.write(self.old)
 
 
-def render(template, out, **vals):
-    """Fill bench/peers/TEMPLATE's ${VAR}s into OUT."""
+def render_text(template, **vals):
+    """bench/peers/TEMPLATE with its ${VAR}s filled in."""
     with open(os.path.join(HERE, "peers", template)) as f:
         try:
-            text = string.Template(f.read()).substitute(vals)
+            return string.Template(f.read()).substitute(vals)
         except (KeyError, ValueError) as e:
             raise BenchError("bench/peers/%s: bad placeholder %s" % (template, e))
+
+
+def render(template, out, **vals):
+    """Fill bench/peers/TEMPLATE's ${VAR}s into OUT."""
+    text = render_text(template, **vals)
     with open(out, "w") as f:
         f.write(text)
     return out
@@ -334,6 +351,8 @@ class Bench:
         self.cadir = os.path.join(self.tmp, "ca")
         self.upstream = []  # Daemons
         self.uport = None
+        self.plain = None  # the plain DNS-over-TCP responder (mixed scenario)
+        self.pport = None
         self.zipf = None  # the ZipfStream, made once for every system
 
     # -- upstream ---------------------------------------------------------
@@ -386,31 +405,66 @@ class Bench:
         say("upstream %s on 127.0.0.1:%d (%d thread%s)" % (
             a.upstream, self.uport, a.upstream_threads, "s" if a.upstream_threads > 1 else ""))
 
+    def start_plain(self):
+        """The mixed scenario's internal server: tools/dot-responder with
+        --listen-tcp only (plain DNS over TCP, pipelined), as many threads
+        as the DoT upstream, answering PLAIN_ANSWER. Ready once it answers a
+        cluster name over TCP."""
+        a = self.args
+        self.pport = free_port()
+        self.plain = Daemon("plain-responder", [
+            a.responder, "--listen-tcp", "127.0.0.1:%d" % self.pport, "--threads", str(a.upstream_threads),
+            "--answer-ip", PLAIN_ANSWER], os.path.join(self.logs, "plain-upstream.log"))
+        self.upstream.append(self.plain)
+        deadline = time.monotonic() + 15
+        while True:
+            err = None
+            try:
+                r = dns.query.tcp(dns.message.make_query("ready." + CLUSTER_SUFFIX, "A"), "127.0.0.1",
+                                  port=self.pport, timeout=2)
+                if answer_ips(r) == [PLAIN_ANSWER]:
+                    break
+                err = "answer %s" % r.answer
+            except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+                err = e
+            if not self.plain.alive() or time.monotonic() > deadline:
+                raise BenchError("plain responder did not answer over TCP (%s):\n%s" % (err, self.plain.tail()))
+            time.sleep(0.1)
+        say("plain upstream (%s) on tcp 127.0.0.1:%d" % (CLUSTER_ZONE, self.pport))
+
     def upstream_pids(self):
         return [d.pid for d in self.upstream]
 
     def upstream_queries(self):
-        """Queries the synthetic responder has answered so far (from its
+        """Queries the synthetic DoT responder has answered so far (from its
         SIGUSR1 counters line), or None when the upstream cannot tell."""
         if self.args.upstream != "responder":
             return None
-        def queries(new):
-            m = re.findall(rb"\bqueries=(\d+)", new)
-            return int(m[-1]) if m else None
-        return signal_and_read_log(self.upstream[0], queries)
+        return responder_queries(self.upstream[0])
+
+    def plain_queries(self):
+        """Queries the plain responder has answered so far; None without it."""
+        return responder_queries(self.plain) if self.plain else None
 
     # -- names ------------------------------------------------------------
 
-    def names(self, tag, count, prefix=None):
+    def names(self, tag, count, prefix=None, cluster_pct=0):
         """Write COUNT query lines (name, type A) under a fresh random prefix
         to a file in the scratch directory; returns its path. Fresh prefixes
-        keep every miss-scenario name unique in every run and repetition."""
+        keep every miss-scenario name unique in every run and repetition.
+        CLUSTER_PCT percent of the lines, spread evenly (every run of 100
+        lines has that many), are under CLUSTER_SUFFIX instead of ZONE."""
         prefix = prefix or "%s%08x-" % (tag, random.getrandbits(32))
         count = int(min(max(count, 1000), MAX_NAMES))
         path = os.path.join(self.tmp, "names-%s.txt" % tag)
+
+        def zone(i):
+            cluster = (i + 1) * cluster_pct // 100 > i * cluster_pct // 100
+            return CLUSTER_SUFFIX if cluster else ZONE
+
         with open(path, "w") as f:
             for start in range(0, count, 100000):
-                f.write("".join("%s%d.%s A\n" % (prefix, i, ZONE)
+                f.write("".join("%s%d.%s A\n" % (prefix, i, zone(i))
                                 for i in range(start, min(count, start + 100000))))
         return path
 
@@ -469,7 +523,7 @@ class Bench:
         for pid in pids:
             reset_peak_rss(pid)
         upids = [p for p in self.upstream_pids() if p not in pids]
-        uq0 = self.upstream_queries()
+        uq0, pq0 = self.upstream_queries(), self.plain_queries()
         e0 = udp_rcvbuf_errors()
         m0 = machine_cpu_seconds()
         w0 = time.monotonic()
@@ -487,7 +541,7 @@ class Bench:
         r["other_cpu_s"] = round(m1[0] - m0[0] - (c1 - c0) - (u1 - u0) - r["loadgen_cpu_s"], 2)
         r["irq_cpu_s"] = round(m1[1] - m0[1], 2)
         r["other_cpus"] = round(r["other_cpu_s"] / r["window_s"], 2)
-        uq1 = self.upstream_queries()
+        uq1, pq1 = self.upstream_queries(), self.plain_queries()
         if check:
             check()
         n = r["completed"]
@@ -506,7 +560,12 @@ class Bench:
                 r["cpu_ratio"] = (c1 - c0) / (u1 - u0)
         if uq0 is not None and uq1 is not None and upids:
             r["upstream_queries"] = uq1 - uq0
-            r["upstream_queries_per_query"] = (uq1 - uq0) / n if n else None
+            if pq0 is not None and pq1 is not None:
+                # both responders: the total, and who got what
+                r["dot_queries"], r["plain_queries"] = uq1 - uq0, pq1 - pq0
+                r["upstream_queries"] += pq1 - pq0
+                r["plain_share"] = (pq1 - pq0) / r["upstream_queries"] if r["upstream_queries"] else None
+            r["upstream_queries_per_query"] = r["upstream_queries"] / n if n else None
         if qps:
             r["target_qps"] = qps
         return r
@@ -635,9 +694,14 @@ def start_system(b, name, port, workdir, procs):
     a = b.args
     log = os.path.join(b.logs, "%s.log" % name)
     vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE,
+                CPORT=b.pport, CLUSTER_ZONE=CLUSTER_ZONE,
                 CACHE_MB=a.cache_mb, DNSDIST_ENTRIES=a.cache_mb * (1 << 20) // DNSDIST_ENTRY_BYTES,
                 # unbound's advice: the rrset cache twice the message cache
                 UNBOUND_MSG_MB=max(1, a.cache_mb // 3), UNBOUND_RRSET_MB=max(1, a.cache_mb - a.cache_mb // 3))
+    # with the plain responder up (mixed scenario), CLUSTER_ZONE goes to it
+    # over plain TCP: peers/SYSTEM-cluster.in goes where the template says
+    routed = b.pport is not None and name in ZONE_ROUTING
+    vals["CLUSTER_CONF"] = render_text("%s-cluster.in" % name, **vals) if routed else ""
     if is_dotproxy(name):
         var = VARIANTS.get(name, {})
         threads = var.get("threads", a.threads)
@@ -646,6 +710,8 @@ def start_system(b, name, port, workdir, procs):
                 "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
                 "--threads", str(threads), "--timeout", "2s", "--cache-size", str(a.cache_mb),
                 "--log-level", "info"] + var.get("args", [])
+        if b.pport is not None:
+            argv += ["--forward", "%s=tcp://127.0.0.1:%d" % (CLUSTER_ZONE, b.pport)]
         procs.append(Daemon(name, argv, log))
         return {"argv": argv[1:], "threads": threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
     if name == "dnsdist":
@@ -717,6 +783,34 @@ def signal_and_read_log(d, extract, timeout_s=2):
     return None
 
 
+def responder_queries(d):
+    """Queries tools/dot-responder D has answered so far (SIGUSR1: it logs
+    its counters line); None when it does not answer in time."""
+    def queries(new):
+        m = re.findall(rb"\bqueries=(\d+)", new)
+        return int(m[-1]) if m else None
+    return signal_and_read_log(d, queries)
+
+
+def answer_ips(r):
+    """The A records' addresses in DNS message R."""
+    return [rd.address for rrset in r.answer if rrset.rdtype == 1 for rd in rrset]
+
+
+def check_routes(port):
+    """The mixed scenario's routing, seen by a client: a cluster name is
+    answered by the plain responder and an ordinary name by the DoT one
+    (their A records differ). Raises BenchError otherwise."""
+    for name, want in (("route-check." + CLUSTER_SUFFIX, PLAIN_ANSWER), (random_name(), DOT_ANSWER)):
+        try:
+            got = answer_ips(dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=3))
+        except Exception as e:  # noqa: BLE001
+            got = e
+        if got != [want]:
+            raise BenchError("%s: answered %s, want %s (the %s responder's)" % (
+                name, got, want, "plain" if want == PLAIN_ANSWER else "DoT"))
+
+
 def dotproxy_stats(d):
     """Ask dotproxy for its counters (SIGUSR1) and return the stats line."""
     def stats(new):
@@ -731,6 +825,15 @@ def run_system(b, name, ceiling_qps):
     res = {"status": "ok", "scenarios": {}}
     if not is_dotproxy(name) and not shutil.which(name):
         return {"status": "skipped", "reason": "%s is not installed" % name}
+    scenarios = list(a.scenarios)
+    routes = is_dotproxy(name) or name in ZONE_ROUTING
+    if "mixed" in scenarios and not routes:
+        scenarios.remove("mixed")
+        why = "%s cannot forward a zone elsewhere" % name
+        res["skipped_scenarios"] = {"mixed": why}
+        say("%s mixed: skipped (%s)" % (name, why))
+        if not scenarios:
+            return dict(res, status="skipped", reason=why)
     workdir = os.path.join(b.tmp, name)
     os.makedirs(workdir)
     port = free_port()
@@ -742,6 +845,8 @@ def run_system(b, name, ceiling_qps):
         pids = [d.pid for d in procs]
         res["rss_ready_kb"] = sum(rss_kb(p) for p in pids)
         say("%s ready on 127.0.0.1:%d (%d process%s)" % (name, port, len(procs), "es" if len(procs) > 1 else ""))
+        if "mixed" in scenarios:
+            check_routes(port)
 
         def check():
             for d in procs:
@@ -750,7 +855,7 @@ def run_system(b, name, ceiling_qps):
 
         hit_prefix = "h%08x-" % random.getrandbits(32)
         # zipf first: its hit ratio needs a cache that holds nothing else yet
-        for scen in sorted(a.scenarios, key=lambda sc: sc != "zipf"):
+        for scen in sorted(scenarios, key=lambda sc: sc != "zipf"):
             if scen == "zipf":
                 res["scenarios"]["zipf"] = run_zipf(b, name, pids, port, check,
                                                     procs[0] if is_dotproxy(name) else None)
@@ -774,14 +879,16 @@ def run_system(b, name, ceiling_qps):
 def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mode=None):
     """Warm-up, then --reps measured runs of one throughput scenario."""
     a = b.args
-    mode = mode or THROUGHPUT[scen][0]
-    kind = THROUGHPUT[scen][1] if scen in THROUGHPUT else "miss"
-    forwarded = kind == "miss" and scen != "ceiling"
+    known = dict(THROUGHPUT, **MIXED)
+    mode = mode or known[scen][0]
+    kind = known[scen][1] if scen in known else "miss"
+    forwarded = kind in ("miss", "mixed") and scen != "ceiling"
+    cluster_pct = a.mixed_cluster_pct if kind == "mixed" else 0
 
     def datafile(tag, duration, est):
         if kind == "hit":
             return b.names("hit", HIT_NAMES, prefix=hit_prefix), None
-        return b.names(tag, max(est * 2, 50000) * duration), 1
+        return b.names(tag, max(est * 2, 50000) * duration, cluster_pct=cluster_pct), 1
 
     f, loops = datafile("w", a.warmup, a.max_qps_guess)
     w = b.measure(pids, port, mode, f, a.warmup, loops, forwarded=forwarded, check=check)
@@ -873,6 +980,8 @@ def brief(r):
         s += ", %d non-NOERROR %s" % (r["errors"], r["rcodes"])
     if r.get("ended_by") == "end of file":
         s += " (names ran out)"
+    if r.get("plain_share") is not None:
+        s += ", %.1f%% of upstream queries over plain TCP" % (100 * r["plain_share"])
     return s
 
 
@@ -1026,10 +1135,39 @@ def print_table(results, out=sys.stdout):
                     fmt(g("lat_p90_ms")), fmt(g("lat_p99_ms")), fmt(g("lat_p999_ms")),
                     fmt(g("cpu_us_per_query"), "%.1f")), file=out)
     print_zipf(results, out)
+    print_mixed(results, out)
     print("\nus/q: CPU time of the system's processes per answered query; ratio: that divided by the\n"
           "upstream's CPU per query in the same runs (miss scenarios); up/q: upstream queries per\n"
           "answered query (1 = forwarded, 0 = answered from cache); err: answers other than NOERROR;\n"
           "bg: machine CPUs busy outside the measured processes (other programs, kernel threads).", file=out)
+
+
+def print_mixed(results, out):
+    """Who answered the mixed scenario's queries, when it ran: the plain
+    responder's share of the upstream queries beside the share of cluster
+    names sent (they match when every name went where it belongs)."""
+    ms = [(n, s["scenarios"]["mixed"]) for n, s in results["systems"].items()
+          if s["status"] == "ok" and "mixed" in s.get("scenarios", {})]
+    if not ms:
+        return
+    st = results["settings"]["mixed"]
+    print("\nMixed routing (UDP, unique names; %d%% under %s to the plain responder over TCP, the rest over "
+          "DoT; median of %d runs)" % (st["cluster_pct"], st["cluster_suffix"], results["settings"]["reps"]),
+          file=out)
+    row = "%-15s %9s %10s %10s %7s %6s %6s %7s"
+    print(row % ("system", "QPS", "DoT q", "TCP q", "TCP %", "up/q", "us/q", "ratio"), file=out)
+    for n, sc in ms:
+        g = lambda k: med(sc["summary"], k)  # noqa: E731
+        share = g("plain_share")
+        print(row % (n, fmt(g("qps"), "%.0f"), fmt(g("dot_queries"), "%.0f"), fmt(g("plain_queries"), "%.0f"),
+                     fmt(100 * share if share is not None else None, "%.1f"), fmt(g("upstream_queries_per_query")),
+                     fmt(g("cpu_us_per_query"), "%.1f"), fmt(g("cpu_ratio"))), file=out)
+    skipped = [(n, s["skipped_scenarios"]["mixed"]) for n, s in results["systems"].items()
+               if "mixed" in s.get("skipped_scenarios", {})]
+    for n, why in skipped:
+        print("%-15s skipped: %s" % (n, why), file=out)
+    print("TCP %%: the plain responder's share of the upstream queries (want %d); ratio: CPU per query over "
+          "both\nresponders' CPU per query in the same runs." % st["cluster_pct"], file=out)
 
 
 def print_zipf(results, out):
@@ -1139,7 +1277,7 @@ def parse_args(argv):
                          "against bench/baseline-smoke.json; under 60 s")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default %(default)s)")
     ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help="comma-separated scenarios (default %(default)s; also: zipf)")
+                    help="comma-separated scenarios (default %(default)s; also: zipf, mixed)")
     ap.add_argument("--reps", type=int, help="measured repetitions per scenario and load (default 3)")
     ap.add_argument("--duration", type=float, help="seconds per measured throughput run (default 5; smoke 3)")
     ap.add_argument("--warmup", type=float, help="seconds of the warm-up run before each scenario (default 2; smoke 1.5)")
@@ -1171,6 +1309,9 @@ def parse_args(argv):
     ap.add_argument("--zipf-nx-pct", type=float, default=5, help="zipf: percent of names that do not exist "
                     "(default %(default)s)")
     ap.add_argument("--zipf-seed", type=int, default=13, help="zipf: seed of the stream (default %(default)s)")
+    ap.add_argument("--mixed-cluster-pct", type=int, default=50,
+                    help="mixed: percent of the names under %s, forwarded over plain TCP (default %%(default)s)"
+                    % CLUSTER_SUFFIX)
     ap.add_argument("--upstream", choices=("responder", "unbound"), default="responder",
                     help="DoT upstream: tools/dot-responder, or unbound answering every name from a "
                          "redirect local-zone (default %(default)s)")
@@ -1223,6 +1364,10 @@ def parse_args(argv):
     if "zipf" in a.scenarios and a.upstream != "responder":
         ap.error("the zipf scenario needs --upstream responder (its names set TTLs and NXDOMAIN, and the "
                  "responder counts the upstream queries)")
+    if "mixed" in a.scenarios and a.upstream != "responder":
+        ap.error("the mixed scenario needs --upstream responder (the responders count who got which query)")
+    if not 0 <= a.mixed_cluster_pct <= 100:
+        ap.error("--mixed-cluster-pct must be 0..100")
     if "zipf" in a.scenarios and (a.zipf_seconds <= 0 or a.zipf_rate <= 0 or a.zipf_names < 1
                                   or not 0 <= a.zipf_nx_pct <= 100):
         ap.error("bad --zipf-* value")
@@ -1287,7 +1432,9 @@ def main(argv=None):
                             "cache_mb": a.cache_mb, "zipf": {
                                 "seconds": a.zipf_seconds, "rate": a.zipf_rate, "clients": a.zipf_clients,
                                 "names": a.zipf_names, "exponent": a.zipf_exponent, "nx_pct": a.zipf_nx_pct,
-                                "seed": a.zipf_seed}},
+                                "seed": a.zipf_seed},
+                            "mixed": {"cluster_pct": a.mixed_cluster_pct, "cluster_suffix": CLUSTER_SUFFIX,
+                                      "cluster_zone": CLUSTER_ZONE}},
                "upstream": {}, "systems": {}}
     results["machine"]["other_cpus_at_start"] = quiet
     results["lock_wait_s"] = round(lock_wait, 1)
@@ -1296,6 +1443,10 @@ def main(argv=None):
         b.make_ca()
         b.start_upstream()
         results["upstream"] = {"kind": a.upstream, "port": b.uport, "threads": a.upstream_threads}
+        if "mixed" in a.scenarios:
+            b.start_plain()
+            results["upstream"]["plain"] = {"kind": "responder --listen-tcp", "port": b.pport,
+                                            "threads": a.upstream_threads, "zone": CLUSTER_ZONE}
         ceiling_qps = None
         if not a.no_ceiling:
             def check_upstream():

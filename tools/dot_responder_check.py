@@ -9,7 +9,8 @@ TLS 1.2 / 1.3, session resumption, half-close, close_notify and the
 counters; then starts it again with each fault flag (delay, drop, reorder,
 wrong ID, wrong question, close after N, idle close, torn record + reset,
 refused or stalled handshake) and checks the fault happens and its counter moves,
-and once with --name-ttl (TTL and NXDOMAIN from the first label).
+once with --name-ttl (TTL and NXDOMAIN from the first label), and with
+--listen-tcp (plain DNS over TCP beside DoT, without --cert, with a fault).
 Everything is bounded in time. Prints "N passed, N failed"; exits 0, 1 on
 a failure, 77 when openssl is missing.
 """
@@ -97,6 +98,14 @@ class Conn:
             self.s.close()
         except OSError:
             pass
+
+
+class PlainConn(Conn):
+    """A plain DNS-over-TCP connection (--listen-tcp): Conn without TLS."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.buf = b""
 
 
 def start_responder(binary, tmp, extra, tag):
@@ -416,6 +425,96 @@ def name_ttl_checks(c, binary, tmp, ca):
         c.ok(cnt.get("nxdomain") == 2, "name-ttl: counter nxdomain=%s (want 2)" % cnt.get("nxdomain"))
 
 
+def start_listeners(binary, tmp, args, tag):
+    """Start binary with args (listeners included); returns (proc, {"tls":
+    port, "tcp": port} as printed on the "listening on" line, stderr file);
+    the dict is empty when it did not start."""
+    errf = open(os.path.join(tmp, "stderr-%s" % tag), "w+")
+    proc = subprocess.Popen([binary] + args, stderr=errf)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and proc.poll() is None:
+        errf.seek(0)
+        for line in errf.read().splitlines():
+            if line.startswith("listening on "):
+                ports = {}
+                for a in line.split()[2:-1]:
+                    ports["tcp" if a.startswith("tcp://") else "tls"] = int(a.rsplit(":", 1)[1])
+                return proc, ports, errf
+        time.sleep(0.02)
+    return proc, {}, errf
+
+
+def plain_checks(c, binary, tmp, ca):
+    """--listen-tcp: plain DNS over TCP beside a DoT listener (same answers,
+    framing, pipelining; plain_queries counts only its queries), alone
+    without --cert, and with a fault."""
+    cert = ["--cert", os.path.join(tmp, "server.pem"), "--key", os.path.join(tmp, "server.key")]
+    proc, ports, errf = start_listeners(
+        binary, tmp, ["--listen", "127.0.0.1:0", "--listen-tcp", "127.0.0.1:0", "--threads", "2",
+                      "--answer-ip", "198.51.100.9"] + cert, "plain")
+    c.ok(set(ports) == {"tls", "tcp"}, "--listen and --listen-tcp: both printed (%s)" % ports)
+    if set(ports) != {"tls", "tcp"}:
+        proc.kill()
+        proc.wait()
+        return
+    sent = 0
+    try:
+        k = PlainConn(ports["tcp"])
+        k.send(frame(query(0x4242, "Svc.Default.svc.cluster.local", 1)))
+        a = k.read_msg()
+        c.ok(a["id"] == 0x4242 and a["rcode"] == 0 and a["an"] == 1
+             and a["raw"].endswith(bytes([198, 51, 100, 9]))
+             and b"\x03Svc\x07Default" in a["raw"], "plain TCP: A answer, question copied")
+        n = 3000
+        k.send(b"".join(frame(query(i, "p%d.example" % i)) for i in range(n)))
+        ids = [k.read_msg()["id"] for _ in range(n)]
+        c.ok(ids == list(range(n)), "plain TCP: 3000 pipelined queries answered in order")
+        data = frame(query(99, "split.example")) + frame(query(100, "two.example"))
+        for i in range(len(data)):
+            k.send(data[i:i + 1])
+        c.ok([k.read_msg()["id"], k.read_msg()["id"]] == [99, 100], "plain TCP: split byte by byte")
+        k.send(b"".join(frame(query(i, "h.example")) for i in range(50)))
+        k.s.shutdown(socket.SHUT_WR)
+        got = 0
+        while k.read_msg() is not None:
+            got += 1
+        c.ok(got == 50, "plain TCP: half-close after 50 queries, all answered, then closed")
+        k.close()
+        sent = 1 + n + 2 + 50
+        k = PlainConn(ports["tcp"])
+        k.send(frame(query(6, "x.example")) + b"\x00\x00")
+        c.ok(k.read_msg()["id"] == 6 and k.closed_by_peer(), "plain TCP: zero-length frame closes")
+        k.close()
+        sent += 1
+        k = Conn(ports["tls"], ca)
+        k.send(frame(query(1, "tls.example")))
+        c.ok(k.read_msg()["an"] == 1, "the DoT listener beside it still answers")
+        k.close()
+    except (OSError, TypeError) as e:
+        c.ok(False, "plain TCP: %r" % e)
+    rc, cnt = stop_responder(proc, errf)
+    c.ok(rc == 0 and cnt.get("plain_queries") == sent and cnt.get("queries") == sent + 1
+         and cnt.get("handshakes") == 1,
+         "plain_queries=%d counts the plain queries only (%s)" % (
+             sent, {k: cnt.get(k) for k in ("queries", "plain_queries", "handshakes")}))
+
+    proc, ports, errf = start_listeners(binary, tmp, ["--listen-tcp", "127.0.0.1:0", "--close-after", "3"],
+                                        "plain-fault")
+    c.ok(list(ports) == ["tcp"], "--listen-tcp alone needs no --cert")
+    if ports:
+        k = PlainConn(ports["tcp"])
+        k.send(b"".join(frame(query(i, "f.example")) for i in range(10)))
+        got = 0
+        while k.read_msg() is not None:
+            got += 1
+        c.ok(got == 3, "plain TCP with --close-after 3: 3 answers, then closed (%d)" % got)
+        k.close()
+    rc, cnt = stop_responder(proc, errf)
+    c.ok(cnt.get("fault_closed_after") == 1, "plain TCP: fault counter moved")
+    r = subprocess.run([binary, "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, timeout=TIMEOUT)
+    c.ok(r.returncode == 2, "--listen without --cert is refused")
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__.strip(), file=sys.stderr)
@@ -610,6 +709,7 @@ def main():
         errf.close()
         fault_checks(c, binary, tmp, ca)
         name_ttl_checks(c, binary, tmp, ca)
+        plain_checks(c, binary, tmp, ca)
     finally:
         if proc:
             proc.kill()

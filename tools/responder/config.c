@@ -33,7 +33,8 @@ static const resp_config_t defaults = {
 
 /* What a flag's argument is and how it is stored. */
 enum {
-	K_LISTEN, /* IP:PORT, appended to listen[] */
+	K_LISTEN, /* IP:PORT, appended to listen[] (TLS) */
+	K_LISTEN_TCP, /* IP:PORT, appended to listen[] (plain TCP) */
 	K_STR, /* a path: the argv string itself */
 	K_UINT, /* decimal in [min, max], into an unsigned field of `size` bytes */
 	K_FLAG, /* no argument: the bool becomes true */
@@ -57,6 +58,7 @@ typedef struct opt_def {
 
 static const opt_def_t defs[] = {
 	{ .name = "listen", .kind = K_LISTEN },
+	{ .name = "listen-tcp", .kind = K_LISTEN_TCP },
 	OPT_OTHER("cert", K_STR, cert),
 	OPT_OTHER("key", K_STR, key),
 	OPT_UINT("threads", threads, 1, 256),
@@ -89,14 +91,20 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: dot-responder --listen IP:PORT --cert FILE --key FILE [options]\n"
+		"       dot-responder --listen-tcp IP:PORT [options]\n"
 		"\n"
-		"A synthetic DNS-over-TLS server: every A/AAAA query (class IN) gets one\n"
-		"fixed record, other types NOERROR with no answer.\n"
+		"A synthetic DNS-over-TLS (and plain DNS-over-TCP) server: every A/AAAA\n"
+		"query (class IN) gets one fixed record, other types NOERROR with no answer.\n"
 		"\n"
 		"  --listen IP:PORT     TCP+TLS address; [v6]:PORT for IPv6; port 0 picks a\n"
-		"                       free port (printed). Repeatable, up to %d.\n"
-		"  --cert FILE          PEM certificate chain (leaf first)\n"
-		"  --key FILE           PEM private key\n"
+		"                       free port (printed). Repeatable; with --listen-tcp\n"
+		"                       up to %d in all.\n"
+		"  --listen-tcp IP:PORT plain DNS over TCP (RFC 7766 framing, pipelined), no\n"
+		"                       TLS; the same answers, loop and faults (the\n"
+		"                       handshake faults aside). Printed as tcp://IP:PORT;\n"
+		"                       its queries also count in plain_queries.\n"
+		"  --cert FILE          PEM certificate chain (leaf first); with --listen\n"
+		"  --key FILE           PEM private key; with --listen\n"
 		"  --threads N          shards, each with its own io_uring and SO_REUSEPORT\n"
 		"                       listener (default 1)\n"
 		"  --max-conns N        connections per shard (default %d); more are closed\n"
@@ -194,6 +202,14 @@ void config_format_addr(const struct sockaddr_storage *ss, char *out, size_t cap
 	}
 }
 
+void config_format_listener(const resp_config_t *cfg, int j, char *out, size_t cap)
+{
+	size_t o = 0;
+	if (cfg->listen_plain[j] && cap > 6)
+		o = (size_t)snprintf(out, cap, "tcp://");
+	config_format_addr(&cfg->listen[j], out + o, cap - o);
+}
+
 static int parse_tls_version(const char *s, uint16_t *v)
 {
 	if (strcmp(s, "1.2") == 0)
@@ -244,16 +260,19 @@ static int apply(resp_config_t *cfg, const opt_def_t *d, const char *arg)
 	int ok = 1;
 	switch (d->kind) {
 	case K_LISTEN:
+	case K_LISTEN_TCP:
 		if (cfg->nlisten == MAX_LISTEN) {
-			fprintf(stderr, "dot-responder: at most %d --listen\n", MAX_LISTEN);
+			fprintf(stderr, "dot-responder: at most %d --listen and --listen-tcp\n",
+				MAX_LISTEN);
 			return -1;
 		}
 		if (parse_listen(arg, &cfg->listen[cfg->nlisten], &cfg->listen_len[cfg->nlisten]) < 0) {
-			fprintf(stderr, "dot-responder: bad --listen '%s' (IP:PORT or [IPv6]:PORT)\n",
-				arg);
+			fprintf(stderr, "dot-responder: bad --%s '%s' (IP:PORT or [IPv6]:PORT)\n",
+				d->name, arg);
 			return -1;
 		}
-		cfg->nlisten++;
+		cfg->listen_plain[cfg->nlisten++] = d->kind == K_LISTEN_TCP;
+		cfg->any_tls |= d->kind == K_LISTEN;
 		break;
 	case K_STR:
 		*(const char **)field = arg;
@@ -289,8 +308,9 @@ static int apply(resp_config_t *cfg, const opt_def_t *d, const char *arg)
  * combinations. Returns 0 or -1 after printing why. */
 static int finish(resp_config_t *cfg)
 {
-	if (!cfg->nlisten || !cfg->cert || !cfg->key) {
-		fprintf(stderr, "dot-responder: --listen, --cert and --key are required\n");
+	if (!cfg->nlisten || (cfg->any_tls && (!cfg->cert || !cfg->key))) {
+		fprintf(stderr, "dot-responder: --listen with --cert and --key, or --listen-tcp, "
+				"is required\n");
 		usage(stderr);
 		return -1;
 	}

@@ -16,7 +16,9 @@
 typedef struct resp_config {
 	struct sockaddr_storage listen[MAX_LISTEN]; /* port 0: main.c writes the chosen one back */
 	socklen_t listen_len[MAX_LISTEN];
-	int nlisten;
+	bool listen_plain[MAX_LISTEN]; /* from --listen-tcp: plain DNS over TCP */
+	int nlisten; /* --listen and --listen-tcp, in command-line order */
+	bool any_tls; /* at least one --listen: needs --cert, --key, an SSL_CTX */
 	const char *cert, *key; /* point into argv */
 	int threads;
 	uint32_t max_conns;
@@ -34,6 +36,10 @@ int config_parse(resp_config_t *cfg, int argc, char **argv);
 
 /* "IP:PORT" or "[IPv6]:PORT" of ss into out (cap bytes, NUL-terminated). */
 void config_format_addr(const struct sockaddr_storage *ss, char *out, size_t cap);
+
+/* Listener j as printed in "listening on": its address, with "tcp://" in
+ * front for a plain one (--listen-tcp). */
+void config_format_listener(const resp_config_t *cfg, int j, char *out, size_t cap);
 
 /* When any fault is on, the line "faults delay-ms=... seed=..." on stderr. */
 void config_print_faults(const resp_config_t *cfg);

@@ -1,9 +1,10 @@
-/* conn.c - one DNS-over-TLS connection (see conn.h).
+/* conn.c - one DNS-over-TLS or plain DNS-over-TCP connection (see conn.h).
  *
  * Receive completions only feed the read BIO and mark the connection dirty;
  * conn_service() runs once per dirty connection after all completions of a
- * turn, so however many receives landed, the answers leave in one SSL_write
- * and one send. Only one send is in flight per socket (uring.c says why).
+ * turn, so however many receives landed, the answers leave in one stream
+ * write (one SSL_write on TLS) and one send. Only one send is in flight per
+ * socket (uring.c says why).
  *
  * Memory per connection is bounded: rbio holds at most one receive plus a
  * partial record (receives are re-armed only after rbio was drained; a
@@ -20,15 +21,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "answer.h"
 #include "conn.h"
 #include "dns.h"
 #include "fault.h"
+#include "stream.h"
 #include "tcpframe.h"
-#include "tlsio.h"
 #include "uring.h"
 
 /* ---- slots -------------------------------------------------------------- */
@@ -56,9 +56,7 @@ void conn_close(shard_t *s, conn_t *c)
 		shutdown(c->fd, unlikely(c->reset_armed) ? SHUT_RD : SHUT_RDWR);
 	close(c->fd);
 	c->fd = -1;
-	SSL_free(c->ssl);
-	c->ssl = NULL;
-	c->rbio = c->wbio = NULL;
+	stream_free(c);
 	free(c->carry);
 	c->carry = NULL;
 	c->carry_len = c->carry_cap = 0;
@@ -69,7 +67,7 @@ void conn_close(shard_t *s, conn_t *c)
 		conn_release(s, c);
 }
 
-void conn_open(shard_t *s, int fd)
+void conn_open(shard_t *s, int fd, bool plain)
 {
 	if (s->free_head == SLOT_NONE) {
 		close(fd);
@@ -82,30 +80,19 @@ void conn_open(shard_t *s, int fd)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-	SSL *ssl = SSL_new(s->ctx);
-	BIO *rbio = BIO_new(BIO_s_mem());
-	BIO *wbio = BIO_new(BIO_s_mem());
-	if (!ssl || !rbio || !wbio) {
-		SSL_free(ssl);
-		BIO_free(rbio);
-		BIO_free(wbio);
-		ERR_clear_error();
+	uint32_t gen = c->gen, next = c->next_free;
+	memset(c, 0, sizeof(*c));
+	c->gen = gen;
+	c->fd = -1;
+	c->next_free = next;
+	if (stream_open(s, c, plain) < 0) { /* the slot stays free */
 		close(fd);
 		CNT_INC(s, rejected);
 		return;
 	}
-	s->free_head = c->next_free;
-	SSL_set_bio(ssl, rbio, wbio); /* ssl owns both */
-	SSL_set_accept_state(ssl);
-
-	uint32_t gen = c->gen;
-	memset(c, 0, sizeof(*c));
-	c->gen = gen;
+	s->free_head = next;
 	c->fd = fd;
 	c->state = SLOT_OPEN;
-	c->ssl = ssl;
-	c->rbio = rbio;
-	c->wbio = wbio;
 	c->bh = s->bh;
 	c->next_free = SLOT_NONE;
 	c->idle_prev = c->idle_next = SLOT_NONE;
@@ -133,7 +120,9 @@ static int on_message(void *ctx, uint8_t *msg, size_t len)
 	shard_t *s = ctx;
 	conn_t *c = s->cur;
 	CNT_INC(s, queries);
-	if (s->ob_len + ANSWER_MAX > OUT_BATCH_CAP && tlsio_flush(s, c) < 0)
+	if (c->plain)
+		CNT_INC(s, plain_queries);
+	if (s->ob_len + ANSWER_MAX > OUT_BATCH_CAP && stream_flush(s, c) < 0)
 		return DP_E_TLS;
 	uint8_t *out = s->ob + s->ob_len;
 	int n = answer_build(s, c->bh, msg, len, out + 2, OUT_BATCH_CAP - s->ob_len - 2);
@@ -153,8 +142,9 @@ static int on_message(void *ctx, uint8_t *msg, size_t len)
 	return 0;
 }
 
-/* Run the handshake step. True once it is done (now or before): the
- * caller may read. */
+/* Run the TLS handshake step. True once it is done (now or before, or
+ * never needed: plain connections start with hs_done): the caller may
+ * read. */
 static bool tls_handshake(shard_t *s, conn_t *c)
 {
 	if (c->hs_done)
@@ -171,7 +161,7 @@ static bool tls_handshake(shard_t *s, conn_t *c)
 	int r = SSL_do_handshake(c->ssl);
 	if (r != 1) {
 		if (SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ)
-			tlsio_failed(s, c);
+			stream_failed(s, c);
 		return false;
 	}
 	c->hs_done = true;
@@ -181,13 +171,13 @@ static bool tls_handshake(shard_t *s, conn_t *c)
 	return true;
 }
 
-/* SSL_read until rbio is empty, answering every complete message into the
- * batch. The scratch holds the carried partial message, then SSL_read
- * output; after each split the remainder (< 2 + 65535 bytes) moves to the
- * front, so a full record always fits behind it. Returns what
- * dp_tcpframe_split() last returned (negative: stop, see tls_process) with
- * the bytes left over in *have and the last SSL_get_error() in *err. */
-static long read_messages(shard_t *s, conn_t *c, size_t *have_out, int *err)
+/* Read the stream until rbio is empty, answering every complete message
+ * into the batch. The scratch holds the carried partial message, then
+ * stream_read() output; after each split the remainder (< 2 + 65535 bytes)
+ * moves to the front, so a full record always fits behind it. Returns what
+ * dp_tcpframe_split() last returned (negative: stop, see conn_process) with
+ * the bytes left over in *have and the last stream_read() result in *st. */
+static long read_messages(shard_t *s, conn_t *c, size_t *have_out, int *st)
 {
 	uint8_t *buf = s->scratch;
 	size_t have = c->carry_len;
@@ -201,7 +191,7 @@ static long read_messages(shard_t *s, conn_t *c, size_t *have_out, int *err)
 	int r;
 	long used = 0;
 	for (;;) {
-		r = SSL_read(c->ssl, buf + have, (int)(SCRATCH_CAP - have));
+		r = stream_read(c, buf + have, SCRATCH_CAP - have);
 		if (r <= 0)
 			break;
 		have += (size_t)r;
@@ -213,7 +203,7 @@ static long read_messages(shard_t *s, conn_t *c, size_t *have_out, int *err)
 			memmove(buf, buf + used, have);
 		}
 	}
-	*err = used < 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+	*st = r;
 	*have_out = have;
 	return used;
 }
@@ -236,49 +226,46 @@ static void keep_carry(shard_t *s, conn_t *c, size_t have)
 	c->carry_len = (uint32_t)have;
 }
 
-/* Run the handshake, then drain every complete message out of rbio and
- * answer them with one SSL_write. Hot path. */
-static void tls_process(shard_t *s, conn_t *c)
+/* Run the handshake (TLS), then drain every complete message out of rbio
+ * and answer them with one stream write. Hot path. */
+static void conn_process(shard_t *s, conn_t *c)
 {
 	if (!tls_handshake(s, c))
 		return;
 	size_t have;
-	int err;
-	long used = read_messages(s, c, &have, &err);
+	int st;
+	long used = read_messages(s, c, &have, &st);
 
-	if (tlsio_flush(s, c) < 0) {
-		tlsio_failed(s, c);
+	if (stream_flush(s, c) < 0) {
+		stream_failed(s, c);
 		return;
 	}
 	if (used < 0) {
 		/* Zero-length frame or unreadable message: answers already
 		 * written go out, then we close. */
 		if (used == DP_E_TLS)
-			tlsio_failed(s, c);
+			stream_failed(s, c);
 		else if (used == FAULT_STOP)
 			fault_close_notify(s, c);
 		else if (used != FAULT_RESET) /* that one: conn_service() */
 			c->want_close = true;
 		return;
 	}
-	switch (err) {
-	case SSL_ERROR_WANT_READ:
-		break;
-	case SSL_ERROR_ZERO_RETURN: /* close_notify: answer with ours */
+	if (st == STREAM_EOF) { /* close_notify: answer with ours */
 		c->eof = true;
-		c->tls_shut = true;
-		SSL_shutdown(c->ssl);
-		ERR_clear_error();
+		stream_shutdown(c);
 		return;
-	default:
-		tlsio_failed(s, c);
+	}
+	if (st == STREAM_ERR) {
+		stream_failed(s, c);
 		return;
 	}
 	if (have)
 		keep_carry(s, c, have);
 }
 
-/* Move pending ciphertext into a send buffer and queue one send. */
+/* Move pending output (ciphertext on TLS) into a send buffer and queue one
+ * send. */
 static void flush_send(shard_t *s, conn_t *c)
 {
 	if (c->send_armed)
@@ -309,7 +296,7 @@ void conn_service(shard_t *s, conn_t *c)
 		c->rx_new = false;
 		/* After a fault's close or tear, what still arrives is ignored. */
 		if (likely(!c->want_close && !c->reset_armed))
-			tls_process(s, c);
+			conn_process(s, c);
 		if (c->state != SLOT_OPEN)
 			return;
 	}

@@ -7,12 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
+#include <openssl/bio.h>
 
 #include "dns.h"
 #include "fault.h"
-#include "tlsio.h"
+#include "stream.h"
 #include "uring.h"
 
 /* ---- dice --------------------------------------------------------------- */
@@ -70,11 +69,7 @@ void fault_idle_touch(shard_t *s, conn_t *c)
 
 void fault_close_notify(shard_t *s, conn_t *c)
 {
-	if (!c->tls_shut) {
-		SSL_shutdown(c->ssl);
-		ERR_clear_error();
-		c->tls_shut = true;
-	}
+	stream_shutdown(c);
 	c->want_close = true;
 	fault_idle_unlink(s, c);
 	mark_dirty(s, c);
@@ -149,16 +144,14 @@ static void delay_answer(shard_t *s, conn_t *c, const uint8_t *frame, size_t len
 
 /* --reset-mid-record: the answer in frame (len bytes) is the one to tear.
  * What the batch holds goes out whole; this answer is encrypted into its
- * own record, and only the first half of that record is kept for sending.
+ * own record (plain: written on its own), and only the first half of that
+ * record is kept for sending.
  * conn_service() resets the connection once that is sent. */
 static void tear_record(shard_t *s, conn_t *c, const uint8_t *frame, size_t len)
 {
-	if (tlsio_flush(s, c) < 0) /* frame lies beyond ob_len: untouched */
-		ERR_clear_error();
+	(void)stream_flush(s, c); /* frame lies beyond ob_len: untouched */
 	size_t before = BIO_pending(c->wbio);
-	if (SSL_write(c->ssl, frame, (int)len) <= 0)
-		ERR_clear_error();
-	CNT_INC(s, tls_writes);
+	(void)stream_write(s, c, frame, len);
 	size_t after = BIO_pending(c->wbio);
 	size_t keep = before + (after - before) / 2;
 	uint8_t *tmp = malloc(after ? after : 1);
@@ -258,7 +251,7 @@ bool fault_wait(shard_t *s, struct __kernel_timespec *ts)
 }
 
 /* --delay-ms: write the delayed answers that are due, each with its own
- * SSL_write, unless the connection went away or is closing. */
+ * stream write, unless the connection went away or is closing. */
 static void send_due_answers(shard_t *s)
 {
 	delayed_t *d;
@@ -267,13 +260,12 @@ static void send_due_answers(shard_t *s)
 		if (c->state == SLOT_OPEN && c->gen == d->gen) {
 			c->delayed_pending--;
 			if (!c->tls_shut && !c->reset_armed && !c->want_close) {
-				CNT_INC(s, tls_writes);
-				if (SSL_write(c->ssl, d->msg, (int)d->len) > 0) {
+				if (stream_write(s, c, d->msg, d->len) == 0) {
 					CNT_INC(s, answers);
 					if (c->in_idle)
 						fault_idle_touch(s, c);
 				} else {
-					tlsio_failed(s, c);
+					stream_failed(s, c);
 				}
 			}
 			mark_dirty(s, c);

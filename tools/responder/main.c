@@ -1,10 +1,11 @@
 /* main.c - dot-responder: a fast synthetic DNS-over-TLS server for tests
  * and benchmarks (RFC 7858 framing, TLS 1.2 and 1.3, session tickets,
- * fault injection). tools/README.md describes what it answers and the file
+ * fault injection), and the same over plain TCP with --listen-tcp. tools/README.md describes what it answers and the file
  * map; shard.h the loop.
  *
- * The main thread: reads the command line, makes the SSL_CTX, opens one
- * SO_REUSEPORT listener per --listen address for each shard, starts the
+ * The main thread: reads the command line, makes the SSL_CTX (when there is
+ * a TLS listener), opens one SO_REUSEPORT listener per --listen or
+ * --listen-tcp address for each shard, starts the
  * shards, prints "listening on ...", then waits for signals: SIGUSR1 prints
  * the counters (summed over the shards), SIGINT or SIGTERM stop the shards
  * and print them once more. Owns the configuration, the SSL_CTX, the shard
@@ -111,9 +112,10 @@ static int open_fds(shard_t *s, resp_config_t *cfg)
 	s->nlisten = cfg->nlisten;
 	for (int j = 0; j < cfg->nlisten; j++) {
 		int fd = make_listener(&cfg->listen[j], cfg->listen_len[j]);
+		s->listen_plain[j] = cfg->listen_plain[j];
 		if (fd < 0) {
 			char a[80];
-			config_format_addr(&cfg->listen[j], a, sizeof(a));
+			config_format_listener(cfg, j, a, sizeof(a));
 			fprintf(stderr, "dot-responder: listen %s: %s\n", a, strerror(-fd));
 			return -1;
 		}
@@ -139,10 +141,10 @@ static void close_fds(shard_t *s)
 /* The line tests wait for: every address with the port the kernel chose. */
 static void print_ready(const resp_config_t *cfg)
 {
-	char line[MAX_LISTEN * 64], a[64];
+	char line[MAX_LISTEN * 72], a[72];
 	size_t o = 0;
 	for (int j = 0; j < cfg->nlisten; j++) {
-		config_format_addr(&cfg->listen[j], a, sizeof(a));
+		config_format_listener(cfg, j, a, sizeof(a));
 		o += (size_t)snprintf(line + o, sizeof(line) - o, "%s%s", j ? " " : "", a);
 	}
 	config_print_faults(cfg);
@@ -201,8 +203,8 @@ int main(int argc, char **argv)
 
 	if (config_parse(&cfg, argc, argv) < 0)
 		return 2;
-	SSL_CTX *ctx = tlsctx_new(&cfg);
-	if (!ctx)
+	SSL_CTX *ctx = NULL;
+	if (cfg.any_tls && !(ctx = tlsctx_new(&cfg)))
 		return 1;
 	raise_nofile();
 

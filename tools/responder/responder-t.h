@@ -48,9 +48,9 @@
  * `handshake_delay_ms`, and the loop runs timers only when `delay_ms`,
  * `idle_close_ms` or `handshake_delay_ms` is set.
  * Where the faults take effect (fault.c unless said): fault_answer() (drop,
- * wrong ID or question, delay, close after N, torn record), tlsio_flush()
- * in tlsio.c (reorder), conn.c's handshake step (refused or stalled
- * handshake), fault_timers() (delayed answers, stalled handshakes, idle
+ * wrong ID or question, delay, close after N, torn record), stream_flush()
+ * in stream.c (reorder), conn.c's handshake step (refused or stalled
+ * handshake, TLS connections only), fault_timers() (delayed answers, stalled handshakes, idle
  * close). */
 typedef struct behave {
 	uint8_t a[4];
@@ -80,6 +80,7 @@ typedef struct behave {
 	X(handshakes) /* completed */                                          \
 	X(resumed) /* handshakes that resumed a session */                     \
 	X(queries) /* complete DNS messages received */                        \
+	X(plain_queries) /* of which on plain TCP connections (--listen-tcp) */ \
 	X(answers) /* DNS messages sent back */                                \
 	X(errors_answered) /* of which FORMERR, NOTIMP or BADVERS */           \
 	X(nxdomain) /* of which NXDOMAIN (--name-ttl, "t<N>-nx...") */         \
@@ -88,7 +89,7 @@ typedef struct behave {
 	X(tls_errors) /* connections closed on a TLS failure */                \
 	X(rejected) /* accepted over the connection cap and closed */          \
 	X(closed) /* connections closed, any reason */                         \
-	X(tls_writes) /* SSL_write calls */                                    \
+	X(tls_writes) /* SSL_write calls (TLS connections only) */                                    \
 	X(recvs)                                                               \
 	X(sends)                                                               \
 	X(enobufs) /* receives that found the buffer ring empty */             \
@@ -126,13 +127,14 @@ typedef struct conn {
 	uint8_t state;
 	uint8_t inflight; /* recv + send SQEs not yet completed */
 	bool recv_armed, send_armed;
-	bool hs_done;
+	bool plain; /* accepted on a --listen-tcp listener: no TLS */
+	bool hs_done; /* set from the start on a plain connection */
 	bool rx_new; /* ciphertext fed since the last service */
 	bool eof; /* peer closed (TCP FIN or TLS close_notify) */
 	bool want_close; /* close once the output is sent */
 	bool dirty;
 	/* ---- faults (untouched when the behaviour has none) ---- */
-	bool tls_shut; /* our close_notify is queued: no SSL_write any more */
+	bool tls_shut; /* our close_notify is queued (plain: none): no more writes */
 	bool reset_armed; /* RST once the (torn) output is sent */
 	bool in_idle; /* on the shard's idle list */
 	bool hs_held, hs_released; /* --handshake-delay-ms: waiting, then let go */
@@ -140,8 +142,8 @@ typedef struct conn {
 	uint32_t delayed_pending; /* answers waiting in the delay queue */
 	uint64_t last_active_ms; /* for --idle-close-ms */
 	uint32_t idle_prev, idle_next;
-	SSL *ssl;
-	BIO *rbio, *wbio; /* BIO_s_mem pair, owned by ssl */
+	SSL *ssl; /* NULL on a plain connection */
+	BIO *rbio, *wbio; /* BIO_s_mem pair, owned by ssl if any (stream.c) */
 	uint8_t *tx; /* from the shard's pool while a send is in flight */
 	uint32_t tx_len, tx_off;
 	uint8_t *carry; /* partial DNS message between turns (malloc, rare) */
@@ -180,9 +182,10 @@ typedef struct shard {
 	bool timed; /* timed faults on: the loop reads the clock, runs fault_timers() */
 	int nlisten;
 	int listen_fd[MAX_LISTEN];
+	bool listen_plain[MAX_LISTEN]; /* --listen-tcp: its connections skip TLS */
 	int wake_fd;
 	uint64_t wake_val;
-	SSL_CTX *ctx; /* shared by all shards, read-only */
+	SSL_CTX *ctx; /* shared by all shards, read-only; NULL without --listen */
 	const behave_t *bh; /* given to every new connection */
 	uint64_t seed; /* --seed, mixed with id into rng */
 	struct __kernel_timespec backoff;
@@ -196,7 +199,7 @@ typedef struct shard {
 	uint32_t ndirty;
 	uint8_t **txfree; /* stack of idle send buffers */
 	uint32_t ntxfree;
-	uint8_t *scratch; /* plaintext in: carry + SSL_read output */
+	uint8_t *scratch; /* plaintext in: carry + stream_read() output */
 	uint8_t *ob; /* plaintext out: the answer batch */
 	size_t ob_len;
 	conn_t *cur; /* connection whose messages are being answered */

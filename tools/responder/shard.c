@@ -135,7 +135,7 @@ static void on_accept(shard_t *s, uint32_t li, struct io_uring_cqe *cqe)
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stop)
 		uring_arm_accept(s, (int)li, cqe->res < 0);
 	if (cqe->res >= 0)
-		conn_open(s, cqe->res);
+		conn_open(s, cqe->res, s->listen_plain[li]);
 }
 
 static void handle_cqe(shard_t *s, struct io_uring_cqe *cqe)

@@ -1,7 +1,8 @@
 /* shard.h - one dot-responder shard: a thread with its own io_uring, its
  * SO_REUSEPORT listeners, a provided-buffer ring for receives, a table of
  * connection slots and a pool of send buffers. Shards share nothing but the
- * read-only SSL_CTX and behaviour.
+ * read-only SSL_CTX and behaviour. A listener is TLS (--listen) or plain
+ * TCP (--listen-tcp); its connections differ only in their stream.
  *
  * One loop turn:
  *
@@ -9,7 +10,7 @@
  *   for each CQE: accept -> conn_open(); recv -> conn_on_recv() (feeds the
  *                 read BIO, marks the slot dirty); send -> conn_on_send()
  *   with timed faults: fault_timers()
- *   for each dirty slot: conn_service() (one SSL_write, one send)
+ *   for each dirty slot: conn_service() (one stream write, one send)
  *
  * Owns everything in the shard_t but the settings main.c fills in (see
  * shard_t in responder-t.h): the ring, the receive buffers, the slot table,
