@@ -74,5 +74,8 @@ int dp_answer_personalise(const dp_answer_src_t *src, const dp_answer_client_t *
 		len = dp_dns_truncate(out, &v);
 		*truncated = true;
 	}
+	if ((cl->keepalive_on || cl->pad_block) && v.has_opt)
+		len = dp_edns_stream_answer(out, len, cap, v.opt_off,
+					    cl->keepalive_on ? cl->keepalive : -1, cl->pad_block);
 	return (int)len;
 }

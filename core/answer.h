@@ -15,7 +15,10 @@
  *     upstream option but Padding when the client's query carried Padding
  *     (RFC 7830, RFC 8467) and the client's own Client Subnet (edns.h);
  *   - over UDP, the truncated form (TC, header, question, OPT) when it is
- *     larger than the client takes.
+ *     larger than the client takes;
+ *   - over a stream, for a client with EDNS: edns-tcp-keepalive when the
+ *     frontend announces it, and Padding to its block for an encrypted
+ *     client (RFC 8467: 468 octets), in place of any other Padding.
  * No allocation; the source is read only, the output is the caller's.
  */
 #ifndef DP_ANSWER_H
@@ -47,6 +50,11 @@ typedef struct dp_answer_client {
 	const uint8_t *ecs; /* its Client Subnet as forwarded (dp_edns_ecs_read), */
 	size_t ecs_len; /* NULL / 0 when none was */
 	uint16_t udp_limit; /* over UDP, the largest answer it takes; 0: no limit (TCP) */
+	/* over a stream (TCP, TLS), for a client that sent an OPT
+	 * (dp_edns_stream_answer): announce edns-tcp-keepalive, in 100 ms */
+	bool keepalive_on;
+	uint16_t keepalive;
+	uint16_t pad_block; /* pad to this block (encrypted clients: 468); 0: as asked */
 } dp_answer_client_t;
 
 /* src for the upstream answer msg (len octets, parsed into a, which must

@@ -30,6 +30,11 @@ enum {
 };
 #define DP_FRONTENDS T_NONE /* entries of dp_shard_t.fe */
 
+/* A listen index (dp_client_t.li, tcpconn's listen_idx) with this bit is
+ * the TLS listener li & ~DP_LI_TLS (s->tls_fd): its clients are
+ * encrypted (DNS-over-TLS), answered through the TCP frontend's ops. */
+#define DP_LI_TLS 0x80
+
 typedef struct dp_client {
 	union {
 		struct sockaddr_in6 addr; /* T_UDP (AF_INET fits too) */
@@ -41,8 +46,14 @@ typedef struct dp_client {
 	};
 	uint64_t arrive_ns; /* when another shard read it; 0: read here, now */
 	uint8_t transport; /* T_* */
-	uint8_t li; /* listen address it came in on */
+	uint8_t li; /* listen address it came in on (DP_LI_TLS: a TLS one) */
 } dp_client_t;
+
+/* True when c reached us encrypted (a DNS-over-TLS connection). */
+static inline bool dp_client_encrypted(const dp_client_t *c)
+{
+	return c->transport != T_UDP && (c->li & DP_LI_TLS);
+}
 
 /* What the query layer needs of a frontend. Called from the shard's thread;
  * c is valid during the call only. The ops may read only what identifies

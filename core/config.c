@@ -32,6 +32,7 @@ enum {
 	K_ENUM, /* one of .choices */
 	K_STRING, /* text of .min to size - 1 octets, zero-padded */
 	K_LISTEN, /* IP:PORT appended to listen[] and listen_text[] (.max of them) */
+	K_LISTEN_TLS, /* IP[:PORT] (853 by default) appended to listen_tls[] */
 	K_UPSTREAM, /* an upstream (see parse_upstream) of the root zone, appended to upstream[] */
 	K_FORWARD, /* ZONE=UPSTREAM (a file's "ZONE UPSTREAM" too): an upstream of ZONE */
 	K_CIDR, /* one ADDR[/LEN] added to a dp_acl_t */
@@ -102,6 +103,23 @@ static const opt_t opts[] = {
 	{ "listen", "ADDR:PORT", K_LISTEN, R_RESTART, F_LIST, SPAN(listen, nlisten),
 	  .max = DP_MAX_LISTEN, .def = "127.0.0.1:53",
 	  .help = "listen address for UDP and TCP, repeatable; IPv6 as [::1]:53" },
+	{ "listen-tls", "ADDR[:PORT]", K_LISTEN_TLS, R_RESTART, F_LIST,
+	  SPAN(listen_tls, nlisten_tls), .max = DP_MAX_LISTEN,
+	  .help = "DNS-over-TLS listen address (RFC 7858), repeatable; port 853 by default; "
+		  "needs --cert and --key" },
+	{ "cert", "FILE", K_STRING, R_LIVE, 0, FIELD(cert_file), .min = 1,
+	  .help = "certificate chain (PEM, leaf first) of the TLS listeners; re-read on SIGHUP "
+		  "(new handshakes get it, open connections keep theirs)" },
+	{ "key", "FILE", K_STRING, R_LIVE, 0, FIELD(key_file), .min = 1,
+	  .help = "private key (PEM) of --cert; re-read on SIGHUP" },
+	{ "listen-tls-min-version", "V", K_ENUM, R_LIVE, 0, FIELD(listen_tls_min_version),
+	  .choices = tls_versions, .def = "1.3",
+	  .help = "oldest TLS version the TLS listeners accept from clients, 1.3 or 1.2 "
+		  "(--tls-min-version is the upstreams')" },
+	{ "listen-tls-handshake-timeout", "DUR", K_DURATION, R_LIVE, 0,
+	  FIELD(listen_tls_handshake_ms), .min = 1, .def = "5s",
+	  .help = "a TLS client not done with its handshake this long after connecting is "
+		  "closed" },
 	{ "upstream", "IP[:PORT]#NAME", K_UPSTREAM, R_LIVE, 0, NOFIELD, .max = DP_MAX_UPSTREAMS,
 	  .def = "1.1.1.1:853#cloudflare-dns.com 1.0.0.1:853#cloudflare-dns.com",
 	  .help = "DoT upstream of the default route, repeatable (the same as --forward "
@@ -471,6 +489,17 @@ static int choose(const opt_choice_t *ch, const char *arg, long *v)
 	return DP_E_CONFIG;
 }
 
+static int add_listen_tls(dp_config_t *c, const char *arg)
+{
+	if (c->nlisten_tls >= DP_MAX_LISTEN)
+		return DP_E_FULL;
+	if (dp_config_parse_addr(arg, 853, &c->listen_tls[c->nlisten_tls]) < 0)
+		return DP_E_CONFIG;
+	snprintf(c->listen_tls_text[c->nlisten_tls], sizeof(c->listen_tls_text[0]), "%s", arg);
+	c->nlisten_tls++;
+	return 0;
+}
+
 static int add_listen(dp_config_t *c, const char *arg)
 {
 	if (c->nlisten >= DP_MAX_LISTEN)
@@ -628,6 +657,8 @@ static int set_value(dp_config_t *c, const opt_t *o, const char *arg)
 		return 0;
 	case K_LISTEN:
 		return add_listen(c, arg);
+	case K_LISTEN_TLS:
+		return add_listen_tls(c, arg);
 	case K_UPSTREAM:
 		return add_route(c, ".", arg);
 	case K_FORWARD:
@@ -684,6 +715,9 @@ static void expectation(const opt_t *o, char *buf, size_t cap)
 	case K_LISTEN:
 	case K_METRICS:
 		snprintf(buf, cap, "IP:PORT or [IPv6]:PORT");
+		break;
+	case K_LISTEN_TLS:
+		snprintf(buf, cap, "IP[:PORT] or [IPv6][:PORT]");
 		break;
 	case K_UPSTREAM:
 		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a "
@@ -981,6 +1015,10 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	if (c->cache_min_ttl > c->cache_max_ttl) {
 		snprintf(err, errlen, "--cache-min-ttl %u is above --cache-max-ttl %u", c->cache_min_ttl,
 			 c->cache_max_ttl);
+		return DP_E_CONFIG;
+	}
+	if (c->nlisten_tls && (!c->cert_file[0] || !c->key_file[0])) {
+		snprintf(err, errlen, "--listen-tls needs --cert and --key");
 		return DP_E_CONFIG;
 	}
 	if (optind < argc) {

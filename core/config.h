@@ -52,6 +52,15 @@ typedef struct dp_config {
 	dp_sockaddr_t listen[DP_MAX_LISTEN];
 	char listen_text[DP_MAX_LISTEN][64];
 	int nlisten;
+	/* DNS-over-TLS listeners (RFC 7858): their certificate chain and key
+	 * (PEM), read at start and again on every reload */
+	dp_sockaddr_t listen_tls[DP_MAX_LISTEN];
+	char listen_tls_text[DP_MAX_LISTEN][64];
+	int nlisten_tls;
+	char cert_file[4096];
+	char key_file[4096];
+	int listen_tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION, for clients */
+	uint32_t listen_tls_handshake_ms; /* a client's handshake, from its accept */
 	dp_upstream_cfg_t upstream[DP_MAX_UPSTREAMS];
 	int nupstream;
 	dp_zone_cfg_t zone[DP_MAX_ZONES]; /* zone[0] is the root, ".": the default route */

@@ -16,6 +16,7 @@
 #include "http.h"
 #include "prometheus.h"
 #include "tls.h"
+#include "tlssrv.h"
 #include "log.h"
 
 #include <errno.h>
@@ -169,9 +170,24 @@ static void reload(dp_control_t *ctl)
 		}
 		SSL_CTX_free(ctx);
 	}
+	/* The TLS listeners' certificate and key are read again on every
+	 * reload (the files may have changed under the same names): new
+	 * handshakes get them, established sessions keep theirs. */
+	SSL_CTX *srv = nc->nlisten_tls ? dp_tlssrv_ctx(nc, err, sizeof(err)) : NULL;
+	if (nc->nlisten_tls && !srv) {
+		dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
+		for (int i = 0; i < ctl->nshards; i++)
+			SSL_CTX_free(ctxs[i]);
+		free(nc);
+		return;
+	}
 	uint32_t gen = ++ctl->gen;
-	for (int i = 0; i < ctl->nshards; i++)
-		dp_shard_reload(&ctl->shards[i], nc, ctxs[i], gen);
+	for (int i = 0; i < ctl->nshards; i++) {
+		if (srv)
+			SSL_CTX_up_ref(srv);
+		dp_shard_reload(&ctl->shards[i], nc, ctxs[i], srv, gen);
+	}
+	SSL_CTX_free(srv);
 	/* Free the old config once every shard has moved to the new one. */
 	bool all = false;
 	for (int t = 0; t < 500 && !all; t++) {
@@ -288,7 +304,9 @@ static void take_signals(dp_control_t *ctl, int sfd, uint64_t now, bool *drainin
 		} else if (si.ssi_signo == SIGHUP) {
 			if (*draining)
 				continue;
-			if (!ctl->cfg->config_file[0])
+			/* Without a file, the command line is read again: it
+			 * changes nothing but the TLS listeners' certificate. */
+			if (!ctl->cfg->config_file[0] && !ctl->cfg->nlisten_tls)
 				dp_warn("SIGHUP without --config: nothing to reload", NULL);
 			else
 				reload(ctl);

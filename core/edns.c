@@ -165,12 +165,48 @@ int dp_edns_ecs_scope(const uint8_t *msg, const dp_dns_view_t *v)
 	return msg[v->opt_ecs + 7];
 }
 
-size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool keep_keepalive)
+/* True when an OPT record starts at opt_off and ends message m. */
+static bool opt_ends(const uint8_t *m, size_t len, size_t opt_off)
 {
-	if (opt_off == 0 || opt_off + 11 > len || m[opt_off] != 0 ||
-	    dp_rd16(m + opt_off + 1) != DP_DNS_TYPE_OPT ||
-	    opt_off + 11 + dp_rd16(m + opt_off + 9) != len)
+	return opt_off != 0 && opt_off + 11 <= len && m[opt_off] == 0 &&
+	       dp_rd16(m + opt_off + 1) == DP_DNS_TYPE_OPT &&
+	       opt_off + 11 + dp_rd16(m + opt_off + 9) == len;
+}
+
+static size_t drop_opts(uint8_t *m, size_t len, size_t opt_off, bool padding, bool keepalive);
+
+size_t dp_edns_stream_answer(uint8_t *msg, size_t len, size_t cap, size_t opt_off, int keepalive,
+			     unsigned block)
+{
+	if (!opt_ends(msg, len, opt_off))
 		return len;
+	len = drop_opts(msg, len, opt_off, block != 0, true);
+	cap = DP_MIN(cap, (size_t)DP_DNS_MAX_MSG);
+	size_t o = len;
+	if (keepalive >= 0 && o + 6 <= cap) {
+		dp_wr16(msg + o, DP_DNS_OPT_KEEPALIVE);
+		dp_wr16(msg + o + 2, 2);
+		dp_wr16(msg + o + 4, (uint16_t)DP_MIN(keepalive, 65535));
+		o += 6;
+	}
+	if (block) {
+		size_t pad = (block - (o + 4) % block) % block;
+		if (o + 4 + pad <= cap) {
+			dp_wr16(msg + o, DP_DNS_OPT_PADDING);
+			dp_wr16(msg + o + 2, (uint16_t)pad);
+			memset(msg + o + 4, 0, pad);
+			o += 4 + pad;
+		}
+	}
+	dp_wr16(msg + opt_off + 9, (uint16_t)(o - opt_off - 11));
+	return o;
+}
+
+/* Leave out of the OPT at opt_off (ending m) its Padding options when
+ * padding, its edns-tcp-keepalive options when keepalive. Returns the new
+ * length (len when the options do not tile the RDATA). */
+static size_t drop_opts(uint8_t *m, size_t len, size_t opt_off, bool padding, bool keepalive)
+{
 	size_t in = opt_off + 11, out = in;
 	while (in + 4 <= len) /* the options must tile the RDATA exactly */
 		in += 4u + dp_rd16(m + in + 2);
@@ -179,8 +215,8 @@ size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool ke
 	for (in = out; in < len;) {
 		uint16_t code = dp_rd16(m + in);
 		size_t olen = 4u + dp_rd16(m + in + 2);
-		bool drop = code == DP_DNS_OPT_PADDING ||
-			    (code == DP_DNS_OPT_KEEPALIVE && !keep_keepalive);
+		bool drop = (code == DP_DNS_OPT_PADDING && padding) ||
+			    (code == DP_DNS_OPT_KEEPALIVE && keepalive);
 		if (!drop) {
 			memmove(m + out, m + in, olen);
 			out += olen;
@@ -189,4 +225,11 @@ size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool ke
 	}
 	dp_wr16(m + opt_off + 9, (uint16_t)(out - opt_off - 11));
 	return out;
+}
+
+size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool keep_keepalive)
+{
+	if (!opt_ends(m, len, opt_off))
+		return len;
+	return drop_opts(m, len, opt_off, true, !keep_keepalive);
 }

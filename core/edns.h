@@ -53,6 +53,19 @@ static inline size_t dp_edns_padded_opt_off(const dp_dns_view_t *v)
  * length (len when the OPT is not where it should be). */
 size_t dp_edns_strip_stream_opts(uint8_t *m, size_t len, size_t opt_off, bool keep_keepalive);
 
+#define DP_EDNS_ANSWER_BLOCK 468 /* RFC 8467 4.1: pad answers to encrypted clients */
+
+/* Fit answer msg (len octets in a buffer of cap, its OPT record at opt_off
+ * and ending the message) for a client over a stream: leave out any
+ * edns-tcp-keepalive option (and, when block, any Padding), then add edns-tcp-keepalive with
+ * keepalive (units of 100 ms, RFC 7828 3.3.2) when keepalive >= 0, and,
+ * when block, a Padding option that brings the whole message to a multiple
+ * of block octets (RFC 8467 4.1). Returns the new length; what does not fit
+ * cap (or 65,535) is not added, and an OPT that is not where it should be
+ * is left alone. Hot path, no allocation. */
+size_t dp_edns_stream_answer(uint8_t *msg, size_t len, size_t cap, size_t opt_off, int keepalive,
+			     unsigned block);
+
 /* Remove from answer msg (len octets, view v) what is not the client's: the
  * whole OPT record when the client sent none (client_opt false); else every
  * option of the upstream's but Padding when the client's query carried

@@ -148,12 +148,38 @@ static int check_port_free(const dp_sockaddr_t *a, int type, char *err, size_t e
 	return rc;
 }
 
+/* A TCP listener per shard on each --listen-tls address (port 0: the
+ * first one's port for every shard). Returns 0 or -EADDRINUSE with err. */
+static int bind_tls(const dp_config_t *cfg, int nshards, int (*tls)[DP_MAX_LISTEN], char *err,
+		    size_t errlen)
+{
+	for (int l = 0; l < cfg->nlisten_tls; l++) {
+		dp_sockaddr_t a = cfg->listen_tls[l];
+		const char *text = cfg->listen_tls_text[l];
+		if (((struct sockaddr_in *)&a.ss)->sin_port != 0 &&
+		    check_port_free(&a, SOCK_STREAM, err, errlen, text) < 0)
+			return -EADDRINUSE;
+		for (int sh = 0; sh < nshards; sh++) {
+			int fd = open_listener(&a, SOCK_STREAM, err, errlen, text);
+			if (fd < 0)
+				return -EADDRINUSE;
+			tls[sh][l] = fd;
+			if (sh == 0 && ((struct sockaddr_in *)&a.ss)->sin_port == 0) {
+				socklen_t len = a.len;
+				getsockname(fd, (struct sockaddr *)&a.ss, &len);
+			}
+		}
+	}
+	return 0;
+}
+
 int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LISTEN],
-		       int (*tcp)[DP_MAX_LISTEN], char *err, size_t errlen)
+		       int (*tcp)[DP_MAX_LISTEN], int (*tls)[DP_MAX_LISTEN], char *err,
+		       size_t errlen)
 {
 	for (int sh = 0; sh < nshards; sh++)
 		for (int l = 0; l < DP_MAX_LISTEN; l++)
-			udp[sh][l] = tcp[sh][l] = -1;
+			udp[sh][l] = tcp[sh][l] = tls[sh][l] = -1;
 	for (int l = 0; l < cfg->nlisten; l++) {
 		dp_sockaddr_t a = cfg->listen[l];
 		if (((struct sockaddr_in *)&a.ss)->sin_port != 0 &&
@@ -177,6 +203,8 @@ int dp_engine_bind_all(const dp_config_t *cfg, int nshards, int (*udp)[DP_MAX_LI
 			tcp[sh][l] = fd;
 		}
 	}
+	if (bind_tls(cfg, nshards, tls, err, errlen) < 0)
+		goto fail;
 	return 0;
 fail:
 	for (int sh = 0; sh < nshards; sh++)
@@ -185,7 +213,9 @@ fail:
 				close(udp[sh][l]);
 			if (tcp[sh][l] >= 0)
 				close(tcp[sh][l]);
-			udp[sh][l] = tcp[sh][l] = -1;
+			if (tls[sh][l] >= 0)
+				close(tls[sh][l]);
+			udp[sh][l] = tcp[sh][l] = tls[sh][l] = -1;
 		}
 	return -EADDRINUSE;
 }
@@ -218,11 +248,24 @@ static void start_drain(dp_shard_t *s)
 			s->tcp_armed[l] = true;
 		}
 	}
+	for (int l = 0; l < s->nlisten_tls; l++) {
+		if (s->tls_fd[l] >= 0) {
+			struct io_uring_sqe *sqe = dp_sqe(s);
+			io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, DP_LI_TLS | (uint32_t)l, 0), 0);
+			io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+			s->tls_armed[l] = true;
+		}
+	}
 	io_uring_submit(&s->ring);
 	for (int l = 0; l < s->nlisten; l++)
 		if (s->tcp_fd[l] >= 0) {
 			close(s->tcp_fd[l]);
 			s->tcp_fd[l] = -1;
+		}
+	for (int l = 0; l < s->nlisten_tls; l++)
+		if (s->tls_fd[l] >= 0) {
+			close(s->tls_fd[l]);
+			s->tls_fd[l] = -1;
 		}
 	dp_info("draining", "shard=%d inflight=%u", s->id, s->q_used);
 }
@@ -275,6 +318,13 @@ static void control(dp_shard_t *s)
 			SSL_CTX_free(s->ssl_ctx); /* sessions in use keep their reference */
 			s->ssl_ctx = ctx;
 		}
+		SSL_CTX *srv = __atomic_exchange_n(&s->new_srv_ctx, NULL, __ATOMIC_ACQUIRE);
+		if (srv) {
+			/* New handshakes take the new certificate; sessions
+			 * established keep a reference to the old context. */
+			SSL_CTX_free(s->srv_ctx);
+			s->srv_ctx = srv;
+		}
 		if (nc->rate_limit != old->rate_limit) /* the same store from every shard */
 			dp_rl_set_rate(s->rl, nc->rate_limit, nc->rate_limit);
 		dp_pool_reconfigure(s, old);
@@ -305,6 +355,9 @@ static void handle_cqe(dp_shard_t *s, struct io_uring_cqe *cqe)
 		break;
 	case OP_TCP_SEND:
 		dp_tcp_on_send(s, cqe, idx, gen);
+		break;
+	case OP_TLS_SEND:
+		dp_tcp_on_tls_send(s, cqe, idx, gen);
 		break;
 	case OP_UP_CONNECT:
 	case OP_UP_RECV:
@@ -350,7 +403,7 @@ static unsigned batch_want(dp_shard_t *s, uint64_t now_ns)
 {
 	uint64_t dt = now_ns - s->rate_t0_ns;
 	if (dt >= 1000000) {
-		uint64_t q = s->stats.udp_queries + s->stats.tcp_queries;
+		uint64_t q = s->stats.udp_queries + s->stats.tcp_queries; /* TLS ones included */
 		s->q_per_ms = (uint32_t)((q - s->rate_q0) * 1000000 / dt);
 		s->rate_q0 = q;
 		s->rate_t0_ns = now_ns;
@@ -424,7 +477,7 @@ static void run_loop(dp_shard_t *s)
 		uint64_t dl = next_deadline(s);
 		/* Messages left in a hand-off queue: look for completions, do
 		 * not sleep. */
-		uint64_t wait_ms = dl > s->now_ms && !s->xs_more ? dl - s->now_ms : 0;
+		uint64_t wait_ms = dl > s->now_ms && !s->xs_more && !dp_tcp_more(s) ? dl - s->now_ms : 0;
 		struct __kernel_timespec ts = {
 			.tv_sec = (long long)(wait_ms / 1000),
 			.tv_nsec = (long long)(wait_ms % 1000) * 1000000,
@@ -473,6 +526,9 @@ static void run_loop(dp_shard_t *s)
 				if (!s->tcp_armed[l])
 					dp_tcp_arm_accept(s, l);
 			}
+			for (int l = 0; l < s->nlisten_tls && !s->draining; l++)
+				if (!s->tls_armed[l])
+					dp_tcp_arm_accept(s, DP_LI_TLS | l);
 		}
 	}
 }
@@ -557,6 +613,11 @@ static void shard_teardown(dp_shard_t *s)
 			close(s->tcp_fd[l]);
 		s->udp_fd[l] = s->tcp_fd[l] = -1;
 	}
+	for (int l = 0; l < s->nlisten_tls; l++) {
+		if (s->tls_fd[l] >= 0)
+			close(s->tls_fd[l]);
+		s->tls_fd[l] = -1;
+	}
 	dp_pool_free(s);
 	dp_query_table_free(s);
 	dp_tcp_free(s);
@@ -570,6 +631,9 @@ static void shard_teardown(dp_shard_t *s)
 	if (s->ssl_ctx)
 		SSL_CTX_free(s->ssl_ctx);
 	s->ssl_ctx = NULL;
+	SSL_CTX_free(s->srv_ctx); /* accepts NULL */
+	SSL_CTX_free(__atomic_exchange_n(&s->new_srv_ctx, NULL, __ATOMIC_ACQUIRE));
+	s->srv_ctx = NULL;
 }
 
 /* The pool's answers and failures go to the query table: the one call up
@@ -620,6 +684,8 @@ static void *shard_main(void *arg)
 		dp_udp_arm(s, l);
 		dp_tcp_arm_accept(s, l);
 	}
+	for (int l = 0; l < s->nlisten_tls; l++)
+		dp_tcp_arm_accept(s, DP_LI_TLS | l);
 	arm_wake(s);
 	__atomic_store_n(&s->init_err, 1, __ATOMIC_RELEASE); /* running */
 	run_loop(s);
@@ -678,10 +744,12 @@ void dp_shard_drain(dp_shard_t *s)
 	wake(s);
 }
 
-void dp_shard_reload(dp_shard_t *s, dp_config_t *cfg, SSL_CTX *ctx, uint32_t gen)
+void dp_shard_reload(dp_shard_t *s, dp_config_t *cfg, SSL_CTX *ctx, SSL_CTX *srv_ctx,
+		     uint32_t gen)
 {
 	s->pending_gen = gen;
 	__atomic_store_n(&s->new_ctx, ctx, __ATOMIC_RELEASE);
+	SSL_CTX_free(__atomic_exchange_n(&s->new_srv_ctx, srv_ctx, __ATOMIC_RELEASE));
 	__atomic_store_n(&s->new_cfg, cfg, __ATOMIC_RELEASE);
 	wake(s);
 }

@@ -7,6 +7,7 @@
 #include "siphash.h"
 #include "steer.h"
 #include "tls.h"
+#include "tlssrv.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -135,7 +136,7 @@ static void raise_limits(const dp_config_t *cfg)
 typedef struct proc {
 	dp_config_t *cfg;
 	int n, started;
-	int (*udp)[DP_MAX_LISTEN], (*tcp)[DP_MAX_LISTEN]; /* until a shard owns them */
+	int (*udp)[DP_MAX_LISTEN], (*tcp)[DP_MAX_LISTEN], (*tls)[DP_MAX_LISTEN]; /* until a shard owns them */
 	dp_shard_t *shards;
 	dp_control_t ctl;
 	dp_xshard_t xs;
@@ -182,8 +183,9 @@ static int prepare(proc_t *p, int argc, char **argv, char *err, size_t errlen)
 	int n = p->n = cfg->threads;
 	p->udp = calloc((size_t)n, sizeof(*p->udp));
 	p->tcp = calloc((size_t)n, sizeof(*p->tcp));
+	p->tls = calloc((size_t)n, sizeof(*p->tls));
 	p->shards = calloc((size_t)n, sizeof(dp_shard_t));
-	if (!p->udp || !p->tcp || !p->shards ||
+	if (!p->udp || !p->tcp || !p->tls || !p->shards ||
 	    (n > 1 && dp_xshard_init(&p->xs, (uint32_t)n, dp_xshard_query_ring_size((uint32_t)n),
 				     DP_XS_ANSWER_RING) < 0) ||
 	    dp_rl_init_shared(&p->rlim, 1u << 16) < 0) {
@@ -193,7 +195,7 @@ static int prepare(proc_t *p, int argc, char **argv, char *err, size_t errlen)
 	dp_rl_set_rate(&p->rlim, cfg->rate_limit, cfg->rate_limit);
 	p->ctl = (dp_control_t){ .shards = p->shards, .nshards = n, .cfg = p->cfg, .argc = argc,
 				 .argv = argv, .metrics_fd = -1 };
-	if (dp_engine_bind_all(cfg, n, p->udp, p->tcp, err, errlen) < 0 ||
+	if (dp_engine_bind_all(cfg, n, p->udp, p->tcp, p->tls, err, errlen) < 0 ||
 	    dp_control_bind_metrics(&p->ctl, err, errlen) < 0)
 		return -1;
 	/* One TLS context (one copy of the CA bundle) for every shard: it is
@@ -207,6 +209,17 @@ static int prepare(proc_t *p, int argc, char **argv, char *err, size_t errlen)
 		p->shards[i].ssl_ctx = ctx;
 	}
 	SSL_CTX_free(ctx);
+	/* The TLS listeners' context: their key is read while we may. */
+	if (cfg->nlisten_tls) {
+		SSL_CTX *srv = dp_tlssrv_ctx(cfg, err, errlen);
+		if (!srv)
+			return -1;
+		for (int i = 0; i < n; i++) {
+			SSL_CTX_up_ref(srv);
+			p->shards[i].srv_ctx = srv;
+		}
+		SSL_CTX_free(srv);
+	}
 	/* Steering needs CAP_BPF and CAP_NET_ADMIN: after binding (it takes
 	 * every shard's UDP socket), before they go. Logs one line; without
 	 * it queries are handed to their home shard. */
@@ -231,8 +244,10 @@ static int start_shards(proc_t *p, char *err, size_t errlen)
 		s->nshards = (uint32_t)p->n;
 		memcpy(s->udp_fd, p->udp[i], sizeof(s->udp_fd));
 		memcpy(s->tcp_fd, p->tcp[i], sizeof(s->tcp_fd));
+		s->nlisten_tls = p->cfg->nlisten_tls;
+		memcpy(s->tls_fd, p->tls[i], sizeof(s->tls_fd));
 		for (int l = 0; l < DP_MAX_LISTEN; l++)
-			p->udp[i][l] = p->tcp[i][l] = -1; /* the shard owns them now */
+			p->udp[i][l] = p->tcp[i][l] = p->tls[i][l] = -1; /* the shard owns them now */
 		int rc = dp_shard_start(s);
 		if (rc < 0) {
 			snprintf(err, errlen, "shard %d: %s", i,
@@ -250,6 +265,9 @@ static void log_started(const dp_config_t *cfg, int n)
 {
 	for (int l = 0; l < cfg->nlisten; l++)
 		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
+	for (int l = 0; l < cfg->nlisten_tls; l++)
+		dp_info("listening", "addr=%s transports=tls cert=\"%s\"", cfg->listen_tls_text[l],
+			cfg->cert_file);
 	for (int u = 0; u < cfg->nupstream; u++)
 		dp_info("upstream", "addr=%s zone=%s", cfg->upstream[u].text,
 			cfg->zone[cfg->upstream[u].zone].text);
@@ -272,13 +290,17 @@ static void teardown(proc_t *p)
 	for (int i = 0; p->shards && i < p->n; i++) {
 		if (i >= p->started && p->shards[i].ssl_ctx && !p->shards[i].exited)
 			SSL_CTX_free(p->shards[i].ssl_ctx); /* never started: still ours */
+		if (i >= p->started && p->shards[i].srv_ctx && !p->shards[i].exited)
+			SSL_CTX_free(p->shards[i].srv_ctx);
 	}
-	for (int i = 0; p->udp && p->tcp && i < p->n; i++)
+	for (int i = 0; p->udp && p->tcp && p->tls && i < p->n; i++)
 		for (int l = 0; l < DP_MAX_LISTEN; l++) {
 			if (p->udp[i][l] >= 0)
 				close(p->udp[i][l]);
 			if (p->tcp[i][l] >= 0)
 				close(p->tcp[i][l]);
+			if (p->tls[i][l] >= 0)
+				close(p->tls[i][l]);
 		}
 	if (p->ctl.metrics_fd >= 0)
 		close(p->ctl.metrics_fd);
@@ -288,6 +310,7 @@ static void teardown(proc_t *p)
 	free(p->shards);
 	free(p->udp);
 	free(p->tcp);
+	free(p->tls);
 	free(p->cfg);
 }
 

@@ -13,6 +13,9 @@
 #define DP_RCODES 7 /* NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED other */
 #define DP_HIST_BUCKETS 14 /* finite bounds; one more for +Inf */
 
+/* The transport label of client metrics. */
+enum { DP_MT_UDP = 0, DP_MT_TCP, DP_MT_TLS, DP_MT_TRANSPORTS };
+
 typedef struct dp_hist {
 	uint64_t b[DP_HIST_BUCKETS + 1]; /* per bucket, not cumulative */
 	uint64_t sum_us;
@@ -27,7 +30,7 @@ typedef struct dp_upmetrics {
 } dp_upmetrics_t;
 
 typedef struct dp_metrics {
-	uint64_t qtype[2][DP_QTYPE_CLASSES]; /* [udp, tcp][class] */
+	uint64_t qtype[DP_MT_TRANSPORTS][DP_QTYPE_CLASSES]; /* [transport][class] */
 	uint64_t rcode[DP_RCODES];
 	dp_hist_t client_lat; /* arrival to answer, queries that went upstream */
 	dp_upmetrics_t up[DP_MAX_UPSTREAMS];

@@ -110,13 +110,14 @@ static void put_client(out_t *o, struct dp_shard *shards, int n)
 {
 	head(o, "dotproxy_queries_total", "counter",
 	     "Client queries received, by transport and query type.");
-	for (int t = 0; t < 2; t++)
+	static const char *const transports[DP_MT_TRANSPORTS] = { "udp", "tcp", "tls" };
+	for (int t = 0; t < DP_MT_TRANSPORTS; t++)
 		for (int c = 0; c < DP_QTYPE_CLASSES; c++) {
 			uint64_t v = 0;
 			for (int i = 0; i < n; i++)
 				v += ld(&shards[i].metrics.qtype[t][c]);
 			put(o, "dotproxy_queries_total{transport=\"%s\",qtype=\"%s\"} %llu\n",
-			    t ? "tcp" : "udp", qtype_names[c], (unsigned long long)v);
+			    transports[t], qtype_names[c], (unsigned long long)v);
 		}
 	head(o, "dotproxy_answers_total", "counter", "Answers sent to clients, by rcode.");
 	for (int r = 0; r < DP_RCODES; r++) {

@@ -126,6 +126,21 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 
 /* ---- answering a client (through its frontend's ops) ------------------------ */
 
+/* What answers to a stream client (TCP, TLS) with EDNS carry besides
+ * (answer.h): edns-tcp-keepalive with our idle timeout for an encrypted
+ * client, and for a plain one that asked for it (RFC 7828 3.3.2); Padding
+ * to 468-octet blocks for an encrypted one (RFC 8467). */
+static void fit_stream(const dp_shard_t *s, const dp_client_t *c, const dp_dns_view_t *qv,
+		       dp_answer_client_t *cl)
+{
+	if (c->transport == T_UDP || c->transport == T_NONE || !qv->has_opt)
+		return;
+	bool enc = dp_client_encrypted(c);
+	cl->keepalive_on = enc || qv->opt_keepalive;
+	cl->keepalive = (uint16_t)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u);
+	cl->pad_block = enc ? DP_EDNS_ANSWER_BLOCK : 0;
+}
+
 /* Send msg to client c through its frontend. Answers come fitted to the
  * client's UDP size already (dp_answer_personalise), and the errors we
  * build are never too long. */
@@ -150,8 +165,13 @@ static void reply_q(dp_shard_t *s, dp_query_t *q, uint8_t *msg, size_t len)
 static void reply_error(dp_shard_t *s, const dp_client_t *c, const uint8_t *q,
 			const dp_dns_view_t *v, int rcode)
 {
-	uint8_t out[512];
-	int n = dp_dns_build_error(q, v, rcode, s->cfg->max_udp_size, out, sizeof(out));
+	uint8_t out[1024];
+	int n = dp_dns_build_error(q, v, rcode, s->cfg->max_udp_size, out, 512);
+	dp_answer_client_t cl = { 0 };
+	fit_stream(s, c, v, &cl);
+	if (n > 0 && v->has_opt && (cl.keepalive_on || cl.pad_block))
+		n = (int)dp_edns_stream_answer(out, (size_t)n, sizeof(out), (size_t)n - 11,
+					       cl.keepalive_on ? cl.keepalive : -1, cl.pad_block);
 	if (n > 0)
 		reply(s, c, out, (size_t)n);
 	else if (c->transport != T_NONE)
@@ -166,7 +186,9 @@ static void reply_cached(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t 
 	dp_answer_src_t src;
 	dp_cache_entry_src(e, s->now_ms, stale, &src);
 	/* No subnet: the entry's OPT is the key's already (src.scrubbed). */
-	dp_answer_client_t cl = { msg, v, NULL, 0, c->transport == T_UDP ? limit : 0 };
+	dp_answer_client_t cl = { .q = msg, .qv = v,
+				  .udp_limit = c->transport == T_UDP ? limit : 0 };
+	fit_stream(s, c, v, &cl);
 	bool tc;
 	int n = dp_answer_personalise(&src, &cl, s->scratch, SCRATCH_SIZE, &tc);
 	if (n < 0) {
@@ -295,7 +317,8 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 static void count_qtype(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
 			const dp_dns_view_t *v)
 {
-	M_INC(s->metrics.qtype[c->transport != T_UDP][dp_metrics_qtype_class(v->qtype)]);
+	int t = c->transport == T_UDP ? DP_MT_UDP : dp_client_encrypted(c) ? DP_MT_TLS : DP_MT_TCP;
+	M_INC(s->metrics.qtype[t][dp_metrics_qtype_class(v->qtype)]);
 	M_INC(s->metrics.zone_queries[dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len)]);
 }
 
@@ -596,9 +619,12 @@ static void answer_one(dp_shard_t *s, uint32_t fqi, const dp_answer_src_t *src)
 {
 	dp_query_t *fq = &s->q[fqi];
 	if (fq->client.transport != T_NONE) {
-		dp_answer_client_t cl = { fq->wire, &fq->view, fq->ecs_len ? fq->ecs : NULL,
-					  fq->ecs_len,
-					  fq->client.transport == T_UDP ? fq->client_udp_limit : 0 };
+		dp_answer_client_t cl = {
+			.q = fq->wire, .qv = &fq->view, .ecs = fq->ecs_len ? fq->ecs : NULL,
+			.ecs_len = fq->ecs_len,
+			.udp_limit = fq->client.transport == T_UDP ? fq->client_udp_limit : 0,
+		};
+		fit_stream(s, &fq->client, &fq->view, &cl);
 		bool tc;
 		/* Fails only if an answer outgrew scratch, which holds the
 		 * largest message; the client still gets its one answer. */

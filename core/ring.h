@@ -27,6 +27,7 @@ enum dp_op {
 	OP_WAKE,
 	OP_XSHARD, /* another shard queued messages for us (idx: that shard) */
 	OP_XSHARD_SENT, /* our wake of shard idx failed (MSG_RING refused) */
+	OP_TLS_SEND, /* ciphertext to a TLS client (tlsconn.h), idx/gen its slot */
 };
 
 static inline uint64_t dp_ud(enum dp_op op, uint32_t idx, uint32_t gen)

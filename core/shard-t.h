@@ -20,6 +20,7 @@
 #include "ratelimit.h"
 #include "stats.h"
 #include "tcpconn.h"
+#include "tlsconn.h"
 #include "timerwheel.h"
 #include "udp-t.h"
 #include "upconn-t.h"
@@ -51,6 +52,9 @@ typedef struct dp_shard {
 	bool udp_armed[DP_MAX_LISTEN];
 	bool udp_live[DP_MAX_LISTEN]; /* a receive is in the kernel (drain waits for its end) */
 	bool tcp_armed[DP_MAX_LISTEN];
+	int tls_fd[DP_MAX_LISTEN]; /* DNS-over-TLS listeners (cfg->listen_tls) */
+	int nlisten_tls;
+	bool tls_armed[DP_MAX_LISTEN];
 	struct msghdr udp_recv_mh; /* template for multishot recvmsg */
 
 	/* provided-buffer ring shared by UDP recvmsg and TCP recv */
@@ -79,6 +83,10 @@ typedef struct dp_shard {
 
 	dp_tcpconns_t tcp; /* client TCP connections (tcpconn.h) */
 	dp_cshare_key_t *tcp_peer; /* per connection slot: its client address (fair share) */
+	dp_tlsconns_t tls; /* the TLS layer of TLS client connections (tlsconn.h) */
+	struct sockaddr_in6 *tls_peer; /* per connection slot of a TLS one: its address (rate limit) */
+	SSL_CTX *srv_ctx; /* TLS listeners' context (tlssrv.h); NULL without them */
+	SSL_CTX *new_srv_ctx; /* reload: adopt this one (new handshakes only) */
 
 	dp_ratelimit_t *rl; /* the machine's (main owns it) */
 	dp_metrics_t metrics;

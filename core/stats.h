@@ -63,6 +63,15 @@
 	X(tcp_evicted) \
 	X(tcp_closed_memory) \
 	X(tcp_answers_dropped) \
+	X(tls_accepted) \
+	X(tls_queries) \
+	X(tls_handshakes) \
+	X(tls_resumed) \
+	X(tls_handshake_failures) \
+	X(tls_handshake_timeouts) \
+	X(tls_handshakes_deferred) \
+	X(tls_errors) \
+	X(tls_ratelimited) \
 	X(cache_hits) \
 	X(cache_misses) \
 	X(cache_stale_served) \

@@ -16,10 +16,21 @@
  * turn (dp_tcp_resume_pending). It also keeps each connection's client
  * address as the fair share counts it (s->tcp_peer).
  *
+ * DNS-over-TLS clients (--listen-tls) are connections of the same table
+ * (one --max-tcp-clients for both) accepted on the TLS listeners; their
+ * listen index carries DP_LI_TLS. For them the transport goes through
+ * tlsconn.c, which decrypts what the receives bring before tcpconn sees it
+ * and encrypts what tcpconn sends (OP_TLS_SEND carries the ciphertext);
+ * receives, cancels and shutdowns are the same. Their queries are T_TCP
+ * clients like any other (answered through tcp_ops, handed to their home
+ * shard), told apart by dp_client_encrypted; over --rate-limit they get
+ * REFUSED here, in an answer like any other.
+ *
  * Completions carry op | slot | generation in user_data (engine.h): a late
  * completion for a reused slot is recognised and dropped by tcpconn.
  */
 #include "tcp.h"
+#include "edns.h"
 #include "query.h"
 #include "ring.h"
 #include "log.h"
@@ -56,6 +67,10 @@ static void io_recv_cancel(void *ctx, uint32_t idx, uint32_t gen, int fd)
 static void io_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t *buf, size_t len)
 {
 	dp_shard_t *s = ctx;
+	if (dp_tlsconn_is(&s->tls, idx)) {
+		dp_tlsconn_send(&s->tls, idx, gen, buf, len);
+		return;
+	}
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_SEND, idx, gen));
@@ -72,34 +87,78 @@ static void io_shutdown(void *ctx, int fd, bool cancel)
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
 }
 
-static long io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
+static long sock_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 {
 	ssize_t n = recv(fd, buf, cap, MSG_DONTWAIT);
 	return n < 0 ? -errno : (long)n;
 }
 
-static long io_pending(void *ctx, int fd)
+static long io_read_now(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap)
+{
+	dp_shard_t *s = ctx;
+	if (dp_tlsconn_is(&s->tls, idx))
+		return dp_tlsconn_read_now(&s->tls, idx, fd, buf, cap);
+	return sock_read_now(ctx, fd, buf, cap);
+}
+
+static long io_pending(void *ctx, uint32_t idx, int fd)
 {
 	int n = 0;
 	return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
 }
 
-static long io_unsent(void *ctx, int fd)
+/* In the socket's send queue, and (TLS) ciphertext not handed to it yet. */
+static long io_unsent(void *ctx, uint32_t idx, int fd)
 {
+	dp_shard_t *s = ctx;
 	int n = 0;
-	return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0;
+	long q = (long)dp_tlsconn_unsent(&s->tls, idx);
+	return (ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0) + q;
 }
 
-static void io_close(void *ctx, int fd)
+static void io_close(void *ctx, uint32_t idx, int fd)
 {
+	dp_shard_t *s = ctx;
+	dp_tlsconn_drop(&s->tls, idx);
 	if (fd >= 0)
 		close(fd);
+}
+
+/* A TLS client over --rate-limit: REFUSED, in an answer like any other
+ * (RFC 7858 clients keep their connection; dropping a query would only
+ * make them wait for it). Returns true when it was refused (or, not a
+ * query we can answer, dropped). */
+static bool tls_limited(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t *msg,
+			size_t len)
+{
+	if (!s->rl || !__atomic_load_n(&s->rl->rate, __ATOMIC_RELAXED) ||
+	    dp_rl_check(s->rl, (const struct sockaddr *)&s->tls_peer[idx], s->now_ms) ==
+		    DP_RL_PASS)
+		return false;
+	STAT_INC(s, tls_ratelimited);
+	dp_dns_view_t v;
+	int rc = dp_dns_parse_query(msg, len, &v);
+	if (rc == DP_E_MALFORMED || rc == DP_E_RESPONSE) {
+		STAT_INC(s, dropped);
+		return true;
+	}
+	uint8_t out[1024];
+	int n = dp_dns_build_error(msg, &v, DP_DNS_RCODE_REFUSED, s->cfg->max_udp_size, out, 512);
+	if (n > 0 && v.has_opt)
+		n = (int)dp_edns_stream_answer(out, (size_t)n, sizeof(out), (size_t)n - 11,
+					       (int)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u),
+					       DP_EDNS_ANSWER_BLOCK);
+	if (n > 0)
+		dp_tcpconn_answer(&s->tcp, idx, gen, out, (size_t)n);
+	return true;
 }
 
 /* One query from connection idx/gen: its client is the connection. */
 static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *msg, size_t len)
 {
 	dp_shard_t *s = ctx;
+	if ((li & DP_LI_TLS) && tls_limited(s, idx, gen, msg, len))
+		return 0;
 	dp_client_t c;
 	c.tcp.key = s->tcp_peer[idx];
 	c.tcp.idx = idx;
@@ -108,7 +167,10 @@ static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *
 	c.arrive_ns = 0;
 	c.transport = T_TCP;
 	c.li = li;
-	return dp_query_from_client(s, &c, msg, len);
+	int rc = dp_query_from_client(s, &c, msg, len);
+	if (rc == 0 && (li & DP_LI_TLS))
+		STAT_INC(s, tls_queries);
+	return rc;
 }
 
 static uint32_t up_freed(void *ctx)
@@ -138,6 +200,37 @@ static void up_stat(void *ctx, int which, uint64_t v)
 	default: break;
 	}
 }
+
+/* ---- the transport below tlsconn (TLS clients) ------------------------------ */
+
+static void tls_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t *buf,
+		     size_t len)
+{
+	dp_shard_t *s = ctx;
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_TLS_SEND, idx, gen));
+}
+
+static void tls_stat(void *ctx, int which)
+{
+	dp_shard_t *s = ctx;
+	switch (which) {
+	case DP_TLSC_HANDSHAKE: STAT_INC(s, tls_handshakes); break;
+	case DP_TLSC_RESUMED: STAT_INC(s, tls_resumed); break;
+	case DP_TLSC_HS_FAILED: STAT_INC(s, tls_handshake_failures); break;
+	case DP_TLSC_HS_TIMEOUT: STAT_INC(s, tls_handshake_timeouts); break;
+	case DP_TLSC_HS_DEFERRED: STAT_INC(s, tls_handshakes_deferred); break;
+	case DP_TLSC_ERROR: STAT_INC(s, tls_errors); break;
+	default: break;
+	}
+}
+
+static const dp_tlsconn_io_t tls_io = {
+	.send = tls_send,
+	.read_now = sock_read_now,
+	.stat = tls_stat,
+};
 
 static const dp_tcpconn_io_t tcp_io = {
 	/* operations on the socket, through the ring */
@@ -200,7 +293,12 @@ int dp_tcp_init(dp_shard_t *s)
 	int rc = dp_tcpconn_init(&s->tcp, cap, reserve, &tcp_io, s, &s->now_ms);
 	s->tcp.inflight_max = cfg->max_inflight_per_conn;
 	s->fe[T_TCP] = &tcp_ops;
-	return rc;
+	if (rc < 0 || !s->nlisten_tls)
+		return rc;
+	s->tls_peer = calloc((size_t)cap + reserve, sizeof(*s->tls_peer));
+	if (!s->tls_peer)
+		return -ENOMEM;
+	return dp_tlsconn_init(&s->tls, &s->tcp, &tls_io, s);
 }
 
 void dp_tcp_reconfigure(dp_shard_t *s)
@@ -208,20 +306,47 @@ void dp_tcp_reconfigure(dp_shard_t *s)
 	s->tcp.inflight_max = s->cfg->max_inflight_per_conn;
 }
 
+/* Listener li's socket and whether its accept is armed (li with DP_LI_TLS:
+ * a TLS listener). */
+static int *listen_fd(dp_shard_t *s, int li)
+{
+	return li & DP_LI_TLS ? &s->tls_fd[li & ~DP_LI_TLS] : &s->tcp_fd[li];
+}
+
+static bool *listen_armed(dp_shard_t *s, int li)
+{
+	return li & DP_LI_TLS ? &s->tls_armed[li & ~DP_LI_TLS] : &s->tcp_armed[li];
+}
+
 void dp_tcp_arm_accept(dp_shard_t *s, int li)
 {
-	if (s->tcp_fd[li] < 0 || s->stop)
+	int fd = *listen_fd(s, li);
+	if (fd < 0 || s->stop)
 		return;
 	struct io_uring_sqe *sqe = dp_sqe(s);
-	io_uring_prep_multishot_accept(sqe, s->tcp_fd[li], NULL, NULL, SOCK_CLOEXEC);
+	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)li, 0));
-	s->tcp_armed[li] = true;
+	*listen_armed(s, li) = true;
+}
+
+/* A TLS client accepted into slot idx: its session, its address. */
+static void tls_accepted(dp_shard_t *s, int idx, const struct sockaddr_storage *peer)
+{
+	uint32_t gen = s->tcp.c[idx].gen;
+	STAT_INC(s, tls_accepted);
+	memset(&s->tls_peer[idx], 0, sizeof(s->tls_peer[idx]));
+	memcpy(&s->tls_peer[idx], peer,
+	       peer->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	if (!s->srv_ctx || dp_tlsconn_open(&s->tls, (uint32_t)idx, gen, s->srv_ctx, s->now_ms) < 0) {
+		STAT_INC(s, tls_errors);
+		dp_tcpconn_close(&s->tcp, (uint32_t)idx);
+	}
 }
 
 void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 {
 	if (!(cqe->flags & IORING_CQE_F_MORE)) {
-		s->tcp_armed[li] = false;
+		*listen_armed(s, li) = false;
 		/* Out of fds and similar: wait for the next tick, do not spin. */
 		if (cqe->res >= 0 || cqe->res == -EINTR)
 			dp_tcp_arm_accept(s, li);
@@ -254,6 +379,8 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 		return;
 	}
 	dp_cshare_key_of((const struct sockaddr *)&peer, &s->tcp_peer[idx]);
+	if (li & DP_LI_TLS)
+		tls_accepted(s, idx, &peer);
 }
 
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)
@@ -264,7 +391,11 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 		bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
 		data = dp_bufring_data(s, bid);
 	}
-	dp_tcpconn_on_recv(&s->tcp, idx, gen, cqe->res, cqe->flags & IORING_CQE_F_MORE, data);
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+	if (dp_tlsconn_is(&s->tls, idx) && dp_tcpconn_get(&s->tcp, idx, gen))
+		dp_tlsconn_on_recv(&s->tls, idx, gen, cqe->res, more, data);
+	else
+		dp_tcpconn_on_recv(&s->tcp, idx, gen, cqe->res, more, data);
 	if (data)
 		dp_bufring_recycle(s, bid);
 }
@@ -274,9 +405,21 @@ void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 	dp_tcpconn_on_send(&s->tcp, idx, gen, cqe->res);
 }
 
+void dp_tcp_on_tls_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)
+{
+	dp_tlsconn_on_send(&s->tls, idx, gen, cqe->res);
+}
+
 void dp_tcp_resume_pending(dp_shard_t *s)
 {
+	if (s->tls.c)
+		dp_tlsconn_run(&s->tls);
 	dp_tcpconn_resume_pending(&s->tcp);
+}
+
+bool dp_tcp_more(const dp_shard_t *s)
+{
+	return dp_tlsconn_more(&s->tls);
 }
 
 void dp_tcp_flush(dp_shard_t *s)
@@ -287,6 +430,8 @@ void dp_tcp_flush(dp_shard_t *s)
 void dp_tcp_expire(dp_shard_t *s)
 {
 	dp_tcpconn_expire(&s->tcp, s->cfg->tcp_idle_ms);
+	if (s->tls.c)
+		dp_tlsconn_expire(&s->tls, s->now_ms, s->cfg->listen_tls_handshake_ms);
 }
 
 void dp_tcp_close(dp_shard_t *s, uint32_t idx)
@@ -311,12 +456,16 @@ bool dp_tcp_idle_output(dp_shard_t *s)
 
 void dp_tcp_close_all(dp_shard_t *s)
 {
+	s->tls.teardown = true; /* sends may still read their buffers */
 	dp_tcpconn_close_all(&s->tcp);
 }
 
 void dp_tcp_free(dp_shard_t *s)
 {
+	dp_tlsconn_free(&s->tls);
 	dp_tcpconn_free(&s->tcp);
 	free(s->tcp_peer);
+	free(s->tls_peer);
 	s->tcp_peer = NULL;
+	s->tls_peer = NULL;
 }

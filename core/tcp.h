@@ -8,7 +8,8 @@
 
 /* ---- set-up and teardown ---- */
 
-/* Set up the shard's client table (--max-tcp-clients / shards) and register
+/* Set up the shard's client table (--max-tcp-clients / shards: TCP and TLS
+ * clients together), its TLS layer when it has TLS listeners, and register
  * the frontend's ops (s->fe[T_TCP]). Allocates; returns 0 or -ENOMEM. */
 int dp_tcp_init(dp_shard_t *s);
 /* After a reload: adopt --max-inflight-per-conn. */
@@ -20,7 +21,8 @@ void dp_tcp_free(dp_shard_t *s);
 
 /* ---- completions (engine.c dispatches them) ---- */
 
-/* Start (again) the multishot accept on listener li (not when stopping). */
+/* Start (again) the multishot accept on listener li (li | DP_LI_TLS: TLS
+ * listener li), not when stopping. */
 void dp_tcp_arm_accept(dp_shard_t *s, int li);
 /* An accept completion of listener li: the ACL, then a connection slot. */
 void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
@@ -28,6 +30,8 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
  * tcpconn). Hot path. */
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
 void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
+/* A ciphertext send completion of TLS connection idx/gen (OP_TLS_SEND). */
+void dp_tcp_on_tls_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen);
 
 /* ---- once per loop turn ---- */
 
@@ -36,6 +40,8 @@ void dp_tcp_on_send(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
  * query of theirs ended, or a slot freed for those refused their fair
  * share). Dispatches held frames: makes queries and answers. */
 void dp_tcp_resume_pending(dp_shard_t *s);
+/* True when TLS handshakes wait for the next turn's budget: do not sleep. */
+bool dp_tcp_more(const dp_shard_t *s);
 /* End of a loop turn: one send per connection with queued answers. */
 void dp_tcp_flush(dp_shard_t *s);
 /* Close idle clients whose time is up. */

@@ -113,7 +113,7 @@ static void queue_resume(dp_tcpconns_t *t, uint32_t idx)
 static void finalize(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];
-	t->io->close(t->ctx, c->fd);
+	t->io->close(t->ctx, idx, c->fd);
 	c->fd = -1;
 	drop_bufs(t, c);
 	c->used = c->closing = false;
@@ -138,6 +138,20 @@ static void release(dp_tcpconns_t *t, uint32_t idx)
 {
 	if (--t->c[idx].hold == 0)
 		try_finalize(t, idx);
+}
+
+bool dp_tcpconn_hold(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
+{
+	dp_tcpc_t *c = dp_tcpconn_get(t, idx, gen);
+	if (!c)
+		return false;
+	c->hold++;
+	return true;
+}
+
+void dp_tcpconn_release(dp_tcpconns_t *t, uint32_t idx)
+{
+	release(t, idx);
 }
 
 void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx)
@@ -383,7 +397,7 @@ static void end_reading(dp_tcpconns_t *t, uint32_t idx)
 	dp_tcpc_t *c = &t->c[idx];
 	uint8_t buf[4096];
 	for (int i = 0; i < DRAIN_READS && !c->closing && !c->paused; i++) {
-		long n = t->io->read_now(t->ctx, c->fd, buf, sizeof(buf));
+		long n = t->io->read_now(t->ctx, idx, c->fd, buf, sizeof(buf));
 		if (n <= 0)
 			break;
 		on_data(t, idx, buf, (size_t)n);
@@ -561,7 +575,7 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 			break;
 		bool sending = c->wq.inflight || c->wq.fill.len;
 		if (sending && now - c->last_progress_ms >= limit &&
-		    t->io->unsent(t->ctx, c->fd) > 0) {
+		    t->io->unsent(t->ctx, idx, c->fd) > 0) {
 			/* Its answers have not moved for a whole idle period and
 			 * sit in its socket: the client does not read. (With its
 			 * socket empty, the client has read them and only our
@@ -586,7 +600,7 @@ void dp_tcpconn_expire(dp_tcpconns_t *t, uint32_t limit)
 		 * wait that tick): if they are still unread then, the shard is
 		 * behind; if a frame completed, touch() moved it; if not, idle. */
 		bool busy = c->inflight || sending || c->paused;
-		bool unread = !busy && t->io->pending(t->ctx, c->fd) > 0;
+		bool unread = !busy && t->io->pending(t->ctx, idx, c->fd) > 0;
 		if (unread && !c->idle_recheck) {
 			c->idle_recheck = true;
 			break;
@@ -702,7 +716,7 @@ void dp_tcpconn_close_all(dp_tcpconns_t *t)
 		dp_tcpc_t *c = &t->c[i];
 		if (c->used && c->fd >= 0) {
 			t->io->shutdown(t->ctx, c->fd, false);
-			t->io->close(t->ctx, c->fd);
+			t->io->close(t->ctx, i, c->fd);
 			c->fd = -1;
 		}
 	}

@@ -85,16 +85,17 @@ typedef struct dp_tcpconn_io {
 	void (*shutdown)(void *ctx, int fd, bool cancel);
 	/* Read what already sits in the socket, without waiting (drain).
 	 * Returns the octets read, 0 at EOF, or a negative errno. */
-	long (*read_now)(void *ctx, int fd, uint8_t *buf, size_t cap);
+	long (*read_now)(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap);
 	/* Octets the kernel holds in fd's socket that no receive has handed
 	 * us yet (0 when none, or on error). Asked only by idle expiry. */
-	long (*pending)(void *ctx, int fd);
+	long (*pending)(void *ctx, uint32_t idx, int fd);
 	/* Octets sent on fd that the client has not taken yet (still in the
 	 * socket's send queue; 0 when none, or on error). Asked only by idle
 	 * expiry, of a connection whose answers seem not to move. */
-	long (*unsent)(void *ctx, int fd);
-	/* The slot is done with fd: close it. */
-	void (*close)(void *ctx, int fd);
+	long (*unsent)(void *ctx, uint32_t idx, int fd);
+	/* Slot idx is done with fd: close it (and forget what the transport
+	 * kept for the slot; fd may be -1 after dp_tcpconn_close_all). */
+	void (*close)(void *ctx, uint32_t idx, int fd);
 	/* Upward: one complete query from connection idx/gen, received on
 	 * listener li. msg is valid during the call only. The callee may
 	 * answer (dp_tcpconn_answer) and so close the connection before it
@@ -125,7 +126,8 @@ typedef struct dp_tcpc {
 	bool idle_recheck; /* idle but octets unread: looked at again next tick */
 	uint8_t wait; /* paused: on no list, the share-wait or the resume list */
 	uint8_t listen_idx;
-	uint16_t hold; /* frames of this module on the stack */
+	uint16_t hold; /* frames of this module on the stack, and the transport's
+			* own references (dp_tcpconn_hold: a TLS layer's sends) */
 	int fd;
 	uint32_t ops; /* operations in the transport */
 	uint32_t inflight; /* queries not yet answered */
@@ -236,6 +238,16 @@ bool dp_tcpconn_idle_output(const dp_tcpconns_t *t);
 /* Teardown: shut down and close every connection's fd now (operations in
  * flight are abandoned with the transport). */
 void dp_tcpconn_close_all(dp_tcpconns_t *t);
+
+/* The transport keeps connection idx/gen from being finalized while it
+ * works on it outside a call from this module (a TLS layer delivering
+ * plaintext in several calls, or its own ciphertext send in flight).
+ * Returns false, taking nothing, when idx/gen is gone. Each true is
+ * matched by one dp_tcpconn_release, which may finalize the slot (closing,
+ * nothing else refers to it): the slot and what the transport keeps for
+ * it must not be touched after that. */
+bool dp_tcpconn_hold(dp_tcpconns_t *t, uint32_t idx, uint32_t gen);
+void dp_tcpconn_release(dp_tcpconns_t *t, uint32_t idx);
 
 /* The connection in slot idx if it is open with generation gen, else NULL. */
 static inline dp_tcpc_t *dp_tcpconn_get(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)

@@ -165,6 +165,19 @@ static int set_peer_checks(SSL *ssl, const dp_upstream_cfg_t *u)
 	return 0;
 }
 
+int dp_tls_bind_wire(SSL *ssl, dp_tls_wire_t *w)
+{
+	pthread_once(&conn_method_once, conn_method_init);
+	BIO *bio = conn_method ? BIO_new(conn_method) : NULL;
+	if (!bio) {
+		ERR_clear_error();
+		return DP_E_TLS;
+	}
+	BIO_set_data(bio, w);
+	SSL_set_bio(ssl, bio, bio); /* one BIO, both ways; ssl owns it */
+	return 0;
+}
+
 int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_tls_wire_t *w,
 		       SSL_SESSION **session, SSL **ssl_out)
 {

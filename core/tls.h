@@ -20,6 +20,9 @@ SSL_CTX *dp_tls_client_ctx(const dp_config_t *cfg, char *err, size_t errlen);
  * Allocates; returns 0 or DP_E_TLS. */
 int dp_tls_new_session(SSL_CTX *ctx, const dp_upstream_cfg_t *u, dp_tls_wire_t *w,
 		       SSL_SESSION **session, SSL **ssl);
+/* Put a BIO over w (as dp_tls_new_session's) under ssl: it reads w->rx and
+ * appends to *w->tx; w must outlive ssl. Returns 0 or DP_E_TLS. */
+int dp_tls_bind_wire(SSL *ssl, dp_tls_wire_t *w);
 /* 0 when the upstream has no pins or one of them matches a key of the
  * peer's chain, DP_E_TLS otherwise. */
 int dp_tls_check_pins(SSL *ssl, const dp_upstream_cfg_t *u);

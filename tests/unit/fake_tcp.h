@@ -115,7 +115,7 @@ static void fake_io_shutdown(void *ctx, int fd, bool cancel)
 	}
 }
 
-static long fake_io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
+static long fake_io_read_now(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
 	FAKE_CHECK(d->open, "read of a closed fd");
@@ -128,7 +128,7 @@ static long fake_io_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 }
 
 /* What sits in the socket is what a drain read would find there. */
-static long fake_io_pending(void *ctx, int fd)
+static long fake_io_pending(void *ctx, uint32_t idx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
 	FAKE_CHECK(d->open, "pending of a closed fd");
@@ -136,14 +136,14 @@ static long fake_io_pending(void *ctx, int fd)
 }
 
 /* A send in flight sits in the socket until the client takes it. */
-static long fake_io_unsent(void *ctx, int fd)
+static long fake_io_unsent(void *ctx, uint32_t idx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
 	FAKE_CHECK(d->open, "unsent of a closed fd");
 	return d->send && !d->taken ? (long)d->send_len : 0;
 }
 
-static void fake_io_close(void *ctx, int fd)
+static void fake_io_close(void *ctx, uint32_t idx, int fd)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
 	FAKE_CHECK(d->open, "fd closed twice");

@@ -84,7 +84,7 @@ static out_t *from_upstream(const wire_t *a, const dp_dns_answer_t *pa, uint32_t
 {
 	static out_t o;
 	dp_answer_src_t src;
-	dp_answer_client_t cl = { q->b, qv, NULL, 0, udp_limit };
+	dp_answer_client_t cl = { q->b, qv, NULL, 0, udp_limit, false, 0, 0 };
 	dp_answer_src_upstream(&src, a->b, a->n, pa, ttl_max);
 	o.n = dp_answer_personalise(&src, &cl, o.b, sizeof(o.b), &o.tc);
 	assert_true(o.n > 0);
@@ -166,7 +166,7 @@ static void ttls_aged_and_stale(void **state)
 	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &pa), 0);
 	query(&q, 9, RD, "age.example", false, false, &qv);
 	dp_answer_src_t src;
-	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0 };
+	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0, false, 0, 0 };
 	static out_t o;
 	dp_answer_src_upstream(&src, a.b, a.n, &pa, UINT32_MAX);
 	src.age = 100;
@@ -301,7 +301,7 @@ static void too_big_for_output(void **state)
 	assert_int_equal(dp_dns_parse_answer_rrs(a.b, a.n, &pa), 0);
 	query(&q, 5, RD, "www.example", false, false, &qv);
 	dp_answer_src_t src;
-	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0 };
+	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0, false, 0, 0 };
 	uint8_t small[20];
 	bool tc;
 	dp_answer_src_upstream(&src, a.b, a.n, &pa, UINT32_MAX);
@@ -335,7 +335,7 @@ static void from_cache_entry(void **state)
 	dp_cache_entry_t *e = dp_cache_lookup(&c, &k, 31000, false, &stale);
 	assert_non_null(e);
 	dp_answer_src_t src;
-	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0 };
+	dp_answer_client_t cl = { q.b, &qv, NULL, 0, 0, false, 0, 0 };
 	static out_t o;
 	dp_cache_entry_src(e, 31000, false, &src);
 	o.n = dp_answer_personalise(&src, &cl, o.b, sizeof(o.b), &o.tc);

@@ -165,7 +165,7 @@ static int serve(const dp_cache_entry_t *e, const uint8_t *q, const dp_dns_view_
 		 uint64_t now, bool stale, uint8_t *out, size_t cap)
 {
 	dp_answer_src_t src;
-	dp_answer_client_t cl = { q, qv, NULL, 0, 0 };
+	dp_answer_client_t cl = { q, qv, NULL, 0, 0, false, 0, 0 };
 	bool tc;
 	dp_cache_entry_src(e, now, stale, &src);
 	int n = dp_answer_personalise(&src, &cl, out, cap, &tc);
@@ -1131,7 +1131,7 @@ static void hole7_clamp_top_bit_is_zero(void **state)
 		dp_answer_src_t src;
 		dp_answer_src_upstream(&src, a.b, a.n, &v, with_max ? 100 : UINT32_MAX);
 		dp_dns_view_t qv = v.v;
-		dp_answer_client_t cl = { a.b, &qv, NULL, 0, 0 };
+		dp_answer_client_t cl = { a.b, &qv, NULL, 0, 0, false, 0, 0 };
 		bool tc;
 		s.n = dp_answer_personalise(&src, &cl, s.b, sizeof(s.b), &tc);
 		assert_int_equal(s.n, (int)a.n);
