@@ -744,6 +744,80 @@ static void pad_then_scrub_round_trip(void **state)
  * upstream, and a COOKIE in an answer (the upstream's, for us) never
  * reaches a client, so cached and coalesced answers cannot hand one
  * client's cookie to another. */
+/* The options of the OPT at opt_off that ends m (len). */
+static void list_tail_opts(const uint8_t *m, size_t len, size_t opt_off, opt_list_t *l)
+{
+	dp_dns_view_t v;
+	memset(&v, 0, sizeof(v));
+	v.has_opt = true;
+	v.opt_off = (uint16_t)opt_off;
+	v.opt_len = (uint16_t)(len - opt_off);
+	list_opts(m, &v, l);
+}
+
+static void stream_answer_pads_to_468_with_keepalive(void **state)
+{
+	static opts_t o;
+	o.n = 0;
+	opt_add(&o, OPT_OTHER, "ab", 2);
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 37); /* the upstream's */
+	opt_add(&o, DP_DNS_OPT_KEEPALIVE, "\x00\x05", 2); /* the upstream's */
+	static wire_t w;
+	w.n = 0;
+	make_answer(&w, &o, false);
+	size_t opt_off = w.n - 11 - o.n;
+	static uint8_t before[70000];
+	memcpy(before, w.b, opt_off);
+	size_t n = dp_edns_stream_answer(w.b, w.n, sizeof(w.b), opt_off, 100, DP_EDNS_ANSWER_BLOCK);
+	assert_int_equal(n % DP_EDNS_ANSWER_BLOCK, 0);
+	assert_memory_equal(w.b, before, opt_off); /* the records before the OPT untouched */
+	opt_list_t l;
+	list_tail_opts(w.b, n, opt_off, &l);
+	assert_int_equal(count_code(&l, OPT_OTHER), 1);
+	assert_int_equal(count_code(&l, DP_DNS_OPT_KEEPALIVE), 1);
+	assert_int_equal(count_code(&l, DP_DNS_OPT_PADDING), 1);
+	int k = find_code(&l, DP_DNS_OPT_KEEPALIVE);
+	assert_int_equal(l.len[k], 2);
+	assert_int_equal(dp_rd16(w.b + l.data_off[k]), 100);
+	assert_int_equal(find_code(&l, DP_DNS_OPT_PADDING), l.n - 1); /* padding last */
+}
+
+static void stream_answer_keepalive_only_keeps_padding(void **state)
+{
+	static opts_t o;
+	o.n = 0;
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 37);
+	static wire_t w;
+	w.n = 0;
+	make_answer(&w, &o, false);
+	size_t opt_off = w.n - 11 - o.n;
+	size_t n = dp_edns_stream_answer(w.b, w.n, sizeof(w.b), opt_off, 7, 0);
+	assert_int_equal(n, w.n + 6);
+	opt_list_t l;
+	list_tail_opts(w.b, n, opt_off, &l);
+	assert_int_equal(count_code(&l, DP_DNS_OPT_PADDING), 1);
+	assert_int_equal(l.len[find_code(&l, DP_DNS_OPT_PADDING)], 37);
+	assert_int_equal(dp_rd16(w.b + l.data_off[find_code(&l, DP_DNS_OPT_KEEPALIVE)]), 7);
+}
+
+static void stream_answer_leaves_misplaced_opt_and_respects_cap(void **state)
+{
+	static wire_t w;
+	w.n = 0;
+	make_answer(&w, NULL, true); /* a record after the OPT */
+	size_t opt_off = w.n - 11 - 17; /* the OPT, then the 17-octet TXT record */
+	static uint8_t copy[70000];
+	memcpy(copy, w.b, w.n);
+	assert_int_equal(dp_edns_stream_answer(w.b, w.n, sizeof(w.b), opt_off, 1, 468), w.n);
+	assert_memory_equal(w.b, copy, w.n);
+	w.n = 0;
+	make_answer(&w, NULL, false);
+	opt_off = w.n - 11;
+	/* room for the keepalive, not for the padding: keepalive only */
+	size_t n = dp_edns_stream_answer(w.b, w.n, w.n + 8, opt_off, 1, 468);
+	assert_int_equal(n, w.n + 6);
+}
+
 static void cookie_never_crosses(void **state)
 {
 	(void)state;
@@ -778,6 +852,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(cookie_never_crosses),
+		cmocka_unit_test(stream_answer_pads_to_468_with_keepalive),
+		cmocka_unit_test(stream_answer_keepalive_only_keeps_padding),
+		cmocka_unit_test(stream_answer_leaves_misplaced_opt_and_respects_cap),
 		cmocka_unit_test(pad_adds_opt_when_missing),
 		cmocka_unit_test(pad_forwards_no_client_option),
 		cmocka_unit_test(pad_forwards_given_subnet),
