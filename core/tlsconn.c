@@ -188,8 +188,14 @@ void dp_tlsconn_on_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res)
 			pt_complete(t, idx, left < 0 ? left : -EPIPE);
 		dp_tcpconn_close(t->tcp, idx);
 	} else {
-		if (left == 0 && c->wq.out.cap > 16384)
-			dp_buf_free(&c->wq.out); /* a burst's buffer: not kept by idle clients */
+		if (left == 0 && (c->wq.out.cap > 16384 || (c->hs_done && !c->trimmed))) {
+			/* a burst's buffer, or the handshake's: not kept by idle
+			 * clients (a client that only connected keeps none) */
+			dp_buf_free(&c->wq.out);
+			if (c->wq.fill.len == 0)
+				dp_buf_free(&c->wq.fill);
+			c->trimmed = c->hs_done;
+		}
 		if (left == 0 && c->pt == DP_TLSC_PT_OUT)
 			pt_complete(t, idx, (int)c->pt_len); /* it may send again at once */
 		if (c->failed && !c->sending && dp_sendq_queued(&c->wq) == 0)
@@ -216,6 +222,11 @@ static bool handshake(dp_tlsconns_t *t, uint32_t idx)
 		count(t, DP_TLSC_HANDSHAKE);
 		if (SSL_session_reused(c->ssl))
 			count(t, DP_TLSC_RESUMED);
+		if (!c->sending && dp_sendq_queued(&c->wq) == 0) {
+			/* the flight is out: its buffers are not kept */
+			dp_sendq_free(&c->wq);
+			c->trimmed = true;
+		}
 		return true;
 	}
 	if (SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ) {

@@ -77,6 +77,7 @@ typedef struct dp_tlsc {
 	bool poked; /* ... an empty one, to complete a failed tcpconn send */
 	bool failed; /* handshake refused: close once its alert is out */
 	bool pt_failed; /* SSL_write failed: tcpconn's send completes with an error */
+	bool trimmed; /* the handshake's send buffers freed */
 	uint8_t pt; /* tcpconn's send: none, its ciphertext in wq.fill, in wq.out */
 	uint32_t pt_len;
 	uint64_t born_ms;
