@@ -392,3 +392,138 @@ def test_slow_reader_is_closed_good_client_served(dotproxy, unbound, certs, tmp_
     finally:
         slow.close()
         good.close()
+
+
+@pytest.mark.timeout_s(120)
+def test_handshake_flood_does_not_stall_established_client(dotproxy, unbound, certs, tmp_path):
+    """Threads open TLS connections as fast as they can (full handshakes, no
+    resumption) against one shard; a client with an established session
+    keeps asking cached names meanwhile: every answer comes, and its p99
+    stays far below a handshake timeout. Reports the handshake rate and the
+    latency; the 10 ms bench target is measured by the bench, not here
+    (this machine's two cores run the flooding clients too)."""
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path, threads=1)
+    stop = threading.Event()
+    made = [0]
+    errors = []
+
+    def flood():
+        ctx = tls_ctx(certs["ca"])
+        ctx.options |= ssl.OP_NO_TICKET
+        while not stop.is_set():
+            try:
+                tls_connect(port, ctx).close()
+                made[0] += 1
+            except Exception as e:  # counted, not fatal: the shard may refuse at its cap
+                errors.append(repr(e))
+
+    with tls_connect(port, tls_ctx(certs["ca"])) as good:
+        for i in range(10):
+            ask(good, "n%d.test." % i)  # cached from now on
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        lat = []
+        t_end = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            ask(good, "n%d.test." % (i % 10))
+            lat.append(time.monotonic() - t0)
+            i += 1
+            time.sleep(0.005)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    lat.sort()
+    p99 = lat[int(len(lat) * 0.99) - 1]
+    st = dp.stats()
+    print("handshakes %d in 4 s (%d/s), deferred steps %d; established client: %d queries, "
+          "p50 %.2f ms p99 %.2f ms max %.2f ms; client errors %d"
+          % (st["tls_handshakes"], st["tls_handshakes"] / 4, st["tls_handshakes_deferred"], len(lat),
+             lat[len(lat) // 2] * 1e3, p99 * 1e3, lat[-1] * 1e3, len(errors)))
+    assert made[0] > 50, (made, errors[:3])
+    assert p99 < 0.25, "p99 %.1f ms" % (p99 * 1e3)
+
+
+@pytest.mark.timeout_s(180)
+def test_idle_tls_clients_rss(dotproxy, unbound, certs, tmp_path):
+    """2,000 TLS clients that handshake and go idle: RSS reported; each costs
+    at most 16 KB (measured about 5 KB: BoringSSL's session, none of our
+    buffers). Within the 20,000 descriptors here (both ends are ours)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = 2000
+    if hard < 2 * n + 200:
+        pytest.skip("RLIMIT_NOFILE hard limit %d < %d" % (hard, 2 * n + 200))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * n + 200), hard))
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path, threads=2,
+                         extra=["--tcp-idle-timeout", "120s"])
+    ctx = tls_ctx(certs["ca"])
+    rss0 = H.rss_kb(dp.pid)
+    conns = []
+    try:
+        for _ in range(n):
+            conns.append(tls_connect(port, ctx))
+        time.sleep(0.5)
+        rss1 = H.rss_kb(dp.pid)
+        with tls_connect(port, ctx) as s:
+            assert ask(s, "www.test.").rcode() == dns.rcode.NOERROR
+        st = dp.stats()
+    finally:
+        for c in conns:
+            c.close()
+    per = (rss1 - rss0) * 1024 / n
+    print("%d idle TLS clients: RSS %d kB -> %d kB, %.0f octets each; tcp_open=%d"
+          % (n, rss0, rss1, per, st["tcp_open"]))
+    assert st["tcp_open"] >= n
+    assert per < 16384, per
+
+
+@pytest.mark.timeout_s(60)
+def test_one_client_cap_for_tcp_and_tls(dotproxy, unbound, certs, tmp_path):
+    """--max-tcp-clients counts plain TCP and TLS clients together: at the
+    cap a newcomer of either kind evicts the least recently active quiet
+    connection, whichever kind it is."""
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path, threads=1,
+                         extra=["--max-tcp-clients", "2"])
+    plain = socket.create_connection((dp.host, dp.port), timeout=5)
+    try:
+        q = H.make_query("www.test.", "A")
+        w = q.to_wire()
+        plain.sendall(struct.pack("!H", len(w)) + w)
+        assert dns.message.from_wire(H.tcp_read_msg(plain)).id == q.id
+        time.sleep(0.2)
+        with tls_connect(port, tls_ctx(certs["ca"])) as a:
+            ask(a, "www.test.")
+            time.sleep(0.2)
+            with tls_connect(port, tls_ctx(certs["ca"])) as b:
+                ask(b, "www.test.")  # the plain one made room
+                plain.settimeout(3)
+                try:
+                    gone = plain.recv(10) == b""
+                except ConnectionResetError:
+                    gone = True
+                assert gone, "the least recently active (plain TCP) client was not evicted"
+                ask(a, "www.test.")
+        st = dp.stats()
+        assert st["tcp_evicted"] == 1 and st["tcp_refused"] == 0, st
+    finally:
+        plain.close()
+
+
+@pytest.mark.timeout_s(60)
+def test_drain_answers_tls_queries_in_flight(dotproxy, unbound, certs, tmp_path):
+    """SIGTERM while a TLS client's pipelined queries are upstream: each is
+    answered before the connection closes, and the daemon exits 0."""
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path, threads=2)
+    with tls_connect(port, tls_ctx(certs["ca"])) as s:
+        tag = os.urandom(4).hex()
+        qs = [H.make_query("d%d-%s.perf.test." % (i, tag), "A", qid=i) for i in range(50)]
+        s.sendall(b"".join(struct.pack("!H", len(q.to_wire())) + q.to_wire() for q in qs))
+        os.kill(dp.pid, signal.SIGTERM)
+        ids = sorted(read_msg(s).id for _ in qs)
+        assert ids == list(range(50))
+    rc, killed = dp.stop()
+    dp.expect_exited = True
+    assert rc == 0 and not killed
