@@ -381,6 +381,101 @@ static void resumption_with_ticket(void **state)
 	client_close(&d);
 }
 
+/* Complete the send in flight with at most chunk octets (a short send). */
+static bool server_push_part(client_t *c, size_t chunk)
+{
+	uint32_t i = c->idx;
+	if (!F->out[i])
+		return false;
+	size_t n = DP_MIN(chunk, F->out_len[i]);
+	const uint8_t *p = F->out[i];
+	F->out[i] = NULL;
+	BIO_write(c->in, p, (int)n);
+	dp_tlsconn_on_send(&F->tls, i, F->out_gen[i], (int)n);
+	return true;
+}
+
+static void short_sends_complete_each_answer_once(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	pump(&c, 4);
+	assert_int_equal(SSL_is_init_finished(c.ssl), 1);
+	for (uint16_t i = 1; i <= 30; i++)
+		client_query(&c, i);
+	client_push(&c);
+	dp_tcpconn_flush(&F->t);
+	assert_true(F->t.c[c.idx].wq.inflight); /* tcpconn waits for its ciphertext */
+	for (int k = 0; k < 10000 && server_push_part(&c, 7); k++)
+		dp_tcpconn_flush(&F->t);
+	assert_false(F->t.c[c.idx].wq.inflight);
+	assert_int_equal(F->t.c[c.idx].wq.fill.len, 0);
+	uint8_t buf[4096];
+	int got = 0, n;
+	while ((n = client_read(&c, buf + got, (int)sizeof(buf) - got)) > 0)
+		got += n;
+	assert_int_equal(got, 30 * 14);
+	for (int i = 0; i < 30; i++)
+		assert_int_equal(buf[i * 14 + 2] << 8 | buf[i * 14 + 3], i + 1);
+	client_close(&c);
+}
+
+static void send_error_closes_and_frees(void **state)
+{
+	client_t c;
+	client_open(&c, NULL);
+	pump(&c, 4);
+	client_query(&c, 1);
+	client_push(&c);
+	dp_tcpconn_flush(&F->t);
+	uint32_t i = c.idx;
+	assert_non_null(F->out[i]);
+	F->out[i] = NULL;
+	dp_tlsconn_on_send(&F->tls, i, F->out_gen[i], -EPIPE); /* the client reset */
+	assert_true(F->t.c[i].closing);
+	assert_false(F->t.c[i].wq.inflight); /* tcpconn's send completed (with the error) */
+	assert_true(dp_tlsconn_is(&F->tls, i)); /* its receive is still in flight */
+	dp_tlsconn_on_recv(&F->tls, i, F->t.c[i].gen, -ECANCELED, false, NULL);
+	assert_false(dp_tlsconn_is(&F->tls, i));
+	assert_false(F->t.c[i].used);
+	client_close(&c);
+}
+
+static void garbage_instead_of_hello_is_closed(void **state)
+{
+	client_t c;
+	client_open(&c, NULL);
+	uint8_t junk[300];
+	for (size_t k = 0; k < sizeof(junk); k++)
+		junk[k] = (uint8_t)(k * 37 + 11);
+	dp_tlsconn_on_recv(&F->tls, c.idx, F->t.c[c.idx].gen, (int)sizeof(junk), true, junk);
+	assert_int_equal(F->stat[DP_TLSC_HS_FAILED], 1);
+	/* the alert, if one was made, goes first; then the close */
+	while (server_push(&c))
+		;
+	assert_true(F->t.c[c.idx].closing);
+	client_close(&c);
+}
+
+static void close_notify_is_eof_after_answers(void **state)
+{
+	client_t c;
+	client_open(&c, NULL);
+	pump(&c, 4);
+	client_query(&c, 3);
+	SSL_shutdown(c.ssl); /* close_notify right behind the query */
+	client_push(&c);
+	assert_true(F->t.c[c.idx].eof);
+	assert_false(F->t.c[c.idx].closing); /* its answer first */
+	dp_tcpconn_flush(&F->t);
+	while (server_push(&c))
+		dp_tcpconn_flush(&F->t);
+	assert_true(F->t.c[c.idx].closing);
+	uint8_t buf[64];
+	assert_int_equal(client_read(&c, buf, sizeof(buf)), 14);
+	client_close(&c);
+}
+
 /* ---- ticket keys ---- */
 
 static uint64_t fake_s;
@@ -435,6 +530,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(handshakes_bounded_per_turn, setup, teardown),
 		cmocka_unit_test_setup_teardown(half_open_handshake_times_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(resumption_with_ticket, setup, teardown),
+		cmocka_unit_test_setup_teardown(short_sends_complete_each_answer_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(send_error_closes_and_frees, setup, teardown),
+		cmocka_unit_test_setup_teardown(garbage_instead_of_hello_is_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(close_notify_is_eof_after_answers, setup, teardown),
 		cmocka_unit_test(ticket_keys_rotate_keeping_previous),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
