@@ -849,7 +849,8 @@ static void usage(void)
 		wrap(text, n > HELP_COL - 4 ? n + 4 : HELP_COL);
 	}
 	printf("\n[restart]: read at start; a SIGHUP reload keeps the running value.\n"
-	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config;\n"
+	       "Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads --config (and\n"
+	       "re-reads --cert and --key);\n"
 	       "SIGUSR1 logs the counters.\n");
 }
 
