@@ -197,6 +197,46 @@ static void listen_limit(void **state)
 	assert_non_null(strstr(err, "too many --listen"));
 }
 
+static void listen_tls_forms(void **state)
+{
+	/* none by default; port 853 when not given; needs --cert and --key */
+	assert_int_equal(parse(NULL), 0);
+	assert_int_equal(cfg.nlisten_tls, 0);
+	assert_int_equal(cfg.listen_tls_min_version, 0x0304);
+	assert_int_equal(cfg.listen_tls_handshake_ms, 5000);
+	assert_int_equal(parse("--listen-tls", "127.0.0.1", "--listen-tls", "[::1]:8853", "--cert",
+			       "/c.pem", "--key", "/k.pem", "--listen-tls-min-version", "1.2",
+			       "--listen-tls-handshake-timeout", "750ms", NULL),
+			 0);
+	assert_int_equal(cfg.nlisten_tls, 2);
+	assert_v4(&cfg.listen_tls[0], "127.0.0.1", 853);
+	assert_v6(&cfg.listen_tls[1], "::1", 8853);
+	assert_string_equal(cfg.cert_file, "/c.pem");
+	assert_string_equal(cfg.key_file, "/k.pem");
+	assert_int_equal(cfg.listen_tls_min_version, 0x0303);
+	assert_int_equal(cfg.listen_tls_handshake_ms, 750);
+	assert_int_equal(cfg.nlisten, 1); /* --listen keeps its default */
+	assert_int_equal(parse("--listen-tls", "127.0.0.1:853", "--cert", "/c.pem", NULL),
+			 DP_E_CONFIG);
+	assert_non_null(strstr(err, "--cert and --key"));
+	assert_int_equal(parse("--listen-tls", "localhost:853", NULL), DP_E_CONFIG);
+	assert_int_equal(parse("--listen-tls-min-version", "1.1", NULL), DP_E_CONFIG);
+	/* [restart]: a reload keeps the running listeners, but takes a new
+	 * certificate */
+	assert_int_equal(parse("--listen-tls", "127.0.0.1", "--cert", "/c.pem", "--key", "/k.pem",
+			       NULL),
+			 0);
+	dp_config_t old = cfg;
+	assert_int_equal(parse("--listen-tls", "127.0.0.2", "--cert", "/d.pem", "--key", "/k.pem",
+			       NULL),
+			 0);
+	char names[256];
+	assert_int_equal(dp_config_keep_restart(&cfg, &old, names, sizeof(names)), 1);
+	assert_string_equal(names, "listen-tls");
+	assert_v4(&cfg.listen_tls[0], "127.0.0.1", 853);
+	assert_string_equal(cfg.cert_file, "/d.pem");
+}
+
 static void parse_addr_direct(void **state)
 {
 	dp_sockaddr_t a;
@@ -638,6 +678,7 @@ int main(void)
 		cmocka_unit_test(listen_forms),
 		cmocka_unit_test(listen_bad),
 		cmocka_unit_test(listen_limit),
+		cmocka_unit_test(listen_tls_forms),
 		cmocka_unit_test(parse_addr_direct),
 		cmocka_unit_test(upstream_forms),
 		cmocka_unit_test(upstream_bad),
