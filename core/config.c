@@ -511,6 +511,32 @@ static int add_listen(dp_config_t *c, const char *arg)
 	return 0;
 }
 
+/* The port of a listen address (network order), 0 when the kernel picks. */
+static uint16_t port_of(const dp_sockaddr_t *a)
+{
+	return ((const struct sockaddr_in *)&a->ss)->sin_port;
+}
+
+/* A TLS listener on a plain listener's TCP address would share its port
+ * (SO_REUSEPORT, one process): the kernel would hand plain and TLS clients
+ * to either. Returns 0, or DP_E_CONFIG with err. */
+static int check_tls_listen(const dp_config_t *c, char *err, size_t errlen)
+{
+	for (int i = 0; i < c->nlisten_tls; i++)
+		for (int j = 0; j < c->nlisten + i; j++) {
+			const dp_sockaddr_t *a = &c->listen_tls[i];
+			const dp_sockaddr_t *b = j < c->nlisten ? &c->listen[j]
+							       : &c->listen_tls[j - c->nlisten];
+			if (port_of(a) == 0 || a->len != b->len || memcmp(&a->ss, &b->ss, a->len) != 0)
+				continue;
+			snprintf(err, errlen, "--listen-tls %s: the same address as %s %s",
+				 c->listen_tls_text[i], j < c->nlisten ? "--listen" : "--listen-tls",
+				 j < c->nlisten ? c->listen_text[j] : c->listen_tls_text[j - c->nlisten]);
+			return DP_E_CONFIG;
+		}
+	return 0;
+}
+
 /* ---- forwarding zones ---- */
 
 /* "cluster.local", "cluster.local." or "." into wire form, lower case.
@@ -1022,6 +1048,8 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		snprintf(err, errlen, "--listen-tls needs --cert and --key");
 		return DP_E_CONFIG;
 	}
+	if (check_tls_listen(c, err, errlen) < 0)
+		return DP_E_CONFIG;
 	if (optind < argc) {
 		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);
 		return DP_E_CONFIG;

@@ -220,6 +220,14 @@ static void listen_tls_forms(void **state)
 			 DP_E_CONFIG);
 	assert_non_null(strstr(err, "--cert and --key"));
 	assert_int_equal(parse("--listen-tls", "localhost:853", NULL), DP_E_CONFIG);
+	/* not on a plain listener's address, nor twice */
+	assert_int_equal(parse("--listen", "127.0.0.1:853", "--listen-tls", "127.0.0.1", "--cert",
+			       "/c.pem", "--key", "/k.pem", NULL),
+			 DP_E_CONFIG);
+	assert_non_null(strstr(err, "the same address as --listen 127.0.0.1:853"));
+	assert_int_equal(parse("--listen-tls", "127.0.0.1", "--listen-tls", "127.0.0.1:853", "--cert",
+			       "/c.pem", "--key", "/k.pem", NULL),
+			 DP_E_CONFIG);
 	assert_int_equal(parse("--listen-tls-min-version", "1.1", NULL), DP_E_CONFIG);
 	/* [restart]: a reload keeps the running listeners, but takes a new
 	 * certificate */
