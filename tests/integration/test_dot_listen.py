@@ -527,3 +527,16 @@ def test_drain_answers_tls_queries_in_flight(dotproxy, unbound, certs, tmp_path)
     rc, killed = dp.stop()
     dp.expect_exited = True
     assert rc == 0 and not killed
+
+
+@pytest.mark.timeout_s(60)
+def test_ipv6_tls_listener(dotproxy, unbound, certs, tmp_path):
+    if not H.have_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    port6 = H.free_port("::1")
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path,
+                         extra=["--listen-tls", "[::1]:%d" % port6])
+    raw = socket.create_connection(("::1", port6), timeout=5)
+    with tls_ctx(certs["ca"]).wrap_socket(raw, server_hostname=H.UPSTREAM_NAME) as s:
+        assert ask(s, "www.test.", "AAAA").rcode() == dns.rcode.NOERROR
+    assert dp.wait_log(lambda d: d.get("msg") == "listening" and d.get("addr") == "[::1]:%d" % port6, 2)
