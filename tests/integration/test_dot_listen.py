@@ -477,7 +477,10 @@ def test_idle_tls_clients_rss(dotproxy, unbound, certs, tmp_path):
     print("%d idle TLS clients: RSS %d kB -> %d kB, %.0f octets each; tcp_open=%d"
           % (n, rss0, rss1, per, st["tcp_open"]))
     assert st["tcp_open"] >= n
-    assert per < 16384, per
+    with open("/proc/%d/maps" % dp.pid) as f:
+        sanitized = "libasan" in f.read()  # its allocator's redzones and quarantine
+    if not sanitized:
+        assert per < 16384, per
 
 
 @pytest.mark.timeout_s(60)
