@@ -157,7 +157,7 @@ static const opt_t opts[] = {
 	  .def = "/etc/ssl/certs/ca-certificates.crt",
 	  .help = "CA bundle for upstream verification" },
 	{ "max-tcp-clients", "N", K_UINT, R_RESTART, 0, FIELD(max_tcp_clients), .min = 1,
-	  .max = 1000000, .def = "15000", .help = "open client TCP connections" },
+	  .max = 1000000, .def = "15000", .help = "open client TCP and TLS connections, together" },
 	{ "tcp-idle-timeout", "DUR", K_DURATION, R_LIVE, 0, FIELD(tcp_idle_ms), .min = 1,
 	  .def = "10s", .help = "close idle client TCP connections" },
 	{ "max-inflight", "N", K_UINT, R_RESTART, 0, FIELD(max_inflight), .min = 1, .max = 1000000,
@@ -177,8 +177,8 @@ static const opt_t opts[] = {
 		  "REFUSED (UDP) or are closed (TCP)" },
 	{ "rate-limit", "QPS", K_UINT, R_LIVE, 0, FIELD(rate_limit), .min = 0, .max = 10000000,
 	  .expect = "queries per second, 0 = off", .shown = "off",
-	  .help = "per client address (IPv6: /64), UDP; over it queries are dropped or answered "
-		  "TC=1; 0 = off" },
+	  .help = "per client address (IPv6: /64), UDP and TLS; over it UDP queries are dropped or "
+		  "answered TC=1, TLS ones answered REFUSED; 0 = off" },
 	{ "cache-size", "MB", K_UINT, R_RESTART, 0, FIELD(cache_mb), .min = 0, .max = 1048576,
 	  .unit = "megabytes", .def = "64", .help = "answer cache, split over shards; 0 = off" },
 	{ "no-cache", NULL, K_FLAG, R_RESTART, 0, FIELD(cache_mb), .min = 0,
