@@ -111,7 +111,8 @@ static const opt_t opts[] = {
 	{ "forward", "ZONE=UPSTREAM", K_FORWARD, R_LIVE, 0, NOFIELD, .max = DP_MAX_UPSTREAMS,
 	  .help = "send queries at or below ZONE to UPSTREAM, repeatable (once per upstream; "
 		  "the longest ZONE wins; '.' is the default route); UPSTREAM is a DoT upstream "
-		  "as for --upstream, udp://IP[:PORT] (plain DNS, TCP when truncated) or "
+		  "as for --upstream, udp://IP[:PORT] (plain DNS, TCP when truncated; ,0x20 "
+		  "randomizes the name's letter case, which the answer must echo) or "
 		  "tcp://IP[:PORT] (plain DNS over TCP), port 53 by default; a layer (file, "
 		  "command line) naming a zone replaces that zone's upstreams; config file: "
 		  "forward ZONE UPSTREAM" },
@@ -318,8 +319,9 @@ static int b64_decode(const char *in, uint8_t *out, size_t cap)
 	return (int)o;
 }
 
-/* udp://IP[:PORT] or tcp://IP[:PORT], port 53 by default: plain DNS.
- * Returns 1 when s is one (parsed into u, or DP_E_CONFIG), 0 when not. */
+/* udp://IP[:PORT][,0x20] or tcp://IP[:PORT], port 53 by default: plain
+ * DNS. Returns 1 when s is one (parsed into u, or DP_E_CONFIG), 0 when
+ * not. */
 static int parse_plain_upstream(const char *s, dp_upstream_cfg_t *u)
 {
 	if (strncmp(s, "udp://", 6) == 0)
@@ -328,8 +330,19 @@ static int parse_plain_upstream(const char *s, dp_upstream_cfg_t *u)
 		u->transport = DP_UP_TCP;
 	else
 		return 0;
-	if (strlen(s) >= sizeof(u->text) || dp_config_parse_addr(s + 6, 53, &u->addr) < 0)
+	char addr[128];
+	size_t al = strcspn(s + 6, ",");
+	if (al >= sizeof(addr) || strlen(s) >= sizeof(u->text))
 		return DP_E_CONFIG;
+	memcpy(addr, s + 6, al);
+	addr[al] = 0;
+	if (dp_config_parse_addr(addr, 53, &u->addr) < 0)
+		return DP_E_CONFIG;
+	if (s[6 + al]) {
+		if (u->transport != DP_UP_UDP || strcmp(s + 6 + al, ",0x20") != 0)
+			return DP_E_CONFIG;
+		u->case_random = true;
+	}
 	snprintf(u->text, sizeof(u->text), "%s", s);
 	return 1;
 }
@@ -687,7 +700,8 @@ static void expectation(const opt_t *o, char *buf, size_t cap)
 		break;
 	case K_UPSTREAM:
 		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a "
-				   "pin), udp://IP[:PORT] or tcp://IP[:PORT] (at most %d upstreams)",
+				   "pin), udp://IP[:PORT][,0x20] or tcp://IP[:PORT] (at most %d "
+				   "upstreams)",
 			 DP_MAX_UPSTREAMS);
 		break;
 	case K_FORWARD:

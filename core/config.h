@@ -35,6 +35,7 @@ typedef struct dp_upstream_cfg {
 	int npins;
 	bool no_ca; /* trust the pins alone, skip CA and name verification */
 	uint8_t transport; /* DP_UP_* */
+	bool case_random; /* udp:// ...,0x20: random letter case in the question */
 	uint8_t zone; /* index in zone[]: the zone it serves */
 } dp_upstream_cfg_t;
 

@@ -497,7 +497,8 @@ static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 		s->pool.sink->fail(s, qi);
 		return;
 	}
-	if (!dp_dns_question_equal(q->wire, &q->view, msg, v)) {
+	if (!dp_dns_question_equal(q->wire, &q->view, msg, v) ||
+	    !dp_upconn_case_ok(s, ci, msg, len)) {
 		STAT_INC(s, upstream_bad_question);
 		return;
 	}

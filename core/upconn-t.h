@@ -30,6 +30,8 @@ typedef struct dp_upconn {
 	bool retired; /* (pool) UDP: its port has served enough queries; takes
 		       * no more unless nothing else can, closes once idle */
 	uint32_t nsent; /* (pool) UDP: queries sent from its port */
+	uint64_t case_seed; /* UDP with 0x20: the letter case of a question is
+			     * drawn from it and the query ID */
 	bool recv_armed;
 	bool dirty; /* on the shard's flush list */
 	bool got_answer; /* (pool) an answer matched since connecting */

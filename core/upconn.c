@@ -240,6 +240,7 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	c->batch.len = c->batch_count = 0;
 	c->retired = false;
 	c->nsent = 0;
+	c->case_seed = dp_hash2(dp_now_ns(), ci);
 	STAT_INC(s, connects);
 	M_INC(s->metrics.up[c->upstream].connects);
 	c->ops++;
@@ -260,6 +261,46 @@ static void mark_dirty(dp_shard_t *s, uint32_t ci)
 	}
 }
 
+/* ---- 0x20 ------------------------------------------------------------------ */
+
+/* The letters of the question name of m (len octets, the name at offset
+ * 12) take a case drawn from c's seed and m's ID, a bit per letter
+ * (draft-vixie-dnsext-dns0x20): written into out (m itself) when out is
+ * not NULL, else checked. Returns false when a letter's case differs. */
+static bool case_walk(const dp_upconn_t *c, const uint8_t *m, size_t len, uint8_t *out)
+{
+	uint16_t id = dp_rd16(m);
+	uint64_t bits = 0;
+	unsigned left = 0, word = 0;
+	for (size_t o = DP_DNS_HDR_LEN; o < len && m[o] && m[o] < 64; o += (size_t)m[o] + 1u) {
+		for (size_t i = o + 1; i <= o + m[o] && i < len; i++) {
+			uint8_t lc = m[i] | 0x20; /* lower case, for letters */
+			if (lc < 'a' || lc > 'z')
+				continue;
+			if (left == 0) {
+				bits = dp_hash2(c->case_seed, (uint64_t)word++ << 16 | id);
+				left = 64;
+			}
+			bool upper = bits & 1;
+			bits >>= 1;
+			left--;
+			if (out)
+				out[i] = upper ? (uint8_t)(lc - 32) : lc;
+			else if ((m[i] != lc) != upper)
+				return false;
+		}
+	}
+	return true;
+}
+
+bool dp_upconn_case_ok(const dp_shard_t *s, uint32_t ci, const uint8_t *msg, size_t len)
+{
+	const dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind != UK_UDP || !s->cfg->upstream[c->upstream].case_random)
+		return true;
+	return case_walk(c, msg, len, NULL);
+}
+
 int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
 		    uint16_t opt_off)
 {
@@ -278,6 +319,8 @@ int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len
 		len = (uint16_t)dp_edns_strip_stream_opts(p + 2, len, opt_off, c->kind == UK_TCP);
 		dp_wr16(p, len);
 	}
+	if (c->kind == UK_UDP && s->cfg->upstream[c->upstream].case_random)
+		case_walk(c, p + 2, len, p + 2);
 	c->batch.len += len + 2u;
 	c->batch_count++;
 	c->last_used_ms = s->now_ms;

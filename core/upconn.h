@@ -55,6 +55,11 @@ static inline bool dp_upconn_has_room(const dp_upconn_t *c, uint32_t len)
 int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
 		    uint16_t opt_off);
 
+/* Whether answer msg (len octets, a parsed question) read on UDP
+ * connection ci spells its question name's letters in the case the query
+ * with its ID was sent in: always true unless the upstream is ,0x20. */
+bool dp_upconn_case_ok(const dp_shard_t *s, uint32_t ci, const uint8_t *msg, size_t len);
+
 /* Fail or close connection ci (a no-op when it is closing or down): log
  * what and reason (a warning when health), drop its unsent batch, shut the
  * socket down and cancel its operations, tell the pool (ops->closed); the
