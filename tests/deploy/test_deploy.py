@@ -28,7 +28,8 @@ Checks that run tools (each skips loudly when its tool is missing):
 - the Dockerfile's build-stage commands, run on a copy of exactly what the
   stage COPYs (cmake, -DDP_TESTS=OFF, install);
 - the configs through the real binary (`dotproxy --config FILE --version`;
-  a config with forward lines skips on a build without --forward);
+  a config with forward lines skips on a build without --forward), and the
+  parser's accepted and refused lines through it too, so the mirror agrees;
 - the init container's script, twice, in a fresh network namespace;
 - the daemon itself, as root only: started the way the systemd unit starts
   it (non-root, ambient CAP_NET_BIND_SERVICE, no_new_privs, the unit's
@@ -42,6 +43,7 @@ Nothing leaves the loopback interface. The binaries are taken from
 $DOTPROXY_BUILD_DIR (default: build/ at the repository root).
 """
 
+import base64
 import errno
 import ipaddress
 import json
@@ -137,6 +139,15 @@ def _upstream(v):
     for o in filter(None, opts.split(",")):
         if not (o == "no-ca" or o.startswith("pin-sha256=")):
             raise ValueError("unknown upstream option %r" % o)
+        if o.startswith("pin-sha256=") and not _is_sha256_b64(o[len("pin-sha256="):]):
+            raise ValueError("pin-sha256 wants the base64 of 32 bytes")
+
+
+def _is_sha256_b64(v):
+    try:
+        return len(base64.b64decode(v, validate=True)) == 32
+    except ValueError:
+        return False
 
 
 # A zone: "." (the root, the default route) or a domain name, trailing dot
@@ -166,12 +177,20 @@ def _any_upstream(v):
         _upstream(v)
 
 
-def _forward(v):
-    """ZONE UPSTREAM: one upstream per line, as one per --forward ZONE=UPSTREAM."""
+def forward_words(v):
+    """(zone, upstream) of a forward line's value: "ZONE UPSTREAM", or
+    "ZONE=UPSTREAM" as on the command line (the daemon takes both)."""
     words = re.split(r"[ \t]+", v)
+    if len(words) == 1 and "=" in v:
+        words = v.split("=", 1)
     if len(words) != 2:
         raise ValueError("expected ZONE UPSTREAM")
-    zone, up = words
+    return words
+
+
+def _forward(v):
+    """One upstream per line, as one per --forward ZONE=UPSTREAM."""
+    zone, up = forward_words(v)
     if not ZONE.match(zone) or len(zone.rstrip(".")) > 253:
         raise ValueError("bad zone %r" % zone)
     _any_upstream(up)
@@ -285,7 +304,7 @@ def routes(s):
     for u in s.get("upstream", []):
         r.setdefault(".", []).append(u)
     for v in s.get("forward", []):
-        zone, up = re.split(r"[ \t]+", v)
+        zone, up = forward_words(v)
         r.setdefault(zone_key(zone), []).append(up)
     return r
 
@@ -298,7 +317,7 @@ def settings(entries):
     return d
 
 
-@pytest.mark.parametrize("text,why", [
+REFUSED_CONFIGS = [
     ("listne 127.0.0.1:53\n", "unknown setting"),
     ("listen\n", "needs a value"),
     ("listen 127.0.0.1\n", "IP:PORT"),
@@ -310,7 +329,8 @@ def settings(entries):
     ("threads 0\n", "expected 1..256"),
     ("x" * 1100 + "\n", "line too long"),
     ("forward cluster.local\n", "ZONE UPSTREAM"),
-    ("forward cluster.local=tcp://10.96.0.10\n", "ZONE UPSTREAM"),
+    ("forward cluster.local=tcp://10.96.0.10 x\n", "bad zone"),
+    ("forward corp.example 10.0.0.2#ns.corp,pin-sha256=AAAA\n", "base64 of 32 bytes"),
     ("forward a..b tcp://10.96.0.10\n", "bad zone"),
     ("forward corp.example http://10.0.0.2\n", "udp:// or tcp://"),
     ("forward corp.example udp://10.0.0.2:70000\n", "port out of range"),
@@ -318,7 +338,10 @@ def settings(entries):
     ("forward corp.example tcp://ns.corp.example\n", "tcp://IP"),
     ("forward corp.example 10.0.0.2#bad name!\n", "ZONE UPSTREAM"),
     ("forward corp.example 10.0.0.2#ns.corp,pinned\n", "upstream option"),
-])
+]
+
+
+@pytest.mark.parametrize("text,why", REFUSED_CONFIGS)
 def test_config_parser_refuses(text, why):
     with pytest.raises(ConfigError) as e:
         parse_config(text)
@@ -335,21 +358,26 @@ def test_config_parser_accepts_the_format():
         ("allow", "fc00::/7"), ("timeout", "500ms")]
 
 
+PIN = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64 of a SHA-256
+FORWARD_LINES = ("forward cluster.local tcp://10.96.0.10:53\n"
+                 "forward in-addr.arpa. tcp://10.96.0.10\n"
+                 "forward Corp.Example udp://[fd00::53]:5353\n"
+                 "forward corp.example udp://fd00::53\n"
+                 "forward _msdcs.corp.example 10.0.0.2:853#dc.corp.example,pin-sha256=%s\n"
+                 "forward . 9.9.9.9#dns.quad9.net   # the default route\n"
+                 "forward ip6.arpa=tcp://10.96.0.10\n"
+                 "allow-plain-default\n") % PIN
+
+
 def test_config_parser_accepts_forward_lines():
-    text = ("forward cluster.local tcp://10.96.0.10:53\n"
-            "forward in-addr.arpa. tcp://10.96.0.10\n"
-            "forward Corp.Example udp://[fd00::53]:5353\n"
-            "forward corp.example udp://fd00::53\n"
-            "forward _msdcs.corp.example 10.0.0.2:853#dc.corp.example,pin-sha256=AAAA\n"
-            "forward . 9.9.9.9#dns.quad9.net   # the default route\n"
-            "allow-plain-default\n")
+    text = FORWARD_LINES
     got = [(n, v) for _, n, v in parse_config(text)]
-    assert [n for n, _ in got] == ["forward"] * 6 + ["allow-plain-default"]
+    assert [n for n, _ in got] == ["forward"] * 7 + ["allow-plain-default"]
     assert routes(settings(parse_config(text))) == {
         "cluster.local.": ["tcp://10.96.0.10:53"], "in-addr.arpa.": ["tcp://10.96.0.10"],
         "corp.example.": ["udp://[fd00::53]:5353", "udp://fd00::53"],
-        "_msdcs.corp.example.": ["10.0.0.2:853#dc.corp.example,pin-sha256=AAAA"],
-        ".": ["9.9.9.9#dns.quad9.net"]}
+        "_msdcs.corp.example.": ["10.0.0.2:853#dc.corp.example,pin-sha256=%s" % PIN],
+        ".": ["9.9.9.9#dns.quad9.net"], "ip6.arpa.": ["tcp://10.96.0.10"]}
 
 
 def test_config_example_parses():
@@ -1085,6 +1113,21 @@ def need_forward_if_used(text):
     if any(n == "forward" for _, n, _ in parse_config(text)) and \
             not re.search(r"^\s*--forward\b(?!-)", daemon_help(), re.M):
         skip_loudly("this dotproxy build lacks --forward (forwarding rules)")
+
+
+@pytest.mark.parametrize("text,refused", [(FORWARD_LINES, False)] + [(c[0], True) for c in REFUSED_CONFIGS],
+                         ids=["forward-lines"] + [c[0][:40].strip() for c in REFUSED_CONFIGS])
+def test_config_parser_agrees_with_the_daemon(tmp_path, text, refused):
+    """What the mirror refuses the daemon refuses, and what it takes the
+    daemon takes (`--config FILE --version`)."""
+    need_ops_flags()
+    if "forward" in text:
+        need_forward_if_used("forward . 1.1.1.1#one.one.one.one\n")
+    path = tmp_path / "t.conf"
+    path.write_text(text)
+    r = subprocess.run([str(DOTPROXY), "--config", str(path), "--version"], capture_output=True, text=True,
+                       timeout=30)
+    assert (r.returncode != 0) == refused, "rc=%d for %r\n%s" % (r.returncode, text[:80], r.stderr)
 
 
 @pytest.mark.parametrize("which", ["example", "configmap"])
