@@ -971,6 +971,7 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	opterr = 0;
 	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
 	int code;
+	bool version = false;
 	while ((code = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
 		if (code == ':' || code == '?') {
 			snprintf(err, errlen, code == ':' ? "%s: missing value (see --help)"
@@ -984,8 +985,8 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 			return 1;
 		}
 		if (o->kind == K_VERSION) {
-			printf("dotproxy %s\n", DP_VERSION);
-			return 1;
+			version = true; /* printed once the settings checked out */
+			continue;
 		}
 		if (apply(c, o, optarg ? optarg : "", err, errlen) < 0)
 			return DP_E_CONFIG;
@@ -1001,7 +1002,9 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);
 		return DP_E_CONFIG;
 	}
-	return 0;
+	if (version)
+		printf("dotproxy %s\n", DP_VERSION);
+	return version ? 1 : 0;
 }
 
 /* -------------------------------------------------------- reload rule */

@@ -102,8 +102,9 @@ void dp_config_defaults(dp_config_t *c);
 
 /* Parse argv into c (which holds defaults): the --config file first, if
  * any, then the command line over it. Returns 0 to run, 1 when --help or
- * --version printed and the program should exit 0, DP_E_CONFIG with a
- * one-line message in err otherwise. */
+ * --version printed and the program should exit 0 (--version only once
+ * every setting checked out, so that `--config FILE --version` checks a
+ * file), DP_E_CONFIG with a one-line message in err otherwise. */
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen);
 
 /* Read settings from a config file into c (a layer under the command
