@@ -1,0 +1,146 @@
+"""Spoofing a plain udp:// upstream (issue 15): forged UDP answers are never
+accepted, and the proxy's upstream queries are hard to guess.
+
+The zone spoof.example goes to a plainserver.py in forging mode: before each
+genuine answer (its marker, after 30 ms) it sends answers carrying
+plainserver.FORGED_ADDR with (a) a wrong ID, (b) the right ID and another
+question, (c) the right ID and question from another source port of its IP,
+(d) the right ID and question to the other source ports the proxy used lately
+(other sockets of its pool). A proxy that takes any of them hands the forged
+address to the client. What the server recorded then shows the source ports
+and IDs of the proxy's 200 queries: several ports, IDs not a counter.
+
+Objects owned here: none beyond test_forward's fixtures (plain servers,
+dotproxy, the DoT default responder).
+"""
+
+import selectors
+import socket
+import time
+
+import dns.message
+import dns.rcode
+import pytest
+
+import dphelpers as H
+import plainserver as P
+from test_forward import NO_PROBES, ask, assert_from, forward_args, plain, who  # noqa: F401 (fixture)
+from test_ops import a_addrs, msum, scrape, tag
+from test_resilience import responder  # noqa: F401 (fixture)
+
+MARKER = "203.0.113.31"
+N_QUERIES = 200
+CLIENTS = 8        # client sockets, each with up to WINDOW queries outstanding
+WINDOW = 5
+BOUND_S = 60       # all N_QUERIES answered within this
+
+
+def start_spoofed(dotproxy, responder, certs, plain, extra=()):  # noqa: F811
+    forger = plain("127.0.0.31", MARKER, label="spoofed", forge=True, forge_dest=True)
+    dot = responder()
+    mport = H.free_port()
+    dp = dotproxy([dot.upstream_arg()], certs["ca"], threads=2,
+                  extra=forward_args([("spoof.example", forger.upstream("udp"))]) + NO_PROBES
+                  + ["--metrics", "127.0.0.1:%d" % mport] + list(extra))
+    return forger, dp, mport
+
+
+def run_window(dp, names, deadline):
+    """names sent over UDP from CLIENTS sockets, at most WINDOW outstanding
+    per socket; {name: response, or None when unanswered by deadline}."""
+    sel = selectors.DefaultSelector()
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(CLIENTS)]
+    pending = {s: {} for s in socks}     # socket -> {id: name}
+    got = {}
+    todo = list(names)
+    try:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        while (todo or any(pending.values())) and time.monotonic() < deadline:
+            for s, pend in pending.items():
+                while todo and len(pend) < WINDOW:
+                    q = H.make_query(todo[-1], "A")
+                    if q.id in pend:
+                        continue
+                    pend[q.id] = todo.pop()
+                    s.sendto(q.to_wire(), (dp.host, dp.port))
+            for key, _ in sel.select(timeout=0.2):
+                r = dns.message.from_wire(key.fileobj.recv(65535))
+                n = pending[key.fileobj].pop(r.id, None)
+                if n is not None:
+                    got[n] = r
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    for n in todo + [n for pend in pending.values() for n in pend.values()]:
+        got[n] = None
+    return got
+
+
+@pytest.mark.timeout_s(BOUND_S + 60)
+def test_forged_udp_answers_never_accepted(dotproxy, responder, certs, plain):  # noqa: F811
+    """200 names of spoof.example: every client gets the genuine marker,
+    never the forged address, although each query drew three or more
+    forgeries that arrived first."""
+    forger, dp, mport = start_spoofed(dotproxy, responder, certs, plain)
+    t = tag()
+    names = ["s%d-%s.spoof.example." % (i, t) for i in range(N_QUERIES)]
+    t0 = time.monotonic()
+    got = run_window(dp, names, t0 + BOUND_S)
+    took = time.monotonic() - t0
+    print("%d queries in %.1f s; forgeries sent: %s" % (len(names), took, forger.forged_sent))
+
+    forged = {n: who(r) for n, r in got.items() if r is not None and P.FORGED_ADDR in a_addrs(r)}
+    assert not forged, "%d forged answers accepted, e.g. %s" % (len(forged), sorted(forged.items())[:5])
+    missing = [n for n, r in got.items() if r is None]
+    assert not missing, "%d of %d queries unanswered within %d s, e.g. %s" % (len(missing), len(names),
+                                                                            BOUND_S, missing[:5])
+    wrong = {n: who(r) for n, r in got.items()
+             if r.rcode() != dns.rcode.NOERROR or a_addrs(r) != [MARKER]}
+    assert not wrong, "%d answers not the genuine %s: %s" % (len(wrong), MARKER, sorted(wrong.items())[:5])
+
+    # the forgeries did go out, ahead of each genuine answer
+    asked = [q for q in forger.seen(transport="udp") if q.lname in set(names)]
+    for kind in ("wrong_id", "wrong_question", "wrong_port"):
+        assert forger.forged_sent[kind] >= len(asked) >= N_QUERIES, (kind, forger.forged_sent, len(asked))
+    assert forger.forged_sent["wrong_dest"] > 0, forger.forged_sent
+
+    # no forged answer counted as an upstream answer either
+    _, s = scrape(mport)
+    answers = msum(s, "dotproxy_upstream_answers_total", zone="spoof.example.")
+    assert answers == len(asked), "upstream answers counted %s, genuine answers sent %d" % (answers, len(asked))
+
+
+@pytest.mark.timeout_s(BOUND_S + 60)
+def test_upstream_queries_use_random_ports_and_ids(dotproxy, responder, certs, plain):  # noqa: F811
+    """The source ports and IDs of the proxy's queries to a plain upstream,
+    as the server recorded them: more than one port (a pool of sockets on
+    random ports), IDs without a sequence."""
+    forger, dp, _ = start_spoofed(dotproxy, responder, certs, plain)
+    t = tag()
+    names = ["r%d-%s.spoof.example." % (i, t) for i in range(N_QUERIES)]
+    for i in range(0, N_QUERIES, 40):
+        got = run_window(dp, names[i:i + 40], time.monotonic() + BOUND_S / 5)
+        assert all(r is not None and a_addrs(r) == [MARKER] for r in got.values()), \
+            {n: (who(r) if r else None) for n, r in got.items()}
+    asked = [q for q in forger.seen(transport="udp") if q.lname in set(names)]
+    assert len(asked) >= N_QUERIES
+    ports = [q.sport for q in asked]
+    ids = [q.qid for q in asked]
+    distinct_ports = sorted(set(ports))
+    print("%d queries from %d source ports (%s...); first IDs %s" % (len(asked), len(distinct_ports),
+                                                                     distinct_ports[:10], ids[:10]))
+    assert len(distinct_ports) > 1, "every query from source port %s" % distinct_ports
+    assert not any(p == 53 or p == forger.port for p in distinct_ports), distinct_ports
+    # random 16-bit IDs: about one repeat in 200; a counter: steps of 1
+    assert len(set(ids)) >= len(ids) - 5, "IDs repeat: %d distinct of %d" % (len(set(ids)), len(ids))
+    steps = [(b - a) % 65536 for a, b in zip(ids, ids[1:])]
+    small = sum(1 for d in steps if d <= 16)
+    ups = sum(1 for a, b in zip(ids, ids[1:]) if b > a)
+    assert small < len(steps) // 10, "%d of %d consecutive IDs within +16 of the last: %s" % (
+        small, len(steps), ids[:20])
+    assert ups < 0.8 * len(steps), "IDs rise %d times in %d: a counter? %s" % (ups, len(steps), ids[:20])
+    # and the question went out as asked (0x20 may change its case only)
+    assert {q.lname for q in asked} == set(names)
+
