@@ -253,7 +253,9 @@ def test_reverse_zones(dotproxy, responder, certs, plain):  # noqa: F811
             want = ["%s.ptr.test." % server.label] if server else []
             assert ptr_target(r) == want, "%s PTR (%s): want %s, got %s" % (name, addr, want, ptr_target(r))
         only_seen_by(z, name, server)
-    assert dot_queries(z) - dot0 == 2, "DoT got %d queries, want the 2 non-internal addresses" % (
+    # the 2 other addresses, each maybe twice: the responder's NODATA has no
+    # SOA, so it is not cached (RFC 2308)
+    assert 2 <= dot_queries(z) - dot0 <= 4, "DoT got %d queries, want the 2 other addresses' (UDP and TCP)" % (
         dot_queries(z) - dot0)
 
 
