@@ -1,6 +1,6 @@
 """plainserver.py - a plain DNS server (UDP and TCP) for the forwarding tests.
 
-One PlainServer listens on HOST:PORT over UDP and TCP (threads in the test
+One PlainServer listens on HOST:PORT (IPv4 or IPv6) over UDP and TCP (threads in the test
 process, or this file run as a program) and:
 - answers A queries with its marker address (so a test can tell which server
   answered), PTR queries with "<label>.ptr.test." (label: the server's name),
@@ -145,11 +145,12 @@ class PlainServer:
         """Bind UDP and TCP on host:port and serve in threads. Returns self."""
         assert not self._running, "already running"
         self._stop = threading.Event()
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.udp = socket.socket(fam, socket.SOCK_DGRAM)
         self.udp.bind((self.host, self.port))
-        self.alt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # the wrong_port forger
+        self.alt = socket.socket(fam, socket.SOCK_DGRAM)   # the wrong_port forger
         self.alt.bind((self.host, 0))
-        self.lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsn = socket.socket(fam, socket.SOCK_STREAM)
         self.lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsn.bind((self.host, self.port))
         self.lsn.listen(128)
@@ -188,7 +189,8 @@ class PlainServer:
         return self._running
 
     def addr(self):
-        return "%s:%d" % (self.host, self.port)
+        """HOST:PORT, or [HOST]:PORT for IPv6."""
+        return ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
 
     def upstream(self, scheme):
         """The --forward upstream for this server: udp://IP:PORT or tcp://IP:PORT."""
@@ -383,7 +385,7 @@ def other_name(name):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="plain DNS test server (see the module comment)")
-    ap.add_argument("--listen", required=True, help="IPv4:PORT")
+    ap.add_argument("--listen", required=True, help="IPv4:PORT or [IPv6]:PORT")
     ap.add_argument("--marker", required=True, help="A record data")
     ap.add_argument("--label", help="PTR answer label")
     ap.add_argument("--big", default=r"^big", help="regex on the first label: TC over UDP, big over TCP")
@@ -393,6 +395,7 @@ def main(argv=None):
     ap.add_argument("--forge-dest", action="store_true")
     a = ap.parse_args(argv)
     host, port = a.listen.rsplit(":", 1)
+    host = host.strip("[]")
 
     def emit(rec):
         print(json.dumps(asdict(rec)), flush=True)
