@@ -17,7 +17,9 @@ process, or this file run as a program) and:
   ID and another question, (c) right ID and question from another socket on
   the same IP (another source port), (d) with forge_dest=True, right ID and
   question from the server socket to the other source ports the client used
-  lately (other sockets of its pool); then, forge_delay later, the genuine one;
+  lately (other sockets of its pool), (e) with forge_case=True, right ID and
+  the question with the case of every letter swapped (what a 0x20 client
+  must drop); then, forge_delay later, the genuine one;
 - stop() closes its sockets (TCP connections are reset: a killed server);
   start() binds the same port again.
 
@@ -52,7 +54,7 @@ import dns.rrset
 BIG_COUNT = 120          # A records in a big answer: 12 + question + 120 * 16 octets, ~2 KB
 FORGED_ADDR = "192.0.2.66"
 TTL = 300
-FORGE_KINDS = ("wrong_id", "wrong_question", "wrong_port", "wrong_dest")
+FORGE_KINDS = ("wrong_id", "wrong_question", "wrong_port", "wrong_dest", "wrong_case")
 POLL_S = 0.1             # how often the loops look at the stop flag
 
 
@@ -122,7 +124,8 @@ class PlainServer:
     label: the PTR answer's first label and the name in messages."""
 
     def __init__(self, host, marker, port=None, label=None, big=r"^big", ttl=TTL, reorder=True,
-                 delay_ms=0, forge=False, forge_dest=False, forge_delay=0.03, on_query=None):
+                 delay_ms=0, forge=False, forge_dest=False, forge_case=False, forge_delay=0.03,
+                 on_query=None):
         if port is None:
             import dphelpers as H   # only the threaded use needs the test helpers
             port = H.free_port(host)
@@ -131,6 +134,7 @@ class PlainServer:
         self.big = re.compile(big, re.I)
         self.ttl, self.reorder, self.delay_ms = ttl, reorder, delay_ms
         self.forge, self.forge_dest, self.forge_delay = forge, forge_dest, forge_delay
+        self.forge_case = forge_case
         self.on_query = on_query
         self.queries = []            # Query, in arrival order
         self.forged_sent = {k: 0 for k in FORGE_KINDS}
@@ -307,6 +311,10 @@ class PlainServer:
             for p in others[-8:]:
                 self.udp.sendto(forged, (src[0], p))
                 self.forged_sent["wrong_dest"] += 1
+        if self.forge_case:
+            swapped = dns.name.from_text(q.question[0].name.to_text().swapcase())
+            self.udp.sendto(self.answer(q, "udp", addr=FORGED_ADDR, qname=swapped), src)
+            self.forged_sent["wrong_case"] += 1
 
     # ------------------------------------------------------------ TCP
 
@@ -393,6 +401,7 @@ def main(argv=None):
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--forge", action="store_true")
     ap.add_argument("--forge-dest", action="store_true")
+    ap.add_argument("--forge-case", action="store_true")
     a = ap.parse_args(argv)
     host, port = a.listen.rsplit(":", 1)
     host = host.strip("[]")
@@ -401,7 +410,8 @@ def main(argv=None):
         print(json.dumps(asdict(rec)), flush=True)
 
     srv = PlainServer(host, a.marker, port=int(port), label=a.label, big=a.big, reorder=not a.no_reorder,
-                      delay_ms=a.delay_ms, forge=a.forge, forge_dest=a.forge_dest, on_query=emit).start()
+                      delay_ms=a.delay_ms, forge=a.forge, forge_dest=a.forge_dest, forge_case=a.forge_case,
+                      on_query=emit).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -35,14 +35,16 @@ WINDOW = 5
 BOUND_S = 60       # all N_QUERIES answered within this
 
 
-def start_spoofed(dotproxy, responder, certs, plain, threads=2, forge=True):  # noqa: F811
-    """dotproxy with spoof.example on a (forging) udp:// server: (server, dp,
-    metrics port)."""
-    forger = plain("127.0.0.31", MARKER, label="spoofed", forge=forge, forge_dest=forge)
+def start_spoofed(dotproxy, responder, certs, plain, threads=2, forge=True, case20=False):  # noqa: F811
+    """dotproxy with spoof.example on a (forging) udp:// server, with 0x20
+    when case20 (and then forged answers with the case swapped too):
+    (server, dp, metrics port)."""
+    forger = plain("127.0.0.31", MARKER, label="spoofed", forge=forge, forge_dest=forge, forge_case=case20)
+    up = forger.upstream("udp") + (",0x20" if case20 else "")
     dot = responder()
     mport = H.free_port()
     dp = dotproxy([dot.upstream_arg()], certs["ca"], threads=threads,
-                  extra=forward_args([("spoof.example", forger.upstream("udp"))]) + NO_PROBES
+                  extra=forward_args([("spoof.example", up)]) + NO_PROBES
                   + ["--metrics", "127.0.0.1:%d" % mport])
     return forger, dp, mport
 
@@ -81,11 +83,14 @@ def run_window(dp, names, deadline):
 
 
 @pytest.mark.timeout_s(BOUND_S + 60)
-def test_forged_udp_answers_never_accepted(dotproxy, responder, certs, plain):  # noqa: F811
+@pytest.mark.parametrize("case20", [False, True], ids=["plain", "0x20"])
+def test_forged_udp_answers_never_accepted(dotproxy, responder, certs, plain, case20):  # noqa: F811
     """200 names of spoof.example: every client gets the genuine marker,
     never the forged address, although each query drew three or more
-    forgeries that arrived first."""
-    forger, dp, mport = start_spoofed(dotproxy, responder, certs, plain)
+    forgeries that arrived first. With ,0x20 also forgeries that differ
+    from the question only in letter case; the names reach the server in
+    mixed case, and each client gets its question back as it spelt it."""
+    forger, dp, mport = start_spoofed(dotproxy, responder, certs, plain, case20=case20)
     t = tag()
     names = ["s%d-%s.spoof.example." % (i, t) for i in range(N_QUERIES)]
     t0 = time.monotonic()
@@ -107,6 +112,13 @@ def test_forged_udp_answers_never_accepted(dotproxy, responder, certs, plain):  
     for kind in ("wrong_id", "wrong_question", "wrong_port"):
         assert forger.forged_sent[kind] >= len(asked) >= N_QUERIES, (kind, forger.forged_sent, len(asked))
     assert forger.forged_sent["wrong_dest"] > 0, forger.forged_sent
+    if case20:
+        assert forger.forged_sent["wrong_case"] >= len(asked), forger.forged_sent
+        mixed = [q.name for q in asked if q.name != q.lname]
+        assert len(mixed) > len(asked) // 2, "0x20: only %d of %d names went out with upper-case letters: %s" % (
+            len(mixed), len(asked), [q.name for q in asked[:5]])
+        spelt = [(n, r.question[0].name.to_text()) for n, r in got.items() if r.question[0].name.to_text() != n]
+        assert not spelt, "0x20: questions not echoed as the client spelt them: %s" % spelt[:5]
 
     # one accepted answer per name (a resent query's second genuine answer
     # is late, not accepted); no forgery counted as an answer on top
