@@ -14,7 +14,12 @@ the responder's counters what went over DoT.
 
 Objects owned here: the plain servers (the `plain` fixture stops them);
 dotproxy and the dot-responder belong to their fixtures (conftest,
-test_resilience). test_forward_spoof.py reuses `plain` and `ask`.
+test_resilience). test_forward_spoof.py reuses `plain` and the helpers
+(ask, assert_from, who, forward_args, NO_PROBES).
+
+Also here: IPv6 plain upstreams; the plain default route refused without
+--allow-plain-default; one cache for all zones; per-zone metrics; a reload
+adding a zone under load; failover inside a zone.
 """
 
 import os

@@ -6,9 +6,11 @@ genuine answer (its marker, after 30 ms) it sends answers carrying
 plainserver.FORGED_ADDR with (a) a wrong ID, (b) the right ID and another
 question, (c) the right ID and question from another source port of its IP,
 (d) the right ID and question to the other source ports the proxy used lately
-(other sockets of its pool). A proxy that takes any of them hands the forged
-address to the client. What the server recorded then shows the source ports
-and IDs of the proxy's 200 queries: several ports, IDs not a counter.
+(other sockets of its pool), and with ,0x20 on the upstream (e) the right ID
+and the question with its letters' case swapped. A proxy that takes any of
+them hands the forged address to the client. What the server recorded then
+shows the source ports and IDs of the proxy's first 200 queries, under load
+and from a quiet client: more than one port, IDs not a counter.
 
 Objects owned here: none beyond test_forward's fixtures (plain servers,
 dotproxy, the DoT default responder).
