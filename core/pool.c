@@ -200,8 +200,9 @@ static uint32_t conn_score(const dp_upconn_t *c, uint32_t len, bool *full)
 			*full = true;
 			return UINT32_MAX;
 		}
-		/* A retired UDP port only when nothing else can take it. */
-		return c->retired ? UINT32_MAX - 2 : c->queries.count;
+		/* A retired UDP port only when nothing else can take it, the
+		 * least busy first. */
+		return c->retired ? UINT32_MAX / 2 + c->queries.count : c->queries.count;
 	case C_DOWN: return OPEN_MORE_AT;
 	case C_CONNECTING:
 	case C_HANDSHAKE: return OPEN_MORE_AT + 1 + c->queries.count;
@@ -353,14 +354,31 @@ int dp_pool_send(dp_shard_t *s, uint32_t qi, int exclude)
 	return -EHOSTUNREACH;
 }
 
+/* A query left UDP socket ci: once it retired and nothing is left on it,
+ * queue it to close at the end of the turn. */
+static void note_left(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind != UK_UDP || !c->retired || c->drained || c->queries.count ||
+	    c->hedges.count || c->state != C_READY)
+		return;
+	_Static_assert(sizeof(s->pool.drained) / sizeof(s->pool.drained[0]) >=
+			       DP_MAX_UPSTREAMS * DP_UPCONN_UDP_SOCKS,
+		       "a slot for every UDP socket");
+	c->drained = true;
+	s->pool.drained[s->pool.ndrained++] = ci;
+}
+
 static void hedge_detach(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
-	dp_upconn_t *c2 = &s->upc.c[q->conn2];
+	uint32_t ci = q->conn2;
+	dp_upconn_t *c2 = &s->upc.c[ci];
 	if (dp_idmap_get(&c2->ids, q->up_id2) == qi)
 		dp_idmap_release(&c2->ids, q->up_id2);
 	dp_list_remove(&c2->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
 	q->conn2 = DP_NONE;
+	note_left(s, ci);
 }
 
 void dp_pool_detach(dp_shard_t *s, uint32_t qi)
@@ -371,11 +389,27 @@ void dp_pool_detach(dp_shard_t *s, uint32_t qi)
 		if (dp_idmap_get(&c->ids, q->up_id) == qi)
 			dp_idmap_release(&c->ids, q->up_id);
 		dp_list_remove(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
+		note_left(s, q->conn);
 		q->conn = DP_NONE;
 	}
 	if (q->conn2 != DP_NONE)
 		hedge_detach(s, qi);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
+}
+
+void dp_pool_end_turn(dp_shard_t *s)
+{
+	dp_pool_t *p = &s->pool;
+	for (uint32_t k = 0; k < p->ndrained; k++) {
+		uint32_t ci = p->drained[k];
+		dp_upconn_t *c = &s->upc.c[ci];
+		c->drained = false;
+		/* Taken again meanwhile (nothing else was free): kept. */
+		if (c->state == C_READY && !c->queries.count && !c->hedges.count)
+			dp_upconn_fail(s, ci, false, "upstream socket retired", "a fresh port takes over");
+	}
+	p->ndrained = 0;
+	dp_upconn_flush(s);
 }
 
 /* The hedge delay of a query is up (its timer on the shard's wheel fired,

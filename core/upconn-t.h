@@ -28,7 +28,8 @@ typedef struct dp_upconn {
 	uint8_t kind; /* UK_* */
 	uint8_t upstream; /* index in cfg->upstream */
 	bool retired; /* (pool) UDP: its port has served enough queries; takes
-		       * no more unless nothing else can, closes once idle */
+		       * no more unless nothing else can, closes once drained */
+	bool drained; /* (pool) UDP: queued to close at the end of the turn */
 	uint32_t nsent; /* (pool) UDP: queries sent from its port */
 	uint64_t case_seed; /* UDP with 0x20: the letter case of a question is
 			     * drawn from it and the query ID */
@@ -94,11 +95,14 @@ typedef struct dp_upconn_io {
 	void (*close)(struct dp_shard *s, int fd);
 } dp_upconn_io_t;
 
-/* UDP sockets per udp:// upstream per shard: each has its own random port
- * and serves DP_UPCONN_UDP_QUERIES queries before it makes way for a new
- * one. */
-#define DP_UPCONN_UDP_SOCKS 16
-#define DP_UPCONN_UDP_QUERIES 256
+/* UDP sockets per udp:// upstream per shard. Each has its own port, which
+ * the kernel picks at random, and serves DP_UPCONN_UDP_QUERIES queries,
+ * then closes once they are answered: a fresh port per query while fewer
+ * than DP_UPCONN_UDP_SOCKS are in flight; beyond that, queries share the
+ * least busy sockets (an attacker then still has to hit the one port and
+ * ID among those in flight). */
+#define DP_UPCONN_UDP_SOCKS 32
+#define DP_UPCONN_UDP_QUERIES 1
 
 /* The shard's connection table, per upstream a reload could add:
  * --upstream-conns stream slots (TLS, or TCP) and DP_UPCONN_UDP_SOCKS UDP
