@@ -453,16 +453,23 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 
 /* ---- what connections report (dp_upconn_ops_t) ----------------------------- */
 
+/* Upstream u is healthy: a handshake, a TCP connect or a UDP answer. */
+static void note_up(dp_shard_t *s, uint32_t u)
+{
+	dp_upstream_state_t *st = &s->pool.up[u];
+	st->ever_up = true;
+	st->fails = 0;
+	st->down_until_ms = 0;
+}
+
 /* Handshake done: the upstream is healthy; send what queued while it
  * connected. What does not fit is answered SERVFAIL (a hedge copy is
  * dropped: its primary lives on). */
 static void on_ready(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
-	dp_upstream_state_t *st = &s->pool.up[c->upstream];
-	st->ever_up = true;
-	st->fails = 0;
-	st->down_until_ms = 0;
+	if (c->kind != UK_UDP) /* a UDP socket proves nothing until an answer */
+		note_up(s, c->upstream);
 	uint32_t next;
 	for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = next) {
 		next = s->q[qi].clink.next;
@@ -542,6 +549,9 @@ static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 		c->keepalive_ms = v->keepalive * 100u;
 	record_latency(s, c->upstream, dp_now_ns() - (hedge ? q->hedge_start_ns : q->start_ns));
 	s->pool.up[c->upstream].timeouts_in_row = 0;
+	if (c->kind == UK_UDP && unlikely(!s->pool.up[c->upstream].ever_up ||
+					  s->pool.up[c->upstream].fails))
+		note_up(s, c->upstream);
 	STAT_INC(s, upstream_answers);
 	M_INC(s->metrics.up[c->upstream].answers);
 	if (c->kind == UK_UDP && (v->flags & DP_DNS_F_TC)) {

@@ -86,6 +86,9 @@ typedef struct dp_upconn_io {
 	/* buf stays untouched until the send completes. */
 	void (*send)(struct dp_shard *s, uint32_t ci, uint32_t gen, int fd, const uint8_t *buf,
 		     size_t len);
+	/* Connect UDP socket fd to to, now (no completion: it only sets the
+	 * peer and binds a random port). 0 or a negative errno. */
+	int (*connect_dgram)(struct dp_shard *s, int fd, const dp_sockaddr_t *to);
 	/* One datagram on a connected UDP socket, now (no completion): the
 	 * octets sent or a negative errno. */
 	int (*send_dgram)(struct dp_shard *s, int fd, const uint8_t *buf, size_t len);

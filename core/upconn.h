@@ -34,8 +34,10 @@ int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops);
 void dp_upconn_free(dp_shard_t *s);
 
 /* Connect slot ci (C_DOWN) to its upstream: socket, TLS session (resuming
- * the upstream's last one), handshake timer, connect. Allocates its buffers
- * on first use. Returns 0 or a negative code (the slot stays C_DOWN). */
+ * the upstream's last one), handshake timer, connect. A UDP socket is
+ * connected at once and is ready (ops->ready) before this returns.
+ * Allocates its buffers on first use. Returns 0 or a negative code (the
+ * slot stays C_DOWN). */
 int dp_upconn_start(dp_shard_t *s, uint32_t ci);
 
 /* Whether a query of len octets still fits in what c may hold unsent (the

@@ -89,6 +89,12 @@ static void f_close(struct dp_shard *s, int fd)
 	io.closes++;
 }
 
+static int f_connect_dgram(struct dp_shard *s, int fd, const dp_sockaddr_t *to)
+{
+	fail_msg("no UDP upstream in these tests");
+	return -EINVAL;
+}
+
 static int f_send_dgram(struct dp_shard *s, int fd, const uint8_t *buf, size_t len)
 {
 	fail_msg("no UDP upstream in these tests");
@@ -97,7 +103,7 @@ static int f_send_dgram(struct dp_shard *s, int fd, const uint8_t *buf, size_t l
 
 static const dp_upconn_io_t fake_io = {
 	.open = f_open, .connect = f_connect, .recv = f_recv, .send = f_send,
-	.send_dgram = f_send_dgram, .shutdown = f_shutdown, .close = f_close,
+	.connect_dgram = f_connect_dgram, .send_dgram = f_send_dgram, .shutdown = f_shutdown, .close = f_close,
 };
 
 /* ---- a fake pool ------------------------------------------------------------ */
