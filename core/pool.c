@@ -17,8 +17,9 @@
  * an exploring pick now and then; within an upstream, the least loaded
  * ready connection with room, opening another when those are busy. A
  * udp:// upstream's queries go on its UDP sockets, each on a random port
- * of its own that serves DP_UPCONN_UDP_QUERIES queries and then retires;
- * an answer truncated there (TC) is asked again over TCP, of the same
+ * of its own that serves DP_UPCONN_UDP_QUERIES queries (one) and closes at
+ * the end of the turn that saw the last answered (dp_pool_end_turn); an
+ * answer truncated there (TC) is asked again over TCP, of the same
  * upstream; a UDP query not answered after the hedge delay is sent again
  * (another upstream of the zone, else another port of the same one).
  *
