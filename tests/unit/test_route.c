@@ -197,6 +197,13 @@ static void longest_names(void **state)
 	assert_int_equal(dp_route_zone(&cfg, w, len), 1);
 	w[191] = 'b'; /* that label changed: the default */
 	assert_int_equal(dp_route_zone(&cfg, w, len), 0);
+	/* The last label at offset 192: past three 64-bit words of starts. */
+	zones(l61, NULL);
+	snprintf(text, sizeof(text), "%s.%s.%s.%s", l63, l63, l63, l61);
+	len = wire_of(text, w);
+	assert_int_equal(len, 255);
+	assert_int_equal(w[192], 61);
+	assert_int_equal(dp_route_zone(&cfg, w, len), 1);
 
 	/* One octet more than a name can have: the default. */
 	uint8_t big[DP_DNS_MAX_NAME + 1] = { 0 };
