@@ -506,6 +506,8 @@ static int parse_zone(const char *s, dp_zone_cfg_t *z)
 		size_t l = strcspn(p, ".");
 		if (l == 0 || l > 63 || o + 1 + l + 1 > sizeof(z->wire))
 			return DP_E_CONFIG; /* empty label, or too long */
+		if (p[0] == '-' || p[l - 1] == '-')
+			return DP_E_CONFIG; /* no label starts or ends with '-' (RFC 1123 2.1) */
 		z->wire[o++] = (uint8_t)l;
 		for (size_t i = 0; i < l; i++) {
 			unsigned char ch = (unsigned char)p[i];

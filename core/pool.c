@@ -700,7 +700,10 @@ static void expire_conn(dp_shard_t *s, uint32_t ci)
 	uint32_t margin = DP_MIN(1000u, limit / 4);
 	if (s->now_ms - c->last_used_ms + margin < limit)
 		return;
-	if (s->now_ms - s->pool.up[c->upstream].last_traffic_ms < PROBE_RECENT_MS) {
+	/* (The TCP connection of a udp:// upstream, for truncated answers, is
+	 * not worth keeping: its upstream's traffic is UDP.) */
+	bool retry_conn = c->kind == UK_TCP && is_udp(s, c->upstream);
+	if (!retry_conn && s->now_ms - s->pool.up[c->upstream].last_traffic_ms < PROBE_RECENT_MS) {
 		if (s->pool.sink->probe(s, ci) == 0)
 			STAT_INC(s, probes_sent);
 	} else {
