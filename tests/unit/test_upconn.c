@@ -905,6 +905,58 @@ static void udp_refused(void **state)
 	shard_free(s);
 }
 
+/* udp://...,0x20: the question name's letters leave in a case drawn from
+ * the socket's seed and the ID (two IDs: two patterns), non-letters
+ * untouched; an answer echoing it passes, one with any letter's case
+ * flipped does not, nor one in the client's own spelling. Catches: the
+ * case left as the client spelt it, a check that ignores case, a pattern
+ * that does not depend on the ID. */
+static void udp_0x20(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_UDP);
+	cfg.upstream[0].case_random = true;
+	uint32_t ci = dp_upconn_first(&s->upc, 0, true);
+	connect_plain(s, ci, SOCK_DGRAM);
+	/* www.example-1.test. A IN, no OPT */
+	static const uint8_t q[] = { 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+				     3, 'w', 'w', 'w', 9, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '1',
+				     4, 't', 'e', 's', 't', 0, 0, 1, 0, 1 };
+	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), 100, 0), 0);
+	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), 101, 0), 0);
+	dp_upconn_flush(s);
+	assert_int_equal(io.ndgram, 2);
+	uint8_t a[2][sizeof(q)];
+	int upper[2] = { 0, 0 };
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(io.dgram_len[k], sizeof(q));
+		memcpy(a[k], io.dgram[k], sizeof(q));
+		assert_int_equal(dp_rd16(a[k]), 100 + k);
+		for (size_t i = 12; i < sizeof(q); i++) {
+			assert_int_equal(a[k][i] | 0x20, q[i] | 0x20); /* the same name */
+			if (q[i] < 'a' || q[i] > 'z')
+				assert_int_equal(a[k][i], q[i]); /* digits, lengths */
+			upper[k] += a[k][i] >= 'A' && a[k][i] <= 'Z';
+		}
+		a[k][2] |= 0x80; /* as an answer: QR */
+		assert_true(dp_upconn_case_ok(s, ci, a[k], sizeof(q)));
+	}
+	assert_true(upper[0] + upper[1] > 0); /* 30 letters: all lower has p = 2^-30 */
+	assert_memory_not_equal(a[0] + 12, a[1] + 12, sizeof(q) - 12);
+	uint8_t spelt[sizeof(q)];
+	memcpy(spelt, q, sizeof(q));
+	dp_wr16(spelt, 100);
+	assert_false(dp_upconn_case_ok(s, ci, spelt, sizeof(q)));
+	for (size_t i = 13; i < 16; i++) {
+		uint8_t flipped[sizeof(q)];
+		memcpy(flipped, a[0], sizeof(q));
+		flipped[i] ^= 0x20;
+		assert_false(dp_upconn_case_ok(s, ci, flipped, sizeof(q)));
+	}
+	cfg.upstream[0].case_random = false;
+	assert_true(dp_upconn_case_ok(s, ci, spelt, sizeof(q))); /* without 0x20: any case */
+	shard_free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -920,6 +972,7 @@ int main(void)
 		cmocka_unit_test(tcp_plain_split_frames),
 		cmocka_unit_test(tcp_plain_errors),
 		cmocka_unit_test(udp_datagrams),
+		cmocka_unit_test(udp_0x20),
 		cmocka_unit_test(udp_answers_and_empty),
 		cmocka_unit_test(udp_refused),
 	};
