@@ -55,7 +55,7 @@ typedef struct dp_pool {
 	/* UDP sockets that retired and have nothing in flight: closed at the
 	 * end of the turn (dp_pool_end_turn), not from inside the detach
 	 * that drained them, which may run under their own receive. */
-	uint32_t drained[DP_MAX_UPSTREAMS * 32];
+	uint32_t *drained; /* room for every UDP slot (upconn.h), off the shard */
 	uint32_t ndrained;
 } dp_pool_t;
 

@@ -39,6 +39,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -70,6 +71,11 @@ int dp_pool_init(dp_shard_t *s, const dp_upstream_sink_t *sink)
 		return rc;
 	dp_pool_t *p = &s->pool;
 	p->sink = sink;
+	p->drained = calloc((size_t)DP_MAX_UPSTREAMS * DP_UPCONN_UDP_SOCKS, sizeof(uint32_t));
+	if (!p->drained) {
+		dp_upconn_free(s);
+		return -ENOMEM;
+	}
 	for (int u = 0; u < DP_MAX_UPSTREAMS; u++) {
 		p->up[u].first_conn = (uint32_t)u * s->upc.per_upstream;
 		p->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
@@ -82,6 +88,8 @@ int dp_pool_init(dp_shard_t *s, const dp_upstream_sink_t *sink)
 
 void dp_pool_free(dp_shard_t *s)
 {
+	free(s->pool.drained);
+	s->pool.drained = NULL;
 	dp_upconn_free(s);
 }
 
@@ -363,10 +371,7 @@ static void note_left(dp_shard_t *s, uint32_t ci)
 	if (c->kind != UK_UDP || !c->retired || c->drained || c->queries.count ||
 	    c->hedges.count || c->state != C_READY)
 		return;
-	_Static_assert(sizeof(s->pool.drained) / sizeof(s->pool.drained[0]) >=
-			       DP_MAX_UPSTREAMS * DP_UPCONN_UDP_SOCKS,
-		       "a slot for every UDP socket");
-	c->drained = true;
+	c->drained = true; /* once per socket: the array has room for all */
 	s->pool.drained[s->pool.ndrained++] = ci;
 }
 
