@@ -129,7 +129,8 @@ static const opt_t opts[] = {
 	{ "forward", "ZONE=UPSTREAM", K_FORWARD, R_LIVE, 0, NOFIELD, .max = DP_MAX_UPSTREAMS,
 	  .help = "send queries at or below ZONE to UPSTREAM, repeatable (once per upstream; "
 		  "the longest ZONE wins; '.' is the default route); UPSTREAM is a DoT upstream "
-		  "as for --upstream, udp://IP[:PORT] (plain DNS, TCP when truncated) or "
+		  "as for --upstream, udp://IP[:PORT] (plain DNS, TCP when truncated; ,0x20 "
+		  "randomizes the name's letter case, which the answer must echo) or "
 		  "tcp://IP[:PORT] (plain DNS over TCP), port 53 by default; a layer (file, "
 		  "command line) naming a zone replaces that zone's upstreams; config file: "
 		  "forward ZONE UPSTREAM" },
@@ -336,8 +337,9 @@ static int b64_decode(const char *in, uint8_t *out, size_t cap)
 	return (int)o;
 }
 
-/* udp://IP[:PORT] or tcp://IP[:PORT], port 53 by default: plain DNS.
- * Returns 1 when s is one (parsed into u, or DP_E_CONFIG), 0 when not. */
+/* udp://IP[:PORT][,0x20] or tcp://IP[:PORT], port 53 by default: plain
+ * DNS. Returns 1 when s is one (parsed into u, or DP_E_CONFIG), 0 when
+ * not. */
 static int parse_plain_upstream(const char *s, dp_upstream_cfg_t *u)
 {
 	if (strncmp(s, "udp://", 6) == 0)
@@ -346,8 +348,19 @@ static int parse_plain_upstream(const char *s, dp_upstream_cfg_t *u)
 		u->transport = DP_UP_TCP;
 	else
 		return 0;
-	if (strlen(s) >= sizeof(u->text) || dp_config_parse_addr(s + 6, 53, &u->addr) < 0)
+	char addr[128];
+	size_t al = strcspn(s + 6, ",");
+	if (al >= sizeof(addr) || strlen(s) >= sizeof(u->text))
 		return DP_E_CONFIG;
+	memcpy(addr, s + 6, al);
+	addr[al] = 0;
+	if (dp_config_parse_addr(addr, 53, &u->addr) < 0)
+		return DP_E_CONFIG;
+	if (s[6 + al]) {
+		if (u->transport != DP_UP_UDP || strcmp(s + 6 + al, ",0x20") != 0)
+			return DP_E_CONFIG;
+		u->case_random = true;
+	}
 	snprintf(u->text, sizeof(u->text), "%s", s);
 	return 1;
 }
@@ -548,6 +561,8 @@ static int parse_zone(const char *s, dp_zone_cfg_t *z)
 		size_t l = strcspn(p, ".");
 		if (l == 0 || l > 63 || o + 1 + l + 1 > sizeof(z->wire))
 			return DP_E_CONFIG; /* empty label, or too long */
+		if (p[0] == '-' || p[l - 1] == '-')
+			return DP_E_CONFIG; /* no label starts or ends with '-' (RFC 1123 2.1) */
 		z->wire[o++] = (uint8_t)l;
 		for (size_t i = 0; i < l; i++) {
 			unsigned char ch = (unsigned char)p[i];
@@ -747,7 +762,8 @@ static void expectation(const opt_t *o, char *buf, size_t cap)
 		break;
 	case K_UPSTREAM:
 		snprintf(buf, cap, "IP[:PORT]#NAME[,pin-sha256=BASE64]...[,no-ca] (no-ca needs a "
-				   "pin), udp://IP[:PORT] or tcp://IP[:PORT] (at most %d upstreams)",
+				   "pin), udp://IP[:PORT][,0x20] or tcp://IP[:PORT] (at most %d "
+				   "upstreams)",
 			 DP_MAX_UPSTREAMS);
 		break;
 	case K_FORWARD:
@@ -1018,6 +1034,7 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	opterr = 0;
 	optind = 0; /* 0, not 1: glibc and musl then reset all their scan state */
 	int code;
+	bool version = false;
 	while ((code = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
 		if (code == ':' || code == '?') {
 			snprintf(err, errlen, code == ':' ? "%s: missing value (see --help)"
@@ -1031,8 +1048,8 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 			return 1;
 		}
 		if (o->kind == K_VERSION) {
-			printf("dotproxy %s\n", DP_VERSION);
-			return 1;
+			version = true; /* printed once the settings checked out */
+			continue;
 		}
 		if (apply(c, o, optarg ? optarg : "", err, errlen) < 0)
 			return DP_E_CONFIG;
@@ -1054,7 +1071,9 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 		snprintf(err, errlen, "unexpected argument %s (see --help)", argv[optind]);
 		return DP_E_CONFIG;
 	}
-	return 0;
+	if (version)
+		printf("dotproxy %s\n", DP_VERSION);
+	return version ? 1 : 0;
 }
 
 /* -------------------------------------------------------- reload rule */

@@ -35,6 +35,7 @@ typedef struct dp_upstream_cfg {
 	int npins;
 	bool no_ca; /* trust the pins alone, skip CA and name verification */
 	uint8_t transport; /* DP_UP_* */
+	bool case_random; /* udp:// ...,0x20: random letter case in the question */
 	uint8_t zone; /* index in zone[]: the zone it serves */
 } dp_upstream_cfg_t;
 
@@ -110,8 +111,9 @@ void dp_config_defaults(dp_config_t *c);
 
 /* Parse argv into c (which holds defaults): the --config file first, if
  * any, then the command line over it. Returns 0 to run, 1 when --help or
- * --version printed and the program should exit 0, DP_E_CONFIG with a
- * one-line message in err otherwise. */
+ * --version printed and the program should exit 0 (--version only once
+ * every setting checked out, so that `--config FILE --version` checks a
+ * file), DP_E_CONFIG with a one-line message in err otherwise. */
 int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_t errlen);
 
 /* Read settings from a config file into c (a layer under the command

@@ -471,7 +471,7 @@ static void run_loop(dp_shard_t *s)
 	unsigned want = 1;
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		dp_tcp_resume_pending(s); /* before the flushes: it makes queries and answers */
-		dp_upconn_flush(s);
+		dp_pool_end_turn(s);
 		dp_tcp_flush(s);
 		dp_handoff_wake(s);
 		uint64_t dl = next_deadline(s);

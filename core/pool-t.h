@@ -52,6 +52,11 @@ typedef struct dp_pool {
 	uint32_t hedge_budget; /* earned by primary sends, spent by hedges */
 	uint32_t hedge_delay_ms[DP_MAX_ZONES]; /* auto: smallest p95 among the zone's upstreams */
 	const dp_upstream_sink_t *sink;
+	/* UDP sockets that retired and have nothing in flight: closed at the
+	 * end of the turn (dp_pool_end_turn), not from inside the detach
+	 * that drained them, which may run under their own receive. */
+	uint32_t *drained; /* room for every UDP slot (upconn.h), off the shard */
+	uint32_t ndrained;
 } dp_pool_t;
 
 #endif

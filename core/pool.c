@@ -17,8 +17,9 @@
  * an exploring pick now and then; within an upstream, the least loaded
  * ready connection with room, opening another when those are busy. A
  * udp:// upstream's queries go on its UDP sockets, each on a random port
- * of its own that serves DP_UPCONN_UDP_QUERIES queries and then retires;
- * an answer truncated there (TC) is asked again over TCP, of the same
+ * of its own that serves DP_UPCONN_UDP_QUERIES queries (one) and closes at
+ * the end of the turn that saw the last answered (dp_pool_end_turn); an
+ * answer truncated there (TC) is asked again over TCP, of the same
  * upstream; a UDP query not answered after the hedge delay is sent again
  * (another upstream of the zone, else another port of the same one).
  *
@@ -38,6 +39,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -69,6 +71,11 @@ int dp_pool_init(dp_shard_t *s, const dp_upstream_sink_t *sink)
 		return rc;
 	dp_pool_t *p = &s->pool;
 	p->sink = sink;
+	p->drained = calloc((size_t)DP_MAX_UPSTREAMS * DP_UPCONN_UDP_SOCKS, sizeof(uint32_t));
+	if (!p->drained) {
+		dp_upconn_free(s);
+		return -ENOMEM;
+	}
 	for (int u = 0; u < DP_MAX_UPSTREAMS; u++) {
 		p->up[u].first_conn = (uint32_t)u * s->upc.per_upstream;
 		p->up[u].hedge_ms = cfg->hedge_ms > 0 ? (uint32_t)cfg->hedge_ms : HEDGE_DEFAULT_MS;
@@ -81,6 +88,8 @@ int dp_pool_init(dp_shard_t *s, const dp_upstream_sink_t *sink)
 
 void dp_pool_free(dp_shard_t *s)
 {
+	free(s->pool.drained);
+	s->pool.drained = NULL;
 	dp_upconn_free(s);
 }
 
@@ -200,8 +209,9 @@ static uint32_t conn_score(const dp_upconn_t *c, uint32_t len, bool *full)
 			*full = true;
 			return UINT32_MAX;
 		}
-		/* A retired UDP port only when nothing else can take it. */
-		return c->retired ? UINT32_MAX - 2 : c->queries.count;
+		/* A retired UDP port only when nothing else can take it, the
+		 * least busy first. */
+		return c->retired ? UINT32_MAX / 2 + c->queries.count : c->queries.count;
 	case C_DOWN: return OPEN_MORE_AT;
 	case C_CONNECTING:
 	case C_HANDSHAKE: return OPEN_MORE_AT + 1 + c->queries.count;
@@ -353,14 +363,28 @@ int dp_pool_send(dp_shard_t *s, uint32_t qi, int exclude)
 	return -EHOSTUNREACH;
 }
 
+/* A query left UDP socket ci: once it retired and nothing is left on it,
+ * queue it to close at the end of the turn. */
+static void note_left(dp_shard_t *s, uint32_t ci)
+{
+	dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind != UK_UDP || !c->retired || c->drained || c->queries.count ||
+	    c->hedges.count || c->state != C_READY)
+		return;
+	c->drained = true; /* once per socket: the array has room for all */
+	s->pool.drained[s->pool.ndrained++] = ci;
+}
+
 static void hedge_detach(dp_shard_t *s, uint32_t qi)
 {
 	dp_query_t *q = &s->q[qi];
-	dp_upconn_t *c2 = &s->upc.c[q->conn2];
+	uint32_t ci = q->conn2;
+	dp_upconn_t *c2 = &s->upc.c[ci];
 	if (dp_idmap_get(&c2->ids, q->up_id2) == qi)
 		dp_idmap_release(&c2->ids, q->up_id2);
 	dp_list_remove(&c2->hedges, s->q, sizeof(dp_query_t), C2OFF, qi);
 	q->conn2 = DP_NONE;
+	note_left(s, ci);
 }
 
 void dp_pool_detach(dp_shard_t *s, uint32_t qi)
@@ -371,11 +395,27 @@ void dp_pool_detach(dp_shard_t *s, uint32_t qi)
 		if (dp_idmap_get(&c->ids, q->up_id) == qi)
 			dp_idmap_release(&c->ids, q->up_id);
 		dp_list_remove(&c->queries, s->q, sizeof(dp_query_t), COFF, qi);
+		note_left(s, q->conn);
 		q->conn = DP_NONE;
 	}
 	if (q->conn2 != DP_NONE)
 		hedge_detach(s, qi);
 	dp_tw_cancel(&s->timers, &q->hedge_t);
+}
+
+void dp_pool_end_turn(dp_shard_t *s)
+{
+	dp_pool_t *p = &s->pool;
+	for (uint32_t k = 0; k < p->ndrained; k++) {
+		uint32_t ci = p->drained[k];
+		dp_upconn_t *c = &s->upc.c[ci];
+		c->drained = false;
+		/* Taken again meanwhile (nothing else was free): kept. */
+		if (c->state == C_READY && !c->queries.count && !c->hedges.count)
+			dp_upconn_fail(s, ci, false, "upstream socket retired", "a fresh port takes over");
+	}
+	p->ndrained = 0;
+	dp_upconn_flush(s);
 }
 
 /* The hedge delay of a query is up (its timer on the shard's wheel fired,
@@ -419,16 +459,23 @@ static void on_hedge_due(dp_tw_entry_t *e, void *arg)
 
 /* ---- what connections report (dp_upconn_ops_t) ----------------------------- */
 
+/* Upstream u is healthy: a handshake, a TCP connect or a UDP answer. */
+static void note_up(dp_shard_t *s, uint32_t u)
+{
+	dp_upstream_state_t *st = &s->pool.up[u];
+	st->ever_up = true;
+	st->fails = 0;
+	st->down_until_ms = 0;
+}
+
 /* Handshake done: the upstream is healthy; send what queued while it
  * connected. What does not fit is answered SERVFAIL (a hedge copy is
  * dropped: its primary lives on). */
 static void on_ready(dp_shard_t *s, uint32_t ci)
 {
 	dp_upconn_t *c = &s->upc.c[ci];
-	dp_upstream_state_t *st = &s->pool.up[c->upstream];
-	st->ever_up = true;
-	st->fails = 0;
-	st->down_until_ms = 0;
+	if (c->kind != UK_UDP) /* a UDP socket proves nothing until an answer */
+		note_up(s, c->upstream);
 	uint32_t next;
 	for (uint32_t qi = c->queries.head; qi != DP_NONE; qi = next) {
 		next = s->q[qi].clink.next;
@@ -497,7 +544,8 @@ static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 		s->pool.sink->fail(s, qi);
 		return;
 	}
-	if (!dp_dns_question_equal(q->wire, &q->view, msg, v)) {
+	if (!dp_dns_question_equal(q->wire, &q->view, msg, v) ||
+	    !dp_upconn_case_ok(s, ci, msg, len)) {
 		STAT_INC(s, upstream_bad_question);
 		return;
 	}
@@ -507,6 +555,9 @@ static void on_message(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 		c->keepalive_ms = v->keepalive * 100u;
 	record_latency(s, c->upstream, dp_now_ns() - (hedge ? q->hedge_start_ns : q->start_ns));
 	s->pool.up[c->upstream].timeouts_in_row = 0;
+	if (c->kind == UK_UDP && unlikely(!s->pool.up[c->upstream].ever_up ||
+					  s->pool.up[c->upstream].fails))
+		note_up(s, c->upstream);
 	STAT_INC(s, upstream_answers);
 	M_INC(s->metrics.up[c->upstream].answers);
 	if (c->kind == UK_UDP && (v->flags & DP_DNS_F_TC)) {
@@ -654,7 +705,10 @@ static void expire_conn(dp_shard_t *s, uint32_t ci)
 	uint32_t margin = DP_MIN(1000u, limit / 4);
 	if (s->now_ms - c->last_used_ms + margin < limit)
 		return;
-	if (s->now_ms - s->pool.up[c->upstream].last_traffic_ms < PROBE_RECENT_MS) {
+	/* (The TCP connection of a udp:// upstream, for truncated answers, is
+	 * not worth keeping: its upstream's traffic is UDP.) */
+	bool retry_conn = c->kind == UK_TCP && is_udp(s, c->upstream);
+	if (!retry_conn && s->now_ms - s->pool.up[c->upstream].last_traffic_ms < PROBE_RECENT_MS) {
 		if (s->pool.sink->probe(s, ci) == 0)
 			STAT_INC(s, probes_sent);
 	} else {

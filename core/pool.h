@@ -31,6 +31,11 @@ void dp_pool_detach(dp_shard_t *s, uint32_t qi);
  * mark the upstream down. */
 void dp_pool_note_timeout(dp_shard_t *s, uint32_t ci);
 
+/* End of a loop turn: close the UDP sockets that retired and drained (a
+ * fresh port for the next query), then flush every connection's batch
+ * (dp_upconn_flush). Hot path. */
+void dp_pool_end_turn(dp_shard_t *s);
+
 /* Per tick: stalled sends, keepalive probes and idle closes, the auto
  * hedge delay, probes that bring a down upstream back. (Handshake
  * deadlines and hedges are timers on the wheel.) */

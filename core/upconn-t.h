@@ -28,8 +28,11 @@ typedef struct dp_upconn {
 	uint8_t kind; /* UK_* */
 	uint8_t upstream; /* index in cfg->upstream */
 	bool retired; /* (pool) UDP: its port has served enough queries; takes
-		       * no more unless nothing else can, closes once idle */
+		       * no more unless nothing else can, closes once drained */
+	bool drained; /* (pool) UDP: queued to close at the end of the turn */
 	uint32_t nsent; /* (pool) UDP: queries sent from its port */
+	uint64_t case_seed; /* UDP with 0x20: the letter case of a question is
+			     * drawn from it and the query ID */
 	bool recv_armed;
 	bool dirty; /* on the shard's flush list */
 	bool got_answer; /* (pool) an answer matched since connecting */
@@ -83,6 +86,9 @@ typedef struct dp_upconn_io {
 	/* buf stays untouched until the send completes. */
 	void (*send)(struct dp_shard *s, uint32_t ci, uint32_t gen, int fd, const uint8_t *buf,
 		     size_t len);
+	/* Connect UDP socket fd to to, now (no completion: it only sets the
+	 * peer and binds a random port). 0 or a negative errno. */
+	int (*connect_dgram)(struct dp_shard *s, int fd, const dp_sockaddr_t *to);
 	/* One datagram on a connected UDP socket, now (no completion): the
 	 * octets sent or a negative errno. */
 	int (*send_dgram)(struct dp_shard *s, int fd, const uint8_t *buf, size_t len);
@@ -92,11 +98,14 @@ typedef struct dp_upconn_io {
 	void (*close)(struct dp_shard *s, int fd);
 } dp_upconn_io_t;
 
-/* UDP sockets per udp:// upstream per shard: each has its own random port
- * and serves DP_UPCONN_UDP_QUERIES queries before it makes way for a new
- * one. */
-#define DP_UPCONN_UDP_SOCKS 16
-#define DP_UPCONN_UDP_QUERIES 256
+/* UDP sockets per udp:// upstream per shard. Each has its own port, which
+ * the kernel picks at random, and serves DP_UPCONN_UDP_QUERIES queries,
+ * then closes once they are answered: a fresh port per query while fewer
+ * than DP_UPCONN_UDP_SOCKS are in flight; beyond that, queries share the
+ * least busy sockets (an attacker then still has to hit the one port and
+ * ID among those in flight). */
+#define DP_UPCONN_UDP_SOCKS 32
+#define DP_UPCONN_UDP_QUERIES 1
 
 /* The shard's connection table, per upstream a reload could add:
  * --upstream-conns stream slots (TLS, or TCP) and DP_UPCONN_UDP_SOCKS UDP

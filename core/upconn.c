@@ -92,6 +92,11 @@ static void uring_send(dp_shard_t *s, uint32_t ci, uint32_t gen, int fd, const u
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_UP_SEND, ci, gen));
 }
 
+static int uring_connect_dgram(dp_shard_t *s, int fd, const dp_sockaddr_t *to)
+{
+	return connect(fd, (const struct sockaddr *)&to->ss, to->len) < 0 ? -errno : 0;
+}
+
 static int uring_send_dgram(dp_shard_t *s, int fd, const uint8_t *buf, size_t len)
 {
 	ssize_t n = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -115,13 +120,16 @@ static void uring_close(dp_shard_t *s, int fd)
 
 static const dp_upconn_io_t uring_io = {
 	.open = uring_open, .connect = uring_connect, /* the socket, then its connect */
-	.recv = uring_recv, .send = uring_send, .send_dgram = uring_send_dgram,
+	.recv = uring_recv, .send = uring_send,
+	.connect_dgram = uring_connect_dgram, .send_dgram = uring_send_dgram,
 	.shutdown = uring_shutdown, .close = uring_close,
 };
 
 /* ---- the table ------------------------------------------------------------- */
 
 static void on_handshake_due(dp_tw_entry_t *e, void *arg);
+static void set_ready(dp_shard_t *s, uint32_t ci);
+static void arm_recv(dp_shard_t *s, uint32_t ci);
 
 int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops)
 {
@@ -222,6 +230,10 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	int fd = t->io->open(s, u->addr.ss.ss_family, c->kind == UK_UDP ? SOCK_DGRAM : SOCK_STREAM);
 	if (fd < 0)
 		return fd;
+	if (c->kind == UK_UDP && (rc = t->io->connect_dgram(s, fd, &u->addr)) < 0) {
+		t->io->close(s, fd);
+		return rc;
+	}
 	c->wire.rx.len = c->wire.rx_off = 0;
 	dp_sendq_reset(&c->sendq);
 	if (c->kind == UK_DOT && (rc = dp_tls_new_session(s->ssl_ctx, u, &c->wire,
@@ -233,15 +245,23 @@ int dp_upconn_start(dp_shard_t *s, uint32_t ci)
 	c->state = C_CONNECTING;
 	c->deadline_ms = s->now_ms + s->cfg->handshake_timeout_ms;
 	dp_tw_entry_init(&c->hs_t, on_handshake_due);
-	dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
+	if (c->kind != UK_UDP)
+		dp_tw_add(&s->timers, &c->hs_t, c->deadline_ms);
 	c->got_answer = false;
 	c->keepalive_ms = 0; /* a new session: the upstream announces it again */
 	c->plain.len = 0;
 	c->batch.len = c->batch_count = 0;
 	c->retired = false;
 	c->nsent = 0;
+	c->case_seed = dp_hash2(dp_now_ns(), ci);
 	STAT_INC(s, connects);
 	M_INC(s->metrics.up[c->upstream].connects);
+	if (c->kind == UK_UDP) {
+		/* Connected already: takes queries in this very turn. */
+		set_ready(s, ci);
+		arm_recv(s, ci);
+		return 0;
+	}
 	c->ops++;
 	t->io->connect(s, ci, c->gen, fd, &u->addr);
 	dp_debug("upstream connecting", "shard=%d upstream=%s", s->id, u->text);
@@ -258,6 +278,46 @@ static void mark_dirty(dp_shard_t *s, uint32_t ci)
 		c->dirty_next = s->upc.dirty;
 		s->upc.dirty = ci;
 	}
+}
+
+/* ---- 0x20 ------------------------------------------------------------------ */
+
+/* The letters of the question name of m (len octets, the name at offset
+ * 12) take a case drawn from c's seed and m's ID, a bit per letter
+ * (draft-vixie-dnsext-dns0x20): written into out (m itself) when out is
+ * not NULL, else checked. Returns false when a letter's case differs. */
+static bool case_walk(const dp_upconn_t *c, const uint8_t *m, size_t len, uint8_t *out)
+{
+	uint16_t id = dp_rd16(m);
+	uint64_t bits = 0;
+	unsigned left = 0, word = 0;
+	for (size_t o = DP_DNS_HDR_LEN; o < len && m[o] && m[o] < 64; o += (size_t)m[o] + 1u) {
+		for (size_t i = o + 1; i <= o + m[o] && i < len; i++) {
+			uint8_t lc = m[i] | 0x20; /* lower case, for letters */
+			if (lc < 'a' || lc > 'z')
+				continue;
+			if (left == 0) {
+				bits = dp_hash2(c->case_seed, (uint64_t)word++ << 16 | id);
+				left = 64;
+			}
+			bool upper = bits & 1;
+			bits >>= 1;
+			left--;
+			if (out)
+				out[i] = upper ? (uint8_t)(lc - 32) : lc;
+			else if ((m[i] != lc) != upper)
+				return false;
+		}
+	}
+	return true;
+}
+
+bool dp_upconn_case_ok(const dp_shard_t *s, uint32_t ci, const uint8_t *msg, size_t len)
+{
+	const dp_upconn_t *c = &s->upc.c[ci];
+	if (c->kind != UK_UDP || !s->cfg->upstream[c->upstream].case_random)
+		return true;
+	return case_walk(c, msg, len, NULL);
 }
 
 int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
@@ -278,6 +338,8 @@ int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len
 		len = (uint16_t)dp_edns_strip_stream_opts(p + 2, len, opt_off, c->kind == UK_TCP);
 		dp_wr16(p, len);
 	}
+	if (c->kind == UK_UDP && s->cfg->upstream[c->upstream].case_random)
+		case_walk(c, p + 2, len, p + 2);
 	c->batch.len += len + 2u;
 	c->batch_count++;
 	c->last_used_ms = s->now_ms;

@@ -34,8 +34,10 @@ int dp_upconn_init(dp_shard_t *s, const dp_upconn_ops_t *ops);
 void dp_upconn_free(dp_shard_t *s);
 
 /* Connect slot ci (C_DOWN) to its upstream: socket, TLS session (resuming
- * the upstream's last one), handshake timer, connect. Allocates its buffers
- * on first use. Returns 0 or a negative code (the slot stays C_DOWN). */
+ * the upstream's last one), handshake timer, connect. A UDP socket is
+ * connected at once and is ready (ops->ready) before this returns.
+ * Allocates its buffers on first use. Returns 0 or a negative code (the
+ * slot stays C_DOWN). */
 int dp_upconn_start(dp_shard_t *s, uint32_t ci);
 
 /* Whether a query of len octets still fits in what c may hold unsent (the
@@ -54,6 +56,11 @@ static inline bool dp_upconn_has_room(const dp_upconn_t *c, uint32_t len)
  * when the connection is full, or -ENOMEM. Hot path. */
 int dp_upconn_write(dp_shard_t *s, uint32_t ci, const uint8_t *msg, uint16_t len, uint16_t id,
 		    uint16_t opt_off);
+
+/* Whether answer msg (len octets, a parsed question) read on UDP
+ * connection ci spells its question name's letters in the case the query
+ * with its ID was sent in: always true unless the upstream is ,0x20. */
+bool dp_upconn_case_ok(const dp_shard_t *s, uint32_t ci, const uint8_t *msg, size_t len);
 
 /* Fail or close connection ci (a no-op when it is closing or down): log
  * what and reason (a warning when health), drop its unsent batch, shut the

@@ -24,5 +24,6 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 echo "== fuzzers (${fuzz_seconds}s each)"
 CC=clang cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDP_FUZZ=ON \
 	-DDP_FUZZ_SECONDS="$fuzz_seconds" >/dev/null
-cmake --build build-fuzz -j "$jobs" --target fuzz_dns_query fuzz_dns_answer fuzz_tcpframe fuzz_tcpconn fuzz_http fuzz_edns_cache fuzz_tlsconn
+cmake --build build-fuzz -j "$jobs" --target fuzz_dns_query fuzz_dns_answer fuzz_tcpframe fuzz_tcpconn fuzz_http fuzz_edns_cache fuzz_route \
+	fuzz_tlsconn
 ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_' -j 1

@@ -6,9 +6,11 @@ random mix drawn from one seed: many TCP clients (pipelining, frames split
 at random points, idling, closing abruptly mid-frame or with answers
 pending, bursts of cache hits they never read), UDP garbage and valid
 queries from several 127.x addresses, SIGHUP reloads that change the
-timeout, the idle timeout, the policy, the hedge and the upstream set,
-dot-responder upstreams that delay, drop, reorder, reset and close and are
-restarted, and a SIGTERM at a random moment near the end.
+timeout, the idle timeout, the policy, the hedge, the upstream set and the
+forwarding zones (the chaos.test zone to a plain tcp:// upstream, or a
+client's subzone to another DoT upstream, or neither), dot-responder
+upstreams (DoT, and one plain TCP) that delay, drop, reorder, reset and
+close and are restarted, and a SIGTERM at a random moment near the end.
 
 It asserts:
 - no sanitizer report in the daemon's stderr; exit status 0 within the
@@ -82,7 +84,10 @@ RESPONDERS = [
     ("slow", ["--delay-ms", "150", "--delay-pct", "40", "--reorder"]),
     ("lossy", ["--drop-pct", "3", "--close-after", "150"]),
     ("resetting", ["--reset-mid-record", "60", "--idle-close-ms", "2000"]),
+    ("plain", ["--drop-pct", "2", "--close-after", "200", "--delay-ms", "50", "--delay-pct", "20"]),
 ]
+PLAIN = len(RESPONDERS) - 1  # plain DNS over TCP (--listen-tcp): a forwarding zone's only
+DOT = range(PLAIN)           # the others speak DoT and may serve the default route
 
 
 def answer_ip(i):
@@ -218,8 +223,12 @@ class Responder:
     def start(self):
         self.starts += 1
         log = self.run.dir / ("responder-%d-%d.log" % (self.idx, self.starts))
-        args = [str(self.run.responder_exe), "--listen", "127.0.0.1:%d" % self.port,
-                "--cert", str(self.run.dir / "server.pem"), "--key", str(self.run.dir / "server.key"),
+        if self.idx == PLAIN:
+            listen = ["--listen-tcp", "127.0.0.1:%d" % self.port]
+        else:
+            listen = ["--listen", "127.0.0.1:%d" % self.port, "--cert", str(self.run.dir / "server.pem"),
+                      "--key", str(self.run.dir / "server.key")]
+        args = [str(self.run.responder_exe)] + listen + [
                 "--answer-ip", answer_ip(self.idx), "--answer-ip6", answer_ip6(self.idx),
                 "--seed", str(self.run.seed % 1000003 + self.idx)] + self.flags
         with open(log, "wb") as f:
@@ -227,7 +236,7 @@ class Responder:
                                          start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+            m = re.search(r"listening on (?:tcp://)?127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
             if m:
                 self.port = int(m.group(1))
                 return True
@@ -250,6 +259,8 @@ class Responder:
         self.proc = self.old = None
 
     def upstream_arg(self):
+        if self.idx == PLAIN:
+            return "tcp://127.0.0.1:%d" % self.port
         return "127.0.0.1:%d#%s" % (self.port, UPSTREAM_NAME)
 
 
@@ -891,7 +902,7 @@ class Run:
 
     def write_config(self, first=False):
         r = self.rng
-        ups = [i for i in range(len(RESPONDERS)) if r.random() < 0.5]
+        ups = [i for i in DOT if r.random() < 0.5]
         if first or not ups or ("upstream" in self.disabled):
             ups = [0] if "upstream" in self.disabled else (ups or [0])
         if r.random() < 0.5 and 0 not in ups:
@@ -899,6 +910,7 @@ class Run:
         self.cur_upstreams = ups
         lines = ["# written by tests/chaos/chaos.py seed=%d" % self.seed]
         lines += ["upstream %s" % self.responders[i].upstream_arg() for i in ups]
+        lines += self.forward_lines(r)
         timeout = r.choice(["300ms", "700ms", "1s", "1500ms", "2s"])
         idle = r.choice(["2s", "3s", "5s", "10s"])
         self.cur_idle_s = float(idle[:-1])
@@ -913,6 +925,20 @@ class Run:
         tmp.write_text("\n".join(lines) + "\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.conf)
+
+    def forward_lines(self, r):
+        """Forwarding zones for this config: all of chaos.test to the plain
+        upstream, or the names of one run tag (a longer suffix) to a DoT
+        upstream beside it, or none; reloads move queries between them."""
+        if "upstream" in self.disabled:
+            return []
+        lines = []
+        if r.random() < 0.5:
+            lines.append("forward chaos.test %s" % self.responders[PLAIN].upstream_arg())
+        if r.random() < 0.3:
+            lines.append("forward %s.chaos.test %s" % (self.tag, self.responders[r.choice(DOT)].upstream_arg()))
+        self.note("config: zones %s" % [l.split()[1] for l in lines])
+        return lines
 
     def reload(self):
         if self.term_t is not None or self.proc.poll() is not None:

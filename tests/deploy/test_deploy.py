@@ -15,7 +15,9 @@ Static checks (always run; need python3-yaml):
   metrics port the config serves, prometheus annotations, resources,
   securityContext, the config volume and the link-local address agreeing,
   the metrics allow list admitting the node's address (the kubelet's
-  probes) from the downward API;
+  probes) from the downward API; cluster.local, in-addr.arpa and ip6.arpa
+  forwarded over tcp:// to one kube-dns address that deploy/README.md
+  names, "." over DoT only (and mutated copies caught by the same check);
 - deploy/seccomp/dotproxy.json: a valid profile that allows io_uring.
 
 Checks that run tools (each skips loudly when its tool is missing):
@@ -25,7 +27,9 @@ Checks that run tools (each skips loudly when its tool is missing):
   the built binary belongs to a runtime package or to debian:12-slim;
 - the Dockerfile's build-stage commands, run on a copy of exactly what the
   stage COPYs (cmake, -DDP_TESTS=OFF, install);
-- the configs through the real binary (`dotproxy --config FILE --version`);
+- the configs through the real binary (`dotproxy --config FILE --version`;
+  a config with forward lines skips on a build without --forward), and the
+  parser's accepted and refused lines through it too, so the mirror agrees;
 - the init container's script, twice, in a fresh network namespace;
 - the daemon itself, as root only: started the way the systemd unit starts
   it (non-root, ambient CAP_NET_BIND_SERVICE, no_new_privs, the unit's
@@ -39,6 +43,7 @@ Nothing leaves the loopback interface. The binaries are taken from
 $DOTPROXY_BUILD_DIR (default: build/ at the repository root).
 """
 
+import base64
 import errno
 import ipaddress
 import json
@@ -134,6 +139,61 @@ def _upstream(v):
     for o in filter(None, opts.split(",")):
         if not (o == "no-ca" or o.startswith("pin-sha256=")):
             raise ValueError("unknown upstream option %r" % o)
+        if o.startswith("pin-sha256=") and not _is_sha256_b64(o[len("pin-sha256="):]):
+            raise ValueError("pin-sha256 wants the base64 of 32 bytes")
+
+
+def _is_sha256_b64(v):
+    try:
+        return len(base64.b64decode(v, validate=True)) == 32
+    except ValueError:
+        return False
+
+
+# A zone: "." (the root, the default route) or a domain name, trailing dot
+# optional; labels of letters, digits, '-' and '_' (e.g. _msdcs).
+ZONE = re.compile(r"^(\.|([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?)$")
+
+
+def _plain_upstream(v):
+    """udp://IP[:PORT] or tcp://IP[:PORT] (port 53 by default); IPv6 as
+    [::1]:5353 or bare without a port, as dp_config_parse_addr takes it."""
+    scheme, _, rest = v.partition("://")
+    if scheme not in ("udp", "tcp"):
+        raise ValueError("expected udp:// or tcp://")
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\](:(\d+))?$", rest) or re.match(r"^([0-9.]+)(:(\d+))?$", rest) or \
+        re.match(r"^([0-9A-Fa-f]*:[0-9A-Fa-f:]*)()()$", rest)
+    if not m:
+        raise ValueError("expected %s://IP[:PORT]" % scheme)
+    ipaddress.ip_address(m.group(1))
+    if m.group(3) and not 1 <= int(m.group(3)) <= 65535:
+        raise ValueError("port out of range")
+
+
+def _any_upstream(v):
+    if "://" in v:
+        _plain_upstream(v)
+    else:
+        _upstream(v)
+
+
+def forward_words(v):
+    """(zone, upstream) of a forward line's value: "ZONE UPSTREAM", or
+    "ZONE=UPSTREAM" as on the command line (the daemon takes both)."""
+    words = re.split(r"[ \t]+", v)
+    if len(words) == 1 and "=" in v:
+        words = v.split("=", 1)
+    if len(words) != 2:
+        raise ValueError("expected ZONE UPSTREAM")
+    return words
+
+
+def _forward(v):
+    """One upstream per line, as one per --forward ZONE=UPSTREAM."""
+    zone, up = forward_words(v)
+    if not ZONE.match(zone) or len(zone.rstrip(".")) > 253:
+        raise ValueError("bad zone %r" % zone)
+    _any_upstream(up)
 
 
 def _duration(v):
@@ -191,9 +251,11 @@ CONFIG_VALUED = {
     "tls-min-version": _one_of("1.2", "1.3"), "upstream-policy": _one_of("fastest", "round-robin"),
     "hedge-after": _hedge, "upstream-idle-timeout": _duration,
     "metrics": _addr_port, "metrics-allow": _cidr_list, "user": _text, "drain-timeout": _duration,
+    "forward": _forward, "servfail-ttl": _uint(1, 300), "udp-io": _one_of("uring", "mmsg"),
+    "steering": _one_of("auto", "off"), "batch-us": _uint(0, 1000),
 }
-CONFIG_FLAGS = {"no-cache", "allow-root"}
-CONFIG_REPEATABLE = {"listen", "upstream", "allow", "metrics-allow"}
+CONFIG_FLAGS = {"no-cache", "allow-root", "allow-plain-default", "forward-ecs", "no-pin"}
+CONFIG_REPEATABLE = {"listen", "upstream", "allow", "metrics-allow", "forward"}
 
 
 class ConfigError(Exception):
@@ -230,6 +292,23 @@ def parse_config(text, where="config"):
     return out
 
 
+def zone_key(zone):
+    """A zone as the daemon's metrics write it: lower case, trailing dot."""
+    return "." if zone == "." else zone.lower().rstrip(".") + "."
+
+
+def routes(s):
+    """{zone: [upstreams]} of a settings() dict: `upstream X` is
+    `forward . X`."""
+    r = {}
+    for u in s.get("upstream", []):
+        r.setdefault(".", []).append(u)
+    for v in s.get("forward", []):
+        zone, up = forward_words(v)
+        r.setdefault(zone_key(zone), []).append(up)
+    return r
+
+
 def settings(entries):
     """{name: [values]} from parse_config's list."""
     d = {}
@@ -238,7 +317,7 @@ def settings(entries):
     return d
 
 
-@pytest.mark.parametrize("text,why", [
+REFUSED_CONFIGS = [
     ("listne 127.0.0.1:53\n", "unknown setting"),
     ("listen\n", "needs a value"),
     ("listen 127.0.0.1\n", "IP:PORT"),
@@ -249,7 +328,20 @@ def settings(entries):
     ("timeout 2 seconds\n", "duration"),
     ("threads 0\n", "expected 1..256"),
     ("x" * 1100 + "\n", "line too long"),
-])
+    ("forward cluster.local\n", "ZONE UPSTREAM"),
+    ("forward cluster.local=tcp://10.96.0.10 x\n", "bad zone"),
+    ("forward corp.example 10.0.0.2#ns.corp,pin-sha256=AAAA\n", "base64 of 32 bytes"),
+    ("forward a..b tcp://10.96.0.10\n", "bad zone"),
+    ("forward corp.example http://10.0.0.2\n", "udp:// or tcp://"),
+    ("forward corp.example udp://10.0.0.2:70000\n", "port out of range"),
+    ("forward corp.example tcp://10.0.0.2#ns.corp\n", "tcp://IP"),
+    ("forward corp.example tcp://ns.corp.example\n", "tcp://IP"),
+    ("forward corp.example 10.0.0.2#bad name!\n", "ZONE UPSTREAM"),
+    ("forward corp.example 10.0.0.2#ns.corp,pinned\n", "upstream option"),
+]
+
+
+@pytest.mark.parametrize("text,why", REFUSED_CONFIGS)
 def test_config_parser_refuses(text, why):
     with pytest.raises(ConfigError) as e:
         parse_config(text)
@@ -264,6 +356,28 @@ def test_config_parser_accepts_the_format():
         ("listen", "127.0.0.1:53"), ("upstream", "1.1.1.1#cloudflare-dns.com"),
         ("upstream", "[2606:4700::1111]:853#one.one"), ("no-cache", None), ("allow-root", "no"),
         ("allow", "fc00::/7"), ("timeout", "500ms")]
+
+
+PIN = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64 of a SHA-256
+FORWARD_LINES = ("forward cluster.local tcp://10.96.0.10:53\n"
+                 "forward in-addr.arpa. tcp://10.96.0.10\n"
+                 "forward Corp.Example udp://[fd00::53]:5353\n"
+                 "forward corp.example udp://fd00::53\n"
+                 "forward _msdcs.corp.example 10.0.0.2:853#dc.corp.example,pin-sha256=%s\n"
+                 "forward . 9.9.9.9#dns.quad9.net   # the default route\n"
+                 "forward ip6.arpa=tcp://10.96.0.10\n"
+                 "allow-plain-default\n") % PIN
+
+
+def test_config_parser_accepts_forward_lines():
+    text = FORWARD_LINES
+    got = [(n, v) for _, n, v in parse_config(text)]
+    assert [n for n, _ in got] == ["forward"] * 7 + ["allow-plain-default"]
+    assert routes(settings(parse_config(text))) == {
+        "cluster.local.": ["tcp://10.96.0.10:53"], "in-addr.arpa.": ["tcp://10.96.0.10"],
+        "corp.example.": ["udp://[fd00::53]:5353", "udp://fd00::53"],
+        "_msdcs.corp.example.": ["10.0.0.2:853#dc.corp.example,pin-sha256=%s" % PIN],
+        ".": ["9.9.9.9#dns.quad9.net"], "ip6.arpa.": ["tcp://10.96.0.10"]}
 
 
 def test_config_example_parses():
@@ -681,6 +795,102 @@ def test_k8s_configmap_config_parses():
     assert "threads" in s and "metrics" in s and "allow" in s
 
 
+# The zones NodeLocal DNSCache sends to kube-dns (with force_tcp), and the
+# README that must say which address the ConfigMap uses for it.
+CLUSTER_ZONES = ("cluster.local.", "in-addr.arpa.", "ip6.arpa.")
+README = DEPLOY / "README.md"
+
+
+def plain_host(upstream):
+    """The IP of udp://IP[:PORT] or tcp://IP[:PORT]."""
+    rest = upstream.partition("://")[2]
+    if rest.startswith("["):
+        return rest[1:rest.index("]")]
+    return rest if rest.count(":") > 1 else rest.split(":")[0]
+
+
+def cluster_forwarding_problems(conf_text, readme_text):
+    """What is wrong with a node-local config's routes ([] when nothing):
+    each of CLUSTER_ZONES forwarded, over tcp:// only, all to one address
+    that the README names (with the command that finds yours); the default
+    route "." over DoT only."""
+    r = routes(settings(parse_config(conf_text, "configmap.yaml")))
+    problems = []
+    hosts = set()
+    for zone in CLUSTER_ZONES:
+        ups = r.get(zone, [])
+        if not ups:
+            problems.append("%s is not forwarded" % zone)
+        for u in ups:
+            if not u.startswith("tcp://"):
+                problems.append("%s goes to %s, not over tcp://" % (zone, u))
+            else:
+                hosts.add(plain_host(u))
+    if len(hosts) > 1:
+        problems.append("the cluster zones go to more than one address: %s" % sorted(hosts))
+    for h in hosts:
+        if not re.search(r"(^|[^0-9.])%s([^0-9]|$)" % re.escape(h), readme_text):
+            problems.append("kube-dns address %s is not in deploy/README.md" % h)
+    if "get svc kube-dns" not in readme_text:
+        problems.append("deploy/README.md does not tell how to find the kube-dns address")
+    if not r.get("."):
+        problems.append('no upstream for "."')
+    for u in r.get(".", []):
+        if "://" in u or "#" not in u:
+            problems.append('"." goes to %s, not DoT with a server name' % u)
+    return problems
+
+
+def test_k8s_forwards_cluster_names_to_kube_dns():
+    conf = k8s("ConfigMap")["data"]["dotproxy.conf"]
+    assert cluster_forwarding_problems(conf, README.read_text()) == []
+    host = plain_host(routes(settings(parse_config(conf)))["cluster.local."][0])
+    assert ipaddress.ip_address(host) in ipaddress.ip_network("10.96.0.0/12"), \
+        "the documented default is kubeadm's kube-dns ClusterIP, in its Service range"
+    assert "get svc kube-dns" in conf, "the ConfigMap should say how to find the address"
+
+
+# Each mutation of the ConfigMap's config (or README) must be caught.
+CONF_MUTATIONS = [
+    ("drop ip6.arpa", lambda c: re.sub(r"(?m)^\s*forward ip6\.arpa .*\n", "", c), r"ip6\.arpa\. is not forwarded"),
+    ("in-addr.arpa over udp", lambda c: c.replace("forward in-addr.arpa tcp://", "forward in-addr.arpa udp://"),
+     r"in-addr\.arpa\. goes to udp://"),
+    ("cluster.local elsewhere", lambda c: re.sub(r"forward cluster\.local tcp://[0-9.]+",
+                                                 "forward cluster.local tcp://10.32.0.10", c),
+     r"more than one address"),
+    ("plain default route", lambda c: c + "\nforward . tcp://10.96.0.10\n", r'"\." goes to tcp://'),
+    ("no DoT upstream", lambda c: re.sub(r"(?m)^\s*upstream .*\n", "", c), r'no upstream for "\."'),
+]
+
+
+@pytest.mark.parametrize("what,mutate,why", CONF_MUTATIONS, ids=[m[0] for m in CONF_MUTATIONS])
+def test_k8s_forward_check_catches(what, mutate, why):
+    conf = k8s("ConfigMap")["data"]["dotproxy.conf"]
+    bad = mutate(conf)
+    assert bad != conf, "mutation %r changed nothing: the ConfigMap moved, update it" % what
+    problems = cluster_forwarding_problems(bad, README.read_text())
+    assert any(re.search(why, p) for p in problems), "%s not caught: %s" % (what, problems)
+
+
+def test_k8s_forward_check_wants_the_address_documented():
+    conf = k8s("ConfigMap")["data"]["dotproxy.conf"]
+    host = plain_host(routes(settings(parse_config(conf)))["cluster.local."][0])
+    readme = README.read_text()
+    assert host in readme
+    problems = cluster_forwarding_problems(conf, readme.replace(host, "192.0.2.1"))
+    assert any("not in deploy/README.md" in p for p in problems), problems
+
+
+def test_k8s_readme_points_kubelet_at_the_node_local_address():
+    """The README tells how to set clusterDNS, and no longer says that
+    cluster names break when pods use dotproxy directly."""
+    readme = README.read_text()
+    listen = k8s_config()["listen"][0].rsplit(":", 1)[0]
+    assert re.search(r"clusterDNS:\s*\n\s*- %s" % re.escape(listen), readme)
+    assert "--cluster-dns=%s" % listen in readme
+    assert not re.search(r"breaks\W+`?\*\.svc\.cluster\.local", readme)
+
+
 def pod_spec():
     return k8s("DaemonSet")["spec"]["template"]["spec"]
 
@@ -765,6 +975,7 @@ def test_k8s_metrics_allow_accepted_by_the_daemon(tmp_path):
     text, _ = k8s_metrics_allow()
     path = tmp_path / "k8s.conf"
     path.write_text(k8s("ConfigMap")["data"]["dotproxy.conf"])
+    need_forward_if_used(path.read_text())
     r = subprocess.run([str(DOTPROXY), "--config", str(path), "--metrics-allow", text, "--version"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.startswith("dotproxy "), "rc=%d\n%s%s" % (
@@ -896,6 +1107,29 @@ def need_ops_flags():
         skip_loudly("this dotproxy build lacks %s" % " ".join(missing))
 
 
+def need_forward_if_used(text):
+    """A config with forward lines needs a build that has forwarding rules
+    (issue 15); an older one would refuse the line, not the file."""
+    if any(n == "forward" for _, n, _ in parse_config(text)) and \
+            not re.search(r"^\s*--forward\b(?!-)", daemon_help(), re.M):
+        skip_loudly("this dotproxy build lacks --forward (forwarding rules)")
+
+
+@pytest.mark.parametrize("text,refused", [(FORWARD_LINES, False)] + [(c[0], True) for c in REFUSED_CONFIGS],
+                         ids=["forward-lines"] + [c[0][:40].strip() for c in REFUSED_CONFIGS])
+def test_config_parser_agrees_with_the_daemon(tmp_path, text, refused):
+    """What the mirror refuses the daemon refuses, and what it takes the
+    daemon takes (`--config FILE --version`)."""
+    need_ops_flags()
+    if "forward" in text:
+        need_forward_if_used("forward . 1.1.1.1#one.one.one.one\n")
+    path = tmp_path / "t.conf"
+    path.write_text(text)
+    r = subprocess.run([str(DOTPROXY), "--config", str(path), "--version"], capture_output=True, text=True,
+                       timeout=30)
+    assert (r.returncode != 0) == refused, "rc=%d for %r\n%s" % (r.returncode, text[:80], r.stderr)
+
+
 @pytest.mark.parametrize("which", ["example", "configmap"])
 def test_daemon_accepts_the_configs(tmp_path, which):
     """`--config FILE --version`: the file is read in full, then --version
@@ -906,6 +1140,7 @@ def test_daemon_accepts_the_configs(tmp_path, which):
     else:
         path = tmp_path / "k8s.conf"
         path.write_text(k8s("ConfigMap")["data"]["dotproxy.conf"])
+    need_forward_if_used(path.read_text())
     r = subprocess.run([str(DOTPROXY), "--config", str(path), "--version"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0 and r.stdout.startswith("dotproxy "), "rc=%d\n%s%s" % (

@@ -149,6 +149,31 @@ def tcpconn_programs():
     }
 
 
+def wire_name(text):
+    out = b""
+    for label in text.split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def route_seeds():
+    """fuzz_route: a count byte, that many zone lines, then a wire name."""
+    def seed(zones, name):
+        return bytes([len(zones)]) + b"".join(z.encode() + b"\n" for z in zones) + name
+    return {
+        "longest": seed(["corp.example", "a.corp.example"], wire_name("www.a.corp.example")),
+        "case": seed(["Corp.EXAMPLE."], wire_name("WWW.corp.Example")),
+        "boundary": seed(["example"], b"\x09a\x07example\x00"),
+        "reverse": seed(["in-addr.arpa", "10.in-addr.arpa"], wire_name("4.3.2.110.in-addr.arpa")),
+        "root_alone": seed([], wire_name("www.example.com")),
+        "bad_zone": seed(["a..b", "-"], wire_name("a.b")),
+        "long": seed([".".join(["a" * 63] * 3 + ["c" * 61])],
+                     wire_name(".".join(["a" * 63] * 3 + ["c" * 61]))),
+        "pointer": seed(["example"], b"\x01a\xc0\x0c"),
+    }
+
+
 def write(target, files):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -168,6 +193,7 @@ def main():
                          for name in ("many_rrs", "opt_not_last") for sel in (0x41, 0xe3)})
     write("tcpframe", tcpframes(qs))
     write("tcpconn", tcpconn_programs())
+    write("route", route_seeds())
 
 
 if __name__ == "__main__":

@@ -679,6 +679,338 @@ static void reload_keeps_restart_settings(void **state)
 	assert_int_equal(cfg.timeout_ms, 2000);
 }
 
+/* ---- forwarding zones (--forward) ------------------------------------------ */
+
+/* The index of zone text (as stored: "corp.example.", "."), -1 if none. */
+static int zone_idx(const char *text)
+{
+	for (int z = 0; z < cfg.nzones; z++)
+		if (strcmp(cfg.zone[z].text, text) == 0)
+			return z;
+	return -1;
+}
+
+/* The upstreams of zone text, their .text joined by spaces, in order. */
+static const char *zone_ups(const char *text)
+{
+	static char out[1024];
+	int z = zone_idx(text);
+	assert_true(z >= 0);
+	out[0] = 0;
+	int n = 0;
+	uint32_t mask = 0;
+	for (int u = 0; u < cfg.nupstream; u++) {
+		if (cfg.upstream[u].zone != z)
+			continue;
+		size_t l = strlen(out);
+		snprintf(out + l, sizeof(out) - l, "%s%s", n ? " " : "", cfg.upstream[u].text);
+		n++;
+		mask |= 1u << u;
+	}
+	/* The zone's own count and mask agree with the list. */
+	assert_int_equal(cfg.zone[z].nup, n);
+	assert_int_equal(cfg.zone[z].upstreams, mask);
+	return out;
+}
+
+/* Catches: a plain upstream read as DoT (or the reverse), the wrong
+ * default port (53 plain, 853 DoT), [IPv6]:PORT misread, zones not in wire
+ * form and lower case, the defaults' root upstreams lost when only
+ * another zone is given. */
+static void forward_forms(void **state)
+{
+	assert_int_equal(parse("--forward", "corp.example=10.0.0.53#ns.corp.example", "--forward",
+			       "Cluster.Local.=udp://10.96.0.10", "--forward",
+			       "svc.test=tcp://[::1]:5353", "--forward", "u.test=udp://[2001:db8::1]",
+			       "--forward", "t.test=tcp://192.0.2.2", "--forward",
+			       "p.test=udp://192.0.2.3:5300", NULL), 0);
+	assert_int_equal(cfg.nzones, 7);
+	assert_int_equal(cfg.nupstream, 8);
+	assert_int_equal(zone_idx("."), 0);
+	assert_int_equal(cfg.zone[0].wire_len, 1);
+	assert_string_equal(zone_ups("."), "1.1.1.1:853#cloudflare-dns.com "
+					   "1.0.0.1:853#cloudflare-dns.com");
+	const dp_upstream_cfg_t *u = &cfg.upstream[2];
+	assert_string_equal(zone_ups("corp.example."), "10.0.0.53#ns.corp.example");
+	assert_int_equal(u->transport, DP_UP_DOT);
+	assert_v4(&u->addr, "10.0.0.53", 853);
+	assert_string_equal(u->name, "ns.corp.example");
+
+	int z = zone_idx("cluster.local.");
+	assert_true(z > 0);
+	assert_int_equal(cfg.zone[z].wire_len, 15);
+	assert_memory_equal(cfg.zone[z].wire, "\7cluster\5local\0", 15);
+	u = &cfg.upstream[3];
+	assert_int_equal(u->zone, z);
+	assert_int_equal(u->transport, DP_UP_UDP);
+	assert_v4(&u->addr, "10.96.0.10", 53);
+	assert_string_equal(u->text, "udp://10.96.0.10");
+	assert_string_equal(u->name, "");
+	assert_int_equal(u->npins, 0);
+
+	u = &cfg.upstream[4];
+	assert_string_equal(zone_ups("svc.test."), "tcp://[::1]:5353");
+	assert_int_equal(u->transport, DP_UP_TCP);
+	assert_v6(&u->addr, "::1", 5353);
+	u = &cfg.upstream[5];
+	assert_int_equal(u->transport, DP_UP_UDP);
+	assert_v6(&u->addr, "2001:db8::1", 53);
+	u = &cfg.upstream[6];
+	assert_int_equal(u->transport, DP_UP_TCP);
+	assert_v4(&u->addr, "192.0.2.2", 53);
+	u = &cfg.upstream[7];
+	assert_v4(&u->addr, "192.0.2.3", 5300);
+	/* The DoT defaults are DoT. */
+	assert_int_equal(cfg.upstream[0].transport, DP_UP_DOT);
+	assert_int_equal(cfg.upstream[0].zone, 0);
+}
+
+/* Catches: a repeat for the same zone (spelled in another case, with or
+ * without the final dot) making a second zone or replacing the first
+ * upstream instead of adding one. */
+static void forward_repeat_adds(void **state)
+{
+	assert_int_equal(parse("--forward", "cluster.local=udp://10.96.0.10", "--forward",
+			       "CLUSTER.local.=tcp://10.96.0.11", "--forward",
+			       "cluster.local=10.96.0.12#dns.cluster.local", NULL), 0);
+	assert_int_equal(cfg.nzones, 2);
+	assert_string_equal(zone_ups("cluster.local."),
+			    "udp://10.96.0.10 tcp://10.96.0.11 10.96.0.12#dns.cluster.local");
+	/* And --upstream, repeated, adds to the root the same way. */
+	assert_int_equal(parse("--upstream", "9.9.9.9#q", "--forward", ".=149.112.112.112#q",
+			       "--upstream", "192.0.2.1#x", NULL), 0);
+	assert_int_equal(cfg.nzones, 1);
+	assert_string_equal(zone_ups("."), "9.9.9.9#q 149.112.112.112#q 192.0.2.1#x");
+}
+
+/* Catches: --upstream X and --forward .=X building different configs
+ * (the reload compares configs byte for byte). */
+static void upstream_is_forward_root(void **state)
+{
+	static dp_config_t a;
+	assert_int_equal(parse("--upstream", "9.9.9.9#dns.quad9.net,pin-sha256=" PIN_0_31, "--upstream",
+			       "udp://192.0.2.1", "--allow-plain-default", NULL), 0);
+	a = cfg;
+	assert_int_equal(parse("--forward", ".=9.9.9.9#dns.quad9.net,pin-sha256=" PIN_0_31,
+			       "--forward", ".=udp://192.0.2.1", "--allow-plain-default", NULL), 0);
+	assert_int_equal(a.nupstream, 2);
+	assert_int_equal(cfg.nupstream, 2);
+	assert_memory_equal(a.upstream, cfg.upstream, sizeof(a.upstream));
+	assert_int_equal(a.nzones, cfg.nzones);
+	assert_memory_equal(a.zone, cfg.zone, sizeof(a.zone));
+	assert_int_equal(cfg.upstream[0].npins, 1);
+}
+
+/* Writes text to a fresh file; its path in path (caller unlinks). */
+static void write_file(char *path, const char *text)
+{
+	strcpy(path, "/tmp/dp-test-config-XXXXXX");
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	size_t len = strlen(text);
+	assert_int_equal(write(fd, text, len), (ssize_t)len);
+	close(fd);
+}
+
+/* Catches: the file's "forward ZONE UPSTREAM" misread (a pin's '=' taken
+ * for the separator), and the layer rule: the command line replaces only
+ * the zones it names, the file only the zones it names. */
+static void forward_layers(void **state)
+{
+	uint8_t want[32];
+	for (int i = 0; i < 32; i++)
+		want[i] = (uint8_t)i;
+	/* The file alone (over the defaults). */
+	assert_int_equal(parse_text("forward corp.example 10.0.0.53#ns.corp,pin-sha256=" PIN_0_31 "\n"
+				    "forward\tcorp.example\tudp://10.0.0.54   # the second\n"
+				    "forward other.example tcp://10.0.0.55\n"), 0);
+	assert_string_equal(zone_ups("."), "1.1.1.1:853#cloudflare-dns.com "
+					   "1.0.0.1:853#cloudflare-dns.com");
+	/* (an upstream's text, its metrics label, leaves its pins out) */
+	assert_string_equal(zone_ups("corp.example."), "10.0.0.53#ns.corp udp://10.0.0.54");
+	const dp_upstream_cfg_t *u = &cfg.upstream[2];
+	assert_int_equal(u->npins, 1);
+	assert_memory_equal(u->pins[0], want, 32);
+	assert_string_equal(u->name, "ns.corp");
+	assert_string_equal(zone_ups("other.example."), "tcp://10.0.0.55");
+
+	/* The command line over that file: corp.example and the root are
+	 * replaced, other.example kept. */
+	char path[64];
+	write_file(path, "forward corp.example 10.0.0.53#ns.corp\n"
+			 "forward corp.example udp://10.0.0.54\n"
+			 "forward other.example tcp://10.0.0.55\n"
+			 "forward . 9.9.9.9#dns.quad9.net\n");
+	assert_int_equal(parse("--config", path, NULL), 0);
+	assert_string_equal(zone_ups("."), "9.9.9.9#dns.quad9.net");
+	assert_int_equal(parse("--config", path, "--forward", "Corp.Example.=udp://10.1.1.1",
+			       "--forward", "corp.example=udp://10.1.1.2", "--forward",
+			       "new.example=tcp://10.1.1.3", NULL), 0);
+	assert_string_equal(zone_ups("corp.example."), "udp://10.1.1.1 udp://10.1.1.2");
+	assert_string_equal(zone_ups("other.example."), "tcp://10.0.0.55");
+	assert_string_equal(zone_ups("."), "9.9.9.9#dns.quad9.net");
+	assert_string_equal(zone_ups("new.example."), "tcp://10.1.1.3");
+	assert_int_equal(cfg.nupstream, 5);
+	assert_int_equal(parse("--config", path, "--upstream", "192.0.2.7#x", NULL), 0);
+	assert_string_equal(zone_ups("."), "192.0.2.7#x");
+	assert_string_equal(zone_ups("corp.example."), "10.0.0.53#ns.corp udp://10.0.0.54");
+	unlink(path);
+}
+
+/* Catches: plain DNS let into the default route without the switch (by
+ * --upstream, --forward . or the file), an error that does not say what to
+ * do, and plain upstreams of other zones refused. */
+static void plain_default_needs_switch(void **state)
+{
+	static const char *plain[] = { "udp://192.0.2.1", "tcp://[::1]:5353" };
+	for (size_t i = 0; i < DP_ARRAY_LEN(plain); i++) {
+		char fwd[80];
+		snprintf(fwd, sizeof(fwd), ".=%s", plain[i]);
+		assert_int_equal(parse("--upstream", plain[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, plain[i]));
+		assert_non_null(strstr(err, "--allow-plain-default"));
+		assert_int_equal(parse("--forward", fwd, NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--allow-plain-default"));
+		/* Beside a DoT one: still refused. */
+		assert_int_equal(parse("--upstream", "9.9.9.9#q", "--forward", fwd, NULL), DP_E_CONFIG);
+		assert_int_equal(parse("--forward", fwd, "--allow-plain-default", NULL), 0);
+		assert_int_equal(cfg.upstream[0].zone, 0);
+		assert_true(cfg.allow_plain_default);
+	}
+	assert_int_equal(parse("--forward", "corp.example=udp://192.0.2.1", NULL), 0);
+	assert_false(cfg.allow_plain_default);
+	/* The file: refused by the command line's check, allowed by the
+	 * file's own switch. */
+	char path[64];
+	write_file(path, "forward . udp://192.0.2.1\n");
+	assert_int_equal(parse("--config", path, NULL), DP_E_CONFIG);
+	assert_non_null(strstr(err, "--allow-plain-default"));
+	assert_int_equal(parse("--config", path, "--allow-plain-default", NULL), 0);
+	unlink(path);
+	write_file(path, "allow-plain-default\nforward . udp://192.0.2.1\n");
+	assert_int_equal(parse("--config", path, NULL), 0);
+	unlink(path);
+}
+
+/* Catches: zones that are not domain names accepted (empty labels, a
+ * label over 63 octets, a name over 255, characters a name cannot have
+ * here, no zone at all), and bad plain upstreams. */
+static void forward_bad(void **state)
+{
+	char l64[65], long_zone[300];
+	memset(l64, 'a', 64);
+	l64[64] = 0;
+	/* 4 x 63 + 3 dots: 257 octets in wire form. */
+	memset(long_zone, 'b', 255);
+	long_zone[255] = 0;
+	for (int i = 63; i < 255; i += 64)
+		long_zone[i] = '.';
+	static const char *bad_zone[] = {
+		"a..b", "..", ".a", "a b", "", "*.corp", "a/b", "a,b", "a:b", "é.corp", "a..",
+	};
+	char arg[400];
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad_zone); i++) {
+		snprintf(arg, sizeof(arg), "%s=udp://192.0.2.1", bad_zone[i]);
+		assert_int_equal(parse("--forward", arg, NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--forward"));
+		assert_non_null(strstr(err, "ZONE=UPSTREAM"));
+	}
+	snprintf(arg, sizeof(arg), "%s.corp=udp://192.0.2.1", l64);
+	assert_int_equal(parse("--forward", arg, NULL), DP_E_CONFIG);
+	l64[63] = 0; /* 63 is fine */
+	snprintf(arg, sizeof(arg), "%s.corp=udp://192.0.2.1", l64);
+	assert_int_equal(parse("--forward", arg, NULL), 0);
+	snprintf(arg, sizeof(arg), "%s=udp://192.0.2.1", long_zone);
+	assert_int_equal(parse("--forward", arg, NULL), DP_E_CONFIG);
+	long_zone[253] = 0; /* 4 labels, 255 octets in wire form: fine */
+	snprintf(arg, sizeof(arg), "%s=udp://192.0.2.1", long_zone);
+	assert_int_equal(parse("--forward", arg, NULL), 0);
+
+	static const char *bad[] = {
+		"-", "corp", "corp=", "=udp://192.0.2.1", "corp=udp://", "corp=udp://192.0.2.1:99999",
+		"corp=udp://ns.corp", "corp=tcp://[::1", "corp=udp://192.0.2.1#ns.corp",
+		"corp=tls://192.0.2.1", "corp=UDP://192.0.2.1", "corp=udp:/192.0.2.1",
+	};
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad); i++) {
+		assert_int_equal(parse("--forward", bad[i], NULL), DP_E_CONFIG);
+		assert_non_null(strstr(err, "--forward"));
+	}
+	assert_int_equal(parse_text("forward corp.example\n"), DP_E_CONFIG);
+	assert_int_equal(parse_text("forward a..b udp://192.0.2.1\n"), DP_E_CONFIG);
+	assert_non_null(strstr(err, ":1: --forward"));
+}
+
+/* Catches: a zone "-" (or a label starting or ending with a hyphen)
+ * taken as a zone: no host name has one (RFC 952, RFC 1123 2.1), so it
+ * is a typo or an empty shell variable, e.g. --forward "$ZONE-=...". */
+static void forward_hyphen_zone(void **state)
+{
+	static const char *bad_zone[] = { "-", "-.corp", "corp-", "a.-b" };
+	char arg[100];
+	for (size_t i = 0; i < DP_ARRAY_LEN(bad_zone); i++) {
+		snprintf(arg, sizeof(arg), "%s=udp://192.0.2.1", bad_zone[i]);
+		if (parse("--forward", arg, NULL) != DP_E_CONFIG)
+			fail_msg("zone '%s' accepted", bad_zone[i]);
+	}
+	/* Inside a label it is fine, and so is '_' (_tcp, service zones). */
+	assert_int_equal(parse("--forward", "my-corp.example=udp://192.0.2.1", "--forward",
+			       "_msdcs.corp=udp://192.0.2.1", NULL), 0);
+	assert_int_equal(cfg.nzones, 3);
+}
+
+/* Catches: the limits (DP_MAX_UPSTREAMS over all zones, DP_MAX_ZONES)
+ * overrun, or reported as a bad value instead of "too many". */
+static void forward_limits(void **state)
+{
+	static char vals[DP_MAX_ZONES + 2][64];
+	const char *args[2 * (DP_MAX_ZONES + 2) + 2];
+	int n = 0;
+	/* One root upstream and DP_MAX_ZONES - 1 zones of one upstream each:
+	 * DP_MAX_ZONES zones, DP_MAX_UPSTREAMS upstreams: the most there is. */
+	_Static_assert(DP_MAX_ZONES == DP_MAX_UPSTREAMS, "the test fills both at once");
+	args[n++] = "--upstream";
+	args[n++] = "192.0.2.1#x";
+	for (int z = 1; z <= DP_MAX_ZONES; z++) {
+		snprintf(vals[z], sizeof(vals[z]), "z%d.test=udp://10.0.0.%d", z, z);
+		args[n++] = "--forward";
+		args[n++] = vals[z];
+	}
+	assert_int_equal(parse_argv(args, n - 2), 0);
+	assert_int_equal(cfg.nzones, DP_MAX_ZONES);
+	assert_int_equal(cfg.nupstream, DP_MAX_UPSTREAMS);
+	assert_string_equal(zone_ups("z31.test."), "udp://10.0.0.31");
+	/* A zone more: too many. */
+	assert_int_equal(parse_argv(args, n), DP_E_CONFIG);
+	assert_non_null(strstr(err, "too many --forward"));
+
+	/* An upstream more in an existing zone: too many too. */
+	n = 2;
+	for (int k = 1; k < DP_MAX_UPSTREAMS; k++) {
+		snprintf(vals[k], sizeof(vals[k]), "one.test=udp://10.0.1.%d", k);
+		args[n++] = "--forward";
+		args[n++] = vals[k];
+	}
+	assert_int_equal(parse_argv(args, n), 0);
+	assert_int_equal(cfg.zone[1].nup, DP_MAX_UPSTREAMS - 1);
+	assert_int_equal(cfg.zone[1].upstreams, 0xfffffffeu);
+	snprintf(vals[DP_MAX_UPSTREAMS], sizeof(vals[0]), "one.test=udp://10.0.1.200");
+	args[n++] = "--forward";
+	args[n++] = vals[DP_MAX_UPSTREAMS];
+	assert_int_equal(parse_argv(args, n), DP_E_CONFIG);
+	assert_non_null(strstr(err, "too many --forward"));
+
+	/* --upstream counts the same way. */
+	n = 0;
+	for (int k = 0; k <= DP_MAX_UPSTREAMS; k++) {
+		snprintf(vals[k], sizeof(vals[k]), "192.0.2.%d#x", k + 1);
+		args[n++] = "--upstream";
+		args[n++] = vals[k];
+	}
+	assert_int_equal(parse_argv(args, n - 2), 0);
+	assert_int_equal(parse_argv(args, n), DP_E_CONFIG);
+	assert_non_null(strstr(err, "too many --upstream"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -704,6 +1036,14 @@ int main(void)
 		cmocka_unit_test(switches_and_keywords),
 		cmocka_unit_test(file_layers),
 		cmocka_unit_test(reload_keeps_restart_settings),
+		cmocka_unit_test(forward_forms),
+		cmocka_unit_test(forward_repeat_adds),
+		cmocka_unit_test(upstream_is_forward_root),
+		cmocka_unit_test(forward_layers),
+		cmocka_unit_test(plain_default_needs_switch),
+		cmocka_unit_test(forward_bad),
+		cmocka_unit_test(forward_hyphen_zone),
+		cmocka_unit_test(forward_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

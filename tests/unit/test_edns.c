@@ -1,6 +1,7 @@
 /* test_edns.c - EDNS(0) on the TLS leg: padding queries to the block
  * (RFC 7830, RFC 8467) and scrubbing upstream answers down to the EDNS the
- * client asked for.
+ * client asked for; on the plain legs (udp://, tcp://), stripping the
+ * padding and keepalive back out (dp_edns_strip_stream_opts).
  *
  * Messages are assembled byte by byte with the small writer below; each
  * result is re-parsed with the dns.c validator and its OPT options are
@@ -848,6 +849,201 @@ static void cookie_never_crosses(void **state)
 	assert_true(av2.has_opt);
 }
 
+/* ---- plain upstreams: dp_edns_strip_stream_opts -------------------------------- */
+
+/* A query to www.example.com whose OPT (last) holds options o. */
+static void strip_query(wire_t *w, const opts_t *o, dp_dns_view_t *v)
+{
+	make_query(w, "www.example.com", true, 1232, DO_FLAG, o);
+	assert_int_equal(dp_dns_parse_query(w->b, w->n, v), 0);
+	assert_int_equal(v->opt_off + v->opt_len, w->n);
+}
+
+/* Catches: padding left in a plain query, keepalive sent over UDP or
+ * lost over TCP, the client's subnet (and an unknown option) dropped, a
+ * stale RDLENGTH, options reordered, the rest of the message touched. */
+static void strip_padding_and_keepalive(void **state)
+{
+	static const uint8_t subnet[] = { 0, 1, 24, 0, 198, 51, 100 };
+	for (int keep = 0; keep < 2; keep++) {
+		wire_t w;
+		opts_t o = { .n = 0 };
+		dp_dns_view_t v, v2;
+		opt_list_t ol;
+		opt_add(&o, DP_DNS_OPT_ECS, subnet, sizeof(subnet));
+		opt_add(&o, DP_DNS_OPT_PADDING, NULL, 17); /* not last: dropped anyway */
+		opt_add(&o, DP_DNS_OPT_KEEPALIVE, NULL, 0);
+		opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+		opt_add(&o, DP_DNS_OPT_PADDING, NULL, 60);
+		strip_query(&w, &o, &v);
+		uint8_t before[512];
+		memcpy(before, w.b, w.n);
+		size_t n = dp_edns_strip_stream_opts(w.b, w.n, v.opt_off, keep);
+		size_t want = w.n - (4 + 17) - (4 + 60) - (keep ? 0 : 4);
+		assert_int_equal(n, want);
+		/* Everything before the OPT's RDATA is as it was but RDLENGTH. */
+		assert_memory_equal(w.b, before, v.opt_off + 9);
+		assert_int_equal(dp_rd16(w.b + v.opt_off + 9), n - v.opt_off - 11);
+		assert_int_equal(dp_dns_parse_query(w.b, n, &v2), 0);
+		assert_int_equal(v2.msg_end, n);
+		assert_false(v2.opt_padding);
+		assert_int_equal(v2.opt_keepalive, keep);
+		list_opts(w.b, &v2, &ol);
+		assert_int_equal(ol.n, 2 + keep);
+		assert_int_equal(ol.code[0], DP_DNS_OPT_ECS);
+		assert_memory_equal(w.b + ol.data_off[0], subnet, sizeof(subnet));
+		if (keep)
+			assert_int_equal(ol.code[1], DP_DNS_OPT_KEEPALIVE);
+		assert_int_equal(ol.code[1 + keep], OPT_OTHER);
+		assert_memory_equal(w.b + ol.data_off[1 + keep], cookie, sizeof(cookie));
+		assert_int_equal(v2.udp_size, 1232);
+		assert_true(v2.do_bit);
+	}
+}
+
+/* Catches: an OPT emptied of its options left with the old RDLENGTH, and
+ * a query with nothing to strip changed at all. */
+static void strip_to_empty_and_nothing_to_do(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v, v2;
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 100);
+	strip_query(&w, &o, &v);
+	size_t n = dp_edns_strip_stream_opts(w.b, w.n, v.opt_off, true);
+	assert_int_equal(n, v.opt_off + 11);
+	assert_int_equal(dp_rd16(w.b + v.opt_off + 9), 0);
+	assert_int_equal(dp_dns_parse_query(w.b, n, &v2), 0);
+	assert_true(v2.has_opt);
+	assert_false(v2.opt_padding);
+
+	o.n = 0;
+	opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+	opt_add(&o, DP_DNS_OPT_KEEPALIVE, NULL, 0);
+	strip_query(&w, &o, &v);
+	uint8_t before[512];
+	memcpy(before, w.b, w.n);
+	assert_int_equal(dp_edns_strip_stream_opts(w.b, w.n, v.opt_off, true), w.n);
+	assert_memory_equal(w.b, before, w.n);
+	/* No OPT at all (opt_off 0): nothing to do. */
+	make_query(&w, "www.example.com", false, 0, 0, NULL);
+	memcpy(before, w.b, w.n);
+	assert_int_equal(dp_edns_strip_stream_opts(w.b, w.n, 0, false), w.n);
+	assert_memory_equal(w.b, before, w.n);
+}
+
+/* Catches: edits of a record that is not a well-formed last OPT: options
+ * that do not tile the RDATA (one running past it, a stray octet), an
+ * RDLENGTH that is not the rest of the message (the OPT not last), an
+ * offset at another record or beyond the message. Each is left byte for
+ * byte as it was, its length too. */
+static void strip_leaves_malformed_alone(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v;
+	uint8_t before[512];
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 8);
+	opt_add(&o, DP_DNS_OPT_KEEPALIVE, NULL, 0);
+
+	for (int mode = 0; mode < 6; mode++) {
+		strip_query(&w, &o, &v);
+		size_t off = v.opt_off, len = w.n;
+		switch (mode) {
+		case 0: /* the keepalive claims 9 octets, the RDATA has none left */
+			dp_wr16(w.b + len - 2, 9);
+			break;
+		case 1: /* a stray octet after the options, counted in RDLENGTH */
+			w.b[len++] = 0;
+			dp_wr16(w.b + off + 9, dp_rd16(w.b + off + 9) + 1);
+			break;
+		case 2: /* RDLENGTH one short of the message */
+			dp_wr16(w.b + off + 9, dp_rd16(w.b + off + 9) - 1);
+			break;
+		case 3: /* not an OPT: type A */
+			dp_wr16(w.b + off + 1, T_A);
+			break;
+		case 4: /* an owner name that is not the root */
+			w.b[off] = 1;
+			break;
+		case 5: /* an offset past the end */
+			off = len - 5;
+			break;
+		}
+		memcpy(before, w.b, len);
+		assert_int_equal(dp_edns_strip_stream_opts(w.b, len, off, false), len);
+		assert_memory_equal(w.b, before, len);
+	}
+}
+
+/* Catches: the OPT taken as the last record when another follows it. */
+static void strip_opt_not_last(void **state)
+{
+	wire_t w;
+	opts_t o = { .n = 0 };
+	dp_dns_view_t v;
+	opt_add(&o, DP_DNS_OPT_PADDING, NULL, 30);
+	put_hdr(&w, 0x4242, DP_DNS_F_RD, 1, 0, 0, 2);
+	put_name(&w, "example.org");
+	put16(&w, T_A);
+	put16(&w, C_IN);
+	size_t opt_at = w.n;
+	put_opt(&w, 1400, 0, 0, o.b, o.n);
+	put_name(&w, "glue.example.org");
+	put_rr_tail(&w, T_A, C_IN, 300, addr1, 4);
+	assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+	assert_int_equal(v.opt_off, opt_at);
+	uint8_t before[512];
+	memcpy(before, w.b, w.n);
+	assert_int_equal(dp_edns_strip_stream_opts(w.b, w.n, opt_at, false), w.n);
+	assert_memory_equal(w.b, before, w.n);
+}
+
+/* What pool.c does: pad for TLS, then strip for a plain upstream at
+ * dp_edns_padded_opt_off. Catches: that offset wrong when the client's
+ * OPT was not last (padding moved it), when there was none, or when
+ * the client's query had trailing octets. */
+static void pad_then_strip(void **state)
+{
+	static uint8_t out[4096];
+	for (int shape = 0; shape < 4; shape++) {
+		wire_t w;
+		opts_t o = { .n = 0 };
+		dp_dns_view_t v, v2;
+		opt_add(&o, OPT_OTHER, cookie, sizeof(cookie));
+		if (shape == 0) { /* no OPT */
+			make_query(&w, "www.example.com", false, 0, 0, NULL);
+		} else if (shape == 1 || shape == 3) { /* OPT last; 3: trailing octets */
+			make_query(&w, "www.example.com", true, 1232, 0, &o);
+			if (shape == 3)
+				put_bytes(&w, "\1\2\3", 3);
+		} else { /* OPT, then an A record */
+			put_hdr(&w, 0x4242, DP_DNS_F_RD, 1, 0, 0, 2);
+			put_name(&w, "example.org");
+			put16(&w, T_A);
+			put16(&w, C_IN);
+			put_opt(&w, 1400, 0, 0, o.b, o.n);
+			put_name(&w, "glue.example.org");
+			put_rr_tail(&w, T_A, C_IN, 300, addr1, 4);
+		}
+		assert_int_equal(dp_dns_parse_query(w.b, w.n, &v), 0);
+		int n = dp_edns_pad_query(w.b, &v, NULL, 0, DP_EDNS_QUERY_BLOCK, out, sizeof(out));
+		assert_true(n > 0);
+		size_t off = dp_edns_padded_opt_off(&v);
+		for (int keep = 0; keep < 2; keep++) {
+			uint8_t copy[4096];
+			memcpy(copy, out, (size_t)n);
+			size_t m = dp_edns_strip_stream_opts(copy, (size_t)n, off, keep);
+			assert_true(m < (size_t)n);
+			assert_int_equal(dp_dns_parse_query(copy, m, &v2), 0);
+			assert_int_equal(v2.msg_end, m);
+			assert_int_equal(v2.opt_off, off);
+			assert_false(v2.opt_padding);
+			assert_int_equal(v2.opt_keepalive, keep);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -872,6 +1068,11 @@ int main(void)
 		cmocka_unit_test(scrub_drops_per_response_options),
 		cmocka_unit_test(scrub_drops_trailing_bytes),
 		cmocka_unit_test(pad_then_scrub_round_trip),
+		cmocka_unit_test(strip_padding_and_keepalive),
+		cmocka_unit_test(strip_to_empty_and_nothing_to_do),
+		cmocka_unit_test(strip_leaves_malformed_alone),
+		cmocka_unit_test(strip_opt_not_last),
+		cmocka_unit_test(pad_then_strip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,9 @@
  * completions (old generation, no operation in flight, after the slot was
  * reused), a peer closing mid-frame, a connection failing with a send in
  * flight and a half-filled batch, short and impossible sends, the
- * handshake timeout, and close_all. */
+ * handshake timeout, and close_all. Plain upstreams: tcp:// (no TLS,
+ * framed batches without padding, split frames, zero-length frames, peer
+ * close) and udp:// (a datagram per query, refusals, empty datagrams). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,6 +36,11 @@ struct io_uring_sqe *dp_sqe(dp_shard_t *s)
 static struct {
 	int next_fd;
 	int opens, connects, shutdowns, cancels, closes;
+	int open_type; /* of the last open: SOCK_STREAM or SOCK_DGRAM */
+	int ndgram; /* datagrams sent (send_dgram) */
+	uint8_t dgram[8][512]; /* the first 8 of them */
+	size_t dgram_len[8];
+	int dgram_rc[8]; /* when non-zero, what send_dgram k returns */
 	bool connect_pending, recv_pending, send_pending;
 	uint32_t connect_gen, recv_gen, send_gen;
 	uint8_t *recv_buf;
@@ -45,6 +52,7 @@ static struct {
 static int f_open(struct dp_shard *s, int family, int type)
 {
 	io.opens++;
+	io.open_type = type;
 	return io.next_fd++;
 }
 
@@ -89,15 +97,29 @@ static void f_close(struct dp_shard *s, int fd)
 	io.closes++;
 }
 
+/* Connecting a UDP socket (synchronous: it only sets the peer). */
+static int f_connect_dgram(struct dp_shard *s, int fd, const dp_sockaddr_t *to)
+{
+	io.connects++;
+	return 0;
+}
+
+/* A datagram on a connected UDP socket: kept (the first 8), and taken
+ * whole unless dgram_rc says otherwise. */
 static int f_send_dgram(struct dp_shard *s, int fd, const uint8_t *buf, size_t len)
 {
-	fail_msg("no UDP upstream in these tests");
-	return -EINVAL;
+	int k = io.ndgram++;
+	assert_true(len > 0 && len <= 512);
+	if (k >= 8)
+		return (int)len;
+	memcpy(io.dgram[k], buf, len);
+	io.dgram_len[k] = len;
+	return io.dgram_rc[k] ? io.dgram_rc[k] : (int)len;
 }
 
 static const dp_upconn_io_t fake_io = {
 	.open = f_open, .connect = f_connect, .recv = f_recv, .send = f_send,
-	.send_dgram = f_send_dgram, .shutdown = f_shutdown, .close = f_close,
+	.connect_dgram = f_connect_dgram, .send_dgram = f_send_dgram, .shutdown = f_shutdown, .close = f_close,
 };
 
 /* ---- a fake pool ------------------------------------------------------------ */
@@ -598,6 +620,343 @@ static void close_all(void **state)
 	assert_int_equal(io.closes, 2);
 }
 
+/* ---- plain upstreams: tcp:// and udp:// ------------------------------------------ */
+
+/* shard_new, its upstream spoken to over transport (DP_UP_TCP, DP_UP_UDP). */
+static dp_shard_t *plain_shard(uint8_t transport)
+{
+	dp_shard_t *s = shard_new();
+	cfg.upstream[0].transport = transport;
+	cfg.upstream[0].npins = 0;
+	cfg.upstream[0].no_ca = false;
+	return s;
+}
+
+/* Start slot ci and complete its connect: ready at once (no TLS). */
+static void connect_plain(dp_shard_t *s, uint32_t ci, int want_type)
+{
+	int ready = up.ready;
+	assert_int_equal(dp_upconn_start(s, ci), 0);
+	assert_int_equal(io.open_type, want_type);
+	assert_null(s->upc.c[ci].ssl);
+	if (want_type == SOCK_STREAM) {
+		assert_true(io.connect_pending);
+		io.connect_pending = false;
+		dp_upconn_on_cqe(s, OP_UP_CONNECT, ci, io.connect_gen, 0);
+	} else {
+		/* connected at once (connect_dgram), ready before start returns */
+		assert_false(io.connect_pending);
+	}
+	assert_int_equal(s->upc.c[ci].state, C_READY);
+	assert_int_equal(up.ready, ready + 1);
+	assert_true(io.recv_pending);
+	assert_false(io.send_pending);
+	assert_int_equal(s->stats.handshakes, 0);
+}
+
+/* A 44-octet query as the pool holds it, padded for TLS: the root's NS
+ * question, then its OPT (at offset 17, the last record) with an empty
+ * edns-tcp-keepalive and 8 octets of padding. */
+#define PQ_LEN 44
+#define PQ_OPT 17
+static const uint8_t padded_q[PQ_LEN] = {
+	0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, /* header, ARCOUNT 1 */
+	0, 0, 2, 0, 1, /* . NS IN */
+	0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 16, /* OPT, 1232, RDLENGTH 16 */
+	0, 11, 0, 0, /* keepalive */
+	0, 12, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, /* padding */
+};
+
+/* Check one message the upstream got: ID id, the question, an OPT with
+ * the keepalive (when keepalive) and no padding. */
+static void check_plain_query(const uint8_t *m, size_t len, uint16_t id, bool keepalive)
+{
+	assert_int_equal(len, PQ_LEN - 12 - (keepalive ? 0 : 4));
+	assert_int_equal(dp_rd16(m), id);
+	assert_memory_equal(m + 2, padded_q + 2, PQ_OPT + 9 - 2);
+	assert_int_equal(dp_rd16(m + PQ_OPT + 9), keepalive ? 4 : 0);
+	if (keepalive)
+		assert_memory_equal(m + PQ_OPT + 11, "\0\13\0\0", 4);
+}
+
+/* Complete the receive in flight with n octets of data. */
+static void recv_bytes(dp_shard_t *s, uint32_t ci, const void *data, size_t n)
+{
+	assert_true(io.recv_pending);
+	assert_true(n <= io.recv_len);
+	memcpy(io.recv_buf, data, n);
+	io.recv_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_RECV, ci, io.recv_gen, (int)n);
+}
+
+/* tcp://: no TLS, ready on connect; the queries of a turn leave in one
+ * send, framed, each without our padding but with the keepalive (RFC
+ * 7828 is for TCP too). Catches: a handshake attempted, SSL_write on a
+ * NULL session, padding sent in the clear, a frame length not fixed
+ * after stripping, the caller's query edited in place. */
+static void tcp_plain_batch(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_TCP);
+	connect_plain(s, 0, SOCK_STREAM);
+	assert_int_equal(s->upc.c[0].kind, UK_TCP);
+	uint8_t q[PQ_LEN];
+	memcpy(q, padded_q, PQ_LEN);
+	for (uint16_t id = 1; id <= 3; id++)
+		assert_int_equal(dp_upconn_write(s, 0, q, PQ_LEN, id, PQ_OPT), 0);
+	assert_memory_equal(q, padded_q, PQ_LEN);
+	dp_upconn_flush(s);
+	assert_true(io.send_pending);
+	assert_int_equal(s->stats.ssl_writes, 0);
+	assert_int_equal(s->stats.max_write_batch, 3);
+	assert_int_equal(io.send_len, 3 * (2 + PQ_LEN - 12));
+	for (int k = 0; k < 3; k++) {
+		const uint8_t *f = io.send_buf + k * (2 + PQ_LEN - 12);
+		assert_int_equal(dp_rd16(f), PQ_LEN - 12);
+		check_plain_query(f + 2, PQ_LEN - 12, (uint16_t)(k + 1), true);
+	}
+	io.send_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_SEND, 0, io.send_gen, (int)io.send_len);
+	assert_false(io.send_pending);
+	/* A query without OPT (opt_off 0) goes as it is. */
+	static const uint8_t bare[17] = { 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1 };
+	assert_int_equal(dp_upconn_write(s, 0, bare, 17, 9, 0), 0);
+	dp_upconn_flush(s);
+	assert_int_equal(io.send_len, 19);
+	assert_int_equal(dp_rd16(io.send_buf), 17);
+	assert_int_equal(dp_rd16(io.send_buf + 2), 9);
+	assert_int_equal(up.closed, 0);
+	shard_free(s);
+}
+
+/* tcp://: answers split anywhere across receives come up whole, in order.
+ * Catches: a receive that overwrites the part of a frame kept from the
+ * last one, or a frame handed up before it is complete. */
+static void tcp_plain_split_frames(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_TCP);
+	connect_plain(s, 0, SOCK_STREAM);
+	uint8_t a[128];
+	size_t n = framed_answer(a, 1);
+	n += framed_answer(a + n, 2);
+	n += framed_answer(a + n, 3);
+	static const size_t cuts[] = { 1, 20, 21, 40, 50 }; /* inside a length, at a boundary, ... */
+	size_t at = 0;
+	for (size_t i = 0; i <= DP_ARRAY_LEN(cuts); i++) {
+		size_t end = i < DP_ARRAY_LEN(cuts) ? cuts[i] : n;
+		recv_bytes(s, 0, a + at, end - at);
+		at = end;
+	}
+	assert_int_equal(up.nmsg, 3);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(up.msg_id[i], i + 1);
+		assert_int_equal(up.msg_len[i], 17);
+	}
+	assert_int_equal(s->upc.c[0].plain.len, 0);
+	assert_true(io.recv_pending);
+	assert_int_equal(up.closed, 0);
+	shard_free(s);
+}
+
+/* tcp://: a zero-length frame is a protocol error against the upstream's
+ * health; a close by the peer mid-frame fails the connection (not its
+ * health once it answered) and the half frame is not carried into the
+ * slot's next connection. */
+static void tcp_plain_errors(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_TCP);
+	connect_plain(s, 0, SOCK_STREAM);
+	uint8_t a[64];
+	size_t n = framed_answer(a, 4);
+	a[n] = a[n + 1] = 0; /* then a zero-length frame */
+	recv_bytes(s, 0, a, n + 2);
+	assert_int_equal(up.nmsg, 1);
+	assert_int_equal(up.closed, 1);
+	assert_true(up.health);
+	assert_int_equal(up.down, 1); /* nothing was in flight: finalized */
+	assert_int_equal(s->upc.c[0].state, C_DOWN);
+
+	connect_plain(s, 0, SOCK_STREAM);
+	n = framed_answer(a, 5);
+	recv_bytes(s, 0, a, n - 4);
+	assert_int_equal(up.nmsg, 1);
+	io.recv_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_RECV, 0, io.recv_gen, 0); /* EOF */
+	assert_int_equal(up.closed, 2);
+	assert_false(up.health);
+	assert_int_equal(s->upc.c[0].state, C_DOWN);
+
+	connect_plain(s, 0, SOCK_STREAM);
+	n = framed_answer(a, 6);
+	recv_bytes(s, 0, a, n);
+	assert_int_equal(up.nmsg, 2);
+	assert_int_equal(up.msg_id[1], 6);
+	/* A refused connect: against its health. */
+	dp_upconn_close_all(s);
+	shard_free(s);
+	s = plain_shard(DP_UP_TCP);
+	assert_int_equal(dp_upconn_start(s, 1), 0);
+	io.connect_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_CONNECT, 1, io.connect_gen, -ECONNREFUSED);
+	assert_int_equal(up.ready, 0);
+	assert_int_equal(up.closed, 1);
+	assert_true(up.health);
+	shard_free(s);
+}
+
+/* udp://: its UDP slots open datagram sockets (its stream slots, for
+ * retries of truncated answers, TCP); each query of a turn is its own
+ * datagram, without padding or keepalive (RFC 7828 3.2.1: not over UDP);
+ * no stream send. Catches: queries glued into one datagram, a length
+ * prefix sent, keepalive over UDP, a UDP slot opened as a stream. */
+static void udp_datagrams(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_UDP);
+	uint32_t ci = dp_upconn_first(&s->upc, 0, true);
+	assert_int_equal(ci, cfg.upstream_conns);
+	assert_int_equal(dp_upconn_count(&s->upc, true), DP_UPCONN_UDP_SOCKS);
+	connect_plain(s, ci, SOCK_DGRAM);
+	assert_int_equal(s->upc.c[ci].kind, UK_UDP);
+	assert_ptr_equal(io.recv_buf, s->upc.c[ci].plain.data);
+	for (uint16_t id = 7; id < 10; id++)
+		assert_int_equal(dp_upconn_write(s, ci, padded_q, PQ_LEN, id, PQ_OPT), 0);
+	dp_upconn_flush(s);
+	assert_int_equal(io.ndgram, 3);
+	for (int k = 0; k < 3; k++)
+		check_plain_query(io.dgram[k], io.dgram_len[k], (uint16_t)(7 + k), false);
+	assert_false(io.send_pending);
+	assert_int_equal(s->stats.up_sends, 3);
+	assert_int_equal(s->upc.c[ci].batch.len, 0);
+	/* Nothing left to send on the next flush. */
+	dp_upconn_flush(s);
+	assert_int_equal(io.ndgram, 3);
+
+	/* Its stream slot speaks TCP, keepalive kept. */
+	io.recv_pending = false; /* (the fake keeps one receive: the UDP one's is left out) */
+	connect_plain(s, 0, SOCK_STREAM);
+	assert_int_equal(s->upc.c[0].kind, UK_TCP);
+	assert_int_equal(dp_upconn_write(s, 0, padded_q, PQ_LEN, 11, PQ_OPT), 0);
+	dp_upconn_flush(s);
+	assert_true(io.send_pending);
+	check_plain_query(io.send_buf + 2, io.send_len - 2, 11, true);
+	assert_int_equal(up.closed, 0);
+	shard_free(s);
+}
+
+/* udp://: answers, one per receive; an empty datagram is no answer and
+ * the socket listens on. Catches: a datagram appended to the last one,
+ * an empty datagram taken for a close (as on a stream). */
+static void udp_answers_and_empty(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_UDP);
+	uint32_t ci = dp_upconn_first(&s->upc, 0, true) + 3;
+	connect_plain(s, ci, SOCK_DGRAM);
+	uint8_t a[64];
+	framed_answer(a, 21);
+	recv_bytes(s, ci, a + 2, 17);
+	assert_int_equal(up.nmsg, 1);
+	assert_int_equal(up.msg_id[0], 21);
+	assert_int_equal(up.msg_len[0], 17);
+	assert_ptr_equal(io.recv_buf, s->upc.c[ci].plain.data);
+	recv_bytes(s, ci, a, 0);
+	assert_int_equal(up.nmsg, 1);
+	assert_int_equal(s->upc.c[ci].state, C_READY);
+	assert_true(io.recv_pending);
+	framed_answer(a, 22);
+	recv_bytes(s, ci, a + 2, 17);
+	assert_int_equal(up.nmsg, 2);
+	assert_int_equal(up.msg_id[1], 22);
+	assert_int_equal(up.msg_len[1], 17);
+	assert_int_equal(up.closed, 0);
+	shard_free(s);
+}
+
+/* udp://: the upstream's port refuses (ICMP port unreachable, reported
+ * on a later send or on the receive): the socket fails, against the
+ * upstream's health. A datagram the socket would not take (EAGAIN) is
+ * lost, counted, and the socket stays. */
+static void udp_refused(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_UDP);
+	uint32_t ci = dp_upconn_first(&s->upc, 0, true);
+	connect_plain(s, ci, SOCK_DGRAM);
+	io.dgram_rc[0] = -EAGAIN;
+	io.dgram_rc[1] = -ECONNREFUSED;
+	for (uint16_t id = 1; id <= 3; id++)
+		assert_int_equal(dp_upconn_write(s, ci, padded_q, PQ_LEN, id, PQ_OPT), 0);
+	dp_upconn_flush(s);
+	assert_int_equal(s->stats.upstream_udp_lost, 1);
+	assert_int_equal(io.ndgram, 2); /* the third never tried */
+	assert_int_equal(up.closed, 1);
+	assert_true(up.health);
+	assert_int_equal(s->upc.c[ci].state, C_CLOSING); /* its receive is out */
+	assert_int_equal(s->upc.c[ci].batch.len, 0);
+	io.recv_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_RECV, ci, io.recv_gen, -ECANCELED);
+	assert_int_equal(up.down, 1);
+
+	connect_plain(s, ci, SOCK_DGRAM);
+	io.recv_pending = false;
+	dp_upconn_on_cqe(s, OP_UP_RECV, ci, io.recv_gen, -ECONNREFUSED);
+	assert_int_equal(up.closed, 2);
+	assert_true(up.health);
+	assert_int_equal(up.down, 2);
+	assert_int_equal(s->upc.c[ci].state, C_DOWN);
+	assert_int_equal(up.nmsg, 0);
+	shard_free(s);
+}
+
+/* udp://...,0x20: the question name's letters leave in a case drawn from
+ * the socket's seed and the ID (two IDs: two patterns), non-letters
+ * untouched; an answer echoing it passes, one with any letter's case
+ * flipped does not, nor one in the client's own spelling. Catches: the
+ * case left as the client spelt it, a check that ignores case, a pattern
+ * that does not depend on the ID. */
+static void udp_0x20(void **state)
+{
+	dp_shard_t *s = plain_shard(DP_UP_UDP);
+	cfg.upstream[0].case_random = true;
+	uint32_t ci = dp_upconn_first(&s->upc, 0, true);
+	connect_plain(s, ci, SOCK_DGRAM);
+	/* www.example-1.test. A IN, no OPT */
+	static const uint8_t q[] = { 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+				     3, 'w', 'w', 'w', 9, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '1',
+				     4, 't', 'e', 's', 't', 0, 0, 1, 0, 1 };
+	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), 100, 0), 0);
+	assert_int_equal(dp_upconn_write(s, ci, q, sizeof(q), 101, 0), 0);
+	dp_upconn_flush(s);
+	assert_int_equal(io.ndgram, 2);
+	uint8_t a[2][sizeof(q)];
+	int upper[2] = { 0, 0 };
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(io.dgram_len[k], sizeof(q));
+		memcpy(a[k], io.dgram[k], sizeof(q));
+		assert_int_equal(dp_rd16(a[k]), 100 + k);
+		for (size_t i = 12; i < sizeof(q); i++) {
+			assert_int_equal(a[k][i] | 0x20, q[i] | 0x20); /* the same name */
+			if (q[i] < 'a' || q[i] > 'z')
+				assert_int_equal(a[k][i], q[i]); /* digits, lengths */
+			upper[k] += a[k][i] >= 'A' && a[k][i] <= 'Z';
+		}
+		a[k][2] |= 0x80; /* as an answer: QR */
+		assert_true(dp_upconn_case_ok(s, ci, a[k], sizeof(q)));
+	}
+	assert_true(upper[0] + upper[1] > 0); /* 30 letters: all lower has p = 2^-30 */
+	assert_memory_not_equal(a[0] + 12, a[1] + 12, sizeof(q) - 12);
+	uint8_t spelt[sizeof(q)];
+	memcpy(spelt, q, sizeof(q));
+	dp_wr16(spelt, 100);
+	assert_false(dp_upconn_case_ok(s, ci, spelt, sizeof(q)));
+	for (size_t i = 13; i < 16; i++) {
+		uint8_t flipped[sizeof(q)];
+		memcpy(flipped, a[0], sizeof(q));
+		flipped[i] ^= 0x20;
+		assert_false(dp_upconn_case_ok(s, ci, flipped, sizeof(q)));
+	}
+	cfg.upstream[0].case_random = false;
+	assert_true(dp_upconn_case_ok(s, ci, spelt, sizeof(q))); /* without 0x20: any case */
+	shard_free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -609,6 +968,13 @@ int main(void)
 		cmocka_unit_test(short_and_bogus_sends),
 		cmocka_unit_test(handshake_timeout),
 		cmocka_unit_test(close_all),
+		cmocka_unit_test(tcp_plain_batch),
+		cmocka_unit_test(tcp_plain_split_frames),
+		cmocka_unit_test(tcp_plain_errors),
+		cmocka_unit_test(udp_datagrams),
+		cmocka_unit_test(udp_0x20),
+		cmocka_unit_test(udp_answers_and_empty),
+		cmocka_unit_test(udp_refused),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	if (ca_path[0])
