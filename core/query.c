@@ -126,19 +126,20 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 
 /* ---- answering a client (through its frontend's ops) ------------------------ */
 
-/* What answers to a stream client (TCP, TLS) with EDNS carry besides
- * (answer.h): edns-tcp-keepalive with our idle timeout for an encrypted
- * client, and for a plain one that asked for it (RFC 7828 3.3.2); Padding
- * to 468-octet blocks for an encrypted one (RFC 8467). */
+/* What answers to an encrypted stream client (TLS) with EDNS carry besides
+ * (answer.h): edns-tcp-keepalive with our idle timeout, and Padding to
+ * 468-octet blocks (RFC 8467). Plain TCP answers are left as they were
+ * before the TLS listener, byte for byte: no keepalive even when asked
+ * (RFC 7828 lets a server not announce it). */
 static void fit_stream(const dp_shard_t *s, const dp_client_t *c, const dp_dns_view_t *qv,
 		       dp_answer_client_t *cl)
 {
-	if (c->transport == T_UDP || c->transport == T_NONE || !qv->has_opt)
+	if (c->transport == T_UDP || c->transport == T_NONE || !qv->has_opt ||
+	    !dp_client_encrypted(c))
 		return;
-	bool enc = dp_client_encrypted(c);
-	cl->keepalive_on = enc || qv->opt_keepalive;
+	cl->keepalive_on = true;
 	cl->keepalive = (uint16_t)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u);
-	cl->pad_block = enc ? DP_EDNS_ANSWER_BLOCK : 0;
+	cl->pad_block = DP_EDNS_ANSWER_BLOCK;
 }
 
 /* Send msg to client c through its frontend. Answers come fitted to the

@@ -120,6 +120,26 @@ def test_python_edns_padding_keepalive_and_no_opt(dotproxy, unbound, certs, tmp_
         assert r.edns < 0 and not r.options, r
 
 
+@pytest.mark.timeout_s(60)
+def test_plain_tcp_answer_unchanged_by_keepalive_query(dotproxy, unbound, certs, tmp_path):
+    """A plain TCP client that sends edns-tcp-keepalive gets its answer as
+    before the TLS listener existed: no keepalive, no padding (only
+    encrypted clients get them), on a proxy with a TLS listener too."""
+    import dns.edns
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path)
+    for name in ("www.test.", "www.test."):  # a miss, then a hit
+        q = H.make_query(name, "A", use_edns=0)
+        q.use_edns(0, payload=1232, options=[dns.edns.GenericOption(OPT_KEEPALIVE, b"")])
+        with socket.create_connection((dp.host, dp.port), timeout=5) as s:
+            send_q(s, q)
+            r = read_msg(s)
+        assert r.rcode() == dns.rcode.NOERROR and r.edns >= 0, r
+        assert OPT_KEEPALIVE not in opt_codes(r) and OPT_PADDING not in opt_codes(r), r.options
+    with tls_connect(port, tls_ctx(certs["ca"])) as s:
+        r = ask(s, "www.test.")
+        assert OPT_KEEPALIVE in opt_codes(r), r.options
+
+
 @pytest.mark.timeout_s(90)
 def test_pipelined_answered_out_of_order(dotproxy, unbound, certs, tmp_path):
     """A miss sent first and a hit sent right behind it on one connection:
