@@ -64,10 +64,18 @@ static void io_recv_cancel(void *ctx, uint32_t idx, uint32_t gen, int fd)
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
 }
 
+/* Slot idx (in use) is a TLS connection. The tcpconn slot, which the
+ * caller touches anyway, says so first: a plain TCP operation does not read
+ * the TLS table's line. */
+static inline bool is_tls(const dp_shard_t *s, uint32_t idx)
+{
+	return (s->tcp.c[idx].listen_idx & DP_LI_TLS) && dp_tlsconn_is(&s->tls, idx);
+}
+
 static void io_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t *buf, size_t len)
 {
 	dp_shard_t *s = ctx;
-	if (dp_tlsconn_is(&s->tls, idx)) {
+	if (is_tls(s, idx)) {
 		dp_tlsconn_send(&s->tls, idx, gen, buf, len);
 		return;
 	}
@@ -96,7 +104,7 @@ static long sock_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
 static long io_read_now(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap)
 {
 	dp_shard_t *s = ctx;
-	if (dp_tlsconn_is(&s->tls, idx))
+	if (is_tls(s, idx))
 		return dp_tlsconn_read_now(&s->tls, idx, fd, buf, cap);
 	return sock_read_now(ctx, fd, buf, cap);
 }
@@ -112,14 +120,15 @@ static long io_unsent(void *ctx, uint32_t idx, int fd)
 {
 	dp_shard_t *s = ctx;
 	int n = 0;
-	long q = (long)dp_tlsconn_unsent(&s->tls, idx);
+	long q = is_tls(s, idx) ? (long)dp_tlsconn_unsent(&s->tls, idx) : 0;
 	return (ioctl(fd, SIOCOUTQ, &n) == 0 ? n : 0) + q;
 }
 
 static void io_close(void *ctx, uint32_t idx, int fd)
 {
 	dp_shard_t *s = ctx;
-	dp_tlsconn_drop(&s->tls, idx);
+	if (s->tcp.c[idx].listen_idx & DP_LI_TLS)
+		dp_tlsconn_drop(&s->tls, idx);
 	if (fd >= 0)
 		close(fd);
 }
@@ -392,7 +401,7 @@ void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint3
 		data = dp_bufring_data(s, bid);
 	}
 	bool more = cqe->flags & IORING_CQE_F_MORE;
-	if (dp_tlsconn_is(&s->tls, idx) && dp_tcpconn_get(&s->tcp, idx, gen))
+	if (dp_tcpconn_get(&s->tcp, idx, gen) && is_tls(s, idx))
 		dp_tlsconn_on_recv(&s->tls, idx, gen, cqe->res, more, data);
 	else
 		dp_tcpconn_on_recv(&s->tcp, idx, gen, cqe->res, more, data);
