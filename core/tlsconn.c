@@ -67,6 +67,7 @@ void dp_tlsconn_free(dp_tlsconns_t *t)
 	free(t->c);
 	free(t->plain);
 	t->c = NULL;
+	t->n = 0; /* dp_tlsconn_is is false for every slot from now on */
 	t->plain = NULL;
 }
 

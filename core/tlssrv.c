@@ -49,13 +49,15 @@ static bool keys_fresh(uint64_t now)
 	if (keys.cur.born_s && now - keys.cur.born_s < DP_TICKET_ROTATE_S)
 		return true;
 	ticket_key_t k;
-	if (RAND_bytes(k.name, sizeof(k.name)) != 1 || RAND_bytes(k.aes, sizeof(k.aes)) != 1 ||
-	    RAND_bytes(k.hmac, sizeof(k.hmac)) != 1)
-		return false;
-	k.born_s = now;
-	keys.prev = keys.cur;
-	keys.cur = k;
-	return true;
+	bool ok = RAND_bytes(k.name, sizeof(k.name)) == 1 &&
+		  RAND_bytes(k.aes, sizeof(k.aes)) == 1 && RAND_bytes(k.hmac, sizeof(k.hmac)) == 1;
+	if (ok) {
+		k.born_s = now;
+		keys.prev = keys.cur;
+		keys.cur = k;
+	}
+	OPENSSL_cleanse(&k, sizeof(k)); /* no copy of a key left on the stack */
+	return ok;
 }
 
 /* The key named name: 1 the current one, 2 the previous one (still

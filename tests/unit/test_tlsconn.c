@@ -476,6 +476,20 @@ static void close_notify_is_eof_after_answers(void **state)
 	client_close(&c);
 }
 
+/* After dp_tlsconn_free no slot is a TLS one: the transport's closes that
+ * follow (teardown) must not read the freed table. */
+static void free_forgets_every_slot(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	pump(&c, 4);
+	dp_tlsconn_free(&F->tls);
+	assert_int_equal(F->tls.n, 0);
+	assert_false(dp_tlsconn_is(&F->tls, c.idx));
+	dp_tlsconn_drop(&F->tls, c.idx); /* as io->close does */
+	client_close(&c);
+}
+
 /* ---- ticket keys ---- */
 
 static uint64_t fake_s;
@@ -534,6 +548,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(send_error_closes_and_frees, setup, teardown),
 		cmocka_unit_test_setup_teardown(garbage_instead_of_hello_is_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(close_notify_is_eof_after_answers, setup, teardown),
+		cmocka_unit_test_setup_teardown(free_forgets_every_slot, setup, teardown),
 		cmocka_unit_test(ticket_keys_rotate_keeping_previous),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
