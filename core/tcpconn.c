@@ -154,6 +154,22 @@ void dp_tcpconn_release(dp_tcpconns_t *t, uint32_t idx)
 	release(t, idx);
 }
 
+bool dp_tcpconn_charge(dp_tcpconns_t *t, uint32_t idx, ptrdiff_t delta)
+{
+	(void)idx;
+	if (delta > 0 && t->buf_bytes + (size_t)delta > t->buf_max) {
+		count(t, DP_TCPC_CLOSED_MEMORY);
+		return false;
+	}
+	t->buf_bytes += (size_t)delta; /* wraps back for a negative delta */
+	return true;
+}
+
+void dp_tcpconn_progress(dp_tcpconns_t *t, uint32_t idx)
+{
+	t->c[idx].last_progress_ms = *t->now_ms;
+}
+
 void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx)
 {
 	dp_tcpc_t *c = &t->c[idx];

@@ -249,6 +249,19 @@ void dp_tcpconn_close_all(dp_tcpconns_t *t);
 bool dp_tcpconn_hold(dp_tcpconns_t *t, uint32_t idx, uint32_t gen);
 void dp_tcpconn_release(dp_tcpconns_t *t, uint32_t idx);
 
+/* The transport's own buffers of connection idx (a TLS layer's ciphertext
+ * and session) count in the table's buffer budget (buf_bytes, buf_max) as
+ * tcpconn's do: delta octets more (positive) or fewer (negative). Returns
+ * false, charging nothing, when delta would take the table over its
+ * budget (counted DP_TCPC_CLOSED_MEMORY; the caller closes idx); a
+ * release (delta <= 0) always succeeds. The transport uncharges all it
+ * charged for idx when the slot is closed (io->close). */
+bool dp_tcpconn_charge(dp_tcpconns_t *t, uint32_t idx, ptrdiff_t delta);
+/* The transport moved part of connection idx's send (a TLS layer's partial
+ * ciphertext send): its client reads, slowly perhaps, so it is not closed
+ * as one that does not read. */
+void dp_tcpconn_progress(dp_tcpconns_t *t, uint32_t idx);
+
 /* The connection in slot idx if it is open with generation gen, else NULL. */
 static inline dp_tcpc_t *dp_tcpconn_get(dp_tcpconns_t *t, uint32_t idx, uint32_t gen)
 {

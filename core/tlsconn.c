@@ -41,9 +41,37 @@ int dp_tlsconn_init(dp_tlsconns_t *t, dp_tcpconns_t *tcp, const dp_tlsconn_io_t 
 	return 0;
 }
 
+/* What slot idx holds beyond tcpconn's buffers, as the table's budget
+ * counts it: its ciphertext, carried and queued, and an estimate of
+ * BoringSSL's state while its handshake is not done. Read only while w.rx
+ * is its own (not a receive's buffer lent to the BIO). */
+static size_t footprint(const dp_tlsc_t *c)
+{
+	return (size_t)c->w.rx.cap + c->wq.out.cap + c->wq.fill.cap +
+	       (c->hs_done ? 0 : DP_TLSCONN_HS_COST);
+}
+
+/* Bring slot idx's charge in tcpconn's budget up to its footprint; over
+ * the budget, close it. Returns false when it was refused. */
+static bool charge(dp_tlsconns_t *t, uint32_t idx)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	size_t now = footprint(c);
+	if (now == c->charged)
+		return true;
+	if (!dp_tcpconn_charge(t->tcp, idx, (ptrdiff_t)now - (ptrdiff_t)c->charged)) {
+		dp_tcpconn_close(t->tcp, idx);
+		return false;
+	}
+	c->charged = now;
+	return true;
+}
+
 static void clear_slot(dp_tlsconns_t *t, uint32_t idx)
 {
 	dp_tlsc_t *c = &t->c[idx];
+	if (c->charged)
+		dp_tcpconn_charge(t->tcp, idx, -(ptrdiff_t)c->charged);
 	if (c->hs_listed)
 		dp_list_remove(&t->handshaking, t->c, sizeof(dp_tlsc_t), HOFF, idx);
 	if (c->deferred)
@@ -62,6 +90,7 @@ void dp_tlsconn_free(dp_tlsconns_t *t)
 		if (!t->c[i].ssl)
 			continue;
 		t->c[i].hs_listed = t->c[i].deferred = false; /* the lists go too */
+		t->c[i].charged = 0; /* and the budget */
 		clear_slot(t, i);
 	}
 	free(t->c);
@@ -78,7 +107,11 @@ int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, 
 	dp_tlsc_t *c = &t->c[idx];
 	if (c->ssl)
 		clear_slot(t, idx); /* cannot be: dropped when its slot was closed */
+	if (!dp_tcpconn_charge(t->tcp, idx, DP_TLSCONN_HS_COST))
+		return DP_E_TLS; /* the budget is spent */
 	SSL *ssl = SSL_new(ctx);
+	if (!ssl)
+		dp_tcpconn_charge(t->tcp, idx, -(ptrdiff_t)DP_TLSCONN_HS_COST);
 	if (!ssl) {
 		ERR_clear_error();
 		return DP_E_TLS;
@@ -86,6 +119,7 @@ int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, 
 	c->w.tx = &c->wq.fill; /* the BIO appends to what the next send takes */
 	if (dp_tls_bind_wire(ssl, &c->w) < 0) {
 		SSL_free(ssl);
+		dp_tcpconn_charge(t->tcp, idx, -(ptrdiff_t)DP_TLSCONN_HS_COST);
 		return DP_E_TLS;
 	}
 	SSL_set_accept_state(ssl);
@@ -93,6 +127,7 @@ int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, 
 	 * once it is done: free them (idle clients cost less). */
 	SSL_set_shed_handshake_config(ssl, 1);
 	c->ssl = ssl;
+	c->charged = DP_TLSCONN_HS_COST;
 	c->gen = gen;
 	c->born_ms = now_ms;
 	c->hlink = c->dlink = (dp_link_t){ DP_NONE, DP_NONE };
@@ -157,6 +192,8 @@ void dp_tlsconn_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, const uint8_t
 		ERR_clear_error();
 		count(t, DP_TLSC_ERROR);
 		c->pt_failed = true;
+	} else if (!charge(t, idx)) {
+		c->pt_failed = true; /* closed: tcpconn's send completes with an error */
 	}
 	out_pump(t, idx);
 	if (c->pt_failed && !c->sending)
@@ -181,6 +218,8 @@ void dp_tlsconn_on_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res)
 	if (!c->ssl || c->gen != gen || !c->sending)
 		return; /* cannot be: the send held the slot */
 	c->sending = false;
+	if (res > 0)
+		dp_tcpconn_progress(t->tcp, idx); /* its client reads, if slowly */
 	int left = c->poked ? -EIO : dp_sendq_done(&c->wq, res == 0 ? -EPIPE : res);
 	c->poked = false;
 	dp_tcpc_t *tc = &t->tcp->c[idx];
@@ -189,21 +228,17 @@ void dp_tlsconn_on_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res)
 			pt_complete(t, idx, left < 0 ? left : -EPIPE);
 		dp_tcpconn_close(t->tcp, idx);
 	} else {
-		if (left == 0 && (c->wq.out.cap > 16384 || (c->hs_done && !c->trimmed))) {
-			/* a burst's buffer, or the handshake's: not kept by idle
-			 * clients (a client that only connected keeps none) */
-			dp_buf_free(&c->wq.out);
-			if (c->wq.fill.len == 0)
-				dp_buf_free(&c->wq.fill);
-			c->trimmed = c->hs_done;
-		}
 		if (left == 0 && c->pt == DP_TLSC_PT_OUT)
 			pt_complete(t, idx, (int)c->pt_len); /* it may send again at once */
 		if (c->failed && !c->sending && dp_sendq_queued(&c->wq) == 0)
 			dp_tcpconn_close(t->tcp, idx); /* the alert is out */
 		else
 			out_pump(t, idx);
+		if (!c->sending && c->pt == DP_TLSC_PT_NONE && dp_sendq_queued(&c->wq) == 0)
+			dp_sendq_free(&c->wq); /* all sent, tcpconn's send too: idle
+						* clients keep no send buffer */
 	}
+	charge(t, idx);
 	dp_tcpconn_release(t->tcp, idx); /* may finalize: c is gone after */
 }
 
@@ -223,14 +258,13 @@ static bool handshake(dp_tlsconns_t *t, uint32_t idx)
 		count(t, DP_TLSC_HANDSHAKE);
 		if (SSL_session_reused(c->ssl))
 			count(t, DP_TLSC_RESUMED);
-		if (!c->sending && dp_sendq_queued(&c->wq) == 0) {
-			/* the flight is out: its buffers are not kept */
-			dp_sendq_free(&c->wq);
-			c->trimmed = true;
-		}
+		if (!c->sending && dp_sendq_queued(&c->wq) == 0)
+			dp_sendq_free(&c->wq); /* the flight is out: its buffers are not kept */
 		return true;
 	}
 	if (SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ) {
+		if (c->sending || dp_sendq_queued(&c->wq))
+			c->replied = true; /* the client may answer our flight now */
 		out_pump(t, idx); /* our flight, if the step made one */
 		return false;
 	}
@@ -316,11 +350,18 @@ static void compact(dp_tlsconns_t *t, uint32_t idx)
 }
 
 /* n octets of ciphertext received. With nothing carried, they are read
- * where they landed and only what is left (a split record, or a deferred
- * handshake's) is copied. */
+ * where they landed (BoringSSL keeps a split record's start itself) and
+ * only what no step could read yet (a deferred handshake's) is copied.
+ * Nothing is kept of what a refused or closing client sends. */
 static void feed(dp_tlsconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 {
-	dp_tls_wire_t *w = &t->c[idx].w;
+	dp_tlsc_t *c = &t->c[idx];
+	dp_tls_wire_t *w = &c->w;
+	if (c->failed)
+		return; /* its alert goes out, then it is closed */
+	/* Before our first flight a client has nothing to send but its
+	 * ClientHello: what comes beyond a generous one is not kept. */
+	size_t max = c->replied || c->hs_done ? DP_TLSCONN_RX_MAX : DP_TLSCONN_HELLO_MAX;
 	if (w->rx.len == 0) {
 		dp_buf_t own = w->rx;
 		w->rx = (dp_buf_t){ data, (uint32_t)n, (uint32_t)n };
@@ -329,9 +370,11 @@ static void feed(dp_tlsconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 		size_t rest = n - w->rx_off;
 		w->rx = own;
 		w->rx_off = 0;
-		if (rest == 0 || dp_buf_append(&w->rx, data + (n - rest), rest, 4096))
+		if (rest == 0 || c->failed || t->tcp->c[idx].closing)
 			return;
-	} else if (w->rx.len + n <= DP_TLSCONN_RX_MAX && dp_buf_append(&w->rx, data, n, 4096)) {
+		if (rest <= max && dp_buf_append(&w->rx, data + (n - rest), rest, 4096))
+			return;
+	} else if (w->rx.len + n <= max && dp_buf_append(&w->rx, data, n, 4096)) {
 		process(t, idx);
 		compact(t, idx);
 		return;
@@ -345,8 +388,10 @@ void dp_tlsconn_on_recv(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res, b
 {
 	if (!dp_tcpconn_hold(t->tcp, idx, gen))
 		return;
-	if (res > 0 && data && !t->tcp->c[idx].closing)
+	if (res > 0 && data && !t->tcp->c[idx].closing) {
 		feed(t, idx, data, (size_t)res);
+		charge(t, idx);
+	}
 	/* Last, the receive's end as tcpconn sees it: its count of operations,
 	 * EOF, errors, the next receive. */
 	if (!more)
@@ -365,6 +410,7 @@ long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, s
 		int n = SSL_read(c->ssl, buf, (int)DP_MIN(cap, (size_t)INT_MAX));
 		if (n > 0) {
 			compact(t, idx);
+			charge(t, idx);
 			return n;
 		}
 		int e = SSL_get_error(c->ssl, n);
@@ -375,7 +421,7 @@ long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, s
 		if (r <= 0)
 			return r;
 		if (c->w.rx.len + (size_t)r > DP_TLSCONN_RX_MAX ||
-		    !dp_buf_append(&c->w.rx, tmp, (size_t)r, 4096))
+		    !dp_buf_append(&c->w.rx, tmp, (size_t)r, 4096) || !charge(t, idx))
 			return -ENOMEM;
 	}
 	return -EAGAIN;
@@ -402,6 +448,7 @@ void dp_tlsconn_run(dp_tlsconns_t *t)
 		if (!t->tcp->c[idx].closing) {
 			process(t, idx);
 			compact(t, idx);
+			charge(t, idx);
 		}
 		dp_tcpconn_release(t->tcp, idx);
 	}

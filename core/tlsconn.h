@@ -27,9 +27,21 @@
  * stretch of work here that calls into tcpconn, holds the tcpconn slot
  * (dp_tcpconn_hold), so the slot and this state outlive them.
  *
- * Owns: per slot, the SSL object, a buffer for a record split across
- * receives (none while records end with the receive: read where io_uring
- * put them), and the ciphertext send queue; one plaintext buffer per table.
+ * Memory: a receive's ciphertext is read where io_uring put it; a record
+ * split across receives is kept by BoringSSL itself. A slot's own buffer
+ * (w.rx) holds ciphertext only while no handshake step may read it (the
+ * step deferred to a later turn) and what a drain read took; at most
+ * DP_TLSCONN_HELLO_MAX before our first flight (a client sends nothing
+ * beyond its ClientHello until it has it), DP_TLSCONN_RX_MAX after. What
+ * a refused client sends is not kept. The ciphertext send queue is freed
+ * whenever everything is sent and tcpconn's send is complete (an idle
+ * client keeps no buffer). These buffers, and DP_TLSCONN_HS_COST while a
+ * handshake is not done (BoringSSL's handshake state), count in tcpconn's
+ * buffer budget (dp_tcpconn_charge); a connection that would overflow it
+ * is closed (DP_TCPC_CLOSED_MEMORY).
+ *
+ * Owns: per slot, the SSL object, the buffer above and the ciphertext send
+ * queue; one plaintext buffer per table.
  */
 #ifndef DP_TLSCONN_H
 #define DP_TLSCONN_H
@@ -41,6 +53,8 @@
 
 #define DP_TLSCONN_HS_PER_TURN 8 /* handshake steps per loop turn */
 #define DP_TLSCONN_RX_MAX (64u * 1024u) /* ciphertext held unread, then closed */
+#define DP_TLSCONN_HELLO_MAX (32u * 1024u) /* ... before our first flight */
+#define DP_TLSCONN_HS_COST (8u * 1024u) /* budget charged per handshake in progress */
 
 /* Events counted through dp_tlsconn_io_t.stat. */
 enum dp_tlsconn_stat {
@@ -77,15 +91,15 @@ typedef struct dp_tlsc {
 	bool poked; /* ... an empty one, to complete a failed tcpconn send */
 	bool failed; /* handshake refused: close once its alert is out */
 	bool pt_failed; /* SSL_write failed: tcpconn's send completes with an error */
-	bool trimmed; /* the handshake's send buffers freed */
+	bool replied; /* our first flight is made: the client may send more */
 	uint8_t pt; /* tcpconn's send: none, its ciphertext in wq.fill, in wq.out */
 	uint32_t pt_len;
 	uint64_t born_ms;
 	dp_link_t hlink; /* handshaking list */
 	dp_link_t dlink; /* deferred list */
 	dp_tls_wire_t w; /* the BIO's: rx is own, or a receive's buffer during a call */
-	dp_buf_t own; /* ciphertext carried between receives (a split record) */
 	dp_sendq_t wq; /* ciphertext to send */
+	size_t charged; /* octets charged to tcpconn's budget (footprint, when last settled) */
 } dp_tlsc_t;
 
 typedef struct dp_tlsconns {

@@ -476,6 +476,122 @@ static void close_notify_is_eof_after_answers(void **state)
 	client_close(&c);
 }
 
+/* tcpconn's own buffers of slot idx, as its budget counts them. */
+static size_t tcp_bufs(uint32_t idx)
+{
+	dp_tcpc_t *tc = &F->t.c[idx];
+	return (size_t)tc->rbuf.cap + tc->wq.out.cap + tc->wq.fill.cap;
+}
+
+/* The ciphertext queued and the handshake in progress count in tcpconn's
+ * buffer budget, and leave it with the connection. */
+static void tls_buffers_count_in_budget(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	assert_int_equal(F->t.buf_bytes, DP_TLSCONN_HS_COST);
+	SSL_do_handshake(c.ssl);
+	client_push(&c); /* ClientHello: our flight is queued, being sent */
+	dp_tlsc_t *tc = &F->tls.c[c.idx];
+	assert_true(tc->sending);
+	size_t q = (size_t)tc->wq.out.cap + tc->wq.fill.cap;
+	assert_true(q >= 1024);
+	assert_int_equal(F->t.buf_bytes, DP_TLSCONN_HS_COST + q);
+	pump(&c, 4);
+	assert_int_equal(SSL_is_init_finished(c.ssl), 1);
+	client_query(&c, 5);
+	pump(&c, 2);
+	uint8_t buf[64];
+	assert_int_equal(client_read(&c, buf, sizeof(buf)), 14);
+	assert_int_equal(F->t.buf_bytes, tcp_bufs(c.idx) + tc->charged);
+	assert_int_equal(tc->charged, 0); /* done and idle: nothing of ours */
+	dp_tcpconn_close(&F->t, c.idx);
+	dp_tlsconn_on_recv(&F->tls, c.idx, F->t.c[c.idx].gen, -ECANCELED, false, NULL);
+	assert_false(F->t.c[c.idx].used);
+	assert_int_equal(F->t.buf_bytes, 0);
+	client_close(&c);
+}
+
+/* Over the budget: a new TLS connection is refused, and one whose flight
+ * would overflow it is closed. */
+static void tls_budget_refusal_closes(void **state)
+{
+	F->t.buf_max = DP_TLSCONN_HS_COST - 1;
+	int idx = dp_tcpconn_accept(&F->t, 99, 0x80);
+	assert_true(idx >= 0);
+	assert_int_equal(dp_tlsconn_open(&F->tls, (uint32_t)idx, F->t.c[idx].gen, F->srv, F->now),
+			 DP_E_TLS);
+	assert_int_equal(F->t.buf_bytes, 0);
+	dp_tcpconn_close(&F->t, (uint32_t)idx);
+	F->t.buf_max = DP_TLSCONN_HS_COST + 1000;
+	client_t c;
+	client_open(&c, "dot");
+	SSL_do_handshake(c.ssl);
+	client_push(&c); /* our flight takes more than 1000 octets */
+	assert_true(F->t.c[c.idx].closing);
+	assert_true(F->t.buf_bytes <= F->t.buf_max);
+	client_close(&c);
+}
+
+/* Before our first flight a client may send its ClientHello, not 64 KB:
+ * what it piles up behind a deferred handshake is capped lower. */
+static void ciphertext_before_our_flight_is_capped(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	SSL_do_handshake(c.ssl);
+	F->tls.budget = 0; /* this turn's steps are spent: deferred */
+	client_push(&c);
+	assert_true(F->tls.c[c.idx].deferred);
+	uint8_t junk[4096];
+	memset(junk, 0x17, sizeof(junk));
+	for (int i = 0; i < 10 && !F->t.c[c.idx].closing; i++) /* 40 KB */
+		dp_tlsconn_on_recv(&F->tls, c.idx, F->t.c[c.idx].gen, (int)sizeof(junk), true,
+				   junk);
+	assert_true(F->t.c[c.idx].closing);
+	assert_true(F->tls.c[c.idx].w.rx.len <= DP_TLSCONN_HELLO_MAX);
+	client_close(&c);
+}
+
+/* An established client that asked and got its answer keeps no send
+ * buffer while idle. */
+static void idle_client_keeps_no_send_buffer(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	pump(&c, 4);
+	for (uint16_t i = 1; i <= 3; i++) {
+		client_query(&c, i);
+		pump(&c, 2);
+		uint8_t buf[64];
+		assert_int_equal(client_read(&c, buf, sizeof(buf)), 14);
+		dp_tlsc_t *tc = &F->tls.c[c.idx];
+		assert_int_equal(tc->wq.out.cap, 0);
+		assert_int_equal(tc->wq.fill.cap, 0);
+		assert_int_equal(tc->w.rx.cap, 0);
+	}
+	client_close(&c);
+}
+
+/* A partial ciphertext send is progress: a slow but steady reader is not
+ * taken for one that does not read. */
+static void partial_send_is_progress(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	pump(&c, 4);
+	for (uint16_t i = 1; i <= 30; i++)
+		client_query(&c, i);
+	client_push(&c);
+	dp_tcpconn_flush(&F->t);
+	uint64_t t0 = F->t.c[c.idx].last_progress_ms;
+	F->now += 700;
+	assert_true(server_push_part(&c, 7)); /* 7 octets of several hundred */
+	assert_true(F->t.c[c.idx].wq.inflight); /* tcpconn's send is not done */
+	assert_int_equal(F->t.c[c.idx].last_progress_ms, t0 + 700);
+	client_close(&c);
+}
+
 /* After dp_tlsconn_free no slot is a TLS one: the transport's closes that
  * follow (teardown) must not read the freed table. */
 static void free_forgets_every_slot(void **state)
@@ -549,6 +665,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(garbage_instead_of_hello_is_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(close_notify_is_eof_after_answers, setup, teardown),
 		cmocka_unit_test_setup_teardown(free_forgets_every_slot, setup, teardown),
+		cmocka_unit_test_setup_teardown(tls_buffers_count_in_budget, setup, teardown),
+		cmocka_unit_test_setup_teardown(tls_budget_refusal_closes, setup, teardown),
+		cmocka_unit_test_setup_teardown(ciphertext_before_our_flight_is_capped, setup, teardown),
+		cmocka_unit_test_setup_teardown(idle_client_keeps_no_send_buffer, setup, teardown),
+		cmocka_unit_test_setup_teardown(partial_send_is_progress, setup, teardown),
 		cmocka_unit_test(ticket_keys_rotate_keeping_previous),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
