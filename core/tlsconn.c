@@ -315,9 +315,38 @@ static void defer(dp_tlsconns_t *t, uint32_t idx)
 	count(t, DP_TLSC_HS_DEFERRED);
 }
 
-/* Work on the ciphertext at hand: a handshake step (within the turn's
- * budget, after those already waiting: else deferred), then the records'
- * plaintext, then our output. */
+/* Follow the record layer (5-octet headers, 2-octet lengths) over
+ * ciphertext p[0..n) received during the handshake. Returns true when a
+ * record ends in it. */
+static bool record_ends(dp_tlsc_t *c, const uint8_t *p, size_t n)
+{
+	bool ended = false;
+	while (n) {
+		if (c->rec_body) {
+			size_t k = DP_MIN(n, (size_t)c->rec_body);
+			c->rec_body = (uint16_t)(c->rec_body - k);
+			p += k;
+			n -= k;
+			ended |= c->rec_body == 0;
+			continue;
+		}
+		uint8_t b = *p++;
+		n--;
+		if (c->rec_hdr == 3)
+			c->rec_len_hi = b;
+		if (c->rec_hdr++ < 4)
+			continue;
+		c->rec_hdr = 0;
+		c->rec_body = (uint16_t)(c->rec_len_hi << 8 | b);
+		ended |= c->rec_body == 0;
+	}
+	return ended;
+}
+
+/* Work on the ciphertext at hand: a handshake step, then the records'
+ * plaintext, then our output. A step over a complete record is work: it
+ * takes one of the turn's budget, after those already waiting (else it is
+ * deferred); one over part of a record only lets BoringSSL keep it. */
 static void process(dp_tlsconns_t *t, uint32_t idx)
 {
 	dp_tlsc_t *c = &t->c[idx];
@@ -326,11 +355,14 @@ static void process(dp_tlsconns_t *t, uint32_t idx)
 	if (!c->hs_done) {
 		if (c->deferred)
 			return; /* its turn comes in dp_tlsconn_run */
-		if (t->budget == 0 || (t->deferred.count && !t->in_run)) {
-			defer(t, idx);
-			return;
+		if (c->rec_ready) {
+			if (t->budget == 0 || (t->deferred.count && !t->in_run)) {
+				defer(t, idx);
+				return;
+			}
+			t->budget--;
+			c->rec_ready = false;
 		}
-		t->budget--;
 		if (!handshake(t, idx))
 			return;
 	}
@@ -362,6 +394,8 @@ static void feed(dp_tlsconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 	/* Before our first flight a client has nothing to send but its
 	 * ClientHello: what comes beyond a generous one is not kept. */
 	size_t max = c->replied || c->hs_done ? DP_TLSCONN_RX_MAX : DP_TLSCONN_HELLO_MAX;
+	if (!c->hs_done && record_ends(c, data, n))
+		c->rec_ready = true;
 	if (w->rx.len == 0) {
 		dp_buf_t own = w->rx;
 		w->rx = (dp_buf_t){ data, (uint32_t)n, (uint32_t)n };

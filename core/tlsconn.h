@@ -17,7 +17,11 @@
  * handshake steps run per loop turn (dp_tlsconn_run); the others wait in
  * arrival order on the deferred list, their ciphertext kept, so a flood of
  * new clients costs CPU in proportion and answers to established clients
- * go out every turn. A client not done with its handshake
+ * go out every turn. A step is spent only on a receive that completes a
+ * TLS record (the record layer is followed during the handshake): a
+ * client trickling its octets costs no budget (BoringSSL only buffers
+ * them), so it cannot push real handshakes toward their timeout. A client
+ * not done with its handshake
  * --listen-tls-handshake-timeout after its accept is closed
  * (dp_tlsconn_expire).
  *
@@ -92,6 +96,10 @@ typedef struct dp_tlsc {
 	bool failed; /* handshake refused: close once its alert is out */
 	bool pt_failed; /* SSL_write failed: tcpconn's send completes with an error */
 	bool replied; /* our first flight is made: the client may send more */
+	bool rec_ready; /* handshake: a record ended in the ciphertext at hand */
+	uint8_t rec_hdr; /* handshake: header octets seen of the current record */
+	uint8_t rec_len_hi; /* ... its length's high octet */
+	uint16_t rec_body; /* ... its octets still to come */
 	uint8_t pt; /* tcpconn's send: none, its ciphertext in wq.fill, in wq.out */
 	uint32_t pt_len;
 	uint64_t born_ms;

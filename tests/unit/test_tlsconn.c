@@ -592,6 +592,32 @@ static void partial_send_is_progress(void **state)
 	client_close(&c);
 }
 
+/* A client trickling its ClientHello an octet per receive spends no
+ * handshake budget until its record is complete: it cannot defer the real
+ * handshakes of others. */
+static void trickled_hello_costs_one_step(void **state)
+{
+	client_t c;
+	client_open(&c, "dot");
+	SSL_do_handshake(c.ssl);
+	uint8_t hello[4096];
+	int n = BIO_read(c.out, hello, sizeof(hello));
+	assert_true(n > 100 && n < (int)sizeof(hello));
+	F->tls.budget = DP_TLSCONN_HS_PER_TURN;
+	uint32_t gen = F->t.c[c.idx].gen;
+	for (int i = 0; i < n - 1; i++)
+		dp_tlsconn_on_recv(&F->tls, c.idx, gen, 1, true, hello + i);
+	assert_int_equal(F->tls.budget, DP_TLSCONN_HS_PER_TURN);
+	assert_int_equal(F->stat[DP_TLSC_HS_DEFERRED], 0);
+	assert_int_equal(F->tls.c[c.idx].w.rx.len, 0); /* BoringSSL keeps the part */
+	dp_tlsconn_on_recv(&F->tls, c.idx, gen, 1, true, hello + n - 1);
+	assert_int_equal(F->tls.budget, DP_TLSCONN_HS_PER_TURN - 1);
+	assert_true(F->tls.c[c.idx].sending); /* our flight */
+	pump(&c, 4);
+	assert_int_equal(SSL_is_init_finished(c.ssl), 1);
+	client_close(&c);
+}
+
 /* After dp_tlsconn_free no slot is a TLS one: the transport's closes that
  * follow (teardown) must not read the freed table. */
 static void free_forgets_every_slot(void **state)
@@ -670,6 +696,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(ciphertext_before_our_flight_is_capped, setup, teardown),
 		cmocka_unit_test_setup_teardown(idle_client_keeps_no_send_buffer, setup, teardown),
 		cmocka_unit_test_setup_teardown(partial_send_is_progress, setup, teardown),
+		cmocka_unit_test_setup_teardown(trickled_hello_costs_one_step, setup, teardown),
 		cmocka_unit_test(ticket_keys_rotate_keeping_previous),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
