@@ -274,7 +274,7 @@ static int query_setup(dp_shard_t *s, uint32_t qi, const dp_client_t *c, const u
 	q->client_id = v->id;
 	q->key_hash = key_hash;
 	q->servfailed = 0;
-	q->zone = (uint8_t)dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len);
+	q->zone = 0; /* routed by the caller, which has the zone already (route.h) */
 	q->client_udp_limit = udp_limit(s, v);
 	/* The timeout in force now: after a reload that shortened it, this
 	 * deadline comes before those of older queries, and the wheel fires
@@ -303,6 +303,7 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 		return;
 	if (query_setup(s, qi, &no_client, msg, v, key->hash, key->ecs, key->ecs_len) < 0)
 		return;
+	s->q[qi].zone = (uint8_t)dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len);
 	if (dp_qtable_flight_find(s, &s->q[qi]) != DP_NONE) {
 		query_free(s, qi);
 		return;
@@ -314,13 +315,15 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 }
 
 /* A client query is being answered (from the cache, upstream, or with an
- * error): count its type and its zone. */
-static void count_qtype(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
-			const dp_dns_view_t *v)
+ * error): count its type and its zone. Returns the zone (route.h). */
+static uint32_t count_qtype(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
+			    const dp_dns_view_t *v)
 {
 	int t = c->transport == T_UDP ? DP_MT_UDP : dp_client_encrypted(c) ? DP_MT_TLS : DP_MT_TCP;
+	uint32_t zone = dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len);
 	M_INC(s->metrics.qtype[t][dp_metrics_qtype_class(v->qtype)]);
-	M_INC(s->metrics.zone_queries[dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len)]);
+	M_INC(s->metrics.zone_queries[zone]);
+	return zone;
 }
 
 /* Fair share (clientshare.h): whether client address k may take a slot now.
@@ -598,12 +601,13 @@ static int resolve(dp_shard_t *s, const dp_client_t *c, uint8_t *msg, const dp_d
 	share_key(c, &ck);
 	if (unlikely(!admit(s, &ck)))
 		return refuse(s, c, msg, v, &ck);
-	count_qtype(s, c, msg, v);
+	uint32_t zone = count_qtype(s, c, msg, v);
 	if (s->cache_on)
 		STAT_INC(s, cache_misses);
 	uint32_t qi = take_slot(s, c, msg, v, key.hash, ecs, (size_t)ecs_len);
 	if (unlikely(qi == DP_NONE))
 		return 0;
+	s->q[qi].zone = (uint8_t)zone;
 	dp_cshare_add(&s->share, &ck, qi);
 	if (s->cache_on && coalesce(s, qi))
 		return 0;
