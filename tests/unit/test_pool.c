@@ -254,14 +254,10 @@ static void deliver(dp_shard_t *s, uint32_t ci, uint8_t *msg, size_t len)
 
 static dp_config_t cfg;
 
-static dp_shard_t *shard_new(int nupstream, uint32_t conns, int32_t hedge_ms)
+/* A shard over cfg (upstreams set already): conns per upstream, round
+ * robin, hedge_ms, a 2 s timeout, the pool set up with the fake sink. */
+static dp_shard_t *shard_on_cfg(uint32_t conns, int32_t hedge_ms)
 {
-	memset(&fk, 0, sizeof(fk));
-	memset(&qt, 0, sizeof(qt));
-	dp_config_defaults(&cfg);
-	cfg.nupstream = nupstream;
-	for (int u = 0; u < nupstream; u++)
-		snprintf(cfg.upstream[u].text, sizeof(cfg.upstream[u].text), "up%d", u);
 	cfg.upstream_conns = conns;
 	cfg.upstream_policy = DP_POLICY_RR;
 	cfg.hedge_ms = hedge_ms;
@@ -274,6 +270,17 @@ static dp_shard_t *shard_new(int nupstream, uint32_t conns, int32_t hedge_ms)
 	s->q_cap = s->q_hiwater = NQ;
 	assert_int_equal(dp_pool_init(s, &sink), 0);
 	return s;
+}
+
+static dp_shard_t *shard_new(int nupstream, uint32_t conns, int32_t hedge_ms)
+{
+	memset(&fk, 0, sizeof(fk));
+	memset(&qt, 0, sizeof(qt));
+	dp_config_defaults(&cfg);
+	cfg.nupstream = nupstream;
+	for (int u = 0; u < nupstream; u++)
+		snprintf(cfg.upstream[u].text, sizeof(cfg.upstream[u].text), "up%d", u);
+	return shard_on_cfg(conns, hedge_ms);
 }
 
 static void shard_free(dp_shard_t *s)
@@ -587,20 +594,9 @@ static dp_shard_t *zone_shard(int32_t hedge_ms, const char *first, ...)
 	dp_config_defaults(&cfg);
 	if (dp_config_parse_args(&cfg, argc, argv, err, sizeof(err)) != 0)
 		fail_msg("config: %s", err);
-	cfg.upstream_conns = 1;
-	cfg.upstream_policy = DP_POLICY_RR;
-	cfg.hedge_ms = hedge_ms;
-	cfg.timeout_ms = 2000;
 	memset(&fk, 0, sizeof(fk));
 	memset(&qt, 0, sizeof(qt));
-	dp_shard_t *s = calloc(1, sizeof(*s));
-	s->cfg = &cfg;
-	s->now_ms = 1000000;
-	dp_tw_init(&s->timers, s->now_ms);
-	s->q = calloc(NQ, sizeof(dp_query_t));
-	s->q_cap = s->q_hiwater = NQ;
-	assert_int_equal(dp_pool_init(s, &sink), 0);
-	return s;
+	return shard_on_cfg(1, hedge_ms);
 }
 
 /* A client query for name/A (dotted), routed as query.c routes it. */
