@@ -18,11 +18,12 @@ enum { M_NONE = 0, M_GET, M_POST, M_OTHER };
 /* One request (an HTTP/2 stream's user data), from its HEADERS to the
  * stream's close. */
 typedef struct req {
+	struct req *prev, *next; /* every open request of the session */
 	int32_t stream;
 	uint8_t method;
 	bool ct_ok; /* content-type: application/dns-message */
 	bool too_big; /* its body went over DNS_MSG_MAX */
-	bool answered; /* a response is submitted */
+	bool answered; /* a response is submitted, or the stream reset */
 	uint16_t slot; /* 1 + its query slot while the query runs, else 0 */
 	uint32_t hdr_octets; /* header block so far, RFC 7541 4.1 sizes */
 	dp_buf_t path; /* :path */
@@ -48,6 +49,7 @@ struct dp_doh {
 	size_t mem; /* nghttp2's octets (the allocator below) */
 	size_t bufs; /* requests and their buffers */
 	size_t pending; /* answer octets submitted, not yet taken by nghttp2 */
+	req_t *reqs; /* open requests (nghttp2_session_del calls no callback) */
 	unsigned streams; /* requests open */
 	unsigned inflight; /* slots used */
 	unsigned continuations; /* CONTINUATION frames of the header block at hand */
@@ -345,6 +347,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 	if (!r)
 		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 	r->stream = f->hd.stream_id;
+	r->next = h->reqs;
+	if (h->reqs)
+		h->reqs->prev = r;
+	h->reqs = r;
 	h->bufs += sizeof(*r);
 	h->streams++;
 	nghttp2_session_set_stream_user_data(ng, r->stream, r);
@@ -357,7 +363,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 	(void)flags;
 	dp_doh_t *h = ud;
 	req_t *r = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
-	if (!r || f->hd.type != NGHTTP2_HEADERS)
+	if (!r || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0; /* trailers: nothing in them matters */
 	r->hdr_octets += (uint32_t)(namelen + valuelen + 32);
 	if (r->hdr_octets > DP_DOH_HDR_MAX || h->bufs + valuelen > DP_DOH_RX_MAX)
@@ -392,8 +398,11 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream, con
 		held_free(h, &r->body);
 		return 0;
 	}
-	if (h->bufs + len > DP_DOH_RX_MAX || !held_append(h, &r->body, data, len))
+	if (h->bufs + len > DP_DOH_RX_MAX || !held_append(h, &r->body, data, len)) {
+		r->answered = true; /* reset: nothing more of it is kept */
+		held_free(h, &r->body);
 		nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, stream, NGHTTP2_ENHANCE_YOUR_CALM);
+	}
 	return 0;
 }
 
@@ -413,23 +422,44 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 	return h->failed ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
-static int on_stream_close(nghttp2_session *ng, int32_t stream, uint32_t err, void *ud)
+/* Request r's stream is closed: forget it. */
+static void req_free(dp_doh_t *h, req_t *r)
 {
-	(void)err;
-	dp_doh_t *h = ud;
-	req_t *r = nghttp2_session_get_stream_user_data(ng, stream);
-	if (!r)
-		return 0;
 	if (r->slot)
 		h->slot[r->slot - 1].stream = 0; /* its answer, when it comes, is dropped */
 	if (r->answered)
 		h->pending -= r->body.len - r->sent; /* what the client will never get */
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		h->reqs = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
 	held_free(h, &r->path);
 	held_free(h, &r->body);
 	h->bufs -= sizeof(*r);
 	h->streams--;
 	free(r);
-	nghttp2_session_set_stream_user_data(ng, stream, NULL);
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t stream, uint32_t err, void *ud)
+{
+	(void)err;
+	req_t *r = nghttp2_session_get_stream_user_data(ng, stream);
+	if (r) {
+		req_free(ud, r);
+		nghttp2_session_set_stream_user_data(ng, stream, NULL);
+	}
+	return 0;
+}
+
+/* A GOAWAY leaves: we only send one to end a session for a protocol error
+ * or abuse (nghttp2's own limits included). */
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+	(void)ng;
+	if (f->hd.type == NGHTTP2_GOAWAY)
+		event(ud, DP_DOH_GOAWAY);
 	return 0;
 }
 
@@ -446,6 +476,7 @@ static nghttp2_session_callbacks *h2_callbacks(void)
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+	nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
 	return cb;
 }
 
@@ -492,7 +523,9 @@ void dp_doh_free(dp_doh_t *h)
 {
 	if (!h)
 		return;
-	nghttp2_session_del(h->ng); /* closes every stream: their requests go */
+	nghttp2_session_del(h->ng);
+	while (h->reqs)
+		req_free(h, h->reqs);
 	free(h);
 }
 
@@ -506,7 +539,6 @@ int dp_doh_recv(dp_doh_t *h, const uint8_t *p, size_t n, dp_buf_t *frames)
 		return h->frames_err;
 	if (rc < 0 || h->failed) {
 		/* A protocol error, a flood, a failed callback: say so and end. */
-		event(h, DP_DOH_GOAWAY);
 		h->failed = true;
 		nghttp2_session_terminate_session(h->ng, rc == NGHTTP2_ERR_FLOODED
 								 ? NGHTTP2_ENHANCE_YOUR_CALM
