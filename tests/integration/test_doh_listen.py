@@ -9,7 +9,8 @@ The daemon is started by test_dot_listen.start_dot with a DoH listener
 added (so the DoT listener runs beside it), serving the conftest
 certificate (upstream.test, 127.0.0.1); the upstream is the session's
 unbound. dnspython's dns.query.https is not used: Debian's dnspython 2.3
-needs httpx for HTTP/2, which Debian 12 does not ship.
+speaks HTTP/2 only through httpx (python3-httpx), not installed here; the h2
+library, which httpx would use, is.
 
 Objects owned here: client sockets and h2 connections (closed by `with` or
 finally), the good-client threads (stopped and joined in finally),
@@ -104,8 +105,8 @@ def curl(port, ca, tmp_path, target, method=None, body=None, ctype=DNS_CT, timeo
         bf = tmp_path / "curl.req"
         bf.write_bytes(body)
         cmd += ["--data-binary", "@%s" % bf]
-        if ctype is not None:
-            cmd += ["-H", "content-type: %s" % ctype]
+        # ctype None: no content-type at all (curl's own default removed)
+        cmd += ["-H", "content-type: %s" % ctype if ctype is not None else "content-type:"]
     if method:
         cmd += ["-X", method]
     cmd.append("https://127.0.0.1:%d%s" % (port, target))
