@@ -93,8 +93,8 @@ def max_age(headers):
 def curl(port, ca, tmp_path, target, method=None, body=None, ctype=DNS_CT, timeout=10):
     """One curl request over HTTP/2 to https://127.0.0.1:port<target>;
     returns (status, headers with lower-case names, body, curl's exit code,
-    HTTP version). body (bytes) is POSTed from a file unless method says
-    otherwise."""
+    HTTP version). body (bytes) is sent from a file: a POST, or the given
+    method; ctype None sends no content-type at all."""
     out, hdr = tmp_path / "curl.body", tmp_path / "curl.hdr"
     for p in (out, hdr):
         if p.exists():
@@ -427,7 +427,7 @@ def test_kdig_https_post_and_get(dotproxy, unbound, certs, tmp_path):
 
 
 @pytest.mark.timeout_s(60)
-def test_h2_id_echoed_and_ttl_ages(dotproxy, unbound, certs, tmp_path):
+def test_h2_id_echoed_get_and_post(dotproxy, unbound, certs, tmp_path):
     """The h2 library: a request with a non-zero DNS ID gets it back (clients
     send 0, but the ID is the request's), over many requests on one
     connection, GET and POST alternating."""
