@@ -156,8 +156,8 @@ def _sanitized(pid):
 @pytest.mark.timeout_s(90)
 def test_10k_idle_tls_clients_rss_and_good_client(dotproxy, unbound, certs, tmp_path):
     """10,000 TLS clients, each handshaken and answered once, then idle:
-    dotproxy's RSS growth per client is reported and bounded (16 KB, as
-    for 2,000: BoringSSL's session state, none of our buffers kept), all
+    dotproxy's RSS growth per client is reported and bounded (16 KB:
+    BoringSSL's session state, none of our buffers kept), all
     10,000 are still open, and a new client and an old idle one are each
     answered in under 1 s while they are."""
     n = N_IDLE
