@@ -54,6 +54,7 @@ struct dp_doh {
 	unsigned inflight; /* slots used */
 	unsigned continuations; /* CONTINUATION frames of the header block at hand */
 	bool failed; /* a callback asked to end the connection */
+	bool goodbye; /* the GOAWAY we send is a graceful one */
 	dp_buf_t *frames; /* dp_doh_recv's output, during the call */
 	int frames_err;
 	uint16_t nfree;
@@ -458,8 +459,9 @@ static int on_stream_close(nghttp2_session *ng, int32_t stream, uint32_t err, vo
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
 	(void)ng;
-	if (f->hd.type == NGHTTP2_GOAWAY)
-		event(ud, DP_DOH_GOAWAY);
+	dp_doh_t *h = ud;
+	if (f->hd.type == NGHTTP2_GOAWAY && !h->goodbye)
+		event(h, DP_DOH_GOAWAY);
 	return 0;
 }
 
@@ -587,6 +589,12 @@ int dp_doh_output(dp_doh_t *h, dp_buf_t *out)
 		if (!dp_buf_append(out, p, (size_t)n, 4096))
 			return -1;
 	}
+}
+
+void dp_doh_goodbye(dp_doh_t *h)
+{
+	h->goodbye = true;
+	nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
 }
 
 bool dp_doh_done(const dp_doh_t *h)

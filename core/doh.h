@@ -83,6 +83,9 @@ int dp_doh_answer(dp_doh_t *h, const uint8_t *p, size_t n);
  * flow-control windows allow). Returns 0, or -1 when the session failed
  * (close) or *out could not grow. */
 int dp_doh_output(dp_doh_t *h, dp_buf_t *out);
+/* The server closes the connection in good standing: a GOAWAY with
+ * NO_ERROR (not counted as DP_DOH_GOAWAY) into the output. */
+void dp_doh_goodbye(dp_doh_t *h);
 /* True when the session wants neither to read nor to write any more (it
  * sent or received GOAWAY and has nothing left): close the connection. */
 bool dp_doh_done(const dp_doh_t *h);

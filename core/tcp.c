@@ -84,15 +84,23 @@ static void io_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_SEND, idx, gen));
 }
 
-static void io_shutdown(void *ctx, int fd, bool cancel)
+static void io_shutdown(void *ctx, uint32_t idx, int fd, bool cancel)
 {
 	dp_shard_t *s = ctx;
+	if (is_tls(s, idx))
+		dp_tlsconn_goodbye(&s->tls, idx, fd);
 	shutdown(fd, SHUT_RDWR);
 	if (!cancel)
 		return;
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+}
+
+static void sock_write_now(void *ctx, int fd, const uint8_t *buf, size_t len)
+{
+	(void)ctx;
+	(void)!send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 static long sock_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
@@ -257,6 +265,7 @@ static void tls_stat(void *ctx, int which)
 static const dp_tlsconn_io_t tls_io = {
 	.send = tls_send,
 	.read_now = sock_read_now,
+	.write_now = sock_write_now,
 	.stat = tls_stat,
 	.doh_stat = doh_stat,
 	.doh_path = doh_path,

@@ -610,6 +610,30 @@ long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, s
 	return -EAGAIN;
 }
 
+void dp_tlsconn_goodbye(dp_tlsconns_t *t, uint32_t idx, int fd)
+{
+	if (!dp_tlsconn_is(t, idx) || t->teardown)
+		return;
+	dp_tlsc_t *c = &t->c[idx];
+	if (!c->hs_done || c->failed || c->sending || dp_sendq_queued(&c->wq))
+		return; /* mid-handshake, an alert sent, or ciphertext that must go first */
+	if (c->doh && !dp_doh_done(c->doh)) {
+		dp_doh_goodbye(c->doh);
+		t->hout.len = 0;
+		if (dp_doh_output(c->doh, &t->hout) == 0 && t->hout.len)
+			doh_seal(c->ssl, t->hout.data, t->hout.len);
+		t->hout.len = 0;
+	}
+	ERR_clear_error();
+	SSL_shutdown(c->ssl); /* close_notify, appended to wq.fill */
+	ERR_clear_error();
+	if (c->wq.fill.len)
+		t->io->write_now(t->ctx, fd, c->wq.fill.data, c->wq.fill.len);
+	c->failed = true; /* nothing more goes out of this one */
+	dp_sendq_free(&c->wq);
+	charge(t, idx);
+}
+
 size_t dp_tlsconn_unsent(const dp_tlsconns_t *t, uint32_t idx)
 {
 	return dp_tlsconn_is(t, idx) ? dp_sendq_queued(&t->c[idx].wq) : 0;

@@ -97,6 +97,9 @@ typedef struct dp_tlsconn_io {
 	/* Read what already sits in fd's socket, without waiting: octets, 0
 	 * at EOF, or a negative errno (drain). */
 	long (*read_now)(void *ctx, int fd, uint8_t *buf, size_t cap);
+	/* Write buf[0..len) to fd now, without waiting, as much as the socket
+	 * takes (dp_tlsconn_goodbye: best effort, the result not needed). */
+	void (*write_now)(void *ctx, int fd, const uint8_t *buf, size_t len);
 	/* Count event which (enum dp_tlsconn_stat). */
 	void (*stat)(void *ctx, int which);
 	/* Count DNS-over-HTTPS event which (enum dp_doh_stat). */
@@ -188,6 +191,13 @@ void dp_tlsconn_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, const uint8_t
  * already decryptable from what sits in the socket; 0 at EOF or when no
  * more can be had without waiting, else a negative errno. */
 long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, size_t cap);
+/* tcpconn closes TLS slot idx (its io->shutdown, before fd is shut
+ * down): a connection in good standing is told so, a GOAWAY (NO_ERROR)
+ * first for HTTP/2, then close_notify (RFC 8446 6.1), written at once
+ * (io->write_now) when no ciphertext waits or is being sent (two writers
+ * would interleave; otherwise it is left out). Best effort: the socket
+ * takes it or not, nothing waits for it. */
+void dp_tlsconn_goodbye(dp_tlsconns_t *t, uint32_t idx, int fd);
 /* Ciphertext of slot idx queued and not handed to the kernel yet. */
 size_t dp_tlsconn_unsent(const dp_tlsconns_t *t, uint32_t idx);
 

@@ -92,9 +92,9 @@ static void t_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t 
 	CHECK(dp_tlsconn_is(&W.tls, idx));
 	dp_tlsconn_send(&W.tls, idx, gen, buf, len);
 }
-static void t_shutdown(void *ctx, int fd, bool cancel)
+static void t_shutdown(void *ctx, uint32_t idx, int fd, bool cancel)
 {
-	uint32_t idx = W.fd_idx[fd - 100];
+	CHECK(idx == W.fd_idx[fd - 100]);
 	W.shut[idx] = true;
 	spoil_slot(idx); /* closed by the server (evicted, timed out, ...) */
 	if (cancel)

@@ -132,13 +132,18 @@ class H2Client:
     """A well-behaved HTTP/2 client (the h2 library) on one TLS connection
     with ALPN h2; request() sends one request and waits for its answer."""
 
-    def __init__(self, port, ca, timeout=5.0):
+    def __init__(self, port, ca, timeout=5.0, strict_eof=False):
+        """strict_eof: an end of the TLS stream without close_notify raises
+        ssl.SSLEOFError instead of reading as b''."""
         need_h2()
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.set_alpn_protocols(["h2"])
+        if strict_eof:
+            ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # set by Python: a cut reads as b""
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         try:
-            self.sock = ctx.wrap_socket(raw, server_hostname=H.UPSTREAM_NAME)
+            self.sock = ctx.wrap_socket(raw, server_hostname=H.UPSTREAM_NAME,
+                                        suppress_ragged_eofs=not strict_eof)
         except BaseException:
             raw.close()
             raise
@@ -799,3 +804,33 @@ def test_cert_reload_mid_run_drops_nothing(dotproxy, unbound, certs, other_ca, r
     assert not errors, errors
     assert len(counts) == 4 and min(counts) > 0, counts
     print("requests per client: %s" % counts)
+
+
+@pytest.mark.timeout_s(60)
+def test_idle_close_says_goaway_no_error_then_close_notify(dotproxy, unbound, certs, tmp_path):
+    """At the idle timeout an HTTP/2 connection gets GOAWAY with NO_ERROR
+    (not counted as h2_goaway, which counts abuse), then close_notify."""
+    need_h2()
+    dp, hport = start_doh(dotproxy, unbound, certs, tmp_path, extra=["--tcp-idle-timeout", "1s"])
+    c = H2Client(hport, certs["ca"], timeout=10, strict_eof=True)
+    try:
+        st, _, r = c.query(dns.message.make_query("www.test.", "A"))
+        assert st == 200 and r.rcode() == dns.rcode.NOERROR
+        c.sock.settimeout(8)
+        events, clean_end = [], False
+        while True:
+            try:
+                chunk = c.sock.recv(65536)
+            except ssl.SSLEOFError:
+                break  # the TLS stream was cut: no close_notify
+            if not chunk:
+                clean_end = True
+                break
+            events += c.conn.receive_data(chunk)
+    finally:
+        c.close()
+    ends = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ends and ends[0].error_code == 0, events
+    assert clean_end, "no close_notify after the GOAWAY"
+    st = dp.stats()
+    assert st["h2_goaway"] == 0 and st["tcp_closed_idle"] >= 1, st

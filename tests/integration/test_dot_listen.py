@@ -525,3 +525,25 @@ def test_ipv6_tls_listener(dotproxy, unbound, certs, tmp_path):
     with tls_ctx(certs["ca"]).wrap_socket(raw, server_hostname=H.UPSTREAM_NAME) as s:
         assert ask(s, "www.test.", "AAAA").rcode() == dns.rcode.NOERROR
     assert dp.wait_log(lambda d: d.get("msg") == "listening" and d.get("addr") == "[::1]:%d" % port6, 2)
+
+
+@pytest.mark.timeout_s(60)
+def test_idle_close_says_close_notify(dotproxy, unbound, certs, tmp_path):
+    """A connection the server closes in good standing (here at the idle
+    timeout) ends with close_notify (RFC 8446 6.1): the client sees a clean
+    end of the TLS stream, not a truncation (ssl.SSLEOFError with ragged
+    EOFs not suppressed)."""
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path, extra=["--tcp-idle-timeout", "1s"])
+    ctx = tls_ctx(certs["ca"])
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # Python sets it: a cut stream would read as b""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname=H.UPSTREAM_NAME, suppress_ragged_eofs=False)
+    try:
+        assert ask(s, "www.test.").rcode() == dns.rcode.NOERROR
+        t0 = time.monotonic()
+        assert s.recv(100) == b"", "data after the answer"  # SSLEOFError without close_notify
+        waited = time.monotonic() - t0
+        assert 0.5 < waited < 8, waited
+    finally:
+        s.close()
+    assert dp.stats()["tcp_closed_idle"] >= 1

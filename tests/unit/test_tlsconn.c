@@ -59,7 +59,7 @@ static void t_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t 
 	assert_true(dp_tlsconn_is(&F->tls, idx));
 	dp_tlsconn_send(&F->tls, idx, gen, buf, len);
 }
-static void t_shutdown(void *ctx, int fd, bool cancel) {}
+static void t_shutdown(void *ctx, uint32_t idx, int fd, bool cancel) {}
 static long t_read_now(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap)
 {
 	return -EAGAIN;
