@@ -547,7 +547,9 @@ class Bench:
         """DoH clients: --doh-clients h2load processes (one HTTP/2
         connection each, --doh-streams streams, GET ?dns=) sharing the names
         of DATAFILE, for DURATION seconds, paced to QPS in all when given.
-        Returns the run in parse_dnsperf's shape: sent = requests started,
+        Returns a function for measure(load=) that runs them (the URI files
+        are written now, outside the measured window) and returns the run in
+        parse_dnsperf's shape: sent = requests started,
         completed = answered with a 2xx, errors = answered with another HTTP
         status (h2load cannot see DNS rcodes), lost = streams that failed or
         timed out; in_flight_at_end = started and still unanswered when the
@@ -555,11 +557,18 @@ class Bench:
         names are meant to be asked once each."""
         a = self.args
         files, per_file = encload.write_uri_files(datafile, port, a.doh_clients, self.tmp, "doh")
+        return lambda: self._h2load_run(files, per_file, duration, qps, unique)
+
+    def _h2load_run(self, files, per_file, duration, qps, unique):
+        a = self.args
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             t, lat, argv = encload.run_h2load(files, duration, a.doh_streams, self.tmp, rps=qps)
         except RuntimeError as e:
             raise BenchError(str(e))
+        finally:
+            for f in files:
+                os.unlink(f)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         lat.sort()
         n = len(lat)
@@ -584,8 +593,6 @@ class Bench:
              "loadgen_cpu_s": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3),
              "h2load_args": argv[1:], "h2load_processes": len(files)}
         r["lost_pct"] = 100.0 * r["lost"] / r["sent"] if r["sent"] else 0.0
-        for f in files:
-            os.unlink(f)
         return r
 
     def measure(self, pids, port, mode, datafile, duration, loops=None, qps=None,
@@ -1057,7 +1064,7 @@ def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mo
 
     def run(f, duration, loops):
         # DoH clients are h2load processes, every other mode is dnsperf's
-        load = (lambda: b.h2load(port, f, duration, unique=loops == 1)) if mode == "doh" else None
+        load = b.h2load(port, f, duration, unique=loops == 1) if mode == "doh" else None
         return b.measure(pids, port, mode, f, duration, loops, forwarded=forwarded, check=check, load=load)
 
     # h2load holds every URI of its file in memory: guess low, the measured
@@ -1107,7 +1114,7 @@ def run_fixed_load(b, name, pids, port, scen, hit_prefix, max_qps, check):
             f, loops = b.names("hit", HIT_NAMES, prefix=hit_prefix), None
         else:
             f, loops = b.names("l", rate * a.latency_duration * 1.1 + 1000), 1
-        load = (lambda: b.h2load(port, f, a.latency_duration, qps=rate, unique=loops == 1)) if proto == "doh" else None
+        load = b.h2load(port, f, a.latency_duration, qps=rate, unique=loops == 1) if proto == "doh" else None
         r = b.measure(pids, port, proto, f, a.latency_duration, loops, qps=rate, forwarded=kind == "miss",
                       check=check, load=load)
         r["target_qps"] = rate
@@ -1423,8 +1430,11 @@ def print_encrypted(results, out):
     st = results["settings"].get("encrypted")
     rows = [(n, sc, s["scenarios"][sc]) for sc in ENCRYPTED for n, s in results["systems"].items()
             if s["status"] == "ok" and sc in s.get("scenarios", {})]
-    skipped = [(n, sc, why) for sc in ENCRYPTED for n, s in results["systems"].items()
-               for sk, why in s.get("skipped_scenarios", {}).items() if sk == sc]
+    skipped = {}  # (system, why) -> [scenario], one line each
+    for n, s in results["systems"].items():
+        for sc, why in s.get("skipped_scenarios", {}).items():
+            if sc in ENCRYPTED:
+                skipped.setdefault((n, why), []).append(sc)
     if not rows and not skipped:
         return
     print("\nEncrypted clients (DoT: dnsperf -m dot -c %d -q %d; DoH: %d h2load processes x 1 connection x %d "
@@ -1458,12 +1468,13 @@ def print_encrypted(results, out):
                      fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
                      fmt(f("cpu_us_per_query"), "%.1f"), fmt(h("handshakes_per_cpu_s"), "%.0f"),
                      fmt(h("cpu_us_per_handshake"), "%.0f"), fmt(ok, "%.1f")), file=out)
-    for n, scen, why in skipped:
-        print("%-15s %-12s skipped: %s" % (n, scen, why), file=out)
+    for (n, why), scens in skipped.items():
+        print("%-15s %s skipped: %s" % (n, ",".join(scens), why), file=out)
     print("@: at the fixed offered load; hs/CPU-s: new TLS connections (full TLS 1.3 handshake, one query for a\n"
           "cached name, close) answered per CPU-second of the system's processes = per core; us/hs: the CPU per\n"
           "such connection; hs ok: connections answered of those opened. DoH err: non-2xx HTTP statuses\n"
-          "(h2load does not see DNS rcodes).", file=out)
+          "(h2load does not see DNS rcodes); DoH up/q is a little above 1 on misses: h2load stops with its\n"
+          "streams in flight, which were forwarded but are not counted as answered.", file=out)
 
 
 def print_mixed(results, out):
