@@ -319,7 +319,10 @@ static void prefetch(dp_shard_t *s, const uint8_t *msg, const dp_dns_view_t *v,
 static uint32_t count_qtype(dp_shard_t *s, const dp_client_t *c, const uint8_t *msg,
 			    const dp_dns_view_t *v)
 {
-	int t = c->transport == T_UDP ? DP_MT_UDP : dp_client_encrypted(c) ? DP_MT_TLS : DP_MT_TCP;
+	int t = c->transport == T_UDP	 ? DP_MT_UDP
+		: !dp_client_encrypted(c) ? DP_MT_TCP
+		: (c->li & DP_LI_HTTPS)	 ? DP_MT_HTTPS
+					 : DP_MT_TLS;
 	uint32_t zone = dp_route_zone(s->cfg, msg + v->qname_off, v->qname_len);
 	M_INC(s->metrics.qtype[t][dp_metrics_qtype_class(v->qtype)]);
 	M_INC(s->metrics.zone_queries[zone]);

@@ -221,6 +221,24 @@ static void tls_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TLS_SEND, idx, gen));
 }
 
+static void doh_stat(void *ctx, int which)
+{
+	dp_shard_t *s = ctx;
+	switch (which) {
+	case DP_DOH_REQUEST: STAT_INC(s, https_requests); break;
+	case DP_DOH_HTTP_ERROR: STAT_INC(s, https_errors); break;
+	case DP_DOH_RESET: STAT_INC(s, h2_resets); break;
+	case DP_DOH_GOAWAY: STAT_INC(s, h2_goaway); break;
+	default: break;
+	}
+}
+
+static const char *doh_path(void *ctx)
+{
+	const dp_shard_t *s = ctx;
+	return s->cfg->listen_https_path;
+}
+
 static void tls_stat(void *ctx, int which)
 {
 	dp_shard_t *s = ctx;
@@ -231,6 +249,7 @@ static void tls_stat(void *ctx, int which)
 	case DP_TLSC_HS_TIMEOUT: STAT_INC(s, tls_handshake_timeouts); break;
 	case DP_TLSC_HS_DEFERRED: STAT_INC(s, tls_handshakes_deferred); break;
 	case DP_TLSC_ERROR: STAT_INC(s, tls_errors); break;
+	case DP_TLSC_DOH_SLOW: STAT_INC(s, https_slow_closed); break;
 	default: break;
 	}
 }
@@ -239,6 +258,8 @@ static const dp_tlsconn_io_t tls_io = {
 	.send = tls_send,
 	.read_now = sock_read_now,
 	.stat = tls_stat,
+	.doh_stat = doh_stat,
+	.doh_path = doh_path,
 };
 
 static const dp_tcpconn_io_t tcp_io = {
@@ -316,15 +337,34 @@ void dp_tcp_reconfigure(dp_shard_t *s)
 }
 
 /* Listener li's socket and whether its accept is armed (li with DP_LI_TLS:
- * a TLS listener). */
+ * an encrypted listener). */
 static int *listen_fd(dp_shard_t *s, int li)
 {
-	return li & DP_LI_TLS ? &s->tls_fd[li & ~DP_LI_TLS] : &s->tcp_fd[li];
+	return li & DP_LI_TLS ? &s->tls_fd[li & DP_LI_INDEX] : &s->tcp_fd[li];
 }
 
 static bool *listen_armed(dp_shard_t *s, int li)
 {
-	return li & DP_LI_TLS ? &s->tls_armed[li & ~DP_LI_TLS] : &s->tcp_armed[li];
+	return li & DP_LI_TLS ? &s->tls_armed[li & DP_LI_INDEX] : &s->tcp_armed[li];
+}
+
+/* The listen index an accept on li carries: an HTTPS listener's
+ * connections carry DP_LI_HTTPS from their accept on (tlsconn, metrics). */
+static int accept_li(const dp_shard_t *s, int li)
+{
+	if ((li & DP_LI_TLS) && dp_config_enc_https(s->cfg, li & DP_LI_INDEX))
+		li |= DP_LI_HTTPS;
+	return li;
+}
+
+void dp_tcp_cancel_accept(dp_shard_t *s, int li)
+{
+	if (*listen_fd(s, li) < 0)
+		return;
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)accept_li(s, li), 0), 0);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+	*listen_armed(s, li) = true; /* never armed again */
 }
 
 void dp_tcp_arm_accept(dp_shard_t *s, int li)
@@ -332,21 +372,28 @@ void dp_tcp_arm_accept(dp_shard_t *s, int li)
 	int fd = *listen_fd(s, li);
 	if (fd < 0 || s->stop)
 		return;
+	li = accept_li(s, li);
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)li, 0));
 	*listen_armed(s, li) = true;
 }
 
-/* A TLS client accepted into slot idx: its session, its address. */
-static void tls_accepted(dp_shard_t *s, int idx, const struct sockaddr_storage *peer)
+/* A TLS client accepted into slot idx from listener li: its session, its
+ * address. */
+static void tls_accepted(dp_shard_t *s, int idx, int li, const struct sockaddr_storage *peer)
 {
 	uint32_t gen = s->tcp.c[idx].gen;
-	STAT_INC(s, tls_accepted);
+	bool https = li & DP_LI_HTTPS;
+	if (https)
+		STAT_INC(s, https_accepted);
+	else
+		STAT_INC(s, tls_accepted);
 	memset(&s->tls_peer[idx], 0, sizeof(s->tls_peer[idx]));
 	memcpy(&s->tls_peer[idx], peer,
 	       peer->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
-	if (!s->srv_ctx || dp_tlsconn_open(&s->tls, (uint32_t)idx, gen, s->srv_ctx, s->now_ms) < 0) {
+	if (!s->srv_ctx ||
+	    dp_tlsconn_open(&s->tls, (uint32_t)idx, gen, s->srv_ctx, s->now_ms, https) < 0) {
 		STAT_INC(s, tls_errors);
 		dp_tcpconn_close(&s->tcp, (uint32_t)idx);
 	}
@@ -389,7 +436,7 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	}
 	dp_cshare_key_of((const struct sockaddr *)&peer, &s->tcp_peer[idx]);
 	if (li & DP_LI_TLS)
-		tls_accepted(s, idx, &peer);
+		tls_accepted(s, idx, li, &peer);
 }
 
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)

@@ -19,6 +19,7 @@
  * with short sends, a handshake that times out.
  */
 #include "../../core/tlsconn.c"
+#include "../../core/doh.c"
 #include "../../core/tlssrv.c"
 #include "../../core/tls.c"
 
@@ -211,7 +212,7 @@ static void connect_client(client_t *c, uint8_t arg)
 		return;
 	W.fd_idx[fd] = (uint32_t)idx;
 	uint32_t gen = W.t.c[idx].gen;
-	CHECK(dp_tlsconn_open(&W.tls, (uint32_t)idx, gen, W.srv, W.now) == 0);
+	CHECK(dp_tlsconn_open(&W.tls, (uint32_t)idx, gen, W.srv, W.now, false) == 0);
 	memset(c, 0, sizeof(*c));
 	c->on = true;
 	c->idx = (uint32_t)idx;
