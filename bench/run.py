@@ -121,7 +121,7 @@ VERSION_CMDS = {"dnsperf": (["dnsperf", "-h"], r"Version (\S+)"),
 RUN_KEYS = ("qps", "sent", "completed", "lost", "lost_pct", "errors", "lat_avg_ms", "lat_p50_ms",
             "lat_p90_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms", "cpu_s", "cpu_us_per_query",
             "upstream_cpu_us_per_query", "cpu_ratio", "upstream_queries_per_query",
-            "rss_peak_kb", "loadgen_cpu_s", "other_cpu_s", "other_cpus", "run_time_s",
+            "rss_peak_kb", "loadgen_cpu_s", "loadgen_cpus", "other_cpu_s", "other_cpus", "run_time_s",
             "machine_cpu_us_per_query",
             # zipf only
             "hit_ratio", "hit_ratio_raw", "ideal_hit_ratio", "upstream_per_distinct",
@@ -624,6 +624,7 @@ class Bench:
         r["other_cpu_s"] = round(m1[0] - m0[0] - (c1 - c0) - (u1 - u0) - r["loadgen_cpu_s"], 2)
         r["irq_cpu_s"] = round(m1[1] - m0[1], 2)
         r["other_cpus"] = round(r["other_cpu_s"] / r["window_s"], 2)
+        r["loadgen_cpus"] = round(r["loadgen_cpu_s"] / r["window_s"], 2)
         uq1, pq1 = self.upstream_queries(), self.plain_queries()
         if check:
             check()
@@ -991,8 +992,10 @@ def run_system(b, name, ceiling_qps):
         if not scenarios:
             return dict(res, status="skipped", reason=why)
         protos &= have
-    # the encrypted listeners' ports ({} without encrypted scenarios)
-    enc = {p: free_port() for p in sorted(protos)}
+    # the encrypted listeners' ports ({} without encrypted scenarios): both
+    # listeners whenever one is used, so the configuration is the same
+    # whichever scenarios run (the peers' -enc.in fragments have both)
+    enc = {p: free_port() for p in sorted(have)} if protos else {}
     workdir = os.path.join(b.tmp, name)
     os.makedirs(workdir)
     port = free_port()
@@ -1031,7 +1034,7 @@ def run_system(b, name, ceiling_qps):
             if is_dotproxy(name):
                 res["scenarios"][scen]["dotproxy_stats"] = dotproxy_stats(procs[0])
         # new TLS handshakes per CPU-second, once per encrypted protocol
-        for proto in sorted(enc):
+        for proto in sorted(protos):
             res.setdefault("handshakes", {})[proto] = run_handshakes(
                 b, name, pids, proto, enc[proto], hit_prefix, check, procs[0] if is_dotproxy(name) else None)
         res["rss_end_kb"] = sum(rss_kb(p) for p in pids)
@@ -1444,11 +1447,11 @@ def print_encrypted(results, out):
               st["doh_streams"], results["settings"]["duration_s"], results["settings"]["reps"], st["rate"],
               results["settings"]["latency_duration_s"], st["handshake_rate"], st["handshake_seconds"],
               results["settings"]["reps"]), file=out)
-    row = "%-15s %-12s %16s %6s %5s %7s %7s %6s %5s %5s | %7s %7s %6s | %8s %7s %5s"
-    print(row % ("system", "scenario", "QPS", "lost", "err", "p50", "p99", "us/q", "ratio", "up/q",
+    row = "%-15s %-12s %16s %6s %5s %7s %7s %6s %5s %5s %4s | %7s %7s %6s | %8s %7s %5s"
+    print(row % ("system", "scenario", "QPS", "lost", "err", "p50", "p99", "us/q", "ratio", "up/q", "gen",
                  "p50@", "p99@", "us/q@", "hs/CPU-s", "us/hs", "hs ok"), file=out)
-    print(row % ("", "", "[min-max]", "", "", "ms", "ms", "CPU", "", "", "ms", "ms", "CPU", "per core", "CPU",
-                 "%"), file=out)
+    print(row % ("", "", "[min-max]", "", "", "ms", "ms", "CPU", "", "", "CPUs", "ms", "ms", "CPU", "per core",
+                 "CPU", "%"), file=out)
     for n, scen, sc in rows:
         g = lambda k: med(sc["summary"], k)  # noqa: E731
         q = sc["summary"].get("qps")
@@ -1465,16 +1468,18 @@ def print_encrypted(results, out):
         print(row % (n, scen, "%.0f [%.0f-%.0f]" % (q["median"], q["min"], q["max"]) if q else "-",
                      fmt(g("lost"), "%.0f"), fmt(g("errors"), "%.0f"), fmt(g("lat_p50_ms")), fmt(g("lat_p99_ms")),
                      fmt(g("cpu_us_per_query"), "%.1f"), fmt(g("cpu_ratio")), fmt(g("upstream_queries_per_query")),
-                     fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
+                     fmt(g("loadgen_cpus"), "%.1f"), fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
                      fmt(f("cpu_us_per_query"), "%.1f"), fmt(h("handshakes_per_cpu_s"), "%.0f"),
                      fmt(h("cpu_us_per_handshake"), "%.0f"), fmt(ok, "%.1f")), file=out)
     for (n, why), scens in skipped.items():
         print("%-15s %s skipped: %s" % (n, ",".join(scens), why), file=out)
-    print("@: at the fixed offered load; hs/CPU-s: new TLS connections (full TLS 1.3 handshake, one query for a\n"
-          "cached name, close) answered per CPU-second of the system's processes = per core; us/hs: the CPU per\n"
-          "such connection; hs ok: connections answered of those opened. DoH err: non-2xx HTTP statuses\n"
-          "(h2load does not see DNS rcodes); DoH up/q is a little above 1 on misses: h2load stops with its\n"
-          "streams in flight, which were forwarded but are not counted as answered.", file=out)
+    print("gen: CPUs the load generator used (dnsperf, or the h2load processes); when it is near the machine's\n"
+          "CPUs less the system's, the generator was the limit. @: at the fixed offered load. hs/CPU-s: new TLS\n"
+          "connections (full TLS 1.3 handshake, one query for a cached name, close) answered per CPU-second of\n"
+          "the system's processes = per core; us/hs: the CPU per such connection; hs ok: connections answered\n"
+          "of those opened. DoH err: non-2xx HTTP statuses (h2load does not see DNS rcodes); DoH up/q is a\n"
+          "little above 1 on misses: h2load stops with its streams in flight, which were forwarded but are\n"
+          "not counted as answered.", file=out)
 
 
 def print_mixed(results, out):
