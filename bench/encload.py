@@ -68,23 +68,39 @@ def parse_h2load(text):
             "status": dict(zip(("2xx", "3xx", "4xx", "5xx"), (int(x) for x in st.groups())))}
 
 
-def log_latencies(path):
-    """Seconds per answered request from an h2load --log-file (start us,
-    HTTP status, us to the end of the response); status -1 (failed) and
-    non-2xx rows are left out."""
-    lat = []
+def log_requests(path):
+    """(end time, seconds) per answered request from an h2load --log-file
+    (start us since the epoch, HTTP status, us to the end of the response),
+    in seconds; status -1 (failed) and non-2xx rows are left out."""
+    out = []
     with open(path) as f:
         for line in f:
             parts = line.split("\t")
             if len(parts) >= 3 and parts[1].startswith("2"):
-                lat.append(int(parts[2]) / 1e6)
-    return lat
+                start, took = int(parts[0]), int(parts[2])
+                out.append(((start + took) / 1e6, took / 1e6))
+    return out
+
+
+def common_window(per_process):
+    """The processes start their clocks one by one (each reads its URI file
+    first: on busy cores a second or more apart), so their -D windows only
+    partly overlap. Returns (window start, window end, skew): the span in
+    which every process was sending (from the last one's first answer to the
+    first one's last answer), and how far apart their first answers were."""
+    firsts = [min(e for e, _ in reqs) for reqs in per_process if reqs]
+    lasts = [max(e for e, _ in reqs) for reqs in per_process if reqs]
+    if not firsts:
+        return None, None, None
+    return max(firsts), min(lasts), max(firsts) - min(firsts)
 
 
 def run_h2load(uri_files, duration, streams, tmpdir, rps=None, timeout_s=30):
     """One h2load process per URI file (-c 1, -m STREAMS, -D DURATION, and
     --rps RPS / files each when paced), all at once; returns (totals summed
-    over the processes, latencies, argv of the first, lines per file used)."""
+    over the processes with "window_qps" (answers per second while every
+    process was sending, see common_window), latencies in that window,
+    argv of the first)."""
     procs = []
     logs = [os.path.join(tmpdir, "h2load-%d.log" % i) for i in range(len(uri_files))]
     for log in logs:  # h2load appends to its --log-file
@@ -110,7 +126,7 @@ def run_h2load(uri_files, duration, streams, tmpdir, rps=None, timeout_s=30):
                 p.kill()
                 p.wait()
             out.close()
-    runs, lat = [], []
+    runs, per_process = [], []
     for i, (argv, out, p) in enumerate(procs):
         with open(out.name) as f:
             text = f.read()
@@ -118,13 +134,18 @@ def run_h2load(uri_files, duration, streams, tmpdir, rps=None, timeout_s=30):
         if r is None:
             raise RuntimeError("h2load failed (%s): %s" % (" ".join(argv), text[-1500:]))
         runs.append(r)
-        lat += log_latencies(logs[i])
+        per_process.append(log_requests(logs[i]))
         os.unlink(logs[i])
     tot = {k: sum(r[k] for r in runs) for k in ("rps", "total", "started", "done", "succeeded", "failed",
                                                  "errored", "timeout")}
     tot["status"] = {k: sum(r["status"][k] for r in runs) for k in runs[0]["status"]}
     tot["seconds"] = max(r["seconds"] for r in runs)
     tot["max_per_process"] = max(r["succeeded"] for r in runs)
+    w0, w1, skew = common_window(per_process)
+    lat = [took for reqs in per_process for end, took in reqs if w0 is not None and w0 <= end <= w1]
+    tot["window_s"] = round(w1 - w0, 3) if w0 is not None else None
+    tot["start_skew_s"] = round(skew, 3) if skew is not None else None
+    tot["window_qps"] = len(lat) / (w1 - w0) if w0 is not None and w1 - w0 > 0 else None
     return tot, lat, procs[0][0]
 
 

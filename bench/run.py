@@ -581,8 +581,12 @@ class Bench:
             v = encload.percentile(lat, q)
             return v * 1000.0 if v is not None else None
 
+        # QPS while all processes were sending (they start one by one):
+        # answers in that span over its length; CPU and upstream queries per
+        # query are over every answer of the run, as for dnsperf
         r = {"sent": t["started"], "completed": done, "lost": t["failed"], "in_flight_at_end": t["started"] - t["done"],
-             "run_time_s": t["seconds"], "qps": done / t["seconds"] if t["seconds"] else None,
+             "run_time_s": t["seconds"], "qps": t["window_qps"], "qps_all": done / t["seconds"] if t["seconds"] else None,
+             "common_window_s": t["window_s"], "start_skew_s": t["start_skew_s"],
              "timeouts": t["timeout"], "rcodes": {"HTTP " + k: v for k, v in t["status"].items() if v},
              "errors": errors, "h2load_errored": t["errored"],
              # a client that asked more names than its file holds asked some twice
@@ -1057,13 +1061,14 @@ def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mo
     cluster_pct = a.mixed_cluster_pct if kind == "mixed" else 0
 
     # each h2load process asks its own share of the names, and some go
-    # faster than others: twice as many names, so that none runs out
-    spread = 2 if mode == "doh" else 1
+    # faster than others: half as many again, so that few run out (more
+    # names make every h2load slower to start)
+    spread = 1.5 if mode == "doh" else 1
 
     def datafile(tag, duration, est):
         if kind == "hit":
             return b.names("hit", HIT_NAMES, prefix=hit_prefix), None
-        return b.names(tag, max(est * 2, 50000) * duration * spread, cluster_pct=cluster_pct), 1
+        return b.names(tag, int(max(est * 2, 50000) * duration * spread), cluster_pct=cluster_pct), 1
 
     def run(f, duration, loops):
         # DoH clients are h2load processes, every other mode is dnsperf's
