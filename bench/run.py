@@ -584,8 +584,9 @@ class Bench:
         # QPS while all processes were sending (they start one by one):
         # answers in that span over its length; CPU and upstream queries per
         # query are over every answer of the run, as for dnsperf
-        r = {"sent": t["started"], "completed": done, "lost": t["failed"], "in_flight_at_end": t["started"] - t["done"],
-             "run_time_s": t["seconds"], "qps": t["window_qps"], "qps_all": done / t["seconds"] if t["seconds"] else None,
+        r = {"sent": t["started"], "completed": done, "lost": t["failed"],
+             "in_flight_at_end": t["started"] - t["done"], "run_time_s": t["seconds"], "qps": t["window_qps"],
+             "qps_all": done / t["seconds"] if t["seconds"] else None,
              "common_window_s": t["window_s"], "start_skew_s": t["start_skew_s"],
              "timeouts": t["timeout"], "rcodes": {"HTTP " + k: v for k, v in t["status"].items() if v},
              "errors": errors, "h2load_errored": t["errored"],
@@ -1473,7 +1474,8 @@ def print_encrypted(results, out):
         print(row % (n, scen, "%.0f [%.0f-%.0f]" % (q["median"], q["min"], q["max"]) if q else "-",
                      fmt(g("lost"), "%.0f"), fmt(g("errors"), "%.0f"), fmt(g("lat_p50_ms")), fmt(g("lat_p99_ms")),
                      fmt(g("cpu_us_per_query"), "%.1f"), fmt(g("cpu_ratio")), fmt(g("upstream_queries_per_query")),
-                     fmt(g("loadgen_cpus"), "%.1f"), fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
+                     fmt(g("loadgen_cpus"), "%.1f"),
+                     fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
                      fmt(f("cpu_us_per_query"), "%.1f"), fmt(h("handshakes_per_cpu_s"), "%.0f"),
                      fmt(h("cpu_us_per_handshake"), "%.0f"), fmt(ok, "%.1f")), file=out)
     for (n, why), scens in skipped.items():
