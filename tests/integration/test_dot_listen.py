@@ -547,3 +547,26 @@ def test_idle_close_says_close_notify(dotproxy, unbound, certs, tmp_path):
     finally:
         s.close()
     assert dp.stats()["tcp_closed_idle"] >= 1
+
+
+@pytest.mark.timeout_s(60)
+def test_tickets_follow_the_handshake_at_once(dotproxy, unbound, certs, tmp_path):
+    """The server's TLS 1.3 session tickets come right after the handshake,
+    before any query (BoringSSL holds them until a first write). Without
+    them the server sends nothing after the client's Finished, and a client
+    whose first query waits behind Nagle for an ACK waits for the server's
+    delayed ACK: 40 ms on the first answer of every connection."""
+    dp, port = start_dot(dotproxy, unbound, certs, tmp_path)
+    import select
+    with tls_connect(port, tls_ctx(certs["ca"])) as s:
+        r, _, _ = select.select([s], [], [], 3.0)
+        assert r, "nothing from the server within 3 s of the handshake (no tickets)"
+        s.setblocking(False)
+        try:
+            data = s.recv(100)  # processes the tickets; no application data
+        except ssl.SSLWantReadError:
+            data = b""
+        assert data == b"", data
+        s.setblocking(True)
+        assert s.session is not None and s.session.has_ticket
+        assert ask(s, "www.test.").rcode() == dns.rcode.NOERROR
