@@ -186,18 +186,22 @@ static ssize_t read_answer(nghttp2_session *ng, int32_t stream, uint8_t *buf, si
 
 #define NV(n, v, vl) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NO_COPY_NAME }
 
-/* An error status with no body. */
+/* An error status with no body (405 says which methods are, RFC 9110
+ * 15.5.6). */
 static void respond_status(dp_doh_t *h, req_t *r, const char *status)
 {
-	nghttp2_nv nv[] = { NV(":status", status, 3), NV("content-length", "0", 1) };
+	nghttp2_nv nv[] = { NV(":status", status, 3), NV("content-length", "0", 1),
+			    NV("allow", "GET, POST", 9) };
 	r->answered = true;
 	event(h, DP_DOH_HTTP_ERROR);
-	if (nghttp2_submit_response(h->ng, r->stream, nv, 2, NULL) != 0)
+	size_t n = strcmp(status, "405") == 0 ? 3 : 2;
+	if (nghttp2_submit_response(h->ng, r->stream, nv, n, NULL) != 0)
 		h->failed = true;
 }
 
 /* RFC 8484 5.1: no longer fresh than the smallest TTL of the records (the
- * OPT's is not one); 0 without a record or when it cannot be read. */
+ * OPT's is not one), and for an SOA (a negative answer's) than its MINIMUM
+ * (RFC 2308 5); 0 without a record or when it cannot be read. */
 static uint32_t max_age(const uint8_t *msg, size_t len)
 {
 	dp_dns_answer_t a;
@@ -207,8 +211,12 @@ static uint32_t max_age(const uint8_t *msg, size_t len)
 	dp_dns_ttl_iter_init(&it, msg, a.ttl, a.nttl, a.ttl_total);
 	uint32_t min = UINT32_MAX;
 	size_t off;
-	while (dp_dns_ttl_next(&it, &off))
+	while (dp_dns_ttl_next(&it, &off)) {
 		min = DP_MIN(min, dp_dns_ttl(msg, off));
+		size_t end = off + 6 + dp_rd16(msg + off + 4); /* past its RDATA */
+		if (dp_rd16(msg + off - 4) == DP_DNS_TYPE_SOA && end - (off + 6) >= 22)
+			min = DP_MIN(min, dp_dns_ttl(msg, end - 4)); /* MINIMUM, last */
+	}
 	return min == UINT32_MAX ? 0 : min;
 }
 
