@@ -202,11 +202,6 @@ def _raise_nofile(need):
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-def _sanitized(pid):
-    with open("/proc/%d/maps" % pid) as f:
-        return "libasan" in f.read()  # its allocator's redzones and quarantine
-
-
 @pytest.mark.timeout_s(90)
 def test_10k_idle_tls_clients_rss_and_good_client(dotproxy, unbound, certs, tmp_path):
     """10,000 TLS clients, each handshaken and answered once, then idle:
@@ -254,7 +249,7 @@ def test_10k_idle_tls_clients_rss_and_good_client(dotproxy, unbound, certs, tmp_
     assert max(lat) < 1.0, lat
     assert st["tcp_open"] >= n and st["tcp_evicted"] == 0 and st["tcp_refused"] == 0, st
     assert st["tls_handshakes"] >= n + 1, st
-    if not _sanitized(dp.pid):
+    if not H.sanitized(dp.pid):
         assert per < 16384, per
 
 
@@ -292,7 +287,7 @@ def test_3k_idle_doh_clients_on_one_shard(dotproxy, unbound, certs, tmp_path):
         assert stats["tcp_open"] >= n and stats["tcp_closed_memory"] == 0, stats
         assert stats["tcp_refused"] == 0 and stats["tcp_evicted"] == 0, stats
         assert lat < 1.0, lat
-        if not _sanitized(dp.pid):
+        if not H.sanitized(dp.pid):
             assert per < 48 * 1024, per
     finally:
         for s in idle:
