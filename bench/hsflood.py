@@ -149,6 +149,7 @@ class Child:
         self.p = subprocess.Popen(argv, stdout=self.f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=bool(nice), preexec_fn=(lambda: lower(nice)) if nice else None)
         self.rusage = None
+        self.sched = (0.0, 0.0)  # (run, run-queue wait) seconds, see thread_sched
 
     def cpu(self):
         return cpu_or_none(self.p.pid) if self.rusage is None else None
@@ -157,6 +158,10 @@ class Child:
         """Wait up to BOUND_S; kill after that. Returns (status, CPU seconds)."""
         deadline = time.monotonic() + bound_s
         while time.monotonic() < deadline:
+            try:  # the last reading before it exits
+                self.sched = thread_sched(self.p.pid)
+            except OSError:
+                pass
             pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
             if pid:
                 self.rusage = ru
@@ -292,6 +297,9 @@ def measure(ctx, rate):
     r["machine_irq_cpus"] = round((mc1[1] - mc0[1]) / win, 2)
     r["flood_cpus"] = round((f1 - f0) / win, 3) if f0 is not None and f1 is not None else None
     r["dnsperf_cpus"] = round(est_cpu / win, 3)
+    # time dnsperf's threads were runnable but got no CPU (up to its last
+    # 50 ms): its latencies include that
+    r["dnsperf_runq_wait_s_per_s"] = round(est.sched[1] / win, 3)
     dp = run.parse_dnsperf(est.text().encode())
     if dp is None or est_status != 0:
         raise BenchError("dnsperf failed (%s):\n%s" % (est_status, est.text()[-1500:]))
@@ -339,6 +347,10 @@ def start(a):
             "--listen-https", "127.0.0.1:%d" % ctx.hport, "--cert", b.cert, "--key", b.key,
             "--upstream", "127.0.0.1:%d#%s" % (b.uport, run.UNAME), "--ca-file", b.ca,
             "--threads", str(a.threads), "--metrics", "127.0.0.1:%d" % ctx.mport, "--log-level", "info"]
+    if a.dotproxy_rt:
+        # diagnostic: dotproxy never waits for a CPU behind the load generators
+        # or other work, so what remains is its own loop's delay
+        argv = ["chrt", "-f", "1"] + argv
     ctx.dp_argv = argv
     ctx.dp = Daemon("dotproxy", argv, os.path.join(b.logs, "dotproxy.log"))
     run.wait_ready([ctx.dp], ctx.port)
@@ -372,6 +384,7 @@ COLUMNS = (("R/s", ("rate",), "%d"), ("hs/s", ("handshakes_per_s",), "%.0f"),
            ("resumed", ("events", "tls_resumed"), "%d"), ("deferred", ("events", "tls_handshakes_deferred"), "%d"),
            ("dp CPUs", ("dotproxy_cpus",), "%.2f"), ("flood CPUs", ("flood_cpus",), "%.2f"),
            ("other CPUs", ("other_cpus",), "%.2f"), ("dp runq", ("dotproxy_runq_wait_s_per_s",), "%.3f"),
+           ("dnsperf runq", ("dnsperf_runq_wait_s_per_s",), "%.3f"),
            ("DoT p50", ("dot", "lat_p50_ms"), "%.2f"), ("DoT p99", ("dot", "lat_p99_ms"), "%.2f"),
            ("DoT max", ("dot", "lat_max_ms"), "%.1f"), ("DoT lost", ("dot", "lost"), "%d"),
            ("DoH p50", ("doh", "p50_ms"), "%.2f"), ("DoH p99", ("doh", "p99_ms"), "%.2f"),
@@ -437,6 +450,9 @@ def parse_args(argv):
     ap.add_argument("--flood-nice", type=int, default=0, metavar="N",
                     help="run the flood's h2load at nice N in its own session and scheduling group "
                          "(the generator shares the machine's cores; see bench/README.md; default %(default)s)")
+    ap.add_argument("--dotproxy-rt", action="store_true",
+                    help="diagnostic: run dotproxy under chrt -f 1 (SCHED_FIFO), so that it never waits "
+                         "for a CPU behind the load generators; see bench/README.md")
     ap.add_argument("--names", type=int, default=100, help="distinct cached names (default %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="dotproxy --threads (default %(default)s)")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
@@ -479,23 +495,24 @@ def main(argv=None):
            "loadavg_start": open("/proc/loadavg").read().split()[:3],
            "settings": {k: getattr(a, k) for k in ("rates", "reps", "duration", "lead", "est_qps",
                                                    "est_clients", "doh_qps", "names", "threads",
-                                                   "flood_tool", "flood_nice")},
+                                                   "flood_tool", "flood_nice", "dotproxy_rt")},
            "flood_period_s": PERIOD_S, "runs": []}
     status = 0
     ctx = None
     try:
         ctx = start(a)
-        res["dotproxy_argv"] = ctx.dp_argv[1:]
+        res["dotproxy_argv"] = ctx.dp_argv
         for rep in range(a.reps):
             for rate in a.rates:
                 say("rep %d/%d, flood %d/s" % (rep + 1, a.reps, rate))
                 r = measure(ctx, rate)
                 r["rep"] = rep
                 res["runs"].append(r)
-                say("  %.0f handshakes/s (resumed %d, deferred %d), dotproxy %.2f CPUs, flood h2load %s CPUs; "
+                say("  %.0f handshakes/s (resumed %d, deferred %d), dotproxy %.2f CPUs (run-queue wait %.2f s/s), flood client %s CPUs; "
                     "DoT p50 %.2f p99 %.2f max %.1f ms; DoH p99 %s ms" % (
                         r["handshakes_per_s"], r["events"]["tls_resumed"],
-                        r["events"]["tls_handshakes_deferred"], r["dotproxy_cpus"], r["flood_cpus"],
+                        r["events"]["tls_handshakes_deferred"], r["dotproxy_cpus"], r["dotproxy_runq_wait_s_per_s"],
+                        r["flood_cpus"],
                         r["dot"]["lat_p50_ms"], r["dot"]["lat_p99_ms"], r["dot"]["lat_max_ms"],
                         "%.2f" % r["doh"]["p99_ms"] if r.get("doh") and r["doh"]["p99_ms"] else "-"))
                 if not ctx.dp.alive():
