@@ -110,10 +110,10 @@ static void step(int ep, SSL_CTX *ctx, conn_t *c, int idx, const uint8_t *q, siz
 		int e = 0;
 		socklen_t l = sizeof(e);
 		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0 || e != 0)
-			return finish(ep, c, 0);
+			{ finish(ep, c, 0); return; }
 		c->ssl = SSL_new(ctx);
 		if (!c->ssl || !SSL_set_fd(c->ssl, c->fd))
-			return finish(ep, c, 0);
+			{ finish(ep, c, 0); return; }
 		SSL_set_connect_state(c->ssl);
 		c->state = ST_HANDSHAKE;
 	}
@@ -122,14 +122,14 @@ static void step(int ep, SSL_CTX *ctx, conn_t *c, int idx, const uint8_t *q, siz
 		if (r != 1) {
 			int err = SSL_get_error(c->ssl, r);
 			if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-				return want(ep, c, err, idx);
-			return finish(ep, c, 0);
+				{ want(ep, c, err, idx); return; }
+			{ finish(ep, c, 0); return; }
 		}
 		cnt.handshakes++;
 		if (SSL_session_reused(c->ssl))
 			cnt.resumed++;
 		if (SSL_write(c->ssl, q, (int)qlen) != (int)qlen)
-			return finish(ep, c, 0);
+			{ finish(ep, c, 0); return; }
 		c->state = ST_ANSWER;
 		c->got = 0;
 	}
@@ -138,16 +138,16 @@ static void step(int ep, SSL_CTX *ctx, conn_t *c, int idx, const uint8_t *q, siz
 		if (r <= 0) {
 			int err = SSL_get_error(c->ssl, r);
 			if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
-				return want(ep, c, err, idx);
-			return finish(ep, c, 0);
+				{ want(ep, c, err, idx); return; }
+			{ finish(ep, c, 0); return; }
 		}
 		c->got += (size_t)r;
 		if (c->got >= 2 && c->got >= 2u + (((size_t)c->rx[0] << 8) | c->rx[1])) {
 			cnt.answered++;
-			return finish(ep, c, 1);
+			{ finish(ep, c, 1); return; }
 		}
 		if (c->got == sizeof(c->rx))
-			return finish(ep, c, 0);
+			{ finish(ep, c, 0); return; }
 	}
 }
 
