@@ -98,6 +98,14 @@ def thread_cpu(pid):
     return out
 
 
+def user_sys(pid):
+    """(user, system) CPU seconds of PID, every thread (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(v[11]) / tck, int(v[12]) / tck
+
+
 def thread_sched(pid):
     """(run, wait) seconds summed over PID's live threads (/proc/PID/task/
     TID/schedstat): time on a CPU, and time runnable but waiting for one."""
@@ -261,7 +269,7 @@ def measure(ctx, rate):
             raise BenchError("h2load (flood) exited early:\n" + flood.text()[-1500:])
     m0, t0 = scrape(ctx.mport), time.monotonic()
     c0, th0, mc0 = cpu_seconds(ctx.dp.pid), thread_cpu(ctx.dp.pid), machine_cpu_seconds()
-    s0 = thread_sched(ctx.dp.pid)
+    s0, us0 = thread_sched(ctx.dp.pid), user_sys(ctx.dp.pid)
     u0, f0 = cpu_seconds(ctx.bench.upstream[0].pid), flood.cpu() if flood else None
     est = Child(["dnsperf", "-s", "127.0.0.1", "-p", str(ctx.tport), "-m", "dot", "-d", ctx.names,
                  "-c", str(a.est_clients), "-q", "100", "-Q", str(a.est_qps), "-l", "%g" % a.duration,
@@ -279,7 +287,7 @@ def measure(ctx, rate):
         doh_status, doh_cpu = doh.wait(10)
     m1, t1 = scrape(ctx.mport), time.monotonic()
     c1, th1, mc1 = cpu_seconds(ctx.dp.pid), thread_cpu(ctx.dp.pid), machine_cpu_seconds()
-    s1 = thread_sched(ctx.dp.pid)
+    s1, us1 = thread_sched(ctx.dp.pid), user_sys(ctx.dp.pid)
     u1, f1 = cpu_seconds(ctx.bench.upstream[0].pid), flood.cpu() if flood else None
     win = t1 - t0
     r = {"rate": rate, "window_s": round(win, 3)}
@@ -290,6 +298,9 @@ def measure(ctx, rate):
     r["https_accepted_per_s"] = round(d["https_accepted"] / win, 1)
     r["dotproxy_cpu_s"] = round(c1 - c0, 3)
     r["dotproxy_cpus"] = round((c1 - c0) / win, 3)
+    # user: TLS and DNS work; system: the kernel's socket work (ticks)
+    r["dotproxy_user_cpus"] = round((us1[0] - us0[0]) / win, 3)
+    r["dotproxy_sys_cpus"] = round((us1[1] - us0[1]) / win, 3)
     r["dotproxy_threads_cpus"] = {k: round((th1[k] - th0[k]) / win, 3) for k in th1 if k in th0
                                   and th1[k] - th0[k] > 0}
     # time dotproxy's threads were runnable but got no CPU (summed over threads)
@@ -384,7 +395,8 @@ def start(a):
 # (column, key path, format) of the table, medians over the repetitions
 COLUMNS = (("R/s", ("rate",), "%d"), ("hs/s", ("handshakes_per_s",), "%.0f"),
            ("resumed", ("events", "tls_resumed"), "%d"), ("deferred", ("events", "tls_handshakes_deferred"), "%d"),
-           ("dp CPUs", ("dotproxy_cpus",), "%.2f"), ("flood CPUs", ("flood_cpus",), "%.2f"),
+           ("dp CPUs", ("dotproxy_cpus",), "%.2f"), ("dp user", ("dotproxy_user_cpus",), "%.2f"),
+           ("dp sys", ("dotproxy_sys_cpus",), "%.2f"), ("flood CPUs", ("flood_cpus",), "%.2f"),
            ("other CPUs", ("other_cpus",), "%.2f"), ("dp runq", ("dotproxy_runq_wait_s_per_s",), "%.3f"),
            ("dnsperf runq", ("dnsperf_runq_wait_s_per_s",), "%.3f"),
            ("DoT p50", ("dot", "lat_p50_ms"), "%.2f"), ("DoT p99", ("dot", "lat_p99_ms"), "%.2f"),
