@@ -19,8 +19,6 @@ factory stops them by PID)."""
 
 import base64
 import os
-import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -34,7 +32,7 @@ import pytest
 
 import dphelpers as H
 from conftest import require_tool
-from test_dot_listen import start_dot
+from test_dot_listen import start_dot, swap_cert
 
 try:
     import h2.config
@@ -787,11 +785,7 @@ def test_cert_reload_mid_run_drops_nothing(dotproxy, unbound, certs, other_ca, r
         t.start()
     try:
         time.sleep(1.0)
-        shutil.copyfile(other_ca["server"], dp.cert_path)  # keeps the 0644 mode
-        shutil.copyfile(other_ca["server_key"], dp.key_path)
-        os.kill(dp.pid, signal.SIGHUP)
-        assert dp.wait_log(lambda d: d.get("msg") == "reloaded", 10), dp.tail()
-        time.sleep(1.0)
+        swap_cert(dp, other_ca)
         with H2Client(port, other_ca["ca"]) as c:
             assert c.query(H.make_query("www.test.", "A", qid=0))[0] == 200
         with pytest.raises(ssl.SSLError):

@@ -46,6 +46,17 @@ def start_dot(dotproxy, unbound, certs, tmp_path, threads=1, extra=(), cert=None
     return dp, port
 
 
+def swap_cert(dp, other):
+    """Put other's certificate and key where dp reads them (their 0644 mode
+    kept), SIGHUP, wait for the reload and a second more (new handshakes
+    get it from then on)."""
+    shutil.copyfile(other["server"], dp.cert_path)
+    shutil.copyfile(other["server_key"], dp.key_path)
+    os.kill(dp.pid, signal.SIGHUP)
+    assert dp.wait_log(lambda d: d.get("msg") == "reloaded", 10), dp.tail()
+    time.sleep(1.0)
+
+
 def tls_ctx(ca, alpn=("dot",), maxver=None):
     c = ssl.create_default_context(cafile=str(ca))
     if alpn:
@@ -258,11 +269,7 @@ def test_cert_reload_mid_run_drops_nothing(dotproxy, unbound, certs, other_ca, r
     for t in threads:
         t.start()
     time.sleep(1.0)
-    shutil.copyfile(other_ca["server"], dp.cert_path)  # keeps the 0644 mode
-    shutil.copyfile(other_ca["server_key"], dp.key_path)
-    os.kill(dp.pid, signal.SIGHUP)
-    assert dp.wait_log(lambda d: d.get("msg") == "reloaded", 10), dp.tail()
-    time.sleep(1.0)
+    swap_cert(dp, other_ca)
     with tls_connect(port, tls_ctx(other_ca["ca"])) as s:
         assert ask(s, "www.test.").rcode() == dns.rcode.NOERROR
     with pytest.raises(ssl.SSLError):
