@@ -663,6 +663,28 @@ static void base64url_decodes_only_canonical_unpadded_text(void **state)
 	assert_int_equal(dp_base64url_decode("A+/A", 4, out, sizeof(out)), -1);
 	assert_int_equal(dp_base64url_decode("AAAAAAAAAAAA", 12, out, sizeof(out)), -1); /* 9 > 8 */
 	assert_int_equal(dp_base64url_decode("", 0, out, sizeof(out)), 0);
+	/* Round trips of every length up to 70 octets against the encoder
+	 * above; every octet outside the alphabet is refused in every place. */
+	uint8_t in[70], back[70];
+	char enc[100];
+	for (size_t n = 0; n <= sizeof(in); n++) {
+		for (size_t i = 0; i < n; i++)
+			in[i] = (uint8_t)(i * 151 + n * 7);
+		b64url(in, n, enc);
+		assert_int_equal(dp_base64url_decode(enc, strlen(enc), back, sizeof(back)), (long)n);
+		assert_memory_equal(back, in, n);
+	}
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	for (int c = 0; c < 256; c++) {
+		if (c && strchr(alphabet, c))
+			continue;
+		for (int at = 0; at < 6; at++) {
+			char t[7] = "AAAAAA";
+			t[at] = (char)c;
+			assert_int_equal(dp_base64url_decode(t, 6, back, sizeof(back)), -1);
+		}
+	}
 }
 
 int main(void)
