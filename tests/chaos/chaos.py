@@ -11,6 +11,9 @@ forwarding zones (the chaos.test zone to a plain tcp:// upstream, or a
 client's subzone to another DoT upstream, or neither), dot-responder
 upstreams (DoT, and one plain TCP) that delay, drop, reorder, reset and
 close and are restarted, and a SIGTERM at a random moment near the end.
+DoT and DoH clients (chaos_enc.py, in threads) pipeline, reset streams,
+cut records and handshakes, send bad frames and stop reading, while
+reloads rewrite the listener certificate.
 
 It asserts:
 - no sanitizer report in the daemon's stderr; exit status 0 within the
@@ -20,7 +23,7 @@ It asserts:
   clients that read everything answered unless the connection was closed
   for a documented reason; a second answer to one query is a failure;
 - no answer to the wrong client: every query name carries its client's
-  marker (c<N>- for TCP, u<N>- for UDP) and every answer must match, on
+  marker (c<N>- for TCP, u<N>- for UDP, t<N>- DoT, d<N>- DoH) and every answer must match, on
   that socket, a query sent there (ID, name, type) and carry a well-formed
   answer from one of our upstreams;
 - RSS (VmRSS) under 512 MB and not growing over the second half of the run.
@@ -28,8 +31,9 @@ It asserts:
 Exit status: 0 pass, 1 a finding, 2 the harness could not set up. The last
 line is a summary; on failure the replay command is printed.
 
-Python 3 standard library only (DNS wire handled by hand: fast, and a
-malformed answer is a finding rather than an exception). See README.md.
+Python 3 standard library, and python3-h2 for DoH (DNS wire handled by
+hand: fast, and a malformed answer is a finding rather than an
+exception). See README.md.
 """
 
 import argparse
@@ -712,6 +716,7 @@ class Run:
         self.enc_certs_seen = set()
         self.cert_hist = []            # (time the listener cert file was written, its index)
         self.cert_index = {}           # sha256 of a cert's DER -> its index
+        self.cert_rng = random.Random("%d-cert" % seed)
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -1034,8 +1039,9 @@ class Run:
             return
         self.write_config()
         self.idle_hist.append((time.monotonic(), self.cur_idle_s))  # stamped before: never in force earlier
-        if ENC and "cert" not in self.disabled and self.rng.random() < 0.4:
-            nxt = self.rng.choice([i for i in range(len(self.certs)) if i != self.cur_cert])
+        # its own generator: the configs a seed writes stay those it wrote before
+        if ENC and "cert" not in self.disabled and self.cert_rng.random() < 0.4:
+            nxt = self.cert_rng.choice([i for i in range(len(self.certs)) if i != self.cur_cert])
             self.write_cert(nxt)
             self.stats["cert_rewrites"] += 1
             self.note("listener certificate %d written" % nxt)
@@ -1582,12 +1588,13 @@ def main():
     if ENC:
         ds = getattr(run, "dp_stats", {})
         summary += (" enc_clients=%d dot_queries=%d dot_answered=%d doh_queries=%d doh_answered=%d doh_reset_by_us=%d "
-                    "enc_handshakes=%d enc_resumed=%d enc_halfopen=%d cert_rewrites=%d certs_seen=%d "
+                    "enc_handshakes=%d enc_resumed=%d enc_halfopen=%d(closed at the handshake or idle timeout %d, early %d) cert_rewrites=%d certs_seen=%d "
                     "dp_tls_handshake_timeouts=%d dp_h2_resets=%d dp_h2_goaway=%d dp_https_errors=%d "
                     "dp_https_slow_closed=%d"
                     % (sum(v for k, v in s.items() if k in ("enc_" + x for x in ENC.RUNNERS)),
                        s["dot_sent"], s["dot_answered"], s["doh_sent"], s["doh_answered"], s["doh_reset_by_us"],
-                       s["enc_handshakes"], s["enc_resumed"], s["enc_halfopen"], s["cert_rewrites"],
+                       s["enc_handshakes"], s["enc_resumed"], s["enc_halfopen"],
+                       s["enc_halfopen_closed_in_time"], s["enc_halfopen_closed_early"], s["cert_rewrites"],
                        len(run.enc_certs_seen), ds.get("tls_handshake_timeouts", 0), ds.get("h2_resets", 0),
                        ds.get("h2_goaway", 0), ds.get("https_errors", 0), ds.get("https_slow_closed", 0)))
     if run.fail_counts:
