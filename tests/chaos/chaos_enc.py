@@ -19,9 +19,10 @@ Kinds (marker t<N> for DoT, d<N> for DoH):
 - doh-streams: GET and POST streams, up to 60 at once, some reset
   (RST_STREAM) before their answer; the other streams are owed an answer
   (well-behaved), each checked against the query of its own stream;
-- doh-garbage: a few streams, then garbage (random octets, an oversized
-  or unknown or illegal frame, an HPACK block that does not decode) or a
-  frame cut mid-payload and a close;
+- doh-garbage: a few streams, then requests the daemon must refuse with
+  their 4xx, or garbage (random octets, an oversized or unknown or
+  illegal frame, an HPACK block that does not decode) or a frame cut
+  mid-payload and a close;
 - doh-slow: a tiny flow-control window, up to 60 streams of big answers,
   then stops reading for 1..8 s; reads a little more or closes.
 
@@ -88,6 +89,7 @@ class TlsConn:
         self.raw.bind((src, 0))
         self.lport = self.raw.getsockname()[1]
         self.raw.connect(("127.0.0.1", port))
+        self.port = port
         self.t_connected = time.monotonic()
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname=C.UPSTREAM_NAME, session=session)
@@ -97,10 +99,12 @@ class TlsConn:
         data = self.out.read()
         if cut is not None:
             data = data[:cut]
+        # pull() leaves short timeouts behind: a write gets a whole answer wait
+        self.raw.settimeout(C.ANSWER_WAIT_S)
         try:
             self.raw.sendall(data)
         except socket.timeout:
-            raise Closed("timeout")
+            raise Closed("send_timeout")
         except OSError:
             raise Closed("reset")
         return len(data)
@@ -388,7 +392,7 @@ def run_dot_halfopen(run, c):
                 run.count("enc_halfopen_closed_early" if early else "enc_halfopen_closed_in_time")
                 if early and run.term_t is None:
                     run.note("%s: half-open port %d (%s) closed by the daemon %.2f s after its connect"
-                             % (c.marker, t.lport, "tls" if t.raw.getpeername()[1] == run.tls_port else "https",
+                             % (c.marker, t.lport, "tls" if t.port == run.tls_port else "https",
                                 time.monotonic() - t.t_connected))
         if open_ and run.term_t is None and not run.enc_stop.is_set():
             t = open_[0]
@@ -437,7 +441,7 @@ class Doh:
         GOAWAY came first (nothing sent: nothing owed)."""
         try:
             return self._request(q, wire)
-        except h2.exceptions.ProtocolError as e:
+        except h2.exceptions.ProtocolError:
             if self.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
                 raise Closed("goaway")
             raise
@@ -457,6 +461,30 @@ class Doh:
             self.conn.send_headers(sid, hdrs)
             self.conn.send_data(sid, wire, end_stream=True)
         self.streams[sid] = [q, None, None, bytearray(), False]
+        return sid
+
+    def bad_request(self, rng):
+        """A request the daemon must refuse with a 4xx: the stream's books
+        hold "STATUS what" instead of a query."""
+        q, wire = self.c.query(0)
+        b64 = base64.urlsafe_b64encode(wire).rstrip(b"=").decode()
+        resp = bytearray(wire)
+        resp[2] |= 0x80
+        kind = rng.choice(BAD_REQUESTS)
+        method, path, body, extra = {
+            "404 other path": ("GET", "/other?dns=" + b64, None, []),
+            "405 PUT": ("PUT", DOH_PATH, wire, [("content-type", "application/dns-message")]),
+            "415 POST of text/plain": ("POST", DOH_PATH, wire, [("content-type", "text/plain")]),
+            "400 undecodable dns=": ("GET", DOH_PATH + "?dns=!!*" + b64[:5], None, []),
+            "400 no dns=": ("GET", DOH_PATH + "?x=1", None, []),
+            "400 a response": ("POST", DOH_PATH, bytes(resp), [("content-type", "application/dns-message")]),
+        }[kind]
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "https"), (":authority", C.UPSTREAM_NAME), (":path", path)]
+        self.conn.send_headers(sid, hdrs + extra, end_stream=body is None)
+        if body is not None:
+            self.conn.send_data(sid, body, end_stream=True)
+        self.streams[sid] = [kind, None, None, bytearray(), False]
         return sid
 
     def reset(self, sid):
@@ -498,16 +526,25 @@ class Doh:
             self.answer(sid, st)
         elif isinstance(ev, h2.events.StreamReset):
             del self.streams[sid]
-            self.run.count("doh_reset_by_daemon")
+            self.run.count("doh_refused_by_daemon" if ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                           else "doh_reset_by_daemon")
             if not st[4] and self.c.kind in WELL_BEHAVED and ev.error_code != h2.errors.ErrorCodes.REFUSED_STREAM:
                 self.run.fail("doh-reset", "%s: the daemon reset stream %d (%s) of %s"
                               % (self.c.marker, sid, ev.error_code, st[0].key))
-            self.c.outstanding.pop(st[0].key, None)
+            if isinstance(st[0], C.Query):
+                self.c.outstanding.pop(st[0].key, None)
 
     def answer(self, sid, st):
         del self.streams[sid]
         q, status, hdrs, body, was_reset = st
+        hdrs = hdrs or {}
         c = self.c
+        if isinstance(q, str):  # a bad request: its error status, nothing else
+            self.run.count("doh_bad_answered")
+            if status != q[:3]:
+                self.run.fail("doh-status", "%s: stream %d, a bad request (%s), answered %s %s"
+                              % (c.marker, sid, q, status, hdrs))
+            return
         if status != "200" or hdrs.get("content-type") != "application/dns-message":
             self.run.fail("doh-status", "%s: stream %d of %s answered %s %s" % (c.marker, sid, q.key, status, hdrs))
             return
@@ -581,11 +618,14 @@ def run_doh_streams(run, c):
         d.close()
 
 
-GARBAGE = ("random", "oversized", "unknown", "data0", "hpack", "cut", "settings-ack", "window0")
+BAD_REQUESTS = ("404 other path", "405 PUT", "415 POST of text/plain", "400 undecodable dns=", "400 no dns=",
+                "400 a response")
+GARBAGE = ("badreq", "random", "oversized", "unknown", "data0", "hpack", "cut", "settings-ack", "window0")
 
 
 def garbage_bytes(rng, kind):
-    """HTTP/2 frames that are wrong in some way (9-octet header + payload)."""
+    """HTTP/2 frames that are wrong in some way (9-octet header + payload)
+    or random octets."""
     def frame(ln, typ, flags, sid, payload):
         return struct.pack("!I", ln)[1:] + bytes([typ, flags]) + struct.pack("!I", sid) + payload
     if kind == "random":
@@ -619,6 +659,23 @@ def run_doh_garbage(run, c):
                 if str(e) != "timeout":
                     raise
         kind = c.rng.choice(GARBAGE)
+        if kind == "badreq":  # well-formed HTTP/2, requests the daemon refuses: each must get its 4xx
+            for _ in range(c.rng.randrange(1, 6)):
+                d.bad_request(c.rng)
+            d.flush()
+            run.count("doh_garbage_badreq")
+            deadline = time.monotonic() + C.ANSWER_WAIT_S
+            try:
+                while any(isinstance(st[0], str) for st in d.streams.values()):
+                    d.pump(deadline)
+            except Closed as e:
+                if str(e) == "timeout" and run.term_t is None:
+                    run.fail("doh-status", "%s: bad requests unanswered after %d s" % (c.marker, C.ANSWER_WAIT_S))
+                elif str(e) != "timeout":
+                    raise
+            c.closed("us")
+            d.close(c.rng.choice(["fin", "goaway"]))
+            return
         junk = garbage_bytes(c.rng, kind)
         d.dead = True  # our h2 state no longer matches the wire
         run.count("doh_garbage_" + kind)
