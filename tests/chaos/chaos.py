@@ -1587,13 +1587,14 @@ def main():
                   getattr(run, "dp_stats", {}).get("tcp_closed_idle", 0), s["harness_max_stall_ms"]))
     if ENC:
         ds = getattr(run, "dp_stats", {})
-        summary += (" enc_clients=%d dot_queries=%d dot_answered=%d doh_queries=%d doh_answered=%d doh_reset_by_us=%d doh_reset_by_daemon=%d doh_refused_by_daemon=%d doh_bad_answered=%d "
+        summary += (" enc_clients=%d dot_queries=%d dot_answered=%d doh_queries=%d doh_answered=%d doh_reset_by_us=%d doh_reset_by_daemon=%d doh_refused_by_daemon=%d doh_bad_answered=%d doh_rapid_reset(goaway/closed/open)=%d/%d/%d "
                     "enc_handshakes=%d enc_resumed=%d enc_halfopen=%d(closed at the handshake or idle timeout %d, early %d) cert_rewrites=%d certs_seen=%d "
                     "dp_tls_handshake_timeouts=%d dp_h2_resets=%d dp_h2_goaway=%d dp_https_errors=%d "
                     "dp_https_slow_closed=%d"
                     % (sum(v for k, v in s.items() if k in ("enc_" + x for x in ENC.RUNNERS)),
                        s["dot_sent"], s["dot_answered"], s["doh_sent"], s["doh_answered"], s["doh_reset_by_us"],
                        s["doh_reset_by_daemon"], s["doh_refused_by_daemon"], s["doh_bad_answered"],
+                       s["doh_rapid_reset_goaway"], s["doh_rapid_reset_closed"], s["doh_rapid_reset_open"],
                        s["enc_handshakes"], s["enc_resumed"], s["enc_halfopen"],
                        s["enc_halfopen_closed_in_time"], s["enc_halfopen_closed_early"], s["cert_rewrites"],
                        len(run.enc_certs_seen), ds.get("tls_handshake_timeouts", 0), ds.get("h2_resets", 0),

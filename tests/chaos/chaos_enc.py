@@ -620,7 +620,7 @@ def run_doh_streams(run, c):
 
 BAD_REQUESTS = ("404 other path", "405 PUT", "415 POST of text/plain", "400 undecodable dns=", "400 no dns=",
                 "400 a response")
-GARBAGE = ("badreq", "random", "oversized", "unknown", "data0", "hpack", "cut", "settings-ack", "window0")
+GARBAGE = ("badreq", "rapidreset", "random", "oversized", "unknown", "data0", "hpack", "cut", "settings-ack", "window0")
 
 
 def garbage_bytes(rng, kind):
@@ -676,6 +676,9 @@ def run_doh_garbage(run, c):
             c.closed("us")
             d.close(c.rng.choice(["fin", "goaway"]))
             return
+        if kind == "rapidreset":
+            rapid_reset(run, c, d)
+            return
         junk = garbage_bytes(c.rng, kind)
         d.dead = True  # our h2 state no longer matches the wire
         run.count("doh_garbage_" + kind)
@@ -698,6 +701,34 @@ def run_doh_garbage(run, c):
     except Closed as e:
         c.closed(str(e))
         d.close()
+
+
+def rapid_reset(run, c, d):
+    """CVE-2023-44487: 250..500 streams opened and reset at once, over the
+    daemon's burst of 200; it should send GOAWAY and close (counted, not
+    asserted: backpressure on the reset queries may spread them out)."""
+    n = c.rng.randrange(250, 500)
+    for i in range(n):
+        q, wire = c.query(0)
+        sid = d.request(q, wire)
+        d.reset(sid)
+        if i % 50 == 49:
+            d.flush()
+    d.flush()
+    run.count("doh_reset_by_us", n)
+    deadline = time.monotonic() + 5
+    how = "open"
+    try:
+        while True:
+            d.pump(deadline)
+            if d.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+                how = "goaway"
+    except Closed as e:
+        if str(e) != "timeout":
+            how = "closed" if how == "open" else how
+    run.count("doh_rapid_reset_" + how)
+    c.closed("us" if how == "open" else "peer")
+    d.close("rst")
 
 
 def run_doh_slow(run, c):
