@@ -1570,6 +1570,10 @@ def main():
         run.cleanup()
     s = run.stats
     replay = "%s --seed %d --seconds %g --build-dir %s" % (sys.argv[0], seed, args.seconds, run.build)
+    for opt, default in (("threads", 2), ("tcp_rate", 20.0), ("udp_rate", 300.0), ("max_conns", 1500),
+                         ("enc_threads", 3)):
+        if getattr(args, opt) != default:
+            replay += " --%s %g" % (opt.replace("_", "-"), getattr(args, opt))
     if args.disable:
         replay += "".join(" --disable %s" % d for d in args.disable)
     for n in run.notes[-10:] if not args.verbose else []:
