@@ -1038,10 +1038,17 @@ def run_system(b, name, ceiling_qps):
                 res["scenarios"][scen] = run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check)
             if is_dotproxy(name):
                 res["scenarios"][scen]["dotproxy_stats"] = dotproxy_stats(procs[0])
-        # new TLS handshakes per CPU-second, once per encrypted protocol
+        # new TLS handshakes per CPU-second, once per encrypted protocol; a
+        # failure here (a peer that does not answer one request per new
+        # connection) loses this figure only, not the system's other results
         for proto in sorted(protos):
-            res.setdefault("handshakes", {})[proto] = run_handshakes(
-                b, name, pids, proto, enc[proto], hit_prefix, check, procs[0] if is_dotproxy(name) else None)
+            try:
+                hs = run_handshakes(b, name, pids, proto, enc[proto], hit_prefix, check,
+                                    procs[0] if is_dotproxy(name) else None)
+            except BenchError as e:
+                hs = {"transport": proto, "status": "failed", "reason": str(e)}
+                say("%s %s handshakes FAILED: %s" % (name, proto, e))
+            res.setdefault("handshakes", {})[proto] = hs
         res["rss_end_kb"] = sum(rss_kb(p) for p in pids)
     except BenchError as e:
         res["status"] = "failed"
@@ -1364,6 +1371,8 @@ def metrics(results):
                 for k in ("lat_p50_ms", "lat_p99_ms", "cpu_us_per_query"):
                     put("%s@%d" % (key, pt["rate"]), pt["summary"], k, "lower")
         for proto, hs in sres.get("handshakes", {}).items():
+            if "summary" not in hs:
+                continue  # failed: no figure
             put("%s.%s-in" % (sysname, proto), hs["summary"], "handshakes_per_cpu_s", "higher")
             put("%s.%s-in" % (sysname, proto), hs["summary"], "cpu_us_per_handshake", "lower")
     return out
@@ -1467,7 +1476,7 @@ def print_encrypted(results, out):
         proto = ENCRYPTED[scen][0]
         hs = results["systems"][n].get("handshakes", {}).get(proto)
         first = next(sc2 for n2, sc2, _ in rows if n2 == n and ENCRYPTED[sc2][0] == proto) == scen
-        h = (lambda k: med(hs["summary"], k)) if hs and first else (lambda k: None)  # noqa: E731
+        h = (lambda k: med(hs["summary"], k)) if hs and first and "summary" in hs else (lambda k: None)  # noqa: E731
         ok = None
         if hs and first and h("handshakes") is not None:
             ok = 100.0 * h("handshakes") / (h("handshakes") + (h("handshakes_failed") or 0))
@@ -1480,6 +1489,10 @@ def print_encrypted(results, out):
                      fmt(h("cpu_us_per_handshake"), "%.0f"), fmt(ok, "%.1f")), file=out)
     for (n, why), scens in skipped.items():
         print("%-15s %s skipped: %s" % (n, ",".join(scens), why), file=out)
+    for n, sres in results["systems"].items():
+        for proto, hs in sorted(sres.get("handshakes", {}).items()):
+            if hs.get("status") == "failed":
+                print("%-15s %s-in handshakes failed: %s" % (n, proto, hs["reason"]), file=out)
     print("gen: CPUs the load generator used (dnsperf, or the h2load processes); when it is near the machine's\n"
           "CPUs less the system's, the generator was the limit. @: at the fixed offered load. hs/CPU-s: new TLS\n"
           "connections (full TLS 1.3 handshake, one query for a cached name, close) answered per CPU-second of\n"
