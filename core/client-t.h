@@ -31,9 +31,12 @@ enum {
 #define DP_FRONTENDS T_NONE /* entries of dp_shard_t.fe */
 
 /* A listen index (dp_client_t.li, tcpconn's listen_idx) with this bit is
- * the TLS listener li & ~DP_LI_TLS (s->tls_fd): its clients are
- * encrypted (DNS-over-TLS), answered through the TCP frontend's ops. */
+ * the encrypted listener li & DP_LI_INDEX (s->tls_fd, dp_config_enc): its
+ * clients are encrypted (DNS-over-TLS, or DNS-over-HTTPS with DP_LI_HTTPS
+ * too), answered through the TCP frontend's ops. */
 #define DP_LI_TLS 0x80
+#define DP_LI_HTTPS 0x40
+#define DP_LI_INDEX 0x3f
 
 typedef struct dp_client {
 	union {
@@ -49,7 +52,7 @@ typedef struct dp_client {
 	uint8_t li; /* listen address it came in on (DP_LI_TLS: a TLS one) */
 } dp_client_t;
 
-/* True when c reached us encrypted (a DNS-over-TLS connection). */
+/* True when c reached us encrypted (a DNS-over-TLS or -HTTPS connection). */
 static inline bool dp_client_encrypted(const dp_client_t *c)
 {
 	return c->transport != T_UDP && (c->li & DP_LI_TLS);

@@ -33,6 +33,7 @@ enum {
 	K_STRING, /* text of .min to size - 1 octets, zero-padded */
 	K_LISTEN, /* IP:PORT appended to listen[] and listen_text[] (.max of them) */
 	K_LISTEN_TLS, /* IP[:PORT] (853 by default) appended to listen_tls[] */
+	K_LISTEN_HTTPS, /* IP[:PORT] (443 by default) appended to listen_https[] */
 	K_UPSTREAM, /* an upstream (see parse_upstream) of the root zone, appended to upstream[] */
 	K_FORWARD, /* ZONE=UPSTREAM (a file's "ZONE UPSTREAM" too): an upstream of ZONE */
 	K_CIDR, /* one ADDR[/LEN] added to a dp_acl_t */
@@ -107,6 +108,13 @@ static const opt_t opts[] = {
 	  SPAN(listen_tls, nlisten_tls), .max = DP_MAX_LISTEN,
 	  .help = "DNS-over-TLS listen address (RFC 7858), repeatable; port 853 by default; "
 		  "needs --cert and --key" },
+	{ "listen-https", "ADDR[:PORT]", K_LISTEN_HTTPS, R_RESTART, F_LIST,
+	  SPAN(listen_https, nlisten_https), .max = DP_MAX_LISTEN,
+	  .help = "DNS-over-HTTPS listen address (RFC 8484, HTTP/2), repeatable; port 443 by "
+		  "default; needs --cert and --key" },
+	{ "listen-https-path", "PATH", K_STRING, R_LIVE, 0, FIELD(listen_https_path), .min = 1,
+	  .def = "/dns-query",
+	  .help = "the DNS-over-HTTPS endpoint: GET PATH?dns=... and POST PATH" },
 	{ "cert", "FILE", K_STRING, R_LIVE, 0, FIELD(cert_file), .min = 1,
 	  .help = "certificate chain (PEM, leaf first) of the TLS listeners; re-read on SIGHUP "
 		  "(new handshakes get it, open connections keep theirs)" },
@@ -502,14 +510,17 @@ static int choose(const opt_choice_t *ch, const char *arg, long *v)
 	return DP_E_CONFIG;
 }
 
-static int add_listen_tls(dp_config_t *c, const char *arg)
+/* An encrypted listener: the next of list (n of them, texts text),
+ * port def unless given. */
+static int add_listen_enc(dp_sockaddr_t *list, char (*text)[64], int *n, uint16_t def,
+			  const char *arg)
 {
-	if (c->nlisten_tls >= DP_MAX_LISTEN)
+	if (*n >= DP_MAX_LISTEN)
 		return DP_E_FULL;
-	if (dp_config_parse_addr(arg, 853, &c->listen_tls[c->nlisten_tls]) < 0)
+	if (dp_config_parse_addr(arg, def, &list[*n]) < 0)
 		return DP_E_CONFIG;
-	snprintf(c->listen_tls_text[c->nlisten_tls], sizeof(c->listen_tls_text[0]), "%s", arg);
-	c->nlisten_tls++;
+	snprintf(text[*n], sizeof(text[0]), "%s", arg);
+	(*n)++;
 	return 0;
 }
 
@@ -530,23 +541,46 @@ static uint16_t port_of(const dp_sockaddr_t *a)
 	return ((const struct sockaddr_in *)&a->ss)->sin_port;
 }
 
-/* A TLS listener on a plain listener's TCP address would share its port
- * (SO_REUSEPORT, one process): the kernel would hand plain and TLS clients
- * to either. Returns 0, or DP_E_CONFIG with err. */
+static const char *enc_flag(const dp_config_t *c, int i)
+{
+	return dp_config_enc_https(c, i) ? "--listen-https" : "--listen-tls";
+}
+
+/* An encrypted listener on a plain listener's TCP address, or on another
+ * encrypted one's, would share its port (SO_REUSEPORT, one process): the
+ * kernel would hand either kind of client to either. Also: at most
+ * DP_MAX_LISTEN of them, and their certificate. Returns 0, or DP_E_CONFIG
+ * with err. */
 static int check_tls_listen(const dp_config_t *c, char *err, size_t errlen)
 {
-	for (int i = 0; i < c->nlisten_tls; i++)
+	int n = dp_config_nenc(c);
+	if (n > DP_MAX_LISTEN) {
+		snprintf(err, errlen, "too many --listen-tls and --listen-https (at most %d together)",
+			 DP_MAX_LISTEN);
+		return DP_E_CONFIG;
+	}
+	if (n && (!c->cert_file[0] || !c->key_file[0])) {
+		snprintf(err, errlen, "%s needs --cert and --key", enc_flag(c, 0));
+		return DP_E_CONFIG;
+	}
+	for (int i = 0; i < n; i++)
 		for (int j = 0; j < c->nlisten + i; j++) {
-			const dp_sockaddr_t *a = &c->listen_tls[i];
+			const char *ta, *tb;
+			const dp_sockaddr_t *a = dp_config_enc(c, i, &ta);
 			const dp_sockaddr_t *b = j < c->nlisten ? &c->listen[j]
-							       : &c->listen_tls[j - c->nlisten];
+							       : dp_config_enc(c, j - c->nlisten, &tb);
 			if (port_of(a) == 0 || a->len != b->len || memcmp(&a->ss, &b->ss, a->len) != 0)
 				continue;
-			snprintf(err, errlen, "--listen-tls %s: the same address as %s %s",
-				 c->listen_tls_text[i], j < c->nlisten ? "--listen" : "--listen-tls",
-				 j < c->nlisten ? c->listen_text[j] : c->listen_tls_text[j - c->nlisten]);
+			snprintf(err, errlen, "%s %s: the same address as %s %s", enc_flag(c, i), ta,
+				 j < c->nlisten ? "--listen" : enc_flag(c, j - c->nlisten),
+				 j < c->nlisten ? c->listen_text[j] : tb);
 			return DP_E_CONFIG;
 		}
+	if (c->listen_https_path[0] != '/' || strpbrk(c->listen_https_path, "?# ")) {
+		snprintf(err, errlen, "--listen-https-path %s: expected a path starting with /, "
+			 "without ?, # or spaces", c->listen_https_path);
+		return DP_E_CONFIG;
+	}
 	return 0;
 }
 
@@ -699,7 +733,10 @@ static int set_value(dp_config_t *c, const opt_t *o, const char *arg)
 	case K_LISTEN:
 		return add_listen(c, arg);
 	case K_LISTEN_TLS:
-		return add_listen_tls(c, arg);
+		return add_listen_enc(c->listen_tls, c->listen_tls_text, &c->nlisten_tls, 853, arg);
+	case K_LISTEN_HTTPS:
+		return add_listen_enc(c->listen_https, c->listen_https_text, &c->nlisten_https, 443,
+				      arg);
 	case K_UPSTREAM:
 		return add_route(c, ".", arg);
 	case K_FORWARD:
@@ -758,6 +795,7 @@ static void expectation(const opt_t *o, char *buf, size_t cap)
 		snprintf(buf, cap, "IP:PORT or [IPv6]:PORT");
 		break;
 	case K_LISTEN_TLS:
+	case K_LISTEN_HTTPS:
 		snprintf(buf, cap, "IP[:PORT] or [IPv6][:PORT]");
 		break;
 	case K_UPSTREAM:
@@ -1059,10 +1097,6 @@ int dp_config_parse_args(dp_config_t *c, int argc, char **argv, char *err, size_
 	if (c->cache_min_ttl > c->cache_max_ttl) {
 		snprintf(err, errlen, "--cache-min-ttl %u is above --cache-max-ttl %u", c->cache_min_ttl,
 			 c->cache_max_ttl);
-		return DP_E_CONFIG;
-	}
-	if (c->nlisten_tls && (!c->cert_file[0] || !c->key_file[0])) {
-		snprintf(err, errlen, "--listen-tls needs --cert and --key");
 		return DP_E_CONFIG;
 	}
 	if (check_tls_listen(c, err, errlen) < 0)

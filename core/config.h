@@ -58,6 +58,12 @@ typedef struct dp_config {
 	dp_sockaddr_t listen_tls[DP_MAX_LISTEN];
 	char listen_tls_text[DP_MAX_LISTEN][64];
 	int nlisten_tls;
+	/* DNS-over-HTTPS listeners (RFC 8484), the same certificate; at most
+	 * DP_MAX_LISTEN TLS and HTTPS listeners together (dp_config_enc) */
+	dp_sockaddr_t listen_https[DP_MAX_LISTEN];
+	char listen_https_text[DP_MAX_LISTEN][64];
+	int nlisten_https;
+	char listen_https_path[128]; /* DP_DOH_PATH_MAX */
 	char cert_file[4096];
 	char key_file[4096];
 	int listen_tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION, for clients */
@@ -132,5 +138,26 @@ int dp_config_keep_restart(dp_config_t *nc, const dp_config_t *old, char *names,
 
 /* "IP:PORT" text of an address, for logs. */
 void dp_sockaddr_str(const dp_sockaddr_t *a, char *out, size_t cap);
+
+/* The encrypted listeners, numbered as the engine opens them: the
+ * --listen-tls ones, then the --listen-https ones. */
+static inline int dp_config_nenc(const dp_config_t *c)
+{
+	return c->nlisten_tls + c->nlisten_https;
+}
+
+static inline bool dp_config_enc_https(const dp_config_t *c, int i)
+{
+	return i >= c->nlisten_tls;
+}
+
+/* Encrypted listener i's address; *text its spelling. */
+static inline const dp_sockaddr_t *dp_config_enc(const dp_config_t *c, int i, const char **text)
+{
+	bool h = dp_config_enc_https(c, i);
+	int j = h ? i - c->nlisten_tls : i;
+	*text = h ? c->listen_https_text[j] : c->listen_tls_text[j];
+	return h ? &c->listen_https[j] : &c->listen_tls[j];
+}
 
 #endif

@@ -173,8 +173,8 @@ static void reload(dp_control_t *ctl)
 	/* The TLS listeners' certificate and key are read again on every
 	 * reload (the files may have changed under the same names): new
 	 * handshakes get them, established sessions keep theirs. */
-	SSL_CTX *srv = nc->nlisten_tls ? dp_tlssrv_ctx(nc, err, sizeof(err)) : NULL;
-	if (nc->nlisten_tls && !srv) {
+	SSL_CTX *srv = dp_config_nenc(nc) ? dp_tlssrv_ctx(nc, err, sizeof(err)) : NULL;
+	if (dp_config_nenc(nc) && !srv) {
 		dp_error("reload rejected, keeping the running config", "reason=\"%s\"", err);
 		for (int i = 0; i < ctl->nshards; i++)
 			SSL_CTX_free(ctxs[i]);
@@ -306,7 +306,7 @@ static void take_signals(dp_control_t *ctl, int sfd, uint64_t now, bool *drainin
 				continue;
 			/* Without a file, the command line is read again: it
 			 * changes nothing but the TLS listeners' certificate. */
-			if (!ctl->cfg->config_file[0] && !ctl->cfg->nlisten_tls)
+			if (!ctl->cfg->config_file[0] && !dp_config_nenc(ctl->cfg))
 				dp_warn("SIGHUP without --config: nothing to reload", NULL);
 			else
 				reload(ctl);

@@ -148,14 +148,15 @@ static int check_port_free(const dp_sockaddr_t *a, int type, char *err, size_t e
 	return rc;
 }
 
-/* A TCP listener per shard on each --listen-tls address (port 0: the
- * first one's port for every shard). Returns 0 or -EADDRINUSE with err. */
+/* A TCP listener per shard on each --listen-tls and --listen-https address
+ * (dp_config_enc's order; port 0: the first one's port for every shard).
+ * Returns 0 or -EADDRINUSE with err. */
 static int bind_tls(const dp_config_t *cfg, int nshards, int (*tls)[DP_MAX_LISTEN], char *err,
 		    size_t errlen)
 {
-	for (int l = 0; l < cfg->nlisten_tls; l++) {
-		dp_sockaddr_t a = cfg->listen_tls[l];
-		const char *text = cfg->listen_tls_text[l];
+	for (int l = 0; l < dp_config_nenc(cfg); l++) {
+		const char *text;
+		dp_sockaddr_t a = *dp_config_enc(cfg, l, &text);
 		if (((struct sockaddr_in *)&a.ss)->sin_port != 0 &&
 		    check_port_free(&a, SOCK_STREAM, err, errlen, text) < 0)
 			return -EADDRINUSE;
@@ -240,22 +241,10 @@ static void start_drain(dp_shard_t *s)
 	s->draining = true;
 	s->drain_deadline_ms = s->now_ms + s->cfg->drain_ms;
 	s->drain_reads_stop_ms = s->now_ms + DRAIN_READ_GRACE_MS;
-	for (int l = 0; l < s->nlisten; l++) {
-		if (s->tcp_fd[l] >= 0) {
-			struct io_uring_sqe *sqe = dp_sqe(s);
-			io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)l, 0), 0);
-			io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
-			s->tcp_armed[l] = true;
-		}
-	}
-	for (int l = 0; l < s->nlisten_tls; l++) {
-		if (s->tls_fd[l] >= 0) {
-			struct io_uring_sqe *sqe = dp_sqe(s);
-			io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, DP_LI_TLS | (uint32_t)l, 0), 0);
-			io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
-			s->tls_armed[l] = true;
-		}
-	}
+	for (int l = 0; l < s->nlisten; l++)
+		dp_tcp_cancel_accept(s, l);
+	for (int l = 0; l < s->nlisten_tls; l++)
+		dp_tcp_cancel_accept(s, DP_LI_TLS | l);
 	io_uring_submit(&s->ring);
 	for (int l = 0; l < s->nlisten; l++)
 		if (s->tcp_fd[l] >= 0) {

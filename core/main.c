@@ -210,7 +210,7 @@ static int prepare(proc_t *p, int argc, char **argv, char *err, size_t errlen)
 	}
 	SSL_CTX_free(ctx);
 	/* The TLS listeners' context: their key is read while we may. */
-	if (cfg->nlisten_tls) {
+	if (dp_config_nenc(cfg)) {
 		SSL_CTX *srv = dp_tlssrv_ctx(cfg, err, errlen);
 		if (!srv)
 			return -1;
@@ -244,7 +244,7 @@ static int start_shards(proc_t *p, char *err, size_t errlen)
 		s->nshards = (uint32_t)p->n;
 		memcpy(s->udp_fd, p->udp[i], sizeof(s->udp_fd));
 		memcpy(s->tcp_fd, p->tcp[i], sizeof(s->tcp_fd));
-		s->nlisten_tls = p->cfg->nlisten_tls;
+		s->nlisten_tls = dp_config_nenc(p->cfg);
 		memcpy(s->tls_fd, p->tls[i], sizeof(s->tls_fd));
 		for (int l = 0; l < DP_MAX_LISTEN; l++)
 			p->udp[i][l] = p->tcp[i][l] = p->tls[i][l] = -1; /* the shard owns them now */
@@ -265,9 +265,12 @@ static void log_started(const dp_config_t *cfg, int n)
 {
 	for (int l = 0; l < cfg->nlisten; l++)
 		dp_info("listening", "addr=%s transports=udp,tcp", cfg->listen_text[l]);
-	for (int l = 0; l < cfg->nlisten_tls; l++)
-		dp_info("listening", "addr=%s transports=tls cert=\"%s\"", cfg->listen_tls_text[l],
-			cfg->cert_file);
+	for (int l = 0; l < dp_config_nenc(cfg); l++) {
+		const char *text;
+		dp_config_enc(cfg, l, &text);
+		dp_info("listening", "addr=%s transports=%s cert=\"%s\"", text,
+			dp_config_enc_https(cfg, l) ? "https" : "tls", cfg->cert_file);
+	}
 	for (int u = 0; u < cfg->nupstream; u++)
 		dp_info("upstream", "addr=%s zone=%s", cfg->upstream[u].text,
 			cfg->zone[cfg->upstream[u].zone].text);

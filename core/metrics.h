@@ -14,7 +14,7 @@
 #define DP_HIST_BUCKETS 14 /* finite bounds; one more for +Inf */
 
 /* The transport label of client metrics. */
-enum { DP_MT_UDP = 0, DP_MT_TCP, DP_MT_TLS, DP_MT_TRANSPORTS };
+enum { DP_MT_UDP = 0, DP_MT_TCP, DP_MT_TLS, DP_MT_HTTPS, DP_MT_TRANSPORTS };
 
 typedef struct dp_hist {
 	uint64_t b[DP_HIST_BUCKETS + 1]; /* per bucket, not cumulative */

@@ -110,7 +110,7 @@ static void put_client(out_t *o, struct dp_shard *shards, int n)
 {
 	head(o, "dotproxy_queries_total", "counter",
 	     "Client queries received, by transport and query type.");
-	static const char *const transports[DP_MT_TRANSPORTS] = { "udp", "tcp", "tls" };
+	static const char *const transports[DP_MT_TRANSPORTS] = { "udp", "tcp", "tls", "https" };
 	for (int t = 0; t < DP_MT_TRANSPORTS; t++)
 		for (int c = 0; c < DP_QTYPE_CLASSES; c++) {
 			uint64_t v = 0;

@@ -52,7 +52,7 @@ typedef struct dp_shard {
 	bool udp_armed[DP_MAX_LISTEN];
 	bool udp_live[DP_MAX_LISTEN]; /* a receive is in the kernel (drain waits for its end) */
 	bool tcp_armed[DP_MAX_LISTEN];
-	int tls_fd[DP_MAX_LISTEN]; /* DNS-over-TLS listeners (cfg->listen_tls) */
+	int tls_fd[DP_MAX_LISTEN]; /* DNS-over-TLS and -HTTPS listeners (dp_config_enc) */
 	int nlisten_tls;
 	bool tls_armed[DP_MAX_LISTEN];
 	struct msghdr udp_recv_mh; /* template for multishot recvmsg */

@@ -72,6 +72,12 @@
 	X(tls_handshakes_deferred) \
 	X(tls_errors) \
 	X(tls_ratelimited) \
+	X(https_accepted) \
+	X(https_requests) \
+	X(https_errors) \
+	X(https_slow_closed) \
+	X(h2_resets) \
+	X(h2_goaway) \
 	X(cache_hits) \
 	X(cache_misses) \
 	X(cache_stale_served) \

@@ -84,15 +84,23 @@ static void io_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_SEND, idx, gen));
 }
 
-static void io_shutdown(void *ctx, int fd, bool cancel)
+static void io_shutdown(void *ctx, uint32_t idx, int fd, bool cancel)
 {
 	dp_shard_t *s = ctx;
+	if (is_tls(s, idx))
+		dp_tlsconn_goodbye(&s->tls, idx, fd);
 	shutdown(fd, SHUT_RDWR);
 	if (!cancel)
 		return;
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+}
+
+static void sock_write_now(void *ctx, int fd, const uint8_t *buf, size_t len)
+{
+	(void)ctx;
+	(void)!send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 static long sock_read_now(void *ctx, int fd, uint8_t *buf, size_t cap)
@@ -153,10 +161,12 @@ static bool tls_limited(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t
 	}
 	uint8_t out[1024];
 	int n = dp_dns_build_error(msg, &v, DP_DNS_RCODE_REFUSED, s->cfg->max_udp_size, out, 512);
+	int keepalive = (s->tcp.c[idx].listen_idx & DP_LI_HTTPS)
+				? -1 /* DNS-over-TCP's option, not HTTPS's (query.c fit_stream) */
+				: (int)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u);
 	if (n > 0 && v.has_opt)
 		n = (int)dp_edns_stream_answer(out, (size_t)n, sizeof(out), (size_t)n - 11,
-					       (int)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u),
-					       DP_EDNS_ANSWER_BLOCK);
+					       keepalive, DP_EDNS_ANSWER_BLOCK);
 	if (n > 0)
 		dp_tcpconn_answer(&s->tcp, idx, gen, out, (size_t)n);
 	return true;
@@ -177,8 +187,8 @@ static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *
 	c.transport = T_TCP;
 	c.li = li;
 	int rc = dp_query_from_client(s, &c, msg, len);
-	if (rc == 0 && (li & DP_LI_TLS))
-		STAT_INC(s, tls_queries);
+	if (rc == 0 && (li & (DP_LI_TLS | DP_LI_HTTPS)) == DP_LI_TLS)
+		STAT_INC(s, tls_queries); /* (DNS-over-HTTPS ones: https_requests) */
 	return rc;
 }
 
@@ -221,6 +231,24 @@ static void tls_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TLS_SEND, idx, gen));
 }
 
+static void doh_stat(void *ctx, int which)
+{
+	dp_shard_t *s = ctx;
+	switch (which) {
+	case DP_DOH_REQUEST: STAT_INC(s, https_requests); break;
+	case DP_DOH_HTTP_ERROR: STAT_INC(s, https_errors); break;
+	case DP_DOH_RESET: STAT_INC(s, h2_resets); break;
+	case DP_DOH_GOAWAY: STAT_INC(s, h2_goaway); break;
+	default: break;
+	}
+}
+
+static const char *doh_path(void *ctx)
+{
+	const dp_shard_t *s = ctx;
+	return s->cfg->listen_https_path;
+}
+
 static void tls_stat(void *ctx, int which)
 {
 	dp_shard_t *s = ctx;
@@ -231,6 +259,7 @@ static void tls_stat(void *ctx, int which)
 	case DP_TLSC_HS_TIMEOUT: STAT_INC(s, tls_handshake_timeouts); break;
 	case DP_TLSC_HS_DEFERRED: STAT_INC(s, tls_handshakes_deferred); break;
 	case DP_TLSC_ERROR: STAT_INC(s, tls_errors); break;
+	case DP_TLSC_DOH_SLOW: STAT_INC(s, https_slow_closed); break;
 	default: break;
 	}
 }
@@ -238,7 +267,10 @@ static void tls_stat(void *ctx, int which)
 static const dp_tlsconn_io_t tls_io = {
 	.send = tls_send,
 	.read_now = sock_read_now,
+	.write_now = sock_write_now,
 	.stat = tls_stat,
+	.doh_stat = doh_stat,
+	.doh_path = doh_path,
 };
 
 static const dp_tcpconn_io_t tcp_io = {
@@ -301,6 +333,11 @@ int dp_tcp_init(dp_shard_t *s)
 		return -ENOMEM;
 	int rc = dp_tcpconn_init(&s->tcp, cap, reserve, &tcp_io, s, &s->now_ms);
 	s->tcp.inflight_max = cfg->max_inflight_per_conn;
+	/* An idle DNS-over-HTTPS client holds its HTTP/2 session (charged to
+	 * the budget): the budget lets the cap's worth of them be idle, so
+	 * the cap and its eviction bound them, not a budget refusal. */
+	if (cfg->nlisten_https)
+		s->tcp.buf_max = DP_MAX(s->tcp.buf_max, (size_t)cap * DP_DOH_IDLE_COST);
 	s->fe[T_TCP] = &tcp_ops;
 	if (rc < 0 || !s->nlisten_tls)
 		return rc;
@@ -316,15 +353,34 @@ void dp_tcp_reconfigure(dp_shard_t *s)
 }
 
 /* Listener li's socket and whether its accept is armed (li with DP_LI_TLS:
- * a TLS listener). */
+ * an encrypted listener). */
 static int *listen_fd(dp_shard_t *s, int li)
 {
-	return li & DP_LI_TLS ? &s->tls_fd[li & ~DP_LI_TLS] : &s->tcp_fd[li];
+	return li & DP_LI_TLS ? &s->tls_fd[li & DP_LI_INDEX] : &s->tcp_fd[li];
 }
 
 static bool *listen_armed(dp_shard_t *s, int li)
 {
-	return li & DP_LI_TLS ? &s->tls_armed[li & ~DP_LI_TLS] : &s->tcp_armed[li];
+	return li & DP_LI_TLS ? &s->tls_armed[li & DP_LI_INDEX] : &s->tcp_armed[li];
+}
+
+/* The listen index an accept on li carries: an HTTPS listener's
+ * connections carry DP_LI_HTTPS from their accept on (tlsconn, metrics). */
+static int accept_li(const dp_shard_t *s, int li)
+{
+	if ((li & DP_LI_TLS) && dp_config_enc_https(s->cfg, li & DP_LI_INDEX))
+		li |= DP_LI_HTTPS;
+	return li;
+}
+
+void dp_tcp_cancel_accept(dp_shard_t *s, int li)
+{
+	if (*listen_fd(s, li) < 0)
+		return;
+	struct io_uring_sqe *sqe = dp_sqe(s);
+	io_uring_prep_cancel64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)accept_li(s, li), 0), 0);
+	io_uring_sqe_set_data64(sqe, dp_ud(OP_IGNORE, 0, 0));
+	*listen_armed(s, li) = true; /* never armed again */
 }
 
 void dp_tcp_arm_accept(dp_shard_t *s, int li)
@@ -332,21 +388,28 @@ void dp_tcp_arm_accept(dp_shard_t *s, int li)
 	int fd = *listen_fd(s, li);
 	if (fd < 0 || s->stop)
 		return;
+	li = accept_li(s, li);
 	struct io_uring_sqe *sqe = dp_sqe(s);
 	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, dp_ud(OP_TCP_ACCEPT, (uint32_t)li, 0));
 	*listen_armed(s, li) = true;
 }
 
-/* A TLS client accepted into slot idx: its session, its address. */
-static void tls_accepted(dp_shard_t *s, int idx, const struct sockaddr_storage *peer)
+/* A TLS client accepted into slot idx from listener li: its session, its
+ * address. */
+static void tls_accepted(dp_shard_t *s, int idx, int li, const struct sockaddr_storage *peer)
 {
 	uint32_t gen = s->tcp.c[idx].gen;
-	STAT_INC(s, tls_accepted);
+	bool https = li & DP_LI_HTTPS;
+	if (https)
+		STAT_INC(s, https_accepted);
+	else
+		STAT_INC(s, tls_accepted);
 	memset(&s->tls_peer[idx], 0, sizeof(s->tls_peer[idx]));
 	memcpy(&s->tls_peer[idx], peer,
 	       peer->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
-	if (!s->srv_ctx || dp_tlsconn_open(&s->tls, (uint32_t)idx, gen, s->srv_ctx, s->now_ms) < 0) {
+	if (!s->srv_ctx ||
+	    dp_tlsconn_open(&s->tls, (uint32_t)idx, gen, s->srv_ctx, s->now_ms, https) < 0) {
 		STAT_INC(s, tls_errors);
 		dp_tcpconn_close(&s->tcp, (uint32_t)idx);
 	}
@@ -389,7 +452,7 @@ void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li)
 	}
 	dp_cshare_key_of((const struct sockaddr *)&peer, &s->tcp_peer[idx]);
 	if (li & DP_LI_TLS)
-		tls_accepted(s, idx, &peer);
+		tls_accepted(s, idx, li, &peer);
 }
 
 void dp_tcp_on_recv(dp_shard_t *s, struct io_uring_cqe *cqe, uint32_t idx, uint32_t gen)

@@ -21,9 +21,11 @@ void dp_tcp_free(dp_shard_t *s);
 
 /* ---- completions (engine.c dispatches them) ---- */
 
-/* Start (again) the multishot accept on listener li (li | DP_LI_TLS: TLS
- * listener li), not when stopping. */
+/* Start (again) the multishot accept on listener li (li | DP_LI_TLS:
+ * encrypted listener li, dp_config_enc), not when stopping. */
 void dp_tcp_arm_accept(dp_shard_t *s, int li);
+/* Drain: cancel that accept for good (it is not armed again). */
+void dp_tcp_cancel_accept(dp_shard_t *s, int li);
 /* An accept completion of listener li: the ACL, then a connection slot. */
 void dp_tcp_on_accept(dp_shard_t *s, struct io_uring_cqe *cqe, int li);
 /* A receive / send completion of connection idx/gen (stale ones dropped by

@@ -180,7 +180,7 @@ void dp_tcpconn_close(dp_tcpconns_t *t, uint32_t idx)
 	dp_list_remove(&t->idle, t->c, sizeof(dp_tcpc_t), IOFF, idx);
 	unwait(t, idx); /* its held frames go with it */
 	update_quiet(t, idx);
-	t->io->shutdown(t->ctx, c->fd, c->ops > 0);
+	t->io->shutdown(t->ctx, idx, c->fd, c->ops > 0);
 	try_finalize(t, idx);
 }
 
@@ -731,7 +731,7 @@ void dp_tcpconn_close_all(dp_tcpconns_t *t)
 	for (uint32_t i = 0; i < t->hiwater; i++) {
 		dp_tcpc_t *c = &t->c[i];
 		if (c->used && c->fd >= 0) {
-			t->io->shutdown(t->ctx, c->fd, false);
+			t->io->shutdown(t->ctx, i, c->fd, false);
 			t->io->close(t->ctx, i, c->fd);
 			c->fd = -1;
 		}

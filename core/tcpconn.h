@@ -80,9 +80,9 @@ typedef struct dp_tcpconn_io {
 	 * left untouched until then. */
 	void (*send)(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t *buf,
 		     size_t len);
-	/* Closing: shut the socket down and, when cancel, cancel every
-	 * operation on fd (each still completes). */
-	void (*shutdown)(void *ctx, int fd, bool cancel);
+	/* Closing slot idx: shut fd down and, when cancel, cancel every
+	 * operation on it (each still completes). */
+	void (*shutdown)(void *ctx, uint32_t idx, int fd, bool cancel);
 	/* Read what already sits in the socket, without waiting (drain).
 	 * Returns the octets read, 0 at EOF, or a negative errno. */
 	long (*read_now)(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap);

@@ -1,8 +1,10 @@
-/* tlsconn.c - DNS-over-TLS client connections (see tlsconn.h): handshakes
- * within a budget per loop turn, decryption into tcpconn, encryption of
- * tcpconn's sends, the ciphertext send queue, the handshake timeout. */
+/* tlsconn.c - DNS-over-TLS and DNS-over-HTTPS client connections (see
+ * tlsconn.h): handshakes within a budget per loop turn, decryption into
+ * tcpconn (through an HTTP/2 session for HTTPS), encryption of tcpconn's
+ * sends, the ciphertext send queue, the handshake timeout. */
 #include "tlsconn.h"
 #include "tls.h"
+#include "tlssrv.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -42,13 +44,13 @@ int dp_tlsconn_init(dp_tlsconns_t *t, dp_tcpconns_t *tcp, const dp_tlsconn_io_t 
 }
 
 /* What slot idx holds beyond tcpconn's buffers, as the table's budget
- * counts it: its ciphertext, carried and queued, and an estimate of
- * BoringSSL's state while its handshake is not done. Read only while w.rx
- * is its own (not a receive's buffer lent to the BIO). */
+ * counts it: its ciphertext, carried (w.rx, unless it is a receive's
+ * buffer lent to the BIO) and queued, an estimate of BoringSSL's state
+ * while its handshake is not done, and its HTTP/2 session. */
 static size_t footprint(const dp_tlsc_t *c)
 {
-	return (size_t)c->w.rx.cap + c->wq.out.cap + c->wq.fill.cap +
-	       (c->hs_done ? 0 : DP_TLSCONN_HS_COST);
+	return (c->rx_lent ? 0 : (size_t)c->w.rx.cap) + c->wq.out.cap + c->wq.fill.cap +
+	       (c->hs_done ? 0 : DP_TLSCONN_HS_COST) + (c->doh ? dp_doh_footprint(c->doh) : 0);
 }
 
 /* Bring slot idx's charge in tcpconn's budget up to its footprint; over
@@ -77,6 +79,7 @@ static void clear_slot(dp_tlsconns_t *t, uint32_t idx)
 	if (c->deferred)
 		dp_list_remove(&t->deferred, t->c, sizeof(dp_tlsc_t), DOFF, idx);
 	SSL_free(c->ssl);
+	dp_doh_free(c->doh);
 	dp_buf_free(&c->w.rx);
 	dp_sendq_free(&c->wq);
 	memset(c, 0, sizeof(*c));
@@ -95,12 +98,15 @@ void dp_tlsconn_free(dp_tlsconns_t *t)
 	}
 	free(t->c);
 	free(t->plain);
+	dp_buf_free(&t->frames);
+	dp_buf_free(&t->hout);
 	t->c = NULL;
 	t->n = 0; /* dp_tlsconn_is is false for every slot from now on */
 	t->plain = NULL;
 }
 
-int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, uint64_t now_ms)
+int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, uint64_t now_ms,
+		    bool https)
 {
 	if (idx >= t->n)
 		return DP_E_TLS;
@@ -123,10 +129,13 @@ int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, 
 		return DP_E_TLS;
 	}
 	SSL_set_accept_state(ssl);
+	if (https)
+		dp_tlssrv_set_https(ssl);
 	/* The certificate, ALPN and other handshake settings are not needed
 	 * once it is done: free them (idle clients cost less). */
 	SSL_set_shed_handshake_config(ssl, 1);
 	c->ssl = ssl;
+	c->https = https;
 	c->charged = DP_TLSCONN_HS_COST;
 	c->gen = gen;
 	c->born_ms = now_ms;
@@ -168,9 +177,10 @@ static void out_pump(dp_tlsconns_t *t, uint32_t idx)
 	t->io->send(t->ctx, idx, c->gen, tc->fd, p, n);
 }
 
-/* SSL_write failed and nothing is being sent: tcpconn's send must still
- * complete, from a completion (never inside its own call): an empty send
- * brings one. */
+/* Nothing is being sent and tcpconn's send must complete: SSL_write
+ * failed (with an error), or (HTTP/2) its answers are in the session (with
+ * success). It must complete from a completion, never inside its own
+ * call: an empty send brings one. */
 static void poke(dp_tlsconns_t *t, uint32_t idx)
 {
 	dp_tlsc_t *c = &t->c[idx];
@@ -180,12 +190,151 @@ static void poke(dp_tlsconns_t *t, uint32_t idx)
 	t->io->send(t->ctx, idx, c->gen, t->tcp->c[idx].fd, c->wq.out.data, 0);
 }
 
+/* ---- DNS-over-HTTPS ---------------------------------------------------------- */
+
+static void doh_count(void *ctx, int which)
+{
+	dp_tlsconns_t *t = ctx;
+	t->io->doh_stat(t->ctx, which);
+}
+
+/* The session of idx is over (GOAWAY): close once its output is sent. */
+static void doh_end(dp_tlsconns_t *t, uint32_t idx)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	c->failed = true; /* nothing more is read; closed when the queue is out */
+	out_pump(t, idx);
+	if (!c->sending && dp_sendq_queued(&c->wq) == 0)
+		dp_tcpconn_close(t->tcp, idx);
+}
+
+/* Encrypt HTTP/2 output p[0..n) (whole frames) for ssl: a TLS record per
+ * response, each ending with the frame that ends its stream. A client may
+ * read a record at a time and expect no more than one response in it
+ * (dnsperf 2.10 loses the second one); a record costs about 30 octets and
+ * one seal. Returns false when SSL_write fails. */
+static bool doh_seal(SSL *ssl, const uint8_t *p, size_t n)
+{
+	size_t start = 0, off = 0;
+	while (off + 9 <= n) {
+		size_t flen = (size_t)p[off] << 16 | (size_t)p[off + 1] << 8 | p[off + 2];
+		uint8_t type = p[off + 3], flags = p[off + 4];
+		off = DP_MIN(n, off + 9 + flen);
+		bool ends = (type == 0 /* DATA */ || type == 1 /* HEADERS */) && (flags & 1);
+		if (ends || off == n) {
+			int len = (int)(off - start);
+			if (SSL_write(ssl, p + start, len) != len)
+				return false;
+			start = off;
+		}
+	}
+	return start == n || SSL_write(ssl, p + start, (int)(n - start)) == (int)(n - start);
+}
+
+/* Encrypt what the session of idx has to send into its queue, and send it.
+ * Closes the connection when that fails or when the client lets answers
+ * pile up behind its flow-control window. Returns false when closed. */
+static bool doh_flush(dp_tlsconns_t *t, uint32_t idx)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	t->hout.len = 0;
+	bool ok = dp_doh_output(c->doh, &t->hout) == 0 && t->hout.len <= INT_MAX;
+	ERR_clear_error();
+	if (ok && t->hout.len)
+		ok = doh_seal(c->ssl, t->hout.data, t->hout.len);
+	ERR_clear_error();
+	if (t->hout.cap > 4 * PLAIN_SIZE)
+		dp_buf_free(&t->hout); /* a burst's buffer is not kept */
+	t->hout.len = 0;
+	/* What waits for the client: answers its flow-control window holds
+	 * back, and everything encrypted it has not taken (4xx, acks, window
+	 * updates too: none goes through tcpconn's bound). */
+	bool slow = dp_doh_pending(c->doh) + dp_sendq_queued(&c->wq) > DP_TCPCONN_WQ_MAX;
+	if (!ok || slow) {
+		count(t, ok ? DP_TLSC_DOH_SLOW : DP_TLSC_ERROR);
+		dp_tcpconn_close(t->tcp, idx);
+		return false;
+	}
+	if (!charge(t, idx))
+		return false;
+	if (dp_doh_done(c->doh))
+		doh_end(t, idx);
+	else
+		out_pump(t, idx);
+	return true;
+}
+
+/* The handshake of HTTPS slot idx is done: its session, and our SETTINGS.
+ * Returns false when it was closed. */
+static bool doh_start(dp_tlsconns_t *t, uint32_t idx)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	c->doh = dp_doh_new(t->io->doh_path(t->ctx), doh_count, t);
+	if (!c->doh) {
+		count(t, DP_TLSC_ERROR);
+		dp_tcpconn_close(t->tcp, idx);
+		return false;
+	}
+	return doh_flush(t, idx);
+}
+
+/* n octets of plaintext in t->plain for the session of idx: the queries
+ * it completes go to tcpconn as received frames; then its output. */
+static void doh_input(dp_tlsconns_t *t, uint32_t idx, size_t n)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	t->frames.len = 0;
+	int rc = dp_doh_recv(c->doh, t->plain, n, &t->frames);
+	if (rc == -ENOMEM) {
+		count(t, DP_TLSC_ERROR);
+		dp_tcpconn_close(t->tcp, idx);
+		return;
+	}
+	if (t->frames.len)
+		dp_tcpconn_on_recv(t->tcp, idx, c->gen, (int)t->frames.len, true, t->frames.data);
+	t->frames.len = 0;
+	if (t->frames.cap > 4 * PLAIN_SIZE)
+		dp_buf_free(&t->frames);
+	if (t->tcp->c[idx].closing)
+		return;
+	if (doh_flush(t, idx) && rc < 0 && !c->failed)
+		doh_end(t, idx); /* the GOAWAY is queued: close once it is out */
+}
+
+/* tcpconn's send on HTTPS slot idx: its answers go into the session
+ * (copied), and what the session makes of them is encrypted into the
+ * queue. The send completes, as a TLS one does, when that ciphertext is
+ * sent (pt FILL, then OUT when out_pump takes it); when none was queued
+ * (the client's window holds them all), at the next send completion, an
+ * empty one when nothing is being sent. */
+static void doh_send(dp_tlsconns_t *t, uint32_t idx, const uint8_t *buf, size_t len)
+{
+	dp_tlsc_t *c = &t->c[idx];
+	if (t->tcp->c[idx].closing || c->failed) {
+		c->pt_failed = true;
+	} else if (dp_doh_answer(c->doh, buf, len) < 0) {
+		count(t, DP_TLSC_ERROR);
+		c->pt_failed = true;
+		dp_tcpconn_close(t->tcp, idx);
+	} else if (!doh_flush(t, idx)) {
+		c->pt_failed = true;
+	}
+	if (c->pt == DP_TLSC_PT_FILL && (c->pt_failed || c->wq.fill.len == 0))
+		c->pt = DP_TLSC_PT_OUT; /* nothing of it waits in fill */
+	if (!c->sending)
+		poke(t, idx);
+}
+
 void dp_tlsconn_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, const uint8_t *buf,
 		     size_t len)
 {
 	dp_tlsc_t *c = &t->c[idx];
 	c->pt = DP_TLSC_PT_FILL;
 	c->pt_len = (uint32_t)len;
+	if (c->doh && gen == c->gen) {
+		doh_send(t, idx, buf, len);
+		return;
+	}
 	ERR_clear_error();
 	if (gen != c->gen || !c->hs_done || len > INT_MAX ||
 	    SSL_write(c->ssl, buf, (int)len) != (int)len) {
@@ -220,7 +369,8 @@ void dp_tlsconn_on_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res)
 	c->sending = false;
 	if (res > 0)
 		dp_tcpconn_progress(t->tcp, idx); /* its client reads, if slowly */
-	int left = c->poked ? -EIO : dp_sendq_done(&c->wq, res == 0 ? -EPIPE : res);
+	int left = c->poked ? (c->pt_failed ? -EIO : 0)
+			    : dp_sendq_done(&c->wq, res == 0 ? -EPIPE : res);
 	c->poked = false;
 	dp_tcpc_t *tc = &t->tcp->c[idx];
 	if (left < 0 || tc->closing || c->pt_failed) {
@@ -258,9 +408,16 @@ static bool handshake(dp_tlsconns_t *t, uint32_t idx)
 		count(t, DP_TLSC_HANDSHAKE);
 		if (SSL_session_reused(c->ssl))
 			count(t, DP_TLSC_RESUMED);
+		/* BoringSSL holds the TLS 1.3 tickets until our first write: a
+		 * zero-byte one sends them now. A client whose first query waits
+		 * behind Nagle for an ACK of its Finished gets one at once
+		 * instead of after a delayed ACK (40 ms). */
+		ERR_clear_error();
+		SSL_write(c->ssl, "", 0);
+		ERR_clear_error();
 		if (!c->sending && dp_sendq_queued(&c->wq) == 0)
 			dp_sendq_free(&c->wq); /* the flight is out: its buffers are not kept */
-		return true;
+		return !c->https || doh_start(t, idx);
 	}
 	if (SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ) {
 		if (c->sending || dp_sendq_queued(&c->wq))
@@ -289,6 +446,10 @@ static void read_plain(dp_tlsconns_t *t, uint32_t idx)
 	while (!tc->closing) {
 		ERR_clear_error();
 		int n = SSL_read(c->ssl, t->plain, PLAIN_SIZE);
+		if (n > 0 && c->doh) {
+			doh_input(t, idx, (size_t)n);
+			continue;
+		}
 		if (n > 0) {
 			dp_tcpconn_on_recv(t->tcp, idx, c->gen, n, true, t->plain);
 			continue;
@@ -400,7 +561,9 @@ static void feed(dp_tlsconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 		dp_buf_t own = w->rx;
 		w->rx = (dp_buf_t){ data, (uint32_t)n, (uint32_t)n };
 		w->rx_off = 0;
+		c->rx_lent = true;
 		process(t, idx);
+		c->rx_lent = false;
 		size_t rest = n - w->rx_off;
 		w->rx = own;
 		w->rx_off = 0;
@@ -436,8 +599,8 @@ void dp_tlsconn_on_recv(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, int res, b
 long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, size_t cap)
 {
 	dp_tlsc_t *c = &t->c[idx];
-	if (!c->hs_done || c->failed)
-		return 0;
+	if (!c->hs_done || c->failed || c->https)
+		return 0; /* (HTTPS: its streams in flight are answered, no new one read) */
 	uint8_t tmp[4096];
 	for (int i = 0; i < 64; i++) {
 		ERR_clear_error();
@@ -459,6 +622,30 @@ long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, s
 			return -ENOMEM;
 	}
 	return -EAGAIN;
+}
+
+void dp_tlsconn_goodbye(dp_tlsconns_t *t, uint32_t idx, int fd)
+{
+	if (!dp_tlsconn_is(t, idx) || t->teardown)
+		return;
+	dp_tlsc_t *c = &t->c[idx];
+	if (!c->hs_done || c->failed || c->sending || dp_sendq_queued(&c->wq))
+		return; /* mid-handshake, an alert sent, or ciphertext that must go first */
+	if (c->doh && !dp_doh_done(c->doh)) {
+		dp_doh_goodbye(c->doh);
+		t->hout.len = 0;
+		if (dp_doh_output(c->doh, &t->hout) == 0 && t->hout.len)
+			doh_seal(c->ssl, t->hout.data, t->hout.len);
+		t->hout.len = 0;
+	}
+	ERR_clear_error();
+	SSL_shutdown(c->ssl); /* close_notify, appended to wq.fill */
+	ERR_clear_error();
+	if (c->wq.fill.len)
+		t->io->write_now(t->ctx, fd, c->wq.fill.data, c->wq.fill.len);
+	c->failed = true; /* nothing more goes out of this one */
+	dp_sendq_free(&c->wq);
+	charge(t, idx);
 }
 
 size_t dp_tlsconn_unsent(const dp_tlsconns_t *t, uint32_t idx)

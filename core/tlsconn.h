@@ -44,12 +44,29 @@
  * buffer budget (dp_tcpconn_charge); a connection that would overflow it
  * is closed (DP_TCPC_CLOSED_MEMORY).
  *
- * Owns: per slot, the SSL object, the buffer above and the ciphertext send
- * queue; one plaintext buffer per table.
+ * DNS-over-HTTPS (doh.h): a connection accepted on an HTTPS listener
+ * negotiates "h2", and once its handshake is done gets an HTTP/2 session
+ * between its plaintext and tcpconn: what it decrypts goes through the
+ * session, which hands tcpconn the requests' queries as DNS frames, and
+ * tcpconn's framed answers go through the session into responses. The
+ * session's own output (SETTINGS, acknowledgements, window updates, a
+ * GOAWAY) is encrypted into the same queue whenever input made some.
+ * tcpconn's send completes when its answers are in the session (they are
+ * copied there); what the client's flow-control window holds back counts
+ * in the budget, and more than DP_TCPCONN_WQ_MAX of it closes the
+ * connection as a slow reader. A session that ends (GOAWAY) closes the
+ * connection once its output is sent. At drain, an HTTPS connection's
+ * socket is not read any further (read_now gives EOF): its streams in
+ * flight are answered, then it is closed.
+ *
+ * Owns: per slot, the SSL object, the buffer above, the ciphertext send
+ * queue and the HTTP/2 session; per table, one plaintext buffer and the
+ * two buffers an HTTP/2 step fills (frames up, output down).
  */
 #ifndef DP_TLSCONN_H
 #define DP_TLSCONN_H
 
+#include "doh.h"
 #include "tcpconn.h"
 #include "tls-t.h"
 
@@ -68,6 +85,7 @@ enum dp_tlsconn_stat {
 	DP_TLSC_HS_TIMEOUT, /* not done within the handshake timeout */
 	DP_TLSC_HS_DEFERRED, /* a step waited for the next loop turn */
 	DP_TLSC_ERROR, /* a TLS error after the handshake (closed) */
+	DP_TLSC_DOH_SLOW, /* DNS-over-HTTPS answers held back over the bound (closed) */
 };
 
 /* The transport below. Called from the shard's thread. */
@@ -79,8 +97,15 @@ typedef struct dp_tlsconn_io {
 	/* Read what already sits in fd's socket, without waiting: octets, 0
 	 * at EOF, or a negative errno (drain). */
 	long (*read_now)(void *ctx, int fd, uint8_t *buf, size_t cap);
+	/* Write buf[0..len) to fd now, without waiting, as much as the socket
+	 * takes (dp_tlsconn_goodbye: best effort, the result not needed). */
+	void (*write_now)(void *ctx, int fd, const uint8_t *buf, size_t len);
 	/* Count event which (enum dp_tlsconn_stat). */
 	void (*stat)(void *ctx, int which);
+	/* Count DNS-over-HTTPS event which (enum dp_doh_stat). */
+	void (*doh_stat)(void *ctx, int which);
+	/* The DNS-over-HTTPS path ("/dns-query") new sessions serve. */
+	const char *(*doh_path)(void *ctx);
 } dp_tlsconn_io_t;
 
 enum { DP_TLSC_PT_NONE = 0, DP_TLSC_PT_FILL, DP_TLSC_PT_OUT };
@@ -89,6 +114,7 @@ typedef struct dp_tlsc {
 	SSL *ssl; /* NULL: not a TLS connection */
 	uint32_t gen; /* of the tcpconn slot it serves */
 	bool hs_done;
+	bool https; /* an HTTPS listener's: HTTP/2 once the handshake is done */
 	bool hs_listed; /* on the handshaking list */
 	bool deferred; /* on the deferred list */
 	bool sending; /* a ciphertext send is in the transport */
@@ -97,6 +123,7 @@ typedef struct dp_tlsc {
 	bool pt_failed; /* SSL_write failed: tcpconn's send completes with an error */
 	bool replied; /* our first flight is made: the client may send more */
 	bool rec_ready; /* handshake: a record ended in the ciphertext at hand */
+	bool rx_lent; /* w.rx is a receive's buffer, lent to the BIO for a call */
 	uint8_t rec_hdr; /* handshake: header octets seen of the current record */
 	uint8_t rec_len_hi; /* ... its length's high octet */
 	uint16_t rec_body; /* ... its octets still to come */
@@ -108,6 +135,7 @@ typedef struct dp_tlsc {
 	dp_tls_wire_t w; /* the BIO's: rx is own, or a receive's buffer during a call */
 	dp_sendq_t wq; /* ciphertext to send */
 	size_t charged; /* octets charged to tcpconn's budget (footprint, when last settled) */
+	dp_doh_t *doh; /* https, handshake done: the HTTP/2 session */
 } dp_tlsc_t;
 
 typedef struct dp_tlsconns {
@@ -117,6 +145,8 @@ typedef struct dp_tlsconns {
 	dp_tlsc_t *c; /* one per tcpconn slot */
 	uint32_t n;
 	uint8_t *plain; /* one SSL_read's plaintext */
+	dp_buf_t frames; /* HTTP/2: queries made of one step's input, for tcpconn */
+	dp_buf_t hout; /* HTTP/2: one step's output, to encrypt */
 	dp_list_t handshaking; /* accept order: the handshake timeout */
 	dp_list_t deferred; /* waiting for a handshake step, arrival order */
 	uint32_t budget; /* handshake steps left this loop turn */
@@ -132,9 +162,10 @@ int dp_tlsconn_init(dp_tlsconns_t *t, dp_tcpconns_t *tcp, const dp_tlsconn_io_t 
 void dp_tlsconn_free(dp_tlsconns_t *t);
 
 /* tcpconn slot idx/gen, just accepted, is a TLS server connection under
- * ctx (a new SSL references it). Returns 0, or DP_E_TLS (the caller closes
- * the slot). */
-int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, uint64_t now_ms);
+ * ctx (a new SSL references it); https: DNS-over-HTTPS, else DNS-over-TLS.
+ * Returns 0, or DP_E_TLS (the caller closes the slot). */
+int dp_tlsconn_open(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, SSL_CTX *ctx, uint64_t now_ms,
+		    bool https);
 /* True when slot idx is a TLS connection. */
 static inline bool dp_tlsconn_is(const dp_tlsconns_t *t, uint32_t idx)
 {
@@ -161,6 +192,13 @@ void dp_tlsconn_send(dp_tlsconns_t *t, uint32_t idx, uint32_t gen, const uint8_t
  * already decryptable from what sits in the socket; 0 at EOF or when no
  * more can be had without waiting, else a negative errno. */
 long dp_tlsconn_read_now(dp_tlsconns_t *t, uint32_t idx, int fd, uint8_t *buf, size_t cap);
+/* tcpconn closes TLS slot idx (its io->shutdown, before fd is shut
+ * down): a connection in good standing is told so, a GOAWAY (NO_ERROR)
+ * first for HTTP/2, then close_notify (RFC 8446 6.1), written at once
+ * (io->write_now) when no ciphertext waits or is being sent (two writers
+ * would interleave; otherwise it is left out). Best effort: the socket
+ * takes it or not, nothing waits for it. */
+void dp_tlsconn_goodbye(dp_tlsconns_t *t, uint32_t idx, int fd);
 /* Ciphertext of slot idx queued and not handed to the kernel yet. */
 size_t dp_tlsconn_unsent(const dp_tlsconns_t *t, uint32_t idx);
 

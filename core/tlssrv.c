@@ -110,21 +110,32 @@ static int ticket_cb(SSL *ssl, uint8_t *name, uint8_t *iv, EVP_CIPHER_CTX *cctx,
 	return rc;
 }
 
-/* ALPN (RFC 7858 3.2 and the "dot" registration, RFC 8310 6): choose
- * "dot"; a client that offers protocols but not "dot" wants another
- * service on this port, and is told so (no_application_protocol). */
+/* The protocol a listener serves, as ALPN names it (length-prefixed):
+ * "dot" (RFC 7858 3.2, RFC 8310 6), or "h2" on an HTTPS listener (RFC 8484
+ * 5.2: HTTP/2 at least). The SSL's app data marks the latter. */
+static const uint8_t alpn_dot[] = "\x03" "dot";
+static const uint8_t alpn_h2[] = "\x02" "h2";
+
+void dp_tlssrv_set_https(SSL *ssl)
+{
+	SSL_set_app_data(ssl, (void *)alpn_h2);
+}
+
+/* ALPN: choose the listener's protocol; a client that offers protocols but
+ * not that one wants another service on this port, and is told so
+ * (no_application_protocol). One that offers none is served. */
 static int alpn_cb(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t *in,
 		   unsigned inlen, void *arg)
 {
-	(void)ssl;
 	(void)arg;
+	const uint8_t *want = SSL_get_app_data(ssl) == alpn_h2 ? alpn_h2 : alpn_dot;
 	for (unsigned i = 0; i < inlen;) {
 		unsigned l = in[i];
 		if (i + 1 + l > inlen)
 			break;
-		if (l == 3 && memcmp(in + i + 1, "dot", 3) == 0) {
+		if (l == want[0] && memcmp(in + i + 1, want + 1, l) == 0) {
 			*out = in + i + 1;
-			*outlen = 3;
+			*outlen = (uint8_t)l;
 			return SSL_TLSEXT_ERR_OK;
 		}
 		i += 1 + l;

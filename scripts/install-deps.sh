@@ -4,10 +4,10 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 pkgs="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-liburing-dev android-libboringssl-dev libcmocka-dev libbpf-dev linux-libc-dev llvm
+liburing-dev android-libboringssl-dev libnghttp2-dev libcmocka-dev libbpf-dev linux-libc-dev llvm
 unbound knot-dnsutils bind9-dnsutils dnsperf openssl
-python3 python3-dnspython python3-pytest python3-yaml
-dnsdist stubby knot-resolver gnuplot-nox procps iproute2 curl
+python3 python3-dnspython python3-pytest python3-yaml python3-h2
+dnsdist stubby knot-resolver gnuplot-nox procps iproute2 curl nghttp2-client
 python3-seccomp libcap2-bin systemd busybox"
 missing=""
 for p in $pkgs; do

@@ -25,5 +25,5 @@ echo "== fuzzers (${fuzz_seconds}s each)"
 CC=clang cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDP_FUZZ=ON \
 	-DDP_FUZZ_SECONDS="$fuzz_seconds" >/dev/null
 cmake --build build-fuzz -j "$jobs" --target fuzz_dns_query fuzz_dns_answer fuzz_tcpframe fuzz_tcpconn fuzz_http fuzz_edns_cache fuzz_route \
-	fuzz_tlsconn
+	fuzz_tlsconn fuzz_doh
 ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_' -j 1

@@ -11,6 +11,9 @@ forwarding zones (the chaos.test zone to a plain tcp:// upstream, or a
 client's subzone to another DoT upstream, or neither), dot-responder
 upstreams (DoT, and one plain TCP) that delay, drop, reorder, reset and
 close and are restarted, and a SIGTERM at a random moment near the end.
+DoT and DoH clients (chaos_enc.py, in threads) pipeline, reset streams,
+cut records and handshakes, send bad frames and stop reading, while
+reloads rewrite the listener certificate.
 
 It asserts:
 - no sanitizer report in the daemon's stderr; exit status 0 within the
@@ -20,7 +23,7 @@ It asserts:
   clients that read everything answered unless the connection was closed
   for a documented reason; a second answer to one query is a failure;
 - no answer to the wrong client: every query name carries its client's
-  marker (c<N>- for TCP, u<N>- for UDP) and every answer must match, on
+  marker (c<N>- for TCP, u<N>- for UDP, t<N>- DoT, d<N>- DoH) and every answer must match, on
   that socket, a query sent there (ID, name, type) and carry a well-formed
   answer from one of our upstreams;
 - RSS (VmRSS) under 512 MB and not growing over the second half of the run.
@@ -28,12 +31,14 @@ It asserts:
 Exit status: 0 pass, 1 a finding, 2 the harness could not set up. The last
 line is a summary; on failure the replay command is printed.
 
-Python 3 standard library only (DNS wire handled by hand: fast, and a
-malformed answer is a finding rather than an exception). See README.md.
+Python 3 standard library, and python3-h2 for DoH (DNS wire handled by
+hand: fast, and a malformed answer is a finding rather than an
+exception). See README.md.
 """
 
 import argparse
 import collections
+import hashlib
 import heapq
 import os
 import random
@@ -44,10 +49,12 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +63,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from dphelpers import free_port  # noqa: E402  (a port free for UDP and TCP)
 CI_SEED = 1203  # the CI run's seed: change it only by a commit
+ENC = None      # chaos_enc (the DoT and DoH clients), imported by main() unless both are disabled
+CERT_VARIANTS = 3  # listener certificates besides the first, written over it by reloads
 UPSTREAM_NAME = "upstream.test"
 RSS_LIMIT_MB = 512
 DRAIN_S = 6          # --drain-timeout; every --timeout the mix picks is below it
@@ -192,7 +201,7 @@ def parse_response(data):
     return qid, qname, qtype, rcode, None
 
 
-MARKER = re.compile(r"^([cug]\d+)-")
+MARKER = re.compile(r"^([cugtd]\d+)-")
 
 
 def marker_of(qname):
@@ -698,6 +707,16 @@ class Run:
         self.busy = {}       # clients with answers left to parse (in order: round robin)
         self.build_budget = self.parse_budget = 0
         self.prebuild = collections.deque()  # burst clients whose frames are built ahead
+        # the encrypted clients (chaos_enc.py) run in threads: what they share
+        self.lock = threading.Lock()   # fail() and count() from any thread
+        self.enc_stop = threading.Event()
+        self.enc_threads = []
+        self.enc_hs_failed = []        # well-behaved clients whose connect or handshake failed
+        self.enc_session = {}          # thread -> its last TLS session (resumed by the next)
+        self.enc_certs_seen = set()
+        self.cert_hist = []            # (time the listener cert file was written, its index)
+        self.cert_index = {}           # sha256 of a cert's DER -> its index
+        self.cert_rng = random.Random("%d-cert" % seed)
 
     # ---------------------------------------------------------- bookkeeping
 
@@ -707,10 +726,15 @@ class Run:
             print("[%7.2f] %s" % (time.monotonic() - self.t0, msg), flush=True)
 
     def fail(self, kind, msg):
-        self.fail_counts[kind] += 1
-        if self.fail_counts[kind] <= 5:
-            self.failures.append("%s: %s" % (kind, msg))
-            print("[%7.2f] FAIL %s: %s" % (time.monotonic() - self.t0, kind, msg), flush=True)
+        with self.lock:
+            self.fail_counts[kind] += 1
+            if self.fail_counts[kind] <= 5:
+                self.failures.append("%s: %s" % (kind, msg))
+                print("[%7.2f] FAIL %s: %s" % (time.monotonic() - self.t0, kind, msg), flush=True)
+
+    def count(self, key, n=1):
+        with self.lock:
+            self.stats[key] += n
 
     def at(self, t, fn, *a):
         self.tseq += 1
@@ -776,20 +800,32 @@ class Run:
             self.stats["tcp_closed_before_send_checked"] += 1
             self.note("%s (%s, port %d) closed by the daemon before it sent its next queries, at +%.2f s"
                       % (c.marker, c.kind, c.lport, time.monotonic() - self.t0))
+        if c.kind in ("good", "split"):
+            self.check_close(c, "tcp")
+        c.outstanding = c.unsent = c.bodies = None
+        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = c.pregen = c.ready = None
+        self.busy.pop(c, None)
+        self.tcp.discard(c)
+
+    def check_close(self, c, proto):
+        """Book a reading client (TCP good/split, or a well-behaved
+        encrypted one, from its thread) closed with queries unanswered that
+        it sent before the SIGTERM: an idle close by the daemon's rules, or
+        a loss (a finding at the verdict unless documented closes explain it)."""
         pend = [q for q in c.outstanding.values() if q.before_term]
-        if c.kind in ("good", "split") and pend and c.closed_by != "us":
+        if pend and c.closed_by != "us":
             first = min(pend, key=lambda q: q.t_sent)
             idle = self.idle_close_excuse(c, first)
             if idle:
-                self.stats["tcp_idle_forgiven"] += 1
+                self.count("tcp_idle_forgiven")
                 self.note("%s (%s, port %d) closed by %s at +%.2f s with %d unanswered: an idle close, %s"
                           % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0, len(pend), idle))
             else:
                 start = c.t_last_answer if c.t_last_answer is not None else c.t_connected
-                self.tcp_lost.append("%s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
+                self.tcp_lost.append("%s %s (%s, port %d) closed by %s at +%.2f s (%s) with %d of %d unanswered, "
                                      "the oldest sent %.2f s before the close, %.2f s after its %s "
                                      "(idle timeout %g s)%s: %s"
-                                     % (c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
+                                     % (proto, c.marker, c.kind, c.lport, c.closed_by, c.t_closed - self.t0,
                                         "before the SIGTERM" if self.term_t is None else
                                         "SIGTERM at +%.2f s" % (self.term_t - self.t0),
                                         len(pend), len(pend) + len(c.done), c.t_closed - first.t_sent,
@@ -801,10 +837,6 @@ class Run:
                                          "that came after it) %.2f s before we read it"
                                          % (c.t_last_answer - c.t_last_answer_k))
                                         + self.stalled(start - 3, first.t_sent), first.key))
-        c.outstanding = c.unsent = c.bodies = None
-        c.done = c.steps = c.frame_ends = c.stream = c.inbuf = c.gen = c.pregen = c.ready = None
-        self.busy.pop(c, None)
-        self.tcp.discard(c)
 
     def stalled(self, t1, t2):
         """Evidence: how long the harness loop was away within [t1, t2]."""
@@ -851,6 +883,9 @@ class Run:
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise SetupError("mkcert.sh failed: %s%s" % (r.stdout, r.stderr))
+        self.make_listener_certs()
+        if ENC:
+            ENC.make_contexts(self)
         for f in self.dir.iterdir():
             if f.is_file() and not f.is_symlink():
                 os.chmod(f, 0o644)
@@ -864,12 +899,21 @@ class Run:
         self.idle_hist.append((float("-inf"), self.cur_idle_s))
         try:
             self.dp_port = free_port()
+            self.tls_port = self.https_port = self.dp_port
+            while self.tls_port == self.dp_port:
+                self.tls_port = free_port()
+            while self.https_port in (self.dp_port, self.tls_port):
+                self.https_port = free_port()
         except RuntimeError as e:
             raise SetupError(str(e))
         self.stderr_path = self.dir / "dotproxy.stderr"
         args = [str(self.dp_exe), "--config", str(self.conf), "--listen", "127.0.0.1:%d" % self.dp_port,
                 "--threads", str(self.args.threads), "--cache-size", "2", "--drain-timeout", "%ds" % DRAIN_S,
                 "--log-level", "info"]
+        if ENC:
+            args += ["--listen-tls", "127.0.0.1:%d" % self.tls_port, "--listen-https", "127.0.0.1:%d" % self.https_port,
+                     "--cert", str(self.dp_cert), "--key", str(self.dir / "server.key"),
+                     "--listen-tls-handshake-timeout", "%ds" % ENC.HS_TIMEOUT_S]
         self.dp_args = args
         env = dict(os.environ)
         env["ASAN_OPTIONS"] = ("detect_leaks=1:abort_on_error=1:halt_on_error=1:quarantine_size_mb=16:"
@@ -882,6 +926,56 @@ class Run:
         if not self.probe(20):
             raise SetupError("dotproxy did not answer a UDP query within 20 s (rc=%s):\n%s"
                              % (self.proc.poll(), tail(self.stderr_path)))
+
+    def make_listener_certs(self):
+        """The certificates of the daemon's TLS and HTTPS listeners: the
+        responders' (upstream.test and 127.0.0.1, from tools/mkcert.sh)
+        and CERT_VARIANTS more for the same name and key from the same CA,
+        which reloads write over the listener's cert file (the key file
+        stays: a reload never sees a key and a cert that do not match)."""
+        self.dp_cert = self.dir / "listener.pem"
+        self.certs = [(self.dir / "server.pem").read_bytes()]
+        ext = self.dir / "leaf.ext"
+        ext.write_text("basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+                       "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:%s, IP:127.0.0.1\n" % UPSTREAM_NAME)
+        for i in range(1, CERT_VARIANTS + 1):
+            csr, leaf = self.dir / ("v%d.csr" % i), self.dir / ("v%d.pem" % i)
+            for cmd in (["openssl", "req", "-new", "-key", str(self.dir / "server.key"), "-subj",
+                         "/CN=%s" % UPSTREAM_NAME, "-out", str(csr)],
+                        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.dir / "ca.pem"),
+                         "-CAkey", str(self.dir / "ca.key"), "-days", "2", "-sha256", "-set_serial",
+                         str(self.seed * 16 + i), "-extfile", str(ext), "-out", str(leaf)]):
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+                if r.returncode != 0:
+                    raise SetupError("openssl failed: %s %s" % (cmd, r.stderr))
+            self.certs.append(leaf.read_bytes() + (self.dir / "ca.pem").read_bytes())
+        for i, pem in enumerate(self.certs):
+            der = ssl.PEM_cert_to_DER_cert(pem.decode().split("-----END CERTIFICATE-----")[0]
+                                           + "-----END CERTIFICATE-----\n")
+            self.cert_index[hashlib.sha256(der).hexdigest()] = i
+        self.write_cert(0)
+
+    def write_cert(self, i):
+        """Write certificate i over the listener's cert file (atomically)."""
+        self.cert_hist.append((time.monotonic(), i))  # stamped before: never in force earlier
+        self.cur_cert = i
+        tmp = self.dp_cert.with_name(".listener.pem.tmp")
+        tmp.write_bytes(self.certs[i])
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.dp_cert)
+
+    def certs_allowed(self, t1, t2):
+        """The certificates a full handshake begun at t1 (less the reload
+        margin) and done at t2 may see: the one written last before t1 and
+        any written up to t2."""
+        ok, last = set(), 0
+        for t, i in list(self.cert_hist):
+            if t <= t1:
+                last = i
+            elif t <= t2:
+                ok.add(i)
+        ok.add(last)
+        return ok
 
     def probe(self, secs):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -945,6 +1039,12 @@ class Run:
             return
         self.write_config()
         self.idle_hist.append((time.monotonic(), self.cur_idle_s))  # stamped before: never in force earlier
+        # its own generator: the configs a seed writes stay those it wrote before
+        if ENC and "cert" not in self.disabled and self.cert_rng.random() < 0.4:
+            nxt = self.cert_rng.choice([i for i in range(len(self.certs)) if i != self.cur_cert])
+            self.write_cert(nxt)
+            self.stats["cert_rewrites"] += 1
+            self.note("listener certificate %d written" % nxt)
         os.kill(self.proc.pid, signal.SIGHUP)
         self.stats["reloads"] += 1
         self.note("SIGHUP")
@@ -1141,6 +1241,8 @@ class Run:
             self.udp.append(UdpSock(self, 100 + i, "127.0.0.%d" % (6 + i), garbage=True))
         self.schedule()
         end = self.t0 + self.args.seconds
+        if ENC:
+            self.enc_threads = ENC.start(self, self.args.enc_threads, end)
         self.loop_until(lambda: self.proc.poll() is not None, end)
         if self.term_t is None:
             if self.proc.poll() is None:
@@ -1169,6 +1271,19 @@ class Run:
         for c in list(self.tcp):
             if c.state == "open":
                 c.finish("us")
+        self.join_enc()
+
+    def join_enc(self):
+        """The daemon is gone: the encrypted clients see their closes and
+        end; a thread still running after that is stopped (and said)."""
+        deadline = time.monotonic() + 5
+        for th in self.enc_threads:
+            th.join(max(0.1, deadline - time.monotonic()))
+        self.enc_stop.set()
+        for th in self.enc_threads:
+            th.join(5)
+            if th.is_alive():
+                self.fail("harness", "encrypted client thread %s did not end" % th.name)
 
     def verify(self):
         rc = self.proc.returncode
@@ -1220,9 +1335,19 @@ class Run:
         if forgiven > stats.get("tcp_closed_idle", 0):
             self.fail("tcp-idle-forgiven", "%d reading TCP clients forgiven as idle closes, but the daemon "
                       "counted %d idle closes" % (forgiven, stats.get("tcp_closed_idle", 0)))
+        if self.enc_hs_failed:
+            msg = ("%d well-behaved encrypted clients could not connect or finish the handshake before the "
+                   "SIGTERM, e.g.\n  %s" % (len(self.enc_hs_failed), "\n  ".join(self.enc_hs_failed[:5])))
+            if documented:
+                self.note(msg + " (documented closes: %d)" % documented)
+            else:
+                self.fail("tls-handshake", msg)
+        if ENC and "cert" not in self.disabled and len(self.cert_hist) > 1 and len(self.enc_certs_seen) < 2:
+            self.note("certificate rewritten %d times, but the full handshakes saw only %s"
+                      % (len(self.cert_hist) - 1, sorted(self.enc_certs_seen, key=str)))
         tl = self.tcp_lost
         if tl:
-            msg = ("%d reading TCP clients closed by the daemon with queries sent before SIGTERM unanswered, "
+            msg = ("%d reading TCP or encrypted clients closed by the daemon with queries sent before SIGTERM unanswered, "
                    "e.g.\n  %s" % (len(tl), "\n  ".join(tl[:5])))
             if documented:
                 self.note(msg + " (documented closes: tcp_closed_memory+tcp_evicted+tcp_refused=%d)" % documented)
@@ -1417,13 +1542,20 @@ def main():
     ap.add_argument("--tcp-rate", type=float, default=20.0, help="new TCP clients per second (default 20)")
     ap.add_argument("--udp-rate", type=float, default=300.0, help="valid UDP queries per second (default 300)")
     ap.add_argument("--max-conns", type=int, default=1500, help="TCP connections open at once, at most")
+    ap.add_argument("--enc-threads", type=int, default=3,
+                    help="threads running DoT and DoH clients, one client at a time each (default 3)")
     ap.add_argument("--disable", action="append", default=[],
-                    choices=["burst", "abrupt", "reload", "upstream", "garbage", "udp", "term"],
+                    choices=["burst", "abrupt", "reload", "upstream", "garbage", "udp", "term", "dot", "doh", "cert"],
                     help="leave a part of the mix out (repeatable); 'term' still stops with SIGTERM at the end")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args()
     seed = parse_seed(args.seed)
+    global ENC
+    if not {"dot", "doh"} <= set(args.disable) and args.enc_threads > 0:
+        sys.modules.setdefault("chaos", sys.modules[__name__])  # chaos_enc's "import chaos": this module
+        import chaos_enc
+        ENC = chaos_enc
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     run = Run(args, seed)
@@ -1438,6 +1570,10 @@ def main():
         run.cleanup()
     s = run.stats
     replay = "%s --seed %d --seconds %g --build-dir %s" % (sys.argv[0], seed, args.seconds, run.build)
+    for opt, default in (("threads", 2), ("tcp_rate", 20.0), ("udp_rate", 300.0), ("max_conns", 1500),
+                         ("enc_threads", 3)):
+        if getattr(args, opt) != default:
+            replay += " --%s %g" % (opt.replace("_", "-"), getattr(args, opt))
     if args.disable:
         replay += "".join(" --disable %s" % d for d in args.disable)
     for n in run.notes[-10:] if not args.verbose else []:
@@ -1453,6 +1589,20 @@ def main():
                   getattr(run, "dp_stats", {}).get("cache_hits", 0), s["tcp_idle_forgiven"],
                   s["tcp_closed_peer_before_send"], s["tcp_closed_before_send_checked"],
                   getattr(run, "dp_stats", {}).get("tcp_closed_idle", 0), s["harness_max_stall_ms"]))
+    if ENC:
+        ds = getattr(run, "dp_stats", {})
+        summary += (" enc_clients=%d dot_queries=%d dot_answered=%d doh_queries=%d doh_answered=%d doh_reset_by_us=%d doh_reset_by_daemon=%d doh_refused_by_daemon=%d doh_bad_answered=%d doh_rapid_reset(goaway/closed/open)=%d/%d/%d "
+                    "enc_handshakes=%d enc_resumed=%d enc_halfopen=%d(closed at the handshake or idle timeout %d, early %d) cert_rewrites=%d certs_seen=%d "
+                    "dp_tls_handshake_timeouts=%d dp_h2_resets=%d dp_h2_goaway=%d dp_https_errors=%d "
+                    "dp_https_slow_closed=%d"
+                    % (sum(v for k, v in s.items() if k in ("enc_" + x for x in ENC.RUNNERS)),
+                       s["dot_sent"], s["dot_answered"], s["doh_sent"], s["doh_answered"], s["doh_reset_by_us"],
+                       s["doh_reset_by_daemon"], s["doh_refused_by_daemon"], s["doh_bad_answered"],
+                       s["doh_rapid_reset_goaway"], s["doh_rapid_reset_closed"], s["doh_rapid_reset_open"],
+                       s["enc_handshakes"], s["enc_resumed"], s["enc_halfopen"],
+                       s["enc_halfopen_closed_in_time"], s["enc_halfopen_closed_early"], s["cert_rewrites"],
+                       len(run.enc_certs_seen), ds.get("tls_handshake_timeouts", 0), ds.get("h2_resets", 0),
+                       ds.get("h2_goaway", 0), ds.get("https_errors", 0), ds.get("https_slow_closed", 0)))
     if run.fail_counts:
         print("chaos: FAIL %s %s" % (dict(run.fail_counts), summary), flush=True)
         print("chaos: logs in %s; replay: %s" % (run.dir, replay), flush=True)

@@ -19,6 +19,7 @@
  * with short sends, a handshake that times out.
  */
 #include "../../core/tlsconn.c"
+#include "../../core/doh.c"
 #include "../../core/tlssrv.c"
 #include "../../core/tls.c"
 
@@ -91,9 +92,9 @@ static void t_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t 
 	CHECK(dp_tlsconn_is(&W.tls, idx));
 	dp_tlsconn_send(&W.tls, idx, gen, buf, len);
 }
-static void t_shutdown(void *ctx, int fd, bool cancel)
+static void t_shutdown(void *ctx, uint32_t idx, int fd, bool cancel)
 {
-	uint32_t idx = W.fd_idx[fd - 100];
+	CHECK(idx == W.fd_idx[fd - 100]);
 	W.shut[idx] = true;
 	spoil_slot(idx); /* closed by the server (evicted, timed out, ...) */
 	if (cancel)
@@ -211,7 +212,7 @@ static void connect_client(client_t *c, uint8_t arg)
 		return;
 	W.fd_idx[fd] = (uint32_t)idx;
 	uint32_t gen = W.t.c[idx].gen;
-	CHECK(dp_tlsconn_open(&W.tls, (uint32_t)idx, gen, W.srv, W.now) == 0);
+	CHECK(dp_tlsconn_open(&W.tls, (uint32_t)idx, gen, W.srv, W.now, false) == 0);
 	memset(c, 0, sizeof(*c));
 	c->on = true;
 	c->idx = (uint32_t)idx;

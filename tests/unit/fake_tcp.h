@@ -103,7 +103,7 @@ static void fake_io_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const ui
 	d->send_len = len;
 }
 
-static void fake_io_shutdown(void *ctx, int fd, bool cancel)
+static void fake_io_shutdown(void *ctx, uint32_t idx, int fd, bool cancel)
 {
 	fake_fd_t *d = fake_at(ctx, fd);
 	FAKE_CHECK(d->open, "shutdown of a closed fd");

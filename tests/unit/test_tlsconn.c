@@ -9,6 +9,7 @@
  * are recorded per slot and completed by the test, which feeds them to the
  * client. */
 #include "../../core/tlsconn.c"
+#include "../../core/doh.c"
 #include "../../core/tlssrv.c"
 #include "../../core/tls.c"
 
@@ -58,7 +59,7 @@ static void t_send(void *ctx, uint32_t idx, uint32_t gen, int fd, const uint8_t 
 	assert_true(dp_tlsconn_is(&F->tls, idx));
 	dp_tlsconn_send(&F->tls, idx, gen, buf, len);
 }
-static void t_shutdown(void *ctx, int fd, bool cancel) {}
+static void t_shutdown(void *ctx, uint32_t idx, int fd, bool cancel) {}
 static long t_read_now(void *ctx, uint32_t idx, int fd, uint8_t *buf, size_t cap)
 {
 	return -EAGAIN;
@@ -181,7 +182,7 @@ static void client_open(client_t *c, const char *alpn)
 	int idx = dp_tcpconn_accept(&F->t, c->fd, 0x80); /* DP_LI_TLS | 0 */
 	assert_true(idx >= 0);
 	c->idx = (uint32_t)idx;
-	assert_int_equal(dp_tlsconn_open(&F->tls, c->idx, F->t.c[idx].gen, F->srv, F->now), 0);
+	assert_int_equal(dp_tlsconn_open(&F->tls, c->idx, F->t.c[idx].gen, F->srv, F->now, false), 0);
 }
 
 static void client_close(client_t *c)
@@ -519,7 +520,7 @@ static void tls_budget_refusal_closes(void **state)
 	F->t.buf_max = DP_TLSCONN_HS_COST - 1;
 	int idx = dp_tcpconn_accept(&F->t, 99, 0x80);
 	assert_true(idx >= 0);
-	assert_int_equal(dp_tlsconn_open(&F->tls, (uint32_t)idx, F->t.c[idx].gen, F->srv, F->now),
+	assert_int_equal(dp_tlsconn_open(&F->tls, (uint32_t)idx, F->t.c[idx].gen, F->srv, F->now, false),
 			 DP_E_TLS);
 	assert_int_equal(F->t.buf_bytes, 0);
 	dp_tcpconn_close(&F->t, (uint32_t)idx);
