@@ -442,8 +442,9 @@ def apt_installs(stage):
 
 
 BUILD_PACKAGES = {"build-essential", "cmake", "ninja-build", "pkg-config", "liburing-dev",
-                  "android-libboringssl-dev"}
-RUNTIME_PACKAGES = {"liburing2", "android-libboringssl", "libbpf1", "libelf1", "ca-certificates"}
+                  "android-libboringssl-dev", "libnghttp2-dev"}
+RUNTIME_PACKAGES = {"liburing2", "android-libboringssl", "libnghttp2-14", "libbpf1", "libelf1",
+                    "ca-certificates"}
 # In debian:12-slim already (Essential or required by apt; dpkg pre-depends
 # on zlib1g).
 SLIM_BASE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
