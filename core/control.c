@@ -132,6 +132,46 @@ static void serve(dp_control_t *ctl, http_client_t *c, const dp_http_req_t *r, c
 	}
 }
 
+/* True when every shard still running has taken config generation gen. */
+static bool shards_past(const dp_control_t *ctl, uint32_t gen)
+{
+	for (int i = 0; i < ctl->nshards; i++)
+		if ((int32_t)(__atomic_load_n(&ctl->shards[i].cfg_gen, __ATOMIC_ACQUIRE) - gen) < 0 &&
+		    !__atomic_load_n(&ctl->shards[i].exited, __ATOMIC_ACQUIRE))
+			return false;
+	return true;
+}
+
+/* Free the replaced configs no shard can read any more. */
+static void free_retired(dp_control_t *ctl)
+{
+	int k = 0;
+	for (int i = 0; i < ctl->nretired; i++) {
+		if (shards_past(ctl, ctl->retired_gen[i])) {
+			free(ctl->retired[i]);
+			continue;
+		}
+		ctl->retired[k] = ctl->retired[i];
+		ctl->retired_gen[k++] = ctl->retired_gen[i];
+	}
+	ctl->nretired = k;
+}
+
+/* The config reload gen replaced: freed now if every shard has taken gen,
+ * else once they have (free_retired, every control loop turn). */
+static void retire(dp_control_t *ctl, dp_config_t *old, uint32_t gen)
+{
+	if (shards_past(ctl, gen)) {
+		free(old);
+	} else if (ctl->nretired < DP_CONTROL_RETIRED) {
+		ctl->retired[ctl->nretired] = old;
+		ctl->retired_gen[ctl->nretired++] = gen;
+	} else {
+		dp_warn("reload: shards have not taken several new configs; an old one is kept in "
+			"memory", NULL);
+	}
+}
+
 static void reload(dp_control_t *ctl)
 {
 	char err[512] = "";
@@ -188,22 +228,11 @@ static void reload(dp_control_t *ctl)
 		dp_shard_reload(&ctl->shards[i], nc, ctxs[i], srv, gen);
 	}
 	SSL_CTX_free(srv);
-	/* Free the old config once every shard has moved to the new one. */
-	bool all = false;
-	for (int t = 0; t < 500 && !all; t++) {
-		all = true;
-		for (int i = 0; i < ctl->nshards; i++)
-			if (__atomic_load_n(&ctl->shards[i].cfg_gen, __ATOMIC_ACQUIRE) != gen &&
-			    !__atomic_load_n(&ctl->shards[i].exited, __ATOMIC_ACQUIRE))
-				all = false;
-		if (!all)
-			usleep(2000);
-	}
-	if (all)
-		free(ctl->cfg);
-	else
-		dp_warn("reload: a shard has not taken the new config yet; the old one is kept in memory",
-			NULL);
+	/* The old config goes once every shard has moved to the new one: at
+	 * once if they all do within a second (the usual case), else later. */
+	for (int t = 0; t < 500 && !shards_past(ctl, gen); t++)
+		usleep(2000);
+	retire(ctl, ctl->cfg, gen);
 	ctl->cfg = nc;
 	dp_info("reloaded", "file=\"%s\" upstreams=%d zones=%d", nc->config_file, nc->nupstream,
 		nc->nzones);
@@ -360,6 +389,7 @@ int dp_control_run(dp_control_t *ctl)
 		}
 		int pr = poll(pfd, n, 100);
 		uint64_t now = dp_now_ms();
+		free_retired(ctl);
 		if (draining) {
 			bool all = true;
 			for (int i = 0; i < ctl->nshards; i++)
@@ -390,6 +420,7 @@ int dp_control_run(dp_control_t *ctl)
 		close_client(&clients[i]);
 	if (ctl->metrics_fd >= 0)
 		close(ctl->metrics_fd);
+	free_retired(ctl); /* all of them, once every shard has exited */
 	free(body);
 	close(sfd);
 	return 0;

@@ -7,6 +7,8 @@
 
 #include <signal.h>
 
+#define DP_CONTROL_RETIRED 16 /* replaced configs waiting for a slow shard */
+
 typedef struct dp_control {
 	dp_shard_t *shards;
 	int nshards;
@@ -15,6 +17,12 @@ typedef struct dp_control {
 	char **argv; /* to re-read the command line over the file on reload */
 	int metrics_fd; /* listening socket or -1 */
 	uint32_t gen;
+	/* Configs a reload replaced while a shard had not taken the new one
+	 * yet (it may still read the old): freed once every shard has moved
+	 * past retired_gen, or every shard has exited. */
+	dp_config_t *retired[DP_CONTROL_RETIRED];
+	uint32_t retired_gen[DP_CONTROL_RETIRED];
+	int nretired;
 } dp_control_t;
 
 /* Bind the metrics listener (before privileges are dropped). Returns 0 or
