@@ -49,6 +49,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ in bench/
 import compare  # noqa: E402
+import encload  # noqa: E402
 
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
@@ -74,7 +75,16 @@ THROUGHPUT = {"udp-miss": ("udp", "miss"), "udp-hit": ("udp", "hit"), "tcp-miss"
 # the mixed scenario: unique names over UDP, a share of them under CLUSTER_ZONE,
 # which every system forwards over plain TCP to a second responder
 MIXED = {"mixed": ("udp", "mixed")}
-SCENARIOS = tuple(THROUGHPUT) + ("latency", "zipf") + tuple(MIXED)
+# encrypted clients (issue 16): clients speak DoT (dnsperf -m dot) or DoH
+# over HTTP/2 (h2load) to the system under test; scenario -> (client
+# protocol, name set). Each also measures latency at one fixed load, and
+# after them run.py measures new TLS handshakes per CPU-second
+ENCRYPTED = {"dot-in-miss": ("dot", "miss"), "dot-in-hit": ("dot", "hit"),
+             "doh-in-miss": ("doh", "miss"), "doh-in-hit": ("doh", "hit")}
+# peers with DoT and DoH listeners (stubby has no server side for either)
+ENC_SERVERS = ("dnsdist", "unbound", "kresd")
+FNAME = "dns.bench"  # the frontends' certificate name (the load generators do not check it)
+SCENARIOS = tuple(THROUGHPUT) + ("latency", "zipf") + tuple(MIXED) + tuple(ENCRYPTED)
 DEFAULT_SCENARIOS = tuple(THROUGHPUT) + ("latency",)
 CLUSTER_ZONE = "cluster.local"
 CLUSTER_SUFFIX = "default.svc." + CLUSTER_ZONE  # the mixed scenario's cluster names end so
@@ -111,13 +121,16 @@ VERSION_CMDS = {"dnsperf": (["dnsperf", "-h"], r"Version (\S+)"),
 RUN_KEYS = ("qps", "sent", "completed", "lost", "lost_pct", "errors", "lat_avg_ms", "lat_p50_ms",
             "lat_p90_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms", "cpu_s", "cpu_us_per_query",
             "upstream_cpu_us_per_query", "cpu_ratio", "upstream_queries_per_query",
-            "rss_peak_kb", "loadgen_cpu_s", "other_cpu_s", "other_cpus", "run_time_s",
+            "rss_peak_kb", "loadgen_cpu_s", "loadgen_cpus", "other_cpu_s", "other_cpus", "run_time_s",
             "machine_cpu_us_per_query",
             # zipf only
             "hit_ratio", "hit_ratio_raw", "ideal_hit_ratio", "upstream_per_distinct",
             "upstream_per_ideal", "prefetches", "hedges", "misses",
             # mixed only: upstream queries at each responder, the plain one's share
-            "dot_queries", "plain_queries", "plain_share")
+            "dot_queries", "plain_queries", "plain_share",
+            # handshake measurement only
+            "handshakes", "handshakes_failed", "handshake_rate", "cpu_us_per_handshake",
+            "handshakes_per_cpu_s")
 
 T0 = time.monotonic()
 
@@ -365,6 +378,22 @@ class Bench:
         self.ca = os.path.join(self.cadir, "ca.pem")
         self.cert = os.path.join(self.cadir, "server.pem")
         self.key = os.path.join(self.cadir, "server.key")
+        if any(sc in ENCRYPTED for sc in self.args.scenarios):
+            self.make_frontend_cert()
+
+    def make_frontend_cert(self):
+        """The certificate every system under test serves its DoT and DoH
+        clients: FNAME and 127.0.0.1, from a throwaway CA of its own
+        (mkcert.sh makes a CA per directory; the load generators check
+        nothing, run.py's readiness probe checks it against fca)."""
+        d = os.path.join(self.tmp, "front")
+        r = subprocess.run(["sh", os.path.join(ROOT, "tools", "mkcert.sh"), d, FNAME, "127.0.0.1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise BenchError("tools/mkcert.sh failed: %s" % r.stdout.decode(errors="replace"))
+        self.fca, self.fcert, self.fkey = (os.path.join(d, f) for f in ("ca.pem", "server.pem", "server.key"))
+        # systems that drop privileges (dotproxy to nobody, kresd) re-read it
+        os.chmod(self.fkey, 0o644)
 
     def start_upstream(self):
         a = self.args
@@ -514,12 +543,71 @@ class Bench:
         r["dnsperf_args"] = argv[1:]
         return r
 
+    def h2load(self, port, datafile, duration, qps=None, unique=False):
+        """DoH clients: --doh-clients h2load processes (one HTTP/2
+        connection each, --doh-streams streams, GET ?dns=) sharing the names
+        of DATAFILE, for DURATION seconds, paced to QPS in all when given.
+        Returns a function for measure(load=) that runs them (the URI files
+        are written now, outside the measured window) and returns the run in
+        parse_dnsperf's shape: sent = requests started,
+        completed = answered with a 2xx, errors = answered with another HTTP
+        status (h2load cannot see DNS rcodes), lost = streams that failed or
+        timed out; in_flight_at_end = started and still unanswered when the
+        time was up (h2load stops without waiting: not lost). UNIQUE: the
+        names are meant to be asked once each."""
+        a = self.args
+        files, per_file = encload.write_uri_files(datafile, port, a.doh_clients, self.tmp, "doh")
+        return lambda: self._h2load_run(files, per_file, duration, qps, unique)
+
+    def _h2load_run(self, files, per_file, duration, qps, unique):
+        a = self.args
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            t, lat, argv = encload.run_h2load(files, duration, a.doh_streams, self.tmp, rps=qps)
+        except RuntimeError as e:
+            raise BenchError(str(e))
+        finally:
+            for f in files:
+                os.unlink(f)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lat.sort()
+        n = len(lat)
+        errors = t["status"]["3xx"] + t["status"]["4xx"] + t["status"]["5xx"]
+        # status codes also count streams cut off after their headers: the
+        # answered ones are those that succeeded, less other statuses
+        done = t["succeeded"] - errors
+
+        def pct(q):
+            v = encload.percentile(lat, q)
+            return v * 1000.0 if v is not None else None
+
+        # QPS while all processes were sending (they start one by one):
+        # answers in that span over its length; CPU and upstream queries per
+        # query are over every answer of the run, as for dnsperf
+        r = {"sent": t["started"], "completed": done, "lost": t["failed"],
+             "in_flight_at_end": t["started"] - t["done"], "run_time_s": t["seconds"], "qps": t["window_qps"],
+             "qps_all": done / t["seconds"] if t["seconds"] else None,
+             "common_window_s": t["window_s"], "start_skew_s": t["start_skew_s"],
+             "timeouts": t["timeout"], "rcodes": {"HTTP " + k: v for k, v in t["status"].items() if v},
+             "errors": errors, "h2load_errored": t["errored"],
+             # a client that asked more names than its file holds asked some twice
+             "ended_by": "names wrapped" if unique and t["max_per_process"] > per_file else "time limit",
+             "lat_samples": n, "lat_avg_ms": sum(lat) / n * 1000.0 if n else None,
+             "lat_p50_ms": pct(50), "lat_p90_ms": pct(90), "lat_p99_ms": pct(99), "lat_p999_ms": pct(99.9),
+             "lat_max_ms": lat[-1] * 1000.0 if n else None,
+             "loadgen_cpu_s": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3),
+             "h2load_args": argv[1:], "h2load_processes": len(files)}
+        r["lost_pct"] = 100.0 * r["lost"] / r["sent"] if r["sent"] else 0.0
+        return r
+
     def measure(self, pids, port, mode, datafile, duration, loops=None, qps=None,
-                forwarded=False, check=None, clients=None):
+                forwarded=False, check=None, clients=None, load=None):
         """One dnsperf run against PIDS (the system's processes) with CPU
         time, peak RSS and the upstream's share recorded around it. When
         FORWARDED, every answered query also cost one upstream query and
-        cpu_ratio (system CPU per query / upstream CPU per query) is set."""
+        cpu_ratio (system CPU per query / upstream CPU per query) is set.
+        LOAD, when given, runs instead of dnsperf and returns a run in
+        dnsperf's shape (h2load for DoH clients)."""
         for pid in pids:
             reset_peak_rss(pid)
         upids = [p for p in self.upstream_pids() if p not in pids]
@@ -529,7 +617,7 @@ class Bench:
         w0 = time.monotonic()
         c0 = sum(cpu_seconds(p) for p in pids)
         u0 = sum(cpu_seconds(p) for p in upids)
-        r = self.dnsperf(port, mode, datafile, duration, loops, qps, clients)
+        r = load() if load else self.dnsperf(port, mode, datafile, duration, loops, qps, clients)
         c1 = sum(cpu_seconds(p) for p in pids)
         u1 = sum(cpu_seconds(p) for p in upids)
         r["udp_rcvbuf_errors"] = udp_rcvbuf_errors() - e0
@@ -541,6 +629,7 @@ class Bench:
         r["other_cpu_s"] = round(m1[0] - m0[0] - (c1 - c0) - (u1 - u0) - r["loadgen_cpu_s"], 2)
         r["irq_cpu_s"] = round(m1[1] - m0[1], 2)
         r["other_cpus"] = round(r["other_cpu_s"] / r["window_s"], 2)
+        r["loadgen_cpus"] = round(r["loadgen_cpu_s"] / r["window_s"], 2)
         uq1, pq1 = self.upstream_queries(), self.plain_queries()
         if check:
             check()
@@ -687,10 +776,11 @@ def med(summary, key):
 
 # ---- systems under test ------------------------------------------------------
 
-def start_system(b, name, port, workdir, procs):
+def start_system(b, name, port, workdir, procs, enc=None):
     """Start system NAME listening on 127.0.0.1:PORT and forwarding to the
     bench upstream; appends its Daemons to PROCS and returns a description
-    of its configuration."""
+    of its configuration. ENC ({"dot": PORT, "doh": PORT} or None) adds
+    encrypted listeners with the bench's frontend certificate."""
     a = b.args
     log = os.path.join(b.logs, "%s.log" % name)
     vals = dict(PORT=port, UPORT=b.uport, UNAME=UNAME, CA=b.ca, DIR=workdir, THREADS=a.threads, ZONE=ZONE,
@@ -702,16 +792,24 @@ def start_system(b, name, port, workdir, procs):
     # over plain TCP: peers/SYSTEM-cluster.in goes where the template says
     routed = b.pport is not None and name in ZONE_ROUTING
     vals["CLUSTER_CONF"] = render_text("%s-cluster.in" % name, **vals) if routed else ""
+    # encrypted-client scenarios: peers/SYSTEM-enc.in adds the DoT and DoH listeners
+    if enc:
+        vals.update(TLSPORT=enc.get("dot"), HTTPSPORT=enc.get("doh"), FCERT=b.fcert, FKEY=b.fkey)
+    vals["ENC_CONF"] = render_text("%s-enc.in" % name, **vals) if enc and name in ENC_SERVERS else ""
     if is_dotproxy(name):
         var = VARIANTS.get(name, {})
         threads = var.get("threads", a.threads)
-        binary = getattr(a, var["binary"]) if "binary" in var else a.dotproxy
+        binary = dotproxy_binary(a, name)
         argv = [binary, "--listen", "127.0.0.1:%d" % port,
                 "--upstream", "127.0.0.1:%d#%s" % (b.uport, UNAME), "--ca-file", b.ca,
                 "--threads", str(threads), "--timeout", "2s", "--cache-size", str(a.cache_mb),
                 "--log-level", "info"] + var.get("args", [])
         if b.pport is not None:
             argv += ["--forward", "%s=tcp://127.0.0.1:%d" % (CLUSTER_ZONE, b.pport)]
+        if enc:
+            argv += ["--cert", b.fcert, "--key", b.fkey]
+            argv += ["--listen-tls", "127.0.0.1:%d" % enc["dot"]] if "dot" in enc else []
+            argv += ["--listen-https", "127.0.0.1:%d" % enc["doh"]] if "doh" in enc else []
         procs.append(Daemon(name, argv, log))
         return {"argv": argv[1:], "threads": threads, "udp_rcvbuf": "its own (SO_RCVBUFFORCE 8 MB)"}
     if name == "dnsdist":
@@ -741,6 +839,61 @@ def start_system(b, name, port, workdir, procs):
     return {"config": "bench/peers/" + os.path.basename(conf) + ".in", "processes": len(procs),
             "threads": 1 if name == "stubby" else a.threads,
             "udp_rcvbuf": RCVBUF_HOW[name]}
+
+
+def dotproxy_binary(a, name):
+    """The binary dotproxy or its variant NAME runs."""
+    var = VARIANTS.get(name, {})
+    return getattr(a, var["binary"]) if "binary" in var else a.dotproxy
+
+
+def enc_support(a, name):
+    """The encrypted client protocols ("dot", "doh") system NAME serves here,
+    and why it serves no others: a dotproxy build tells by its --help (the
+    DoH listener came after the DoT one), stubby serves neither."""
+    if is_dotproxy(name):
+        usage = cmd_output([dotproxy_binary(a, name), "--help"])
+        have = {p for p, flag in (("dot", "--listen-tls"), ("doh", "--listen-https")) if flag in usage}
+        return have, "this dotproxy build has no %s" % " or ".join(
+            f for p, f in (("dot", "--listen-tls"), ("doh", "--listen-https")) if p not in have)
+    if name in ENC_SERVERS:
+        return {"dot", "doh"}, ""
+    return set(), "%s has no DoT or DoH listener (a client-side stub only)" % name
+
+
+def doh_probe(port, qname):
+    """One DoH GET for QNAME through h2load; True when it got a 2xx."""
+    uri = "https://127.0.0.1:%d%s" % (port, encload.doh_path(qname))
+    r = encload.parse_h2load(cmd_output(["h2load", "-c", "1", "-n", "1", uri]))
+    return bool(r and r["status"]["2xx"] == 1), r
+
+
+def wait_enc_ready(b, procs, enc, deadline_s=20):
+    """Ready when the DoT listener answers a query whose certificate
+    verifies as FNAME against the frontend CA, and the DoH listener answers
+    an h2load GET with a 2xx."""
+    deadline = time.monotonic() + deadline_s
+    ctx = ssl.create_default_context(cafile=b.fca)
+    for proto, port in sorted(enc.items()):
+        while True:
+            for d in procs:
+                if not d.alive():
+                    raise BenchError("%s exited with status %s:\n%s" % (d.name, d.p.returncode, d.tail()))
+            try:
+                if proto == "dot":
+                    r = dns.query.tls(dns.message.make_query(random_name(), "A"), "127.0.0.1", port=port,
+                                      ssl_context=ctx, server_hostname=FNAME, timeout=2)
+                    ok, err = r.rcode() == 0 and bool(r.answer), "rcode %s" % dns.rcode.to_text(r.rcode())
+                else:
+                    ok, err = doh_probe(port, random_name())
+            except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+                ok, err = False, e
+            if ok:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError("no %s answer on 127.0.0.1:%d within %ds (%s):\n%s" % (
+                    proto, port, deadline_s, err, "\n".join(d.tail() for d in procs)))
+            time.sleep(0.2)
 
 
 def wait_ready(procs, port, deadline_s=20, probes=20):
@@ -834,14 +987,31 @@ def run_system(b, name, ceiling_qps):
         say("%s mixed: skipped (%s)" % (name, why))
         if not scenarios:
             return dict(res, status="skipped", reason=why)
+    protos = {ENCRYPTED[sc][0] for sc in scenarios if sc in ENCRYPTED}
+    if protos:
+        have, why = enc_support(a, name)
+        for sc in [sc for sc in scenarios if sc in ENCRYPTED and ENCRYPTED[sc][0] not in have]:
+            scenarios.remove(sc)
+            res.setdefault("skipped_scenarios", {})[sc] = why
+            say("%s %s: skipped (%s)" % (name, sc, why))
+        if not scenarios:
+            return dict(res, status="skipped", reason=why)
+        protos &= have
+    # the encrypted listeners' ports ({} without encrypted scenarios): both
+    # listeners whenever one is used, so the configuration is the same
+    # whichever scenarios run (the peers' -enc.in fragments have both)
+    enc = {p: free_port() for p in sorted(have)} if protos else {}
     workdir = os.path.join(b.tmp, name)
     os.makedirs(workdir)
     port = free_port()
     procs = []
     try:
         with RmemDefault(UDP_RCVBUF if name in ("kresd", "stubby") else None):
-            res.update(start_system(b, name, port, workdir, procs))
+            res.update(start_system(b, name, port, workdir, procs, enc))
             wait_ready(procs, port)
+            if enc:
+                wait_enc_ready(b, procs, enc)
+                res["enc_ports"] = enc
         pids = [d.pid for d in procs]
         res["rss_ready_kb"] = sum(rss_kb(p) for p in pids)
         say("%s ready on 127.0.0.1:%d (%d process%s)" % (name, port, len(procs), "es" if len(procs) > 1 else ""))
@@ -859,6 +1029,8 @@ def run_system(b, name, ceiling_qps):
             if scen == "zipf":
                 res["scenarios"]["zipf"] = run_zipf(b, name, pids, port, check,
                                                     procs[0] if is_dotproxy(name) else None)
+            elif scen in ENCRYPTED:
+                res["scenarios"][scen] = run_encrypted(b, name, pids, enc, scen, hit_prefix, ceiling_qps, check)
             elif scen == "latency":
                 udp = res["scenarios"].get("udp-miss", {}).get("summary", {})
                 res["scenarios"]["latency"] = run_latency(b, name, pids, port, med(udp, "qps"), check)
@@ -866,6 +1038,17 @@ def run_system(b, name, ceiling_qps):
                 res["scenarios"][scen] = run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check)
             if is_dotproxy(name):
                 res["scenarios"][scen]["dotproxy_stats"] = dotproxy_stats(procs[0])
+        # new TLS handshakes per CPU-second, once per encrypted protocol; a
+        # failure here (a peer that does not answer one request per new
+        # connection) loses this figure only, not the system's other results
+        for proto in sorted(protos):
+            try:
+                hs = run_handshakes(b, name, pids, proto, enc[proto], hit_prefix, check,
+                                    procs[0] if is_dotproxy(name) else None)
+            except BenchError as e:
+                hs = {"transport": proto, "status": "failed", "reason": str(e)}
+                say("%s %s handshakes FAILED: %s" % (name, proto, e))
+            res.setdefault("handshakes", {})[proto] = hs
         res["rss_end_kb"] = sum(rss_kb(p) for p in pids)
     except BenchError as e:
         res["status"] = "failed"
@@ -879,25 +1062,37 @@ def run_system(b, name, ceiling_qps):
 def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mode=None):
     """Warm-up, then --reps measured runs of one throughput scenario."""
     a = b.args
-    known = dict(THROUGHPUT, **MIXED)
+    known = dict(THROUGHPUT, **MIXED, **ENCRYPTED)
     mode = mode or known[scen][0]
     kind = known[scen][1] if scen in known else "miss"
     forwarded = kind in ("miss", "mixed") and scen != "ceiling"
     cluster_pct = a.mixed_cluster_pct if kind == "mixed" else 0
 
+    # each h2load process asks its own share of the names, and some go
+    # faster than others: half as many again, so that few run out (more
+    # names make every h2load slower to start)
+    spread = 1.5 if mode == "doh" else 1
+
     def datafile(tag, duration, est):
         if kind == "hit":
             return b.names("hit", HIT_NAMES, prefix=hit_prefix), None
-        return b.names(tag, max(est * 2, 50000) * duration, cluster_pct=cluster_pct), 1
+        return b.names(tag, int(max(est * 2, 50000) * duration * spread), cluster_pct=cluster_pct), 1
 
-    f, loops = datafile("w", a.warmup, a.max_qps_guess)
-    w = b.measure(pids, port, mode, f, a.warmup, loops, forwarded=forwarded, check=check)
+    def run(f, duration, loops):
+        # DoH clients are h2load processes, every other mode is dnsperf's
+        load = b.h2load(port, f, duration, unique=loops == 1) if mode == "doh" else None
+        return b.measure(pids, port, mode, f, duration, loops, forwarded=forwarded, check=check, load=load)
+
+    # h2load holds every URI of its file in memory: guess low, the measured
+    # runs are sized from the warm-up anyway
+    f, loops = datafile("w", a.warmup, min(a.max_qps_guess, 50000) if mode == "doh" else a.max_qps_guess)
+    w = run(f, a.warmup, loops)
     say("%s %s warm-up: %s" % (name, scen, brief(w)))
     est = max(w["qps"] or 0, 1000)
     runs = []
     for i in range(a.reps):
         f, loops = datafile("r", a.duration, est)
-        r = b.measure(pids, port, mode, f, a.duration, loops, forwarded=forwarded, check=check)
+        r = run(f, a.duration, loops)
         runs.append(r)
         est = max(est, r["qps"] or 0)
         say("%s %s %d/%d: %s" % (name, scen, i + 1, a.reps, brief(r)))
@@ -906,6 +1101,99 @@ def run_throughput(b, name, pids, port, scen, hit_prefix, ceiling_qps, check, mo
         q = med(res["summary"], "qps")
         res["summary"]["qps_ratio"] = {"median": q / ceiling_qps} if q else None
     return res
+
+
+def run_encrypted(b, name, pids, enc, scen, hit_prefix, ceiling_qps, check):
+    """An encrypted-client scenario: the throughput runs (dnsperf -m dot,
+    or h2load for DoH) on the system's DoT or DoH port, then the latency at
+    --enc-rate offered queries per second."""
+    proto, kind = ENCRYPTED[scen]
+    res = run_throughput(b, name, pids, enc[proto], scen, hit_prefix, ceiling_qps, check, mode=proto)
+    res["fixed_load"] = run_fixed_load(b, name, pids, enc[proto], scen, hit_prefix,
+                                       med(res["summary"], "qps"), check)
+    return res
+
+
+def run_fixed_load(b, name, pids, port, scen, hit_prefix, max_qps, check):
+    """--reps runs of --latency-duration s at --enc-rate queries per second
+    over the scenario's protocol and names (dnsperf -Q; h2load --rps split
+    over its processes); skipped above 1.1 x the scenario's throughput."""
+    a = b.args
+    proto, kind = ENCRYPTED[scen]
+    rate = a.enc_rate
+    if max_qps and rate > 1.1 * max_qps:
+        say("%s %s @%d qps: skipped (above its %.0f qps throughput)" % (name, scen, rate, max_qps))
+        return {"rate": rate, "skipped": "above %s's %s throughput (%.0f qps)" % (name, scen, max_qps)}
+    runs = []
+    for i in range(a.reps):
+        if kind == "hit":
+            f, loops = b.names("hit", HIT_NAMES, prefix=hit_prefix), None
+        else:
+            f, loops = b.names("l", rate * a.latency_duration * 1.1 + 1000), 1
+        load = b.h2load(port, f, a.latency_duration, qps=rate, unique=loops == 1) if proto == "doh" else None
+        r = b.measure(pids, port, proto, f, a.latency_duration, loops, qps=rate, forwarded=kind == "miss",
+                      check=check, load=load)
+        r["target_qps"] = rate
+        runs.append(r)
+        say("%s %s @%d qps %d/%d: %s" % (name, scen, rate, i + 1, a.reps, brief(r)))
+    return {"rate": rate, "runs": runs, "summary": summarize(runs)}
+
+
+def run_handshakes(b, name, pids, proto, port, hit_prefix, check, dp=None):
+    """New TLS handshakes per CPU-second of the system: --reps runs of
+    --handshake-seconds in which clients open --handshake-rate new
+    connections per second, each a full TLS 1.3 handshake (no resumption)
+    and one query for a cached name, then close. DoT: encload's Python ssl
+    client in --handshake-workers processes; DoH: h2load -c N -n N -m 1 -r.
+    handshakes_per_cpu_s = answered connections / the system's CPU seconds
+    in the run: the handshakes one core would do per second at this cost."""
+    a = b.args
+    qname = "%s0.%s" % (hit_prefix, ZONE)  # the hit set's first name: cached once asked
+    uri = os.path.join(b.tmp, "uri-handshake.txt")
+    with open(uri, "w") as f:
+        f.write("https://127.0.0.1:%d%s\n" % (port, encload.doh_path(qname)))
+    rate, secs = a.handshake_rate, a.handshake_seconds
+
+    def load():
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            if proto == "dot":
+                h = encload.dot_connections(port, qname, rate, secs, a.handshake_workers)
+                r = {"completed": h["answered"], "lost": h["failed"], "run_time_s": round(h["seconds"], 3),
+                     "client": "python asyncio ssl, %d processes" % a.handshake_workers}
+                lat = h["latencies"]
+                r.update(lat_p50_ms=(encload.percentile(lat, 50) or 0) * 1000 if lat else None,
+                         lat_p99_ms=(encload.percentile(lat, 99) or 0) * 1000 if lat else None)
+            else:
+                h = encload.h2load_connections(uri, rate, secs, b.tmp)
+                ok = h["succeeded"] - h["status"]["3xx"] - h["status"]["4xx"] - h["status"]["5xx"]
+                r = {"completed": ok, "lost": h["started"] - ok,
+                     "run_time_s": h["seconds"], "client": "h2load", "h2load_args": h["argv"]}
+        except RuntimeError as e:
+            raise BenchError(str(e))
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r["loadgen_cpu_s"] = round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 3)
+        r["sent"] = int(rate * secs)
+        r["qps"] = r["completed"] / r["run_time_s"] if r["run_time_s"] else None
+        r["lost_pct"] = 100.0 * r["lost"] / r["sent"] if r["sent"] else 0.0
+        return r
+
+    runs = []
+    for i in range(a.reps):
+        before = dotproxy_stats(dp) if dp else None
+        r = b.measure(pids, port, proto, None, secs, check=check, load=load)
+        n = r["completed"]
+        r.update(handshakes=n, handshakes_failed=r["lost"], handshake_rate=r["qps"], offered_rate=rate,
+                 cpu_us_per_handshake=r["cpu_s"] / n * 1e6 if n else None,
+                 handshakes_per_cpu_s=n / r["cpu_s"] if n and r["cpu_s"] else None)
+        if before:
+            after = dotproxy_stats(dp)
+            r["dotproxy_delta"] = {k: after[k] - before.get(k, 0) for k in after if k.startswith("tls")}
+        runs.append(r)
+        say("%s %s handshakes %d/%d: %d of %d answered at %.0f/s, %s us CPU each, %s per CPU-second" % (
+            name, proto, i + 1, a.reps, n, r["sent"], r["qps"] or 0, fmt(r["cpu_us_per_handshake"], "%.0f"),
+            fmt(r["handshakes_per_cpu_s"], "%.0f")))
+    return {"transport": proto, "offered_rate": rate, "seconds": secs, "runs": runs, "summary": summarize(runs)}
 
 
 def run_zipf(b, name, pids, port, check, dp=None):
@@ -980,6 +1268,8 @@ def brief(r):
         s += ", %d non-NOERROR %s" % (r["errors"], r["rcodes"])
     if r.get("ended_by") == "end of file":
         s += " (names ran out)"
+    if r.get("ended_by") == "names wrapped":
+        s += " (names wrapped: some asked twice)"
     if r.get("plain_share") is not None:
         s += ", %.1f%% of upstream queries over plain TCP" % (100 * r["plain_share"])
     return s
@@ -1076,6 +1366,15 @@ def metrics(results):
             for k in ("cpu_us_per_query", "cpu_ratio", "lat_p50_ms", "lat_p99_ms", "lost_pct", "rss_peak_kb"):
                 put(key, s, k, "lower")
             put(key, s, "qps_ratio", "higher")
+            pt = sc.get("fixed_load", {})
+            if "summary" in pt:
+                for k in ("lat_p50_ms", "lat_p99_ms", "cpu_us_per_query"):
+                    put("%s@%d" % (key, pt["rate"]), pt["summary"], k, "lower")
+        for proto, hs in sres.get("handshakes", {}).items():
+            if "summary" not in hs:
+                continue  # failed: no figure
+            put("%s.%s-in" % (sysname, proto), hs["summary"], "handshakes_per_cpu_s", "higher")
+            put("%s.%s-in" % (sysname, proto), hs["summary"], "cpu_us_per_handshake", "lower")
     return out
 
 
@@ -1093,7 +1392,7 @@ def print_table(results, out=sys.stdout):
             failed.append("%-15s %s: %s" % (sysname, sres["status"], (sres.get("reason") or "?").splitlines()[0]))
             continue
         for scen, sc in sres["scenarios"].items():
-            if scen not in ("latency", "zipf"):
+            if scen not in ("latency", "zipf") and scen not in ENCRYPTED:
                 rows.append((sysname, scen, sc))
     for line in failed:
         print(line, file=out)
@@ -1136,10 +1435,71 @@ def print_table(results, out=sys.stdout):
                     fmt(g("cpu_us_per_query"), "%.1f")), file=out)
     print_zipf(results, out)
     print_mixed(results, out)
+    print_encrypted(results, out)
     print("\nus/q: CPU time of the system's processes per answered query; ratio: that divided by the\n"
           "upstream's CPU per query in the same runs (miss scenarios); up/q: upstream queries per\n"
           "answered query (1 = forwarded, 0 = answered from cache); err: answers other than NOERROR;\n"
           "bg: machine CPUs busy outside the measured processes (other programs, kernel threads).", file=out)
+
+
+def print_encrypted(results, out):
+    """The encrypted-client scenarios, when they ran: throughput, latency at
+    the fixed load, and the handshake cost per system and protocol."""
+    st = results["settings"].get("encrypted")
+    rows = [(n, sc, s["scenarios"][sc]) for sc in ENCRYPTED for n, s in results["systems"].items()
+            if s["status"] == "ok" and sc in s.get("scenarios", {})]
+    skipped = {}  # (system, why) -> [scenario], one line each
+    for n, s in results["systems"].items():
+        for sc, why in s.get("skipped_scenarios", {}).items():
+            if sc in ENCRYPTED:
+                skipped.setdefault((n, why), []).append(sc)
+    if not rows and not skipped:
+        return
+    print("\nEncrypted clients (DoT: dnsperf -m dot -c %d -q %d; DoH: %d h2load processes x 1 connection x %d "
+          "streams;\n%gs x %d runs, median; fixed load %d qps for %gs; handshakes: %d new connections/s for %gs, "
+          "median of %d)" % (
+              results["settings"]["clients"], results["settings"]["outstanding"], st["doh_clients"],
+              st["doh_streams"], results["settings"]["duration_s"], results["settings"]["reps"], st["rate"],
+              results["settings"]["latency_duration_s"], st["handshake_rate"], st["handshake_seconds"],
+              results["settings"]["reps"]), file=out)
+    row = "%-15s %-12s %16s %6s %5s %7s %7s %6s %5s %5s %4s | %7s %7s %6s | %8s %7s %5s"
+    print(row % ("system", "scenario", "QPS", "lost", "err", "p50", "p99", "us/q", "ratio", "up/q", "gen",
+                 "p50@", "p99@", "us/q@", "hs/CPU-s", "us/hs", "hs ok"), file=out)
+    print(row % ("", "", "[min-max]", "", "", "ms", "ms", "CPU", "", "", "CPUs", "ms", "ms", "CPU", "per core",
+                 "CPU", "%"), file=out)
+    for n, scen, sc in rows:
+        g = lambda k: med(sc["summary"], k)  # noqa: E731
+        q = sc["summary"].get("qps")
+        fl = sc.get("fixed_load", {})
+        f = (lambda k: med(fl["summary"], k)) if "summary" in fl else (lambda k: None)  # noqa: E731
+        # the handshake figures once per system and protocol: on its first scenario's row
+        proto = ENCRYPTED[scen][0]
+        hs = results["systems"][n].get("handshakes", {}).get(proto)
+        first = next(sc2 for n2, sc2, _ in rows if n2 == n and ENCRYPTED[sc2][0] == proto) == scen
+        h = (lambda k: med(hs["summary"], k)) if hs and first and "summary" in hs else (lambda k: None)  # noqa: E731
+        ok = None
+        if hs and first and h("handshakes") is not None:
+            ok = 100.0 * h("handshakes") / (h("handshakes") + (h("handshakes_failed") or 0))
+        print(row % (n, scen, "%.0f [%.0f-%.0f]" % (q["median"], q["min"], q["max"]) if q else "-",
+                     fmt(g("lost"), "%.0f"), fmt(g("errors"), "%.0f"), fmt(g("lat_p50_ms")), fmt(g("lat_p99_ms")),
+                     fmt(g("cpu_us_per_query"), "%.1f"), fmt(g("cpu_ratio")), fmt(g("upstream_queries_per_query")),
+                     fmt(g("loadgen_cpus"), "%.1f"),
+                     fmt(f("lat_p50_ms")) if "summary" in fl else ("skip" if fl else "-"), fmt(f("lat_p99_ms")),
+                     fmt(f("cpu_us_per_query"), "%.1f"), fmt(h("handshakes_per_cpu_s"), "%.0f"),
+                     fmt(h("cpu_us_per_handshake"), "%.0f"), fmt(ok, "%.1f")), file=out)
+    for (n, why), scens in skipped.items():
+        print("%-15s %s skipped: %s" % (n, ",".join(scens), why), file=out)
+    for n, sres in results["systems"].items():
+        for proto, hs in sorted(sres.get("handshakes", {}).items()):
+            if hs.get("status") == "failed":
+                print("%-15s %s-in handshakes failed: %s" % (n, proto, hs["reason"]), file=out)
+    print("gen: CPUs the load generator used (dnsperf, or the h2load processes); when it is near the machine's\n"
+          "CPUs less the system's, the generator was the limit. @: at the fixed offered load. hs/CPU-s: new TLS\n"
+          "connections (full TLS 1.3 handshake, one query for a cached name, close) answered per CPU-second of\n"
+          "the system's processes = per core; us/hs: the CPU per such connection; hs ok: connections answered\n"
+          "of those opened. DoH err: non-2xx HTTP statuses (h2load does not see DNS rcodes); DoH up/q is a\n"
+          "little above 1 on misses: h2load stops with its streams in flight, which were forwarded but are\n"
+          "not counted as answered.", file=out)
 
 
 def print_mixed(results, out):
@@ -1277,7 +1637,8 @@ def parse_args(argv):
                          "against bench/baseline-smoke.json; under 60 s")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default %(default)s)")
     ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help="comma-separated scenarios (default %(default)s; also: zipf, mixed)")
+                    help="comma-separated scenarios (default %(default)s; also: zipf, mixed, "
+                         "dot-in-miss, dot-in-hit, doh-in-miss, doh-in-hit)")
     ap.add_argument("--reps", type=int, help="measured repetitions per scenario and load (default 3)")
     ap.add_argument("--duration", type=float, help="seconds per measured throughput run (default 5; smoke 3)")
     ap.add_argument("--warmup", type=float, help="seconds of the warm-up run before each scenario (default 2; smoke 1.5)")
@@ -1312,6 +1673,21 @@ def parse_args(argv):
     ap.add_argument("--mixed-cluster-pct", type=int, default=50,
                     help="mixed: percent of the names under %s, forwarded over plain TCP (default %%(default)s)"
                     % CLUSTER_SUFFIX)
+    ap.add_argument("--enc-rate", type=int, default=5000,
+                    help="dot-in-*/doh-in-*: the fixed offered load (queries per second) of their latency runs "
+                         "(default %(default)s)")
+    ap.add_argument("--doh-clients", type=int, default=20,
+                    help="doh-in-*: h2load processes, one HTTP/2 connection each (default %(default)s)")
+    ap.add_argument("--doh-streams", type=int, default=50,
+                    help="doh-in-*: h2load -m, concurrent streams per connection (default %(default)s: with 20 "
+                         "clients as many queries in flight as dnsperf -q 1000)")
+    ap.add_argument("--handshake-rate", type=int, default=500,
+                    help="dot-in-*/doh-in-*: new TLS connections per second of the handshake measurement "
+                         "(default %(default)s)")
+    ap.add_argument("--handshake-seconds", type=float, default=4,
+                    help="seconds per handshake run (default %(default)s)")
+    ap.add_argument("--handshake-workers", type=int, default=2,
+                    help="processes of the Python DoT handshake client (default %(default)s)")
     ap.add_argument("--upstream", choices=("responder", "unbound"), default="responder",
                     help="DoT upstream: tools/dot-responder, or unbound answering every name from a "
                          "redirect local-zone (default %(default)s)")
@@ -1399,7 +1775,8 @@ def main(argv=None):
         print("run.py: %s not found; build first: cmake -S . -B build -G Ninja && cmake --build build" % a.dotproxy,
               file=sys.stderr)
         return 2
-    for tool in ("dnsperf", "openssl"):
+    tools = ("dnsperf", "openssl") + (("h2load",) if any(sc in ENCRYPTED for sc in a.scenarios) else ())
+    for tool in tools:
         if not shutil.which(tool):
             print("run.py: %s not installed (sh scripts/install-deps.sh)" % tool, file=sys.stderr)
             return 2
@@ -1434,7 +1811,11 @@ def main(argv=None):
                                 "names": a.zipf_names, "exponent": a.zipf_exponent, "nx_pct": a.zipf_nx_pct,
                                 "seed": a.zipf_seed},
                             "mixed": {"cluster_pct": a.mixed_cluster_pct, "cluster_suffix": CLUSTER_SUFFIX,
-                                      "cluster_zone": CLUSTER_ZONE}},
+                                      "cluster_zone": CLUSTER_ZONE},
+                            "encrypted": {"rate": a.enc_rate, "doh_clients": a.doh_clients,
+                                          "doh_streams": a.doh_streams, "handshake_rate": a.handshake_rate,
+                                          "handshake_seconds": a.handshake_seconds,
+                                          "handshake_workers": a.handshake_workers}},
                "upstream": {}, "systems": {}}
     results["machine"]["other_cpus_at_start"] = quiet
     results["lock_wait_s"] = round(lock_wait, 1)

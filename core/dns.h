@@ -23,6 +23,7 @@
 #define DP_DNS_MAX_NAME 255
 #define DP_DNS_MAX_JUMPS 64
 
+#define DP_DNS_TYPE_SOA 6
 #define DP_DNS_TYPE_OPT 41
 #define DP_DNS_OPT_PADDING 12
 #define DP_DNS_OPT_KEEPALIVE 11 /* edns-tcp-keepalive, RFC 7828 */

@@ -186,18 +186,22 @@ static ssize_t read_answer(nghttp2_session *ng, int32_t stream, uint8_t *buf, si
 
 #define NV(n, v, vl) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NO_COPY_NAME }
 
-/* An error status with no body. */
+/* An error status with no body (405 says which methods are, RFC 9110
+ * 15.5.6). */
 static void respond_status(dp_doh_t *h, req_t *r, const char *status)
 {
-	nghttp2_nv nv[] = { NV(":status", status, 3), NV("content-length", "0", 1) };
+	nghttp2_nv nv[] = { NV(":status", status, 3), NV("content-length", "0", 1),
+			    NV("allow", "GET, POST", 9) };
 	r->answered = true;
 	event(h, DP_DOH_HTTP_ERROR);
-	if (nghttp2_submit_response(h->ng, r->stream, nv, 2, NULL) != 0)
+	size_t n = strcmp(status, "405") == 0 ? 3 : 2;
+	if (nghttp2_submit_response(h->ng, r->stream, nv, n, NULL) != 0)
 		h->failed = true;
 }
 
 /* RFC 8484 5.1: no longer fresh than the smallest TTL of the records (the
- * OPT's is not one); 0 without a record or when it cannot be read. */
+ * OPT's is not one), and for an SOA (a negative answer's) than its MINIMUM
+ * (RFC 2308 5); 0 without a record or when it cannot be read. */
 static uint32_t max_age(const uint8_t *msg, size_t len)
 {
 	dp_dns_answer_t a;
@@ -207,9 +211,23 @@ static uint32_t max_age(const uint8_t *msg, size_t len)
 	dp_dns_ttl_iter_init(&it, msg, a.ttl, a.nttl, a.ttl_total);
 	uint32_t min = UINT32_MAX;
 	size_t off;
-	while (dp_dns_ttl_next(&it, &off))
+	while (dp_dns_ttl_next(&it, &off)) {
 		min = DP_MIN(min, dp_dns_ttl(msg, off));
+		size_t end = off + 6 + dp_rd16(msg + off + 4); /* past its RDATA */
+		if (dp_rd16(msg + off - 4) == DP_DNS_TYPE_SOA && end - (off + 6) >= 22)
+			min = DP_MIN(min, dp_dns_ttl(msg, end - 4)); /* MINIMUM, last */
+	}
 	return min == UINT32_MAX ? 0 : min;
+}
+
+/* v in decimal at the end of buf[0..end): returns where it starts. */
+static char *decimal(char *end, uint32_t v)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
 }
 
 /* Answer msg (len octets) to request r, under the request's own ID. */
@@ -223,13 +241,14 @@ static void respond_answer(dp_doh_t *h, req_t *r, const uint8_t *msg, size_t len
 	}
 	dp_wr16(r->body.data, id);
 	char clen[8], cache[24];
-	int cl = snprintf(clen, sizeof(clen), "%zu", len);
-	int cc = snprintf(cache, sizeof(cache), "max-age=%u", max_age(msg, len));
+	char *cl = decimal(clen + sizeof(clen), (uint32_t)len);
+	char *cc = decimal(cache + sizeof(cache), max_age(msg, len)) - 8;
+	memcpy(cc, "max-age=", 8);
 	nghttp2_nv nv[] = {
 		NV(":status", "200", 3),
 		NV("content-type", CT_DNS, sizeof(CT_DNS) - 1),
-		NV("content-length", clen, (size_t)cl),
-		NV("cache-control", cache, (size_t)cc),
+		NV("content-length", cl, (size_t)(clen + sizeof(clen) - cl)),
+		NV("cache-control", cc, (size_t)(cache + sizeof(cache) - cc)),
 	};
 	nghttp2_data_provider dp = { .source.ptr = r, .read_callback = read_answer };
 	r->answered = true;
@@ -290,11 +309,11 @@ static const char *check_request(dp_doh_t *h, req_t *r)
 	} else if (r->too_big) {
 		return "413";
 	}
-	dp_dns_view_t v;
-	int rc = r->body.len >= 12 ? dp_dns_parse_query(r->body.data, r->body.len, &v)
-				   : DP_E_MALFORMED;
-	if (rc == DP_E_MALFORMED || rc == DP_E_RESPONSE)
-		return "400"; /* not a query: the query layer would drop it */
+	/* What dp_dns_parse_query calls unreadable (shorter than a header) or
+	 * a response (QR) the query layer drops unanswered: 400 here. All
+	 * else gets its DNS answer there, FORMERR and NOTIMP included. */
+	if (r->body.len < DP_DNS_HDR_LEN || (r->body.data[2] & (DP_DNS_F_QR >> 8)))
+		return "400";
 	return NULL;
 }
 
@@ -488,6 +507,10 @@ static nghttp2_option *h2_options(void)
 	if (nghttp2_option_new(&o) != 0)
 		return NULL;
 	nghttp2_option_set_max_continuations(o, DP_DOH_MAX_CONTINUATIONS);
+	/* Closed streams are not kept (they serve RFC 7540's priority tree,
+	 * which SETTINGS_NO_RFC7540_PRIORITIES turns off): less work and
+	 * memory per request. */
+	nghttp2_option_set_no_closed_streams(o, 1);
 	nghttp2_option_set_stream_reset_rate_limit(o, DP_DOH_RESET_BURST, DP_DOH_RESET_RATE);
 	return o;
 }
@@ -513,8 +536,9 @@ dp_doh_t *dp_doh_new(const char *path, void (*stat)(void *ctx, int which), void 
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, DP_DOH_MAX_STREAMS },
 		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, DP_DOH_HDR_MAX },
+		{ NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
 	};
-	if (rc != 0 || nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, 2) != 0) {
+	if (rc != 0 || nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, 3) != 0) {
 		dp_doh_free(h);
 		return NULL;
 	}
@@ -624,29 +648,41 @@ unsigned dp_doh_inflight(const dp_doh_t *h)
 
 /* ---- base64url -------------------------------------------------------------- */
 
-static int b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	return c == '-' ? 62 : c == '_' ? 63 : -1;
-}
+/* The value of each base64url character (RFC 4648 5), 64 for the others. */
+static const uint8_t b64[256] = {
+#define X64 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64
+	X64, X64,
+	64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 62, 64, 64, /* '-' */
+	52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 64, 64, 64, 64, 64, 64, /* 0-9 */
+	64, 0,	1,  2,	3,  4,	5,  6,	7,  8,	9,  10, 11, 12, 13, 14, /* A-O */
+	15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 64, 64, 64, 64, 63, /* P-Z _ */
+	64, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, /* a-o */
+	41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 64, 64, 64, 64, 64, /* p-z */
+	X64, X64, X64, X64, X64, X64, X64, X64,
+#undef X64
+};
 
 long dp_base64url_decode(const char *src, size_t n, uint8_t *out, size_t cap)
 {
 	if (n % 4 == 1 || n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
 		return -1;
-	size_t o = 0;
+	const uint8_t *s = (const uint8_t *)src;
+	size_t o = 0, i = 0;
+	for (; i + 4 <= n; i += 4) { /* four characters, three octets */
+		uint32_t v = (uint32_t)b64[s[i]] << 18 | (uint32_t)b64[s[i + 1]] << 12 |
+			     (uint32_t)b64[s[i + 2]] << 6 | b64[s[i + 3]];
+		if ((b64[s[i]] | b64[s[i + 1]] | b64[s[i + 2]] | b64[s[i + 3]]) & 64)
+			return -1;
+		out[o++] = (uint8_t)(v >> 16);
+		out[o++] = (uint8_t)(v >> 8);
+		out[o++] = (uint8_t)v;
+	}
 	uint32_t acc = 0;
 	unsigned bits = 0;
-	for (size_t i = 0; i < n; i++) {
-		int v = b64val((unsigned char)src[i]);
-		if (v < 0)
+	for (; i < n; i++) { /* the last two or three */
+		if (b64[s[i]] & 64)
 			return -1;
-		acc = acc << 6 | (uint32_t)v;
+		acc = acc << 6 | b64[s[i]];
 		bits += 6;
 		if (bits >= 8) {
 			bits -= 8;

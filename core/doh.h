@@ -52,6 +52,10 @@
 #define DP_DOH_RX_MAX (256u * 1024u) /* request octets held at once, all streams */
 #define DP_DOH_RESET_BURST 200
 #define DP_DOH_RESET_RATE 100 /* per second, after the burst */
+/* An idle session's footprint, rounded up (nghttp2 keeps a 16 KB frame
+ * buffer and its HPACK tables: 28 KB measured): what a connection budget
+ * must allow per client for --max-tcp-clients of them to be idle. */
+#define DP_DOH_IDLE_COST (32u * 1024u)
 
 /* Events counted through the stat callback. */
 enum dp_doh_stat {

@@ -126,18 +126,20 @@ static void query_free(dp_shard_t *s, uint32_t qi)
 
 /* ---- answering a client (through its frontend's ops) ------------------------ */
 
-/* What answers to an encrypted stream client (TLS) with EDNS carry besides
- * (answer.h): edns-tcp-keepalive with our idle timeout, and Padding to
- * 468-octet blocks (RFC 8467). Plain TCP answers are left as they were
- * before the TLS listener, byte for byte: no keepalive even when asked
- * (RFC 7828 lets a server not announce it). */
+/* What answers to an encrypted stream client with EDNS carry besides
+ * (answer.h): Padding to 468-octet blocks (RFC 8467), and for DNS-over-TLS
+ * edns-tcp-keepalive with our idle timeout (not over HTTPS: the option is
+ * DNS-over-TCP's, and an HTTP cache could hand the answer to others).
+ * Plain TCP answers are left as they were before the TLS listener, byte
+ * for byte: no keepalive even when asked (RFC 7828 lets a server not
+ * announce it). */
 static void fit_stream(const dp_shard_t *s, const dp_client_t *c, const dp_dns_view_t *qv,
 		       dp_answer_client_t *cl)
 {
 	if (c->transport == T_UDP || c->transport == T_NONE || !qv->has_opt ||
 	    !dp_client_encrypted(c))
 		return;
-	cl->keepalive_on = true;
+	cl->keepalive_on = !(c->li & DP_LI_HTTPS);
 	cl->keepalive = (uint16_t)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u);
 	cl->pad_block = DP_EDNS_ANSWER_BLOCK;
 }

@@ -161,10 +161,12 @@ static bool tls_limited(dp_shard_t *s, uint32_t idx, uint32_t gen, const uint8_t
 	}
 	uint8_t out[1024];
 	int n = dp_dns_build_error(msg, &v, DP_DNS_RCODE_REFUSED, s->cfg->max_udp_size, out, 512);
+	int keepalive = (s->tcp.c[idx].listen_idx & DP_LI_HTTPS)
+				? -1 /* DNS-over-TCP's option, not HTTPS's (query.c fit_stream) */
+				: (int)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u);
 	if (n > 0 && v.has_opt)
 		n = (int)dp_edns_stream_answer(out, (size_t)n, sizeof(out), (size_t)n - 11,
-					       (int)DP_MIN(s->cfg->tcp_idle_ms / 100, 65535u),
-					       DP_EDNS_ANSWER_BLOCK);
+					       keepalive, DP_EDNS_ANSWER_BLOCK);
 	if (n > 0)
 		dp_tcpconn_answer(&s->tcp, idx, gen, out, (size_t)n);
 	return true;
@@ -185,8 +187,8 @@ static int up_frame(void *ctx, uint32_t idx, uint32_t gen, uint8_t li, uint8_t *
 	c.transport = T_TCP;
 	c.li = li;
 	int rc = dp_query_from_client(s, &c, msg, len);
-	if (rc == 0 && (li & DP_LI_TLS))
-		STAT_INC(s, tls_queries);
+	if (rc == 0 && (li & (DP_LI_TLS | DP_LI_HTTPS)) == DP_LI_TLS)
+		STAT_INC(s, tls_queries); /* (DNS-over-HTTPS ones: https_requests) */
 	return rc;
 }
 
@@ -331,6 +333,11 @@ int dp_tcp_init(dp_shard_t *s)
 		return -ENOMEM;
 	int rc = dp_tcpconn_init(&s->tcp, cap, reserve, &tcp_io, s, &s->now_ms);
 	s->tcp.inflight_max = cfg->max_inflight_per_conn;
+	/* An idle DNS-over-HTTPS client holds its HTTP/2 session (charged to
+	 * the budget): the budget lets the cap's worth of them be idle, so
+	 * the cap and its eviction bound them, not a budget refusal. */
+	if (cfg->nlisten_https)
+		s->tcp.buf_max = DP_MAX(s->tcp.buf_max, (size_t)cap * DP_DOH_IDLE_COST);
 	s->fe[T_TCP] = &tcp_ops;
 	if (rc < 0 || !s->nlisten_tls)
 		return rc;

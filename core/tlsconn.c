@@ -44,12 +44,12 @@ int dp_tlsconn_init(dp_tlsconns_t *t, dp_tcpconns_t *tcp, const dp_tlsconn_io_t 
 }
 
 /* What slot idx holds beyond tcpconn's buffers, as the table's budget
- * counts it: its ciphertext, carried and queued, and an estimate of
- * BoringSSL's state while its handshake is not done. Read only while w.rx
- * is its own (not a receive's buffer lent to the BIO). */
+ * counts it: its ciphertext, carried (w.rx, unless it is a receive's
+ * buffer lent to the BIO) and queued, an estimate of BoringSSL's state
+ * while its handshake is not done, and its HTTP/2 session. */
 static size_t footprint(const dp_tlsc_t *c)
 {
-	return (size_t)c->w.rx.cap + c->wq.out.cap + c->wq.fill.cap +
+	return (c->rx_lent ? 0 : (size_t)c->w.rx.cap) + c->wq.out.cap + c->wq.fill.cap +
 	       (c->hs_done ? 0 : DP_TLSCONN_HS_COST) + (c->doh ? dp_doh_footprint(c->doh) : 0);
 }
 
@@ -246,11 +246,12 @@ static bool doh_flush(dp_tlsconns_t *t, uint32_t idx)
 	if (t->hout.cap > 4 * PLAIN_SIZE)
 		dp_buf_free(&t->hout); /* a burst's buffer is not kept */
 	t->hout.len = 0;
-	if (!ok)
-		count(t, DP_TLSC_ERROR);
-	else if (dp_doh_pending(c->doh) > DP_TCPCONN_WQ_MAX)
-		count(t, DP_TLSC_DOH_SLOW);
-	if (!ok || dp_doh_pending(c->doh) > DP_TCPCONN_WQ_MAX) {
+	/* What waits for the client: answers its flow-control window holds
+	 * back, and everything encrypted it has not taken (4xx, acks, window
+	 * updates too: none goes through tcpconn's bound). */
+	bool slow = dp_doh_pending(c->doh) + dp_sendq_queued(&c->wq) > DP_TCPCONN_WQ_MAX;
+	if (!ok || slow) {
+		count(t, ok ? DP_TLSC_DOH_SLOW : DP_TLSC_ERROR);
 		dp_tcpconn_close(t->tcp, idx);
 		return false;
 	}
@@ -300,13 +301,15 @@ static void doh_input(dp_tlsconns_t *t, uint32_t idx, size_t n)
 		doh_end(t, idx); /* the GOAWAY is queued: close once it is out */
 }
 
-/* tcpconn's send on HTTPS slot idx: its answers go into the session, which
- * copies them, so the send is complete at the next send completion (an
- * empty one when nothing is being sent). */
+/* tcpconn's send on HTTPS slot idx: its answers go into the session
+ * (copied), and what the session makes of them is encrypted into the
+ * queue. The send completes, as a TLS one does, when that ciphertext is
+ * sent (pt FILL, then OUT when out_pump takes it); when none was queued
+ * (the client's window holds them all), at the next send completion, an
+ * empty one when nothing is being sent. */
 static void doh_send(dp_tlsconns_t *t, uint32_t idx, const uint8_t *buf, size_t len)
 {
 	dp_tlsc_t *c = &t->c[idx];
-	c->pt = DP_TLSC_PT_OUT;
 	if (t->tcp->c[idx].closing || c->failed) {
 		c->pt_failed = true;
 	} else if (dp_doh_answer(c->doh, buf, len) < 0) {
@@ -316,6 +319,8 @@ static void doh_send(dp_tlsconns_t *t, uint32_t idx, const uint8_t *buf, size_t 
 	} else if (!doh_flush(t, idx)) {
 		c->pt_failed = true;
 	}
+	if (c->pt == DP_TLSC_PT_FILL && (c->pt_failed || c->wq.fill.len == 0))
+		c->pt = DP_TLSC_PT_OUT; /* nothing of it waits in fill */
 	if (!c->sending)
 		poke(t, idx);
 }
@@ -403,6 +408,13 @@ static bool handshake(dp_tlsconns_t *t, uint32_t idx)
 		count(t, DP_TLSC_HANDSHAKE);
 		if (SSL_session_reused(c->ssl))
 			count(t, DP_TLSC_RESUMED);
+		/* BoringSSL holds the TLS 1.3 tickets until our first write: a
+		 * zero-byte one sends them now. A client whose first query waits
+		 * behind Nagle for an ACK of its Finished gets one at once
+		 * instead of after a delayed ACK (40 ms). */
+		ERR_clear_error();
+		SSL_write(c->ssl, "", 0);
+		ERR_clear_error();
 		if (!c->sending && dp_sendq_queued(&c->wq) == 0)
 			dp_sendq_free(&c->wq); /* the flight is out: its buffers are not kept */
 		return !c->https || doh_start(t, idx);
@@ -549,7 +561,9 @@ static void feed(dp_tlsconns_t *t, uint32_t idx, uint8_t *data, size_t n)
 		dp_buf_t own = w->rx;
 		w->rx = (dp_buf_t){ data, (uint32_t)n, (uint32_t)n };
 		w->rx_off = 0;
+		c->rx_lent = true;
 		process(t, idx);
+		c->rx_lent = false;
 		size_t rest = n - w->rx_off;
 		w->rx = own;
 		w->rx_off = 0;

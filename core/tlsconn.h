@@ -123,6 +123,7 @@ typedef struct dp_tlsc {
 	bool pt_failed; /* SSL_write failed: tcpconn's send completes with an error */
 	bool replied; /* our first flight is made: the client may send more */
 	bool rec_ready; /* handshake: a record ended in the ciphertext at hand */
+	bool rx_lent; /* w.rx is a receive's buffer, lent to the BIO for a call */
 	uint8_t rec_hdr; /* handshake: header octets seen of the current record */
 	uint8_t rec_len_hi; /* ... its length's high octet */
 	uint16_t rec_body; /* ... its octets still to come */

@@ -360,6 +360,14 @@ def parse_logline(line):
     return d
 
 
+def sanitized(pid):
+    """True when process pid runs with AddressSanitizer (its allocator's
+    redzones and quarantine: RSS says little about leaks or per-client
+    cost)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libasan" in f.read()
+
+
 def rss_kb(pid):
     """VmRSS of process pid, in kB (0 when /proc does not say)."""
     with open("/proc/%d/status" % pid) as f:

@@ -19,8 +19,6 @@ factory stops them by PID)."""
 
 import base64
 import os
-import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -34,7 +32,7 @@ import pytest
 
 import dphelpers as H
 from conftest import require_tool
-from test_dot_listen import start_dot
+from test_dot_listen import start_dot, swap_cert
 
 try:
     import h2.config
@@ -787,11 +785,7 @@ def test_cert_reload_mid_run_drops_nothing(dotproxy, unbound, certs, other_ca, r
         t.start()
     try:
         time.sleep(1.0)
-        shutil.copyfile(other_ca["server"], dp.cert_path)  # keeps the 0644 mode
-        shutil.copyfile(other_ca["server_key"], dp.key_path)
-        os.kill(dp.pid, signal.SIGHUP)
-        assert dp.wait_log(lambda d: d.get("msg") == "reloaded", 10), dp.tail()
-        time.sleep(1.0)
+        swap_cert(dp, other_ca)
         with H2Client(port, other_ca["ca"]) as c:
             assert c.query(H.make_query("www.test.", "A", qid=0))[0] == 200
         with pytest.raises(ssl.SSLError):
@@ -834,3 +828,78 @@ def test_idle_close_says_goaway_no_error_then_close_notify(dotproxy, unbound, ce
     assert clean_end, "no close_notify after the GOAWAY"
     st = dp.stats()
     assert st["h2_goaway"] == 0 and st["tcp_closed_idle"] >= 1, st
+
+
+@pytest.mark.timeout_s(90)
+def test_a_client_that_never_reads_is_closed_at_its_bound(dotproxy, unbound, certs, tmp_path):
+    """A client that sends requests and never reads: what the session makes
+    for it outside tcpconn's answers (here 404s, one TLS record each, 13
+    octets in for about 40 out) is bounded per connection like answers are
+    (256 KB): the connection is closed as a slow reader (https_slow_closed),
+    dotproxy's RSS grows by a few MB, not by what the client could push
+    (before the bound, 31 MB in 2 s until the shard's whole budget went),
+    and a good client is answered throughout."""
+    need_h2()
+    dp, hport = start_doh(dotproxy, unbound, certs, tmp_path, extra=["--tcp-idle-timeout", "30s"])
+    good = GoodDoH(hport, certs["ca"])
+    rss0 = H.rss_kb(dp.pid)
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", hport))
+    s = ctx.wrap_socket(raw, server_hostname=H.UPSTREAM_NAME)
+    enc = hpack.Encoder()
+    sent, closed, rss_max = 0, False, rss0
+    try:
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        sid = 1
+        t_end = t_look = time.monotonic() + 30
+        while time.monotonic() < t_end and not closed:
+            batch = b""
+            for _ in range(50):  # under the 100 concurrent streams
+                block = enc.encode([(":method", "GET"), (":scheme", "https"),
+                                    (":authority", H.UPSTREAM_NAME), (":path", "/nope")])
+                batch += frame(HEADERS, END_HEADERS | END_STREAM, sid, block)
+                sid += 2
+            try:
+                s.sendall(batch)
+                sent += 50
+            except (OSError, ssl.SSLError):
+                closed = True
+            if time.monotonic() >= t_look or closed:
+                t_look = time.monotonic() + 0.5
+                rss_max = max(rss_max, H.rss_kb(dp.pid))
+                closed = closed or dp.stats()["https_slow_closed"] >= 1
+    finally:
+        s.close()
+    good.finish()
+    st = dp.stats()
+    print("never-reading client: %d requests sent, closed %s; RSS %d kB -> max %d kB; "
+          "https_slow_closed=%d tcp_closed_memory=%d"
+          % (sent, closed, rss0, rss_max, st["https_slow_closed"], st["tcp_closed_memory"]))
+    assert st["https_slow_closed"] >= 1, st
+    assert st["tcp_closed_memory"] == 0, st
+    if not H.sanitized(dp.pid):
+        assert rss_max - rss0 < 16 * 1024, (rss0, rss_max)
+
+
+@pytest.mark.timeout_s(60)
+def test_padding_without_tcp_keepalive(dotproxy, unbound, certs, tmp_path):
+    """An EDNS client's DoH answers are padded to 468-octet blocks (RFC
+    8467) but carry no edns-tcp-keepalive: that option is DNS-over-TCP's,
+    and an HTTP cache may hand the answer to others. A client without EDNS
+    gets no OPT."""
+    need_h2()
+    dp, hport = start_doh(dotproxy, unbound, certs, tmp_path)
+    with H2Client(hport, certs["ca"]) as c:
+        q = dns.message.make_query("www.test.", "A", use_edns=0)
+        for st, _, wire in (c.request("GET", get_path(q)),
+                            c.request("POST", DOH_PATH, body=q.to_wire(), headers=[("content-type", DNS_CT)])):
+            assert st == 200, st
+            codes = [o.otype for o in dns.message.from_wire(wire).options]
+            assert 12 in codes and 11 not in codes, codes
+            assert len(wire) % 468 == 0, len(wire)
+        st, _, r = c.query(dns.message.make_query("www.test.", "A"))
+        assert st == 200 and r.edns < 0, r

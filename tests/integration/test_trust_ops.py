@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 
 import dns.message
 import dns.rcode
@@ -484,13 +483,6 @@ class NeverReadingUpstream(H.LoopbackServer):
         return "127.0.0.1:%d#%s" % (self.port, H.UPSTREAM_NAME)
 
 
-def _sanitized(pid):
-    """True when the daemon runs with AddressSanitizer (its allocator keeps
-    freed memory in quarantine, so RSS says little about leaks)."""
-    with open("/proc/%d/maps" % pid) as f:
-        return "libasan" in f.read()
-
-
 def _flood_template():
     """A query of about 1,200 octets: a 250-octet name whose first label
     (x00000000) is rewritten per query, and an EDNS option of 900 octets
@@ -568,7 +560,7 @@ def test_hole7_upstream_write_buffer_capped(dotproxy, certs):
                  st.get("upstream_wbuf_full"), st.get("upstream_write_stalled"), st.get("queries_inflight"),
                  st.get("servfail")))
         assert int(st["udp_queries"]) >= 40000, "the flood did not get in: %s queries" % st["udp_queries"]
-        if _sanitized(dp.pid):
+        if H.sanitized(dp.pid):
             print("AddressSanitizer build: RSS bound not checked (quarantine)")
         else:
             assert grown < 48 * 1024, "RSS grew by %d kB behind an upstream that never reads" % grown

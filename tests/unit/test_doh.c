@@ -26,6 +26,7 @@ typedef struct resp {
 	int status;
 	char ctype[64];
 	char cache[32];
+	char allow[32];
 	long clen;
 	uint8_t body[4096];
 	size_t blen;
@@ -71,6 +72,8 @@ static int c_header(nghttp2_session *s, const nghttp2_frame *fr, const uint8_t *
 		snprintf(r->cache, sizeof(r->cache), "%.*s", (int)vl, v);
 	else if (nl == 14 && memcmp(n, "content-length", 14) == 0)
 		r->clen = atol((const char *)v);
+	else if (nl == 5 && memcmp(n, "allow", 5) == 0)
+		snprintf(r->allow, sizeof(r->allow), "%.*s", (int)vl, v);
 	return 0;
 }
 
@@ -384,11 +387,43 @@ static void refusals_get_their_status(void **state)
 	for (size_t i = 0; i < DP_ARRAY_LEN(c); i++)
 		assert_int_equal(resp_of(f, c[i].s)->status, c[i].want);
 	assert_int_equal(resp_of(f, put)->status, 405);
+	assert_string_equal(resp_of(f, put)->allow, "GET, POST"); /* RFC 9110 15.5.6 */
+	assert_string_equal(resp_of(f, c[0].s)->allow, "");
 	assert_int_equal(resp_of(f, wrong_ct)->status, 415);
 	assert_int_equal(resp_of(f, too_big)->status, 413);
 	assert_int_equal(nframes(f), 0); /* none reached the query layer */
 	assert_int_equal(f->stats[DP_DOH_HTTP_ERROR], DP_ARRAY_LEN(c) + 3);
 	assert_int_equal(dp_doh_inflight(f->h), 0);
+}
+
+/* A negative answer: no record in the answer section, the zone's SOA in
+ * the authority one with TTL 300 and MINIMUM 60: max-age 60 (RFC 2308 5). */
+static void a_negative_answer_lives_no_longer_than_the_soa_minimum(void **state)
+{
+	fx_t *f = *state;
+	int32_t s = send_get(f, "nx", 0);
+	pump(f);
+	uint8_t *m;
+	size_t n = frame_at(f, 0, &m);
+	uint8_t a[600];
+	memcpy(a, m, n);
+	a[2] |= 0x80;
+	a[3] = 0x83; /* RA, NXDOMAIN */
+	dp_wr16(a + 8, 1); /* NSCOUNT */
+	static const uint8_t soa[] = {
+		0xc0, 0x0f, 0, 6, 0, 1, 0, 0, 1, 44, 0, 22, /* test. SOA 300, 22 octets */
+		0, 0,					/* MNAME ., RNAME . */
+		0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 60, /* ... MINIMUM 60 */
+	};
+	memcpy(a + n, soa, sizeof(soa));
+	uint8_t framed[602];
+	dp_wr16(framed, (uint16_t)(n + sizeof(soa)));
+	memcpy(framed + 2, a, n + sizeof(soa));
+	assert_int_equal(dp_doh_answer(f->h, framed, n + sizeof(soa) + 2), 0);
+	take_frames(f);
+	pump(f);
+	assert_int_equal(resp_of(f, s)->status, 200);
+	assert_string_equal(resp_of(f, s)->cache, "max-age=60");
 }
 
 static void streams_sharing_id_zero_get_their_own_answers(void **state)
@@ -628,6 +663,28 @@ static void base64url_decodes_only_canonical_unpadded_text(void **state)
 	assert_int_equal(dp_base64url_decode("A+/A", 4, out, sizeof(out)), -1);
 	assert_int_equal(dp_base64url_decode("AAAAAAAAAAAA", 12, out, sizeof(out)), -1); /* 9 > 8 */
 	assert_int_equal(dp_base64url_decode("", 0, out, sizeof(out)), 0);
+	/* Round trips of every length up to 70 octets against the encoder
+	 * above; every octet outside the alphabet is refused in every place. */
+	uint8_t in[70], back[70];
+	char enc[100];
+	for (size_t n = 0; n <= sizeof(in); n++) {
+		for (size_t i = 0; i < n; i++)
+			in[i] = (uint8_t)(i * 151 + n * 7);
+		b64url(in, n, enc);
+		assert_int_equal(dp_base64url_decode(enc, strlen(enc), back, sizeof(back)), (long)n);
+		assert_memory_equal(back, in, n);
+	}
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	for (int c = 0; c < 256; c++) {
+		if (c && strchr(alphabet, c))
+			continue;
+		for (int at = 0; at < 6; at++) {
+			char t[7] = "AAAAAA";
+			t[at] = (char)c;
+			assert_int_equal(dp_base64url_decode(t, 6, back, sizeof(back)), -1);
+		}
+	}
 }
 
 int main(void)
@@ -637,6 +694,7 @@ int main(void)
 		T(get_is_answered_with_its_id_and_min_ttl),
 		T(post_is_answered),
 		T(refusals_get_their_status),
+		T(a_negative_answer_lives_no_longer_than_the_soa_minimum),
 		T(streams_sharing_id_zero_get_their_own_answers),
 		T(a_reset_stream_keeps_its_slot_until_answered),
 		T(slots_bound_the_queries_resets_leave_running),
