@@ -10,17 +10,17 @@ the threads are joined before the verdict.
 Kinds (marker t<N> for DoT, d<N> for DoH):
 - dot-pipe: pipelined batches of queries, reads every answer, matches it
   by ID and name (well-behaved: its answers are owed, as a TCP `good`);
-  every other connect resumes the thread's last session;
+  half of its connects resume the thread's last session (of the same ALPN);
 - dot-abrupt: a batch with its TLS record cut at a random octet, or a
   ClientHello cut, then FIN or RST;
-- dot-halfopen: 1..8 connections that send nothing or part of a
-  ClientHello and wait: the daemon must close each within the handshake
-  timeout (plus slack);
+- dot-halfopen: 1..8 connections (to either listener) that send nothing
+  or part of a ClientHello and wait: the daemon must close each within
+  the handshake timeout (plus slack; the idle timeout may come first);
 - doh-streams: GET and POST streams, up to 60 at once, some reset
   (RST_STREAM) before their answer; the other streams are owed an answer
   (well-behaved), each checked against the query of its own stream;
 - doh-garbage: a few streams, then requests the daemon must refuse with
-  their 4xx, or garbage (random octets, an oversized or unknown or
+  their 4xx, or 250..500 streams opened and reset at once, or garbage (random octets, an oversized or unknown or
   illegal frame, an HPACK block that does not decode) or a frame cut
   mid-payload and a close;
 - doh-slow: a tiny flow-control window, up to 60 streams of big answers,
